@@ -1,0 +1,300 @@
+"""CIFAR-10 input: tensorflow-datasets, the binary files, or synthetic batches on the device.
+
+Every source yields uint8 images (32x32x3, HWC) and int32 labels; augmentation
+(4-pixel zero pad, random 32x32 crop, horizontal flip) runs in tf.data, the
+per-channel normalisation runs on the device inside the step (`normalize`), so
+only uint8 crosses to the accelerator. Files are read with tf.data
+(`FixedLengthRecordDataset`); nothing is ever unpickled.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import glob
+import os
+import socket
+import sys
+import urllib.parse
+
+from bench.config import ConfigError
+
+RECORD_BYTES = 1 + 32 * 32 * 3  # label byte, then the R, G and B planes of 32x32
+IMAGE_SHAPE = (32, 32, 3)
+NUM_CLASSES = 10
+# Per-channel statistics of the CIFAR-10 training images (RGB, pixel/255).
+CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
+CIFAR_STD = (0.2470, 0.2435, 0.2616)
+SHUFFLE_BUFFER = 10_000
+TFDS_NAME = "cifar10"
+
+
+class DataError(ConfigError):
+    """The requested data cannot be read: reported as one line, exit status 2."""
+
+
+# ---------------------------------------------------------------------------
+# The binary files (checked without TensorFlow, so bad input fails fast)
+
+
+def find_cifar_files(cifar_dir):
+    """(train files, test files) under `cifar_dir` or its `cifar-10-batches-bin/`; raises DataError."""
+    if not os.path.isdir(cifar_dir):
+        raise DataError(f"--cifar_dir={cifar_dir} is not a folder")
+    for folder in (cifar_dir, os.path.join(cifar_dir, "cifar-10-batches-bin")):
+        train = sorted(glob.glob(os.path.join(folder, "data_batch_*.bin")))
+        test = os.path.join(folder, "test_batch.bin")
+        if train and os.path.isfile(test):
+            for path in train + [test]:
+                size = os.path.getsize(path)
+                if size == 0 or size % RECORD_BYTES:
+                    raise DataError(
+                        f"{path} is not a CIFAR-10 binary file: {size} bytes is not a positive "
+                        f"multiple of {RECORD_BYTES} (1 label byte + 3072 pixel bytes per record)"
+                    )
+            return train, [test]
+    raise DataError(
+        f"--cifar_dir={cifar_dir} holds no CIFAR-10 binary files: expected data_batch_*.bin and "
+        f"test_batch.bin there or in its cifar-10-batches-bin/ folder"
+    )
+
+
+def count_records(files):
+    return sum(os.path.getsize(f) // RECORD_BYTES for f in files)
+
+
+def files_dataset(files):
+    """A tf.data.Dataset of (uint8 image HWC, int32 label) from CIFAR-10 binary files."""
+    import tensorflow as tf
+
+    def decode(record):
+        raw = tf.io.decode_raw(record, tf.uint8)
+        label = tf.cast(raw[0], tf.int32)
+        image = tf.transpose(tf.reshape(raw[1:], (3, 32, 32)), (1, 2, 0))  # CHW planes -> HWC
+        return image, label
+
+    ds = tf.data.FixedLengthRecordDataset(files, RECORD_BYTES)
+    return ds.map(decode, num_parallel_calls=tf.data.AUTOTUNE)
+
+
+# ---------------------------------------------------------------------------
+# tensorflow-datasets
+
+
+def _download_host_reachable(url, timeout=3.0):
+    parts = urllib.parse.urlparse(url)
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    try:
+        socket.create_connection((parts.hostname, port), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def _tfds_url(builder):
+    info = getattr(builder, "_cifar_info", None)
+    return getattr(info, "url", None)
+
+
+def tfds_datasets(tfds_dir=None, allow_download=True):
+    """(train, test) tf.data.Datasets of (uint8 image, int32 label) through tensorflow-datasets.
+
+    Loads prepared data without touching the network. If CIFAR-10 is not
+    prepared, downloads it only when the download host answers within seconds;
+    offline it raises DataError at once instead of retrying for minutes.
+    """
+    import tensorflow as tf
+    import tensorflow_datasets as tfds
+
+    def load(download):
+        train, test = tfds.load(
+            TFDS_NAME, split=["train", "test"], data_dir=tfds_dir, as_supervised=True, download=download
+        )
+        cast = lambda image, label: (image, tf.cast(label, tf.int32))  # noqa: E731
+        return train.map(cast), test.map(cast)
+
+    try:
+        with _tfds_quiet():
+            return load(download=False)
+    except AssertionError as not_prepared:  # tfds: "could not find data in ..."
+        if not allow_download:
+            raise DataError(f"CIFAR-10 is not prepared for tensorflow-datasets in {tfds_dir or 'its default folder'}") from not_prepared
+        url = _tfds_url(tfds.builder(TFDS_NAME, data_dir=tfds_dir))
+        if url and not _download_host_reachable(url):
+            raise DataError(
+                f"CIFAR-10 is not prepared for tensorflow-datasets in {tfds_dir or 'its default folder'} "
+                f"and cannot be downloaded (no network); copy the binary files and pass --cifar_dir, "
+                f"prepare it with tfds elsewhere and pass --tfds_dir, or use --data=synthetic"
+            ) from not_prepared
+        return load(download=True)
+
+
+@contextlib.contextmanager
+def _tfds_quiet():
+    """tfds logs a warning per missing folder while probing for prepared data; keep the probe quiet."""
+    from absl import logging
+
+    before = logging.get_verbosity()
+    logging.set_verbosity(logging.ERROR)
+    try:
+        yield
+    finally:
+        logging.set_verbosity(before)
+
+
+def tfds_prepared(tfds_dir=None):
+    """Whether CIFAR-10 is prepared locally for tensorflow-datasets (no network use)."""
+    try:
+        tfds_datasets(tfds_dir, allow_download=False)
+        return True
+    except DataError:
+        return False
+
+
+# ---------------------------------------------------------------------------
+# Augmentation, normalisation, distribution
+
+
+def augment(image, label, seed=None):
+    """4-pixel zero pad, random 32x32 crop, random horizontal flip (uint8 in, uint8 out)."""
+    import tensorflow as tf
+
+    padded = tf.pad(image, [[4, 4], [4, 4], [0, 0]])
+    image = tf.image.random_crop(padded, IMAGE_SHAPE, seed=seed)
+    image = tf.image.random_flip_left_right(image, seed=seed)
+    return image, label
+
+
+def normalize(images):
+    """uint8 images -> float32, per-channel standardised. Runs on the device inside the step."""
+    import tensorflow as tf
+
+    mean = tf.constant(CIFAR_MEAN, tf.float32) * 255.0
+    std = tf.constant(CIFAR_STD, tf.float32) * 255.0
+    return (tf.cast(images, tf.float32) - mean) / std
+
+
+@dataclasses.dataclass
+class DataSource:
+    kind: str  # tfds | files | synthetic
+    train: object  # tf.data.Dataset of single examples, or None for synthetic
+    test: object  # tf.data.Dataset of single examples, or None
+    train_images: int
+    test_images: int
+
+
+def resolve(cfg):
+    """The DataSource for `cfg.data` (auto: files, else prepared/downloadable tfds, else synthetic)."""
+    kind = cfg.data
+    if kind == "auto":
+        if cfg.cifar_dir:
+            kind = "files"
+        else:
+            try:
+                return _tfds_source(cfg)
+            except DataError as err:
+                print(
+                    f"WARNING: {err}.\nWARNING: --data=auto falls back to SYNTHETIC data: the row measures "
+                    f"model speed only and has no accuracy.",
+                    file=sys.stderr,
+                )
+                kind = "synthetic"
+    if kind == "files":
+        train_files, test_files = find_cifar_files(cfg.cifar_dir)
+        return DataSource(
+            "files",
+            files_dataset(train_files),
+            files_dataset(test_files),
+            count_records(train_files),
+            count_records(test_files),
+        )
+    if kind == "tfds":
+        return _tfds_source(cfg)
+    return DataSource("synthetic", None, None, 50_000, 0)
+
+
+def _tfds_source(cfg):
+    train, test = tfds_datasets(cfg.tfds_dir)
+    n_train = int(train.cardinality())
+    n_test = int(test.cardinality())
+    if n_train < 0 or n_test < 0:  # unknown cardinality: count once
+        n_train = int(train.reduce(0, lambda c, _: c + 1))
+        n_test = int(test.reduce(0, lambda c, _: c + 1))
+    return DataSource("tfds", train, test, n_train, n_test)
+
+
+def distribute_train(strategy, source, global_batch, seed):
+    """A distributed dataset of augmented training batches: shuffled, repeated, per-replica, prefetched."""
+    import tensorflow as tf
+
+    def dataset_fn(ctx):
+        per_replica = ctx.get_per_replica_batch_size(global_batch)
+        ds = source.train.shard(ctx.num_input_pipelines, ctx.input_pipeline_id)
+        ds = ds.cache() if source.kind != "tfds" else ds
+        ds = ds.shuffle(SHUFFLE_BUFFER, seed=seed, reshuffle_each_iteration=True).repeat()
+        ds = ds.map(augment, num_parallel_calls=tf.data.AUTOTUNE, deterministic=seed is not None)
+        ds = ds.batch(per_replica, drop_remainder=True)  # static shapes (XLA, no retracing)
+        return ds.prefetch(tf.data.AUTOTUNE)
+
+    return strategy.distribute_datasets_from_function(dataset_fn)
+
+
+def distribute_eval(strategy, source, global_batch):
+    """A distributed dataset of the test set in full batches of (images, labels, mask).
+
+    The last batch is padded with masked-out examples so every image counts
+    exactly once and every batch has a static shape.
+    """
+    import tensorflow as tf
+
+    total = -(-source.test_images // global_batch) * global_batch
+    pad = total - source.test_images
+
+    def dataset_fn(ctx):
+        per_replica = ctx.get_per_replica_batch_size(global_batch)
+        real = source.test.map(lambda image, label: (image, label, tf.constant(1.0)))
+        filler = tf.data.Dataset.from_tensors(
+            (tf.zeros(IMAGE_SHAPE, tf.uint8), tf.constant(0, tf.int32), tf.constant(0.0))
+        ).repeat(pad)
+        ds = real.concatenate(filler).shard(ctx.num_input_pipelines, ctx.input_pipeline_id)
+        return ds.batch(per_replica, drop_remainder=True).cache().prefetch(tf.data.AUTOTUNE)
+
+    return strategy.distribute_datasets_from_function(dataset_fn), total // global_batch
+
+
+def synthetic_batches(strategy, global_batch, seed):
+    """Per-replica (images, labels) made once on each replica's device and reused every step."""
+    import tensorflow as tf
+
+    per_replica = global_batch // strategy.num_replicas_in_sync
+    try:
+        placement = strategy.extended.worker_devices
+    except RuntimeError:  # the default strategy: wherever TF places ops
+        placement = None
+
+    def make(ctx):
+        replica = ctx.replica_id_in_sync_group
+        # distribute_values_from_function does not place values; put each on its replica's device
+        with tf.device(placement[replica] if placement else None):
+            g = tf.random.Generator.from_seed(seed + replica)
+            images = tf.cast(g.uniform((per_replica,) + IMAGE_SHAPE, 0, 256, tf.int32), tf.uint8)
+            labels = g.uniform((per_replica,), 0, NUM_CLASSES, tf.int32)
+            return tf.identity(images), tf.identity(labels)
+
+    return strategy.experimental_distribute_values_from_function(make)
+
+
+class SyntheticIterator:
+    """Iterator protocol over one fixed per-replica batch (the input pipeline costs nothing)."""
+
+    def __init__(self, batch):
+        self.batch = batch
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        return self.batch
+
+    def get_next(self):
+        return self.batch

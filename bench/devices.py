@@ -1,0 +1,174 @@
+"""Devices and strategies: the only module that calls tf.config.
+
+`setup(cfg)` must run before any TensorFlow op: splitting the CPU into logical
+devices and GPU memory growth can only be configured before the runtime starts.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import platform
+import sys
+import tempfile
+
+from bench.config import ConfigError, RunConfig
+
+
+@contextlib.contextmanager
+def _native_stderr_quieted():
+    """Hide TF's native start-up chatter (CUDA stub probing) unless the user set TF_CPP_MIN_LOG_LEVEL.
+
+    It is printed by C++ code straight to file descriptor 2, before any log
+    level applies, so the descriptor is pointed at a temporary file meanwhile.
+    The captured text is replayed if importing fails.
+    """
+    if "TF_CPP_MIN_LOG_LEVEL" in os.environ and not os.environ.get("_BENCH_QUIET_TF"):
+        yield
+        return
+    os.environ["TF_CPP_MIN_LOG_LEVEL"] = "2"
+    os.environ["_BENCH_QUIET_TF"] = "1"
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as sink:
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield
+        except BaseException:
+            os.dup2(saved, 2)
+            sink.seek(0)
+            sys.stderr.write(sink.read().decode(errors="replace"))
+            raise
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+
+
+def import_tensorflow():
+    """Import TensorFlow quietly and return the module."""
+    with _native_stderr_quieted():
+        import tensorflow as tf
+
+        tf.config.list_physical_devices("GPU")  # the CUDA probe also prints here
+    if os.environ.get("_BENCH_QUIET_TF"):
+        tf.get_logger().setLevel("WARNING")  # no INFO lines such as "Using MirroredStrategy with devices"
+    return tf
+
+
+@dataclasses.dataclass(frozen=True)
+class Devices:
+    strategy: object  # a tf.distribute.Strategy
+    num_replicas: int
+    device_kind: str  # "GPU" or "CPU"
+    device_name: str  # e.g. "NVIDIA A100-SXM4-40GB" or the CPU model
+    physical_devices: int  # GPUs used, or 1 for the (possibly split) CPU
+    first_device: str  # e.g. "/gpu:0": where the peak FLOP/s is measured
+
+
+def cpu_model_name():
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def setup(cfg: RunConfig) -> Devices:
+    """Configure the runtime for `cfg` and build its strategy. Raises ConfigError on impossible requests."""
+    tf = import_tensorflow()
+    gpus = tf.config.list_physical_devices("GPU")
+    if gpus and cfg.cpu_replicas > 1:
+        raise ConfigError(
+            f"--cpu_replicas={cfg.cpu_replicas} is for machines without GPUs; {len(gpus)} GPU(s) are visible "
+            f"(use --num_gpus)"
+        )
+    if cfg.num_gpus is not None and cfg.num_gpus > len(gpus):
+        raise ConfigError(f"--num_gpus={cfg.num_gpus} but only {len(gpus)} GPU(s) are visible")
+    if gpus and cfg.num_gpus != 0:
+        wanted = len(gpus) if cfg.num_gpus is None else cfg.num_gpus
+        if cfg.strategy != "mirrored":
+            wanted = 1
+        use = gpus[:wanted]
+        try:
+            tf.config.set_visible_devices(use, "GPU")
+            for gpu in use:
+                # Several sweep trials may share a node: take memory as needed, not all of it.
+                tf.config.experimental.set_memory_growth(gpu, True)
+        except RuntimeError as err:  # the runtime already started (e.g. a second run in one process)
+            if "initialized" not in str(err):
+                raise
+        names = [f"/gpu:{i}" for i in range(len(use))]
+        kind = "GPU"
+        details = tf.config.experimental.get_device_details(use[0])
+        device_name = details.get("device_name", "GPU")
+        physical = len(use)
+    else:
+        if gpus:
+            tf.config.set_visible_devices([], "GPU")
+        split_cpu(tf, cfg.cpu_replicas)
+        names = [f"/cpu:{i}" for i in range(cfg.cpu_replicas)]
+        kind = "CPU"
+        device_name = cpu_model_name()
+        physical = 1  # logical CPU devices share one physical CPU
+    replicas = len(names) if cfg.strategy == "mirrored" else 1
+    if cfg.batch_size % replicas:
+        raise ConfigError(
+            f"--batch_size={cfg.batch_size} is global and must divide evenly over {replicas} replicas"
+        )
+    if cfg.xla and cfg.sync_bn and replicas > 1:
+        from bench.step import SYNC_BN_XLA_ERROR
+
+        raise ConfigError(SYNC_BN_XLA_ERROR)
+    if cfg.strategy == "mirrored":
+        strategy = mirrored_strategy(names)
+    elif cfg.strategy == "one_device":
+        strategy = tf.distribute.OneDeviceStrategy(names[0])
+    else:
+        strategy = tf.distribute.get_strategy()
+    assert strategy.num_replicas_in_sync == replicas
+    if cfg.precision == "mixed_float16" and kind == "CPU":
+        print("warning: mixed_float16 on a CPU is slow (float16 is emulated); bfloat16 is the CPU's "
+              "fast format (--precision=bf16)", file=sys.stderr)
+    if cfg.deterministic:
+        tf.config.experimental.enable_op_determinism()
+    return Devices(strategy, replicas, kind, device_name, physical, names[0])
+
+
+_MIRRORED = {}
+
+
+def mirrored_strategy(device_names):
+    """One MirroredStrategy per device set per process.
+
+    Each new MirroredStrategy restarts TF's collective instance keys, so a second
+    strategy over the same devices in one process (tests, sweeps in one worker)
+    reuses keys of the first and its all-reduces fail with a shape mismatch.
+    """
+    import tensorflow as tf
+
+    key = tuple(device_names)
+    if key not in _MIRRORED:
+        _MIRRORED[key] = tf.distribute.MirroredStrategy(list(device_names))
+    return _MIRRORED[key]
+
+
+def split_cpu(tf, k):
+    """Split the CPU into k logical devices (before the runtime starts); a no-op if already so."""
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    current = tf.config.get_logical_device_configuration(cpu)
+    if current is not None and len(current) == k:
+        return
+    if k == 1 and current is None:
+        return
+    try:
+        tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * k)
+    except RuntimeError as err:
+        have = len(tf.config.list_logical_devices("CPU"))
+        if have < k:
+            raise ConfigError(
+                f"--cpu_replicas={k}: this process already started TensorFlow with {have} CPU device(s)"
+            ) from err

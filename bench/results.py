@@ -1,0 +1,221 @@
+"""The results table: schema, provenance and a locked, whole-row-or-nothing append.
+
+No TensorFlow here: the Ray driver and the report read and write rows with it.
+Every writer holds a file lock (`<csv>.lock`, via `filelock`) while it reads the
+file, checks the header and replaces the file with a copy that has the new row
+(write to a temporary file, fsync, `os.replace`). A crash or a kill at any
+moment leaves either the old file or the new one, never half a row.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime
+import io
+import os
+import platform
+import socket
+import subprocess
+import tempfile
+import uuid
+
+import filelock
+
+SCHEMA = (
+    "run_id",
+    "timestamp_utc",
+    "status",  # ok | diverged | failed
+    "error",
+    "sweep",
+    "trial_key",
+    "git_sha",
+    "tf_version",
+    "keras_version",
+    "python_version",
+    "host",
+    "device",
+    "num_replicas",
+    "strategy",
+    "loop",
+    "n",
+    "depth",
+    "block",
+    "shortcut",
+    "sync_bn",
+    "params",
+    "flops_per_image",
+    "precision",
+    "xla",
+    "global_batch_size",
+    "steps_per_loop",
+    "warmup_steps",
+    "timed_steps",
+    "total_steps",
+    "epochs",
+    "data",
+    "recipe",
+    "images_per_sec",
+    "images_per_sec_stderr",
+    "jitter",
+    "step_time_p50_ms",
+    "step_time_p90_ms",
+    "step_time_p99_ms",
+    "compile_s",
+    "time_to_first_step_s",
+    "train_time_s",
+    "peak_gflops",
+    "mfu",
+    "final_train_loss",
+    "test_accuracy",
+    "best_test_accuracy",
+    "target_accuracy",
+    "time_to_target_s",
+    "seed",
+    "deterministic",
+    "command",
+)
+
+STATUSES = ("ok", "diverged", "failed")
+
+
+class ResultsError(ValueError):
+    """The results file cannot take rows (foreign header, not writable)."""
+
+
+def new_run_id():
+    return uuid.uuid4().hex[:12]
+
+
+def utc_now():
+    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def git_sha(path=None):
+    """HEAD of the checkout holding this code, with `-dirty` if tracked files changed; '' outside git."""
+    where = path or os.path.dirname(os.path.abspath(__file__))
+    try:
+        sha = subprocess.run(
+            ["git", "-C", where, "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", where, "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return ""
+    return sha + ("-dirty" if dirty else "")
+
+
+def base_provenance():
+    """The fields that need no TensorFlow."""
+    return {
+        "git_sha": git_sha(),
+        "python_version": platform.python_version(),
+        "host": socket.gethostname(),
+    }
+
+
+def _read_header(path):
+    with open(path, newline="") as fh:
+        first = fh.readline()
+    if not first.strip():
+        return None
+    return tuple(next(csv.reader([first])))
+
+
+def check_results_path(path):
+    """Raise ResultsError unless rows can be appended to `path` (nothing is written)."""
+    path = os.path.abspath(path)
+    if os.path.isdir(path):
+        raise ResultsError(f"results path {path} is a folder; give a CSV file path")
+    if os.path.exists(path):
+        if not os.access(path, os.W_OK):
+            raise ResultsError(f"results file {path} is not writable")
+        header = _read_header(path)
+        if header is not None and header != SCHEMA:
+            raise ResultsError(
+                f"results file {path} has a different header than this version's schema "
+                f"({len(header)} columns vs {len(SCHEMA)}); use a new --results file"
+            )
+    parent = os.path.dirname(path)
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent) or not os.access(parent, os.W_OK):
+        raise ResultsError(f"cannot write results under {parent} (not a writable folder)")
+
+
+def _format(value):
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    return str(value)
+
+
+def format_row(row):
+    """The CSV line (with newline) of a row dict; unknown keys are an error."""
+    unknown = set(row) - set(SCHEMA)
+    if unknown:
+        raise KeyError(f"not in the results schema: {sorted(unknown)}")
+    if row.get("status") not in STATUSES:
+        raise ValueError(f"status must be one of {STATUSES}; got {row.get('status')!r}")
+    buf = io.StringIO()
+    csv.writer(buf, lineterminator="\n").writerow([_format(row.get(c)) for c in SCHEMA])
+    return buf.getvalue()
+
+
+def read_rows(path):
+    """All rows of a results file as dicts of strings ([] if it does not exist)."""
+    if not os.path.exists(path):
+        return []
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def append_row(path, row, lock_timeout=120):
+    """Append one row under the file lock, atomically. Returns False if its run_id is already there."""
+    check_results_path(path)
+    line = format_row(row)
+    path = os.path.abspath(path)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with filelock.FileLock(path + ".lock", timeout=lock_timeout):
+        check_results_path(path)
+        existing = ""
+        if os.path.exists(path):
+            with open(path, newline="") as fh:
+                existing = fh.read()
+        if existing.strip():
+            run_id = str(row.get("run_id", ""))
+            if run_id and any(r.get("run_id") == run_id for r in csv.DictReader(io.StringIO(existing))):
+                return False
+            if not existing.endswith("\n"):
+                existing += "\n"
+        else:
+            existing = format_header()
+        fd, tmp = tempfile.mkstemp(prefix=".summary.", suffix=".tmp", dir=os.path.dirname(path))
+        try:
+            with os.fdopen(fd, "w", newline="") as fh:
+                fh.write(existing + line)
+                fh.flush()
+                os.fsync(fh.fileno())
+            if os.path.exists(path):
+                os.chmod(tmp, os.stat(path).st_mode & 0o777)
+            else:
+                os.chmod(tmp, 0o644)
+            os.replace(tmp, path)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
+    return True
+
+
+def format_header():
+    buf = io.StringIO()
+    csv.writer(buf, lineterminator="\n").writerow(SCHEMA)
+    return buf.getvalue()

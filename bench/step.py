@@ -1,0 +1,190 @@
+"""The one train/eval step builder for every strategy, precision and XLA setting.
+
+Shape of a training call (`Trainer.train(iterator, num_steps)`):
+
+    train_loop (one tf.function):
+      for _ in tf.range(num_steps):               # steps_per_loop steps in-graph
+          strategy.run(replica_step, next(iterator))
+              loss, grads = forward_backward(...) # XLA-compiled when xla=True
+              optimizer.apply_gradients(grads)    # all-reduce (sum) + SGD update
+    average_moving_statistics (a second one)      # unless sync_bn or one replica (see below)
+
+* The loss is the cross-entropy averaged over the **global** batch
+  (`tf.nn.compute_average_loss`) plus `weight_decay * sum(l2_loss(kernels))`
+  divided by the number of replicas (`tf.nn.scale_regularization_loss`), so the
+  summed gradients equal a single-device step on the whole batch.
+* mixed_float16 goes through `keras.optimizers.LossScaleOptimizer`:
+  `scale_loss` before the gradient, `apply_gradients` unscales and skips steps
+  whose gradients are not finite (the loss scale then halves).
+* XLA: only the forward/backward is jit-compiled. Compiling `apply_gradients`
+  or the whole `strategy.run` fails with two or more replicas in TF 2.21
+  (resource on another device); one code path serves every replica count.
+  Synchronized BN all-reduces inside the forward pass, which cannot run in a
+  nested compiled function: sync_bn + XLA is refused with two or more replicas.
+* Keras 3 BatchNormalization keeps its moving statistics per replica. Without
+  synchronized BN each replica updates its own copy from its own batch; the
+  copies are averaged at the end of every training call. The moving average is
+  linear, so this equals averaging every step, and all replicas (and
+  evaluation) see the statistics of the whole global batch.
+"""
+
+from __future__ import annotations
+
+import keras
+import tensorflow as tf
+
+from bench.data import normalize
+from resnet.model import batch_norm_layers, decayed_kernels
+
+
+SYNC_BN_XLA_ERROR = (
+    "--sync_bn with --xla works on one replica only: TF 2.21 cannot all-reduce batch statistics inside "
+    "the XLA-compiled forward pass; drop one of them"
+)
+
+
+class Trainer:
+    """Compiled training and evaluation loops over a model and optimizer built under `strategy`."""
+
+    def __init__(
+        self,
+        model,
+        optimizer,
+        strategy,
+        global_batch_size,
+        weight_decay,
+        xla=False,
+        sync_bn=False,
+        inject_nan_at_step=None,
+        inject_inf_grad_at_step=None,
+    ):
+        if xla and sync_bn and strategy.num_replicas_in_sync > 1:
+            raise ValueError(SYNC_BN_XLA_ERROR)
+        self.model = model
+        self.optimizer = optimizer
+        self.strategy = strategy
+        self.global_batch_size = global_batch_size
+        self.weight_decay = weight_decay
+        self.replicas = strategy.num_replicas_in_sync
+        self._decayed = decayed_kernels(model)
+        self._moving = [
+            v for layer in batch_norm_layers(model) for v in (layer.moving_mean, layer.moving_variance)
+        ]
+        self._average_bn = self.replicas > 1 and not sync_bn
+        self._inject_nan_at_step = inject_nan_at_step
+        self._inject_inf_grad_at_step = inject_inf_grad_at_step
+        with strategy.scope():
+            # Trap: under MirroredStrategy the optimizer's slots must exist before the first
+            # traced step, or the first call fails with an unfed placeholder.
+            optimizer.build(model.trainable_variables)
+            self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="global_step",
+                                    aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
+        fb = self._forward_backward
+        self._fb = tf.function(fb, jit_compile=True) if xla else fb
+        fwd = self._logits
+        self._fwd = tf.function(fwd, jit_compile=True) if xla else fwd
+        self.train_loop = tf.function(self._train_loop)
+        self.eval_loop = tf.function(self._eval_loop)
+        self.average_moving_statistics = tf.function(self._average_moving_statistics)
+
+    # -- per-replica pieces -------------------------------------------------
+
+    def _logits(self, images, training):
+        return self.model(normalize(images), training=training)
+
+    def _forward_backward(self, images, labels, step):
+        variables = self.model.trainable_variables
+        with tf.GradientTape() as tape:
+            logits = self._logits(images, training=True)
+            per_example = tf.nn.sparse_softmax_cross_entropy_with_logits(labels, logits)
+            ce = tf.nn.compute_average_loss(per_example, global_batch_size=self.global_batch_size)
+            l2 = tf.add_n([tf.nn.l2_loss(k) for k in self._decayed])
+            loss = ce + tf.nn.scale_regularization_loss(self.weight_decay * l2)
+            # Fault injection for tests multiplies by a factor (tf.where on the loss itself
+            # would put NaN into the gradient of the branch not taken).
+            if self._inject_nan_at_step is not None:
+                poison = tf.where(step == self._inject_nan_at_step, float("nan"), 1.0)
+                loss, ce = loss * poison, ce * poison
+            scaled = self.optimizer.scale_loss(loss)
+            if self._inject_inf_grad_at_step is not None:
+                scaled = scaled * tf.where(step == self._inject_inf_grad_at_step, float("inf"), 1.0)
+        grads = tape.gradient(scaled, variables)
+        return ce, grads
+
+    def _replica_step(self, images, labels, step):
+        ce, grads = self._fb(images, labels, step)
+        self.optimizer.apply_gradients(zip(grads, self.model.trainable_variables))
+        return ce
+
+    def _average_moving_statistics(self):
+        def average():
+            ctx = tf.distribute.get_replica_context()
+            means = ctx.all_reduce(tf.distribute.ReduceOp.MEAN, [tf.identity(v.value) for v in self._moving])
+            for v, m in zip(self._moving, means):
+                v.value.assign(m)
+
+        self.strategy.run(average)
+
+    # -- compiled loops -----------------------------------------------------
+
+    def _train_loop(self, iterator, num_steps):
+        """Run `num_steps` steps; return the mean cross-entropy of these steps (float32 scalar)."""
+        total = tf.constant(0.0, tf.float32)
+        for _ in tf.range(num_steps):
+            self.step.assign_add(1)
+            images, labels = next(iterator)
+            per_replica = self.strategy.run(self._replica_step, args=(images, labels, self.step.read_value()))
+            total += self.strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)
+        return total / tf.cast(num_steps, tf.float32)
+
+    def train(self, iterator, num_steps):
+        """One training call: `num_steps` steps in-graph, then the BN statistics averaged over replicas.
+
+        The averaging is a call of its own: an all-reduce placed after the step loop
+        inside the same function collides with the loop's gradient all-reduce in TF 2.21.
+        """
+        loss = self.train_loop(iterator, num_steps)
+        if self._average_bn:
+            self.average_moving_statistics()
+        return loss
+
+    def _eval_replica(self, images, labels, mask):
+        logits = self._fwd(images, training=False)
+        hit = tf.cast(tf.equal(tf.argmax(logits, axis=-1, output_type=tf.int32), labels), tf.float32)
+        per_example = tf.nn.sparse_softmax_cross_entropy_with_logits(labels, logits)
+        return tf.reduce_sum(hit * mask), tf.reduce_sum(per_example * mask), tf.reduce_sum(mask)
+
+    def _eval_loop(self, iterator, num_batches):
+        """Return (correct, summed loss, count) over `num_batches` global batches."""
+        sums = [tf.constant(0.0), tf.constant(0.0), tf.constant(0.0)]
+        for _ in tf.range(num_batches):
+            images, labels, mask = next(iterator)
+            out = self.strategy.run(self._eval_replica, args=(images, labels, mask))
+            sums = [s + self.strategy.reduce(tf.distribute.ReduceOp.SUM, o, axis=None) for s, o in zip(sums, out)]
+        return tuple(sums)
+
+
+def make_optimizer(schedule, precision, momentum=0.9):
+    """SGD with momentum on the piecewise-constant schedule; loss-scaled for mixed_float16."""
+    boundaries, values = [], []
+    if schedule.warmup_lr is not None and schedule.warmup_lr_steps > 0:
+        boundaries.append(schedule.warmup_lr_steps)
+        values.append(schedule.warmup_lr)
+    values.append(schedule.base_lr)
+    for i, b in enumerate(schedule.boundaries, start=1):
+        if not boundaries or b > boundaries[-1]:
+            boundaries.append(b)
+            values.append(schedule.base_lr * 0.1**i)
+    lr = (
+        keras.optimizers.schedules.PiecewiseConstantDecay(boundaries, values) if boundaries else schedule.base_lr
+    )
+    opt = keras.optimizers.SGD(learning_rate=lr, momentum=momentum)
+    if precision == "mixed_float16":
+        opt = keras.optimizers.LossScaleOptimizer(opt)
+    return opt
+
+
+def current_lr(optimizer):
+    inner = getattr(optimizer, "inner_optimizer", optimizer)
+    lr = inner.learning_rate
+    return float(lr.numpy() if hasattr(lr, "numpy") else lr)

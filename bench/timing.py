@@ -1,0 +1,72 @@
+"""The timer: one object owns every clock read of a run.
+
+Each training call is one window. Before reading the clock the device is synced
+(`sync`: the call's result is read back, then every device is drained), so a
+window measures finished work, not dispatch. The first call (trace + compile +
+one step) and the warm-up calls are kept apart from the timed windows; eval,
+checkpoints, summaries and printing happen between windows and are never inside one.
+"""
+
+from __future__ import annotations
+
+import time
+
+from bench import metrics
+
+
+def device_sync(value=None):
+    """Block until `value` is computed and every device is idle."""
+    import tensorflow as tf
+
+    if value is not None:
+        tf.nest.map_structure(lambda t: t.numpy() if hasattr(t, "numpy") else t, value)
+    tf.test.experimental.sync_devices()
+
+
+class Chrono:
+    def __init__(self, sync=device_sync, clock=time.perf_counter):
+        self._sync = sync
+        self._clock = clock
+        self.first_call_s = None  # trace + compile + first step
+        self.warmup = []  # (steps, seconds) of warm-up calls
+        self.windows = []  # (steps, seconds) of timed calls
+        self.untimed = []  # (steps, seconds) of calls excluded on purpose (profiling)
+
+    def call(self, fn, *args, steps, kind):
+        """Run `fn(*args)` as one window of `steps` steps; kind is first | warmup | timed | untimed."""
+        self._sync()
+        start = self._clock()
+        out = fn(*args)
+        self._sync(out)
+        seconds = self._clock() - start
+        if kind == "first":
+            self.first_call_s = seconds
+        elif kind == "warmup":
+            self.warmup.append((steps, seconds))
+        elif kind == "timed":
+            self.windows.append((steps, seconds))
+        elif kind == "untimed":
+            self.untimed.append((steps, seconds))
+        else:
+            raise ValueError(f"unknown window kind {kind!r}")
+        return out, seconds
+
+    @property
+    def train_seconds(self):
+        """Every second spent in training calls (compile included), for time-to-accuracy."""
+        parts = self.warmup + self.windows + self.untimed
+        return (self.first_call_s or 0.0) + sum(t for _, t in parts)
+
+    def compile_seconds(self):
+        """First call minus one typical step: the trace and compile time."""
+        if self.first_call_s is None:
+            return None
+        step = None
+        if self.windows:
+            step = metrics.summarize(self.windows, 1).step_time_p50_ms / 1000.0
+        elif self.warmup:
+            step = min(t / s for s, t in self.warmup)
+        return max(0.0, self.first_call_s - (step or 0.0))
+
+    def throughput(self, global_batch_size):
+        return metrics.summarize(self.windows, global_batch_size) if self.windows else None

@@ -1,0 +1,39 @@
+"""Test session setup: two logical CPU devices, so every multi-replica path runs for real.
+
+The CPU split must happen before TensorFlow runs any op, so it is done here,
+when pytest imports this file, before any test module builds a tensor.
+"""
+
+import os
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+
+from bench import devices  # noqa: E402
+
+tf = devices.import_tensorflow()
+devices.split_cpu(tf, 2)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _peak_cache(tmp_path_factory):
+    """Tests share one peak-FLOP/s cache of their own, never the user's."""
+    os.environ["RESNET_BENCH_CACHE"] = str(tmp_path_factory.mktemp("cache"))
+    yield
+
+
+@pytest.fixture
+def strategies():
+    """One-device and two-replica mirrored strategies over the logical CPUs."""
+    return {
+        1: tf.distribute.OneDeviceStrategy("/cpu:0"),
+        2: devices.mirrored_strategy(["/cpu:0", "/cpu:1"]),
+    }
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: takes more than ~20 s on a 2-core CPU")

@@ -1,0 +1,44 @@
+"""Small builders shared by the tests (no assertions here)."""
+
+import numpy as np
+import tensorflow as tf
+
+from bench import config
+from bench.step import Trainer, make_optimizer
+from resnet.model import build_resnet
+
+
+def make_trainer(strategy, n=1, precision="float32", xla=False, sync_bn=False, batch=16, lr=0.05, seed=0,
+                 weight_decay=1e-4, **inject):
+    """A Trainer over a small ResNet built (with `seed`) under `strategy`."""
+    import keras
+
+    keras.utils.set_random_seed(seed)
+    schedule = config.Schedule(base_lr=lr, boundaries=(), warmup_lr=None, warmup_lr_steps=0)
+    with strategy.scope():
+        model = build_resnet(n, precision=precision, sync_bn=sync_bn)
+        opt = make_optimizer(schedule, precision)
+    return Trainer(model, opt, strategy, batch, weight_decay, xla=xla, sync_bn=sync_bn, **inject)
+
+
+def fixed_batch(batch=16, seed=1):
+    rng = np.random.default_rng(seed)
+    images = rng.integers(0, 256, size=(batch, 32, 32, 3), dtype=np.uint8)
+    labels = rng.integers(0, 10, size=(batch,), dtype=np.int32)
+    return images, labels
+
+
+def distributed_iterator(strategy, images, labels, repeat=True):
+    """Batches of the given arrays, split over the replicas in order (replica 0 gets the first half)."""
+    ds = tf.data.Dataset.from_tensors((images, labels))
+    if repeat:
+        ds = ds.repeat()
+    return iter(strategy.experimental_distribute_dataset(ds))
+
+
+def weights(model):
+    return [v.numpy().copy() for v in model.trainable_variables]
+
+
+def replica_values(strategy, variable):
+    return [t.numpy() for t in strategy.experimental_local_results(variable.value)]

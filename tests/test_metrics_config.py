@@ -1,0 +1,106 @@
+"""Pure-Python pieces: statistics of timed windows, the timer, config validation and schedules."""
+
+import math
+
+import pytest
+
+from bench import config, metrics, timing
+from bench.config import ConfigError, RunConfig
+
+
+def test_summarize_agrees_with_the_clock():
+    windows = [(10, 2.0), (10, 2.5), (10, 2.0), (5, 1.0)]
+    t = metrics.summarize(windows, 128)
+    assert t.images_per_sec == pytest.approx(35 * 128 / 7.5)
+    rates = [640.0, 512.0, 640.0, 640.0]
+    assert t.jitter == 0.0  # median 640, MAD 0
+    mean = sum(rates) / 4
+    sd = math.sqrt(sum((r - mean) ** 2 for r in rates) / 3)
+    assert t.images_per_sec_stderr == pytest.approx(sd / 2)
+    assert t.step_time_p50_ms == pytest.approx(200.0)
+    assert t.step_time_p99_ms == pytest.approx(248.5)  # sorted 200,200,200,250 at position 2.97
+    assert (t.timed_steps, t.windows) == (35, 4)
+
+
+def test_mfu_and_ci():
+    assert metrics.mfu(245e6, 1000, 490e9) == pytest.approx(0.5)
+    assert metrics.mfu(1, 1, 0) is None
+    m, h = metrics.mean_ci95([1.0, 2.0, 3.0])
+    assert m == 2.0 and h == pytest.approx(4.303 * 1.0 / math.sqrt(3))
+    assert metrics.mean_ci95([5.0]) == (5.0, 0.0)
+
+
+class FakeClock:
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self):
+        return self.now
+
+
+def test_chrono_keeps_compile_and_warmup_out_of_the_windows():
+    clock = FakeClock()
+    synced = []
+    chrono = timing.Chrono(sync=lambda value=None: synced.append(value), clock=clock)
+
+    def work(seconds):
+        clock.now += seconds
+        return seconds
+
+    chrono.call(work, 30.0, steps=1, kind="first")  # trace + compile
+    chrono.call(work, 2.0, steps=10, kind="warmup")
+    for _ in range(3):
+        chrono.call(work, 1.0, steps=10, kind="timed")
+    assert synced.count(None) == 5 and synced.count(1.0) == 3  # synced before and after every call
+    t = chrono.throughput(100)
+    assert t.images_per_sec == pytest.approx(1000.0)  # 30 steps x 100 images / 3 s
+    assert chrono.compile_seconds() == pytest.approx(29.9)
+    assert chrono.train_seconds == pytest.approx(35.0)
+
+
+@pytest.mark.parametrize("changes,message", [
+    ({"strategy": "multi_worker"}, "not supported yet"),
+    ({"strategy": "tpu"}, "choose one of"),
+    ({"n": 0}, "--n must be >= 1"),
+    ({"precision": "fp64"}, "precision"),
+    ({"block": "wide"}, "block"),
+    ({"cpu_replicas": 0}, "cpu_replicas"),
+    ({"cpu_replicas": 2}, "needs --strategy=mirrored"),
+    ({"steps": 10, "epochs": 1.0}, "not both"),
+    ({"steps_per_loop": 0}, "steps_per_loop"),
+    ({"data": "files"}, "needs --cifar_dir"),
+    ({"target_accuracy": 91.0}, "fraction"),
+    ({"target_accuracy": 0.5, "data": "synthetic"}, "real data"),
+])
+def test_validate_rejects_with_a_message(changes, message):
+    with pytest.raises(ConfigError, match=message):
+        config.validate(RunConfig(**changes))
+
+
+def test_validate_normalises_precision_aliases():
+    assert config.validate(RunConfig(precision="bf16")).precision == "mixed_bfloat16"
+    assert config.validate(RunConfig(precision="fp16")).precision == "mixed_float16"
+
+
+def test_steps_from_epochs_recipe_and_warmup_check():
+    assert config.train_steps(RunConfig(epochs=2.0, batch_size=100)) == 1000
+    assert config.train_steps(RunConfig(recipe="paper")) == 64000
+    assert config.train_steps(RunConfig(recipe="paper", batch_size=256)) == 32000
+    with pytest.raises(ConfigError, match="warm-up"):
+        config.check_steps(RunConfig(warmup_steps=20), 20)
+
+
+def test_paper_schedule():
+    s = config.lr_schedule(RunConfig(recipe="paper", n=18), 64000)
+    assert s.boundaries == (32000, 48000)
+    assert s.lr_at(0) == 0.01 and s.lr_at(399) == 0.01 and s.lr_at(400) == 0.1
+    assert s.lr_at(32000) == pytest.approx(0.01) and s.lr_at(48000) == pytest.approx(0.001)
+    s20 = config.lr_schedule(RunConfig(recipe="paper", n=3, batch_size=256), 32000)
+    assert s20.warmup_lr is None and s20.base_lr == 0.2
+
+
+def test_profile_steps_parse():
+    assert config.parse_profile_steps("20,25") == (20, 25)
+    for bad in ("20", "a,b", "25,20", "0,3"):
+        with pytest.raises(ConfigError, match="profile_steps"):
+            config.parse_profile_steps(bad)

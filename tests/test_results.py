@@ -1,0 +1,84 @@
+"""The results table: schema, whole rows under concurrency, foreign headers refused."""
+
+import csv
+import multiprocessing
+import os
+
+import pytest
+
+from bench import results
+
+
+def row(i, **extra):
+    return {"run_id": f"run{i:04d}", "status": "ok", "n": 3, "images_per_sec": 1234.5678 + i,
+            "command": 'python -m bench.run --n 3 --note "quoted, with comma"', **extra}
+
+
+def _writer(path, start, count):
+    for i in range(start, start + count):
+        results.append_row(path, row(i))
+
+
+def test_header_once_and_values_round_trip(tmp_path):
+    path = str(tmp_path / "sub" / "summary.csv")
+    assert results.append_row(path, row(1, xla=True, error="line one\nline two"))
+    assert results.append_row(path, row(2))
+    with open(path) as fh:
+        text = fh.read()
+    assert text.count("run_id,timestamp_utc") == 1
+    rows = results.read_rows(path)
+    assert [r["run_id"] for r in rows] == ["run0001", "run0002"]
+    assert tuple(rows[0]) == results.SCHEMA
+    assert rows[0]["xla"] == "true" and rows[0]["error"] == "line one\nline two"
+    assert rows[0]["command"].endswith('"quoted, with comma"')
+
+
+def test_same_run_id_is_written_once(tmp_path):
+    path = str(tmp_path / "summary.csv")
+    assert results.append_row(path, row(1))
+    assert not results.append_row(path, row(1))
+    assert len(results.read_rows(path)) == 1
+
+
+def test_concurrent_writers_keep_every_row_whole(tmp_path):
+    path = str(tmp_path / "summary.csv")
+    ctx = multiprocessing.get_context("spawn")
+    procs = [ctx.Process(target=_writer, args=(path, k * 100, 15)) for k in range(4)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(120)
+        assert p.exitcode == 0
+    rows = results.read_rows(path)
+    assert sorted(r["run_id"] for r in rows) == sorted(f"run{k * 100 + i:04d}" for k in range(4) for i in range(15))
+    with open(path, newline="") as fh:
+        raw = list(csv.reader(fh))
+    assert all(len(r) == len(results.SCHEMA) for r in raw)
+    assert not [f for f in os.listdir(tmp_path) if f.endswith(".tmp")]
+
+
+def test_foreign_header_is_refused_and_left_alone(tmp_path):
+    path = tmp_path / "summary.csv"
+    path.write_text("run_id,speed\nx,1\n")
+    with pytest.raises(results.ResultsError, match="different header"):
+        results.check_results_path(str(path))
+    with pytest.raises(results.ResultsError):
+        results.append_row(str(path), row(1))
+    assert path.read_text() == "run_id,speed\nx,1\n"
+
+
+def test_unwritable_places_are_refused(tmp_path):
+    with pytest.raises(results.ResultsError, match="folder"):
+        results.check_results_path(str(tmp_path))
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    with pytest.raises(results.ResultsError, match="not a writable folder"):
+        results.check_results_path(str(blocker / "summary.csv"))
+
+
+def test_rows_are_checked_against_the_schema():
+    with pytest.raises(KeyError, match="speed"):
+        results.format_row({"run_id": "x", "status": "ok", "speed": 1})
+    with pytest.raises(ValueError, match="status"):
+        results.format_row({"run_id": "x", "status": "great"})
+    assert results.format_row({"run_id": "x", "status": "ok"}).endswith("\n")

@@ -1,0 +1,165 @@
+"""bench.run end to end: rows, timing, evaluation, divergence, bad input, checkpoint/resume after SIGKILL."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from bench import devices, loop, results
+from bench.config import RunConfig
+from cifar_files import write_cifar
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SMALL = dict(n=1, batch_size=16, steps_per_loop=3, warmup_steps=2)
+
+
+def test_mirrored_synthetic_run_writes_one_true_row(tmp_path):
+    path = str(tmp_path / "summary.csv")
+    cfg = RunConfig(strategy="mirrored", cpu_replicas=2, data="synthetic", steps=14, results=path, **SMALL)
+    out = loop.run(cfg, command="test")
+    assert out.status == "ok" and out.exit_code == 0
+    rows = results.read_rows(path)
+    assert len(rows) == 1
+    row = rows[0]
+    assert row["status"] == "ok" and row["num_replicas"] == "2" and row["strategy"] == "mirrored"
+    assert row["data"] == "synthetic" and row["test_accuracy"] == ""
+    assert row["depth"] == "8" and int(row["params"]) > 0 and int(row["flops_per_image"]) > 0
+    assert row["device"].startswith("CPU") and row["tf_version"] and row["python_version"]
+    # timing: the first (compiling) step and the warm-up are outside the timed windows
+    chrono = out.chrono
+    assert int(row["timed_steps"]) == 14 - 2 == sum(s for s, _ in chrono.windows)
+    assert chrono.first_call_s is not None and sum(s for s, _ in chrono.warmup) == 1
+    clock_rate = sum(s for s, _ in chrono.windows) * 16 / sum(t for _, t in chrono.windows)
+    assert float(row["images_per_sec"]) == pytest.approx(clock_rate, rel=1e-4)
+    assert float(row["compile_s"]) > 0
+    assert float(row["train_time_s"]) >= sum(t for _, t in chrono.windows) + chrono.first_call_s - 1e-6
+    assert 0 < float(row["mfu"]) < 1.5
+    assert float(row["peak_gflops"]) > 0
+
+
+def test_files_run_evaluates_and_stops_at_the_target(tmp_path):
+    folder, _ = write_cifar(str(tmp_path / "cifar"), train_per_file=(64, 64), test=40)
+    path = str(tmp_path / "summary.csv")
+    cfg = RunConfig(data="files", cifar_dir=folder, steps=40, results=path, target_accuracy=0.01,
+                    eval_every_epochs=1.0, tensorboard_dir=str(tmp_path / "tb"), **SMALL)
+    out = loop.run(cfg)
+    row = results.read_rows(path)[0]
+    assert out.status == "ok" and row["data"] == "files"
+    acc = float(row["test_accuracy"])
+    assert 0.01 <= acc <= 1 and float(row["best_test_accuracy"]) >= acc
+    assert float(row["time_to_target_s"]) > 0
+    # the target is met at the first eval (one epoch = 8 steps), so the run stops early
+    assert sum(s for s, _ in out.chrono.windows + out.chrono.warmup) + 1 == 8
+    assert os.listdir(tmp_path / "tb")
+
+
+def test_non_finite_loss_is_recorded_as_diverged(tmp_path):
+    path = str(tmp_path / "summary.csv")
+    out = loop.run(RunConfig(data="synthetic", steps=12, results=path, inject_nan_at_step=6, **SMALL))
+    assert out.status == "diverged" and out.exit_code == loop.EXIT_DIVERGED
+    row = results.read_rows(path)[0]
+    assert row["status"] == "diverged" and "non-finite" in row["error"]
+
+
+def test_mixed_float16_on_cpu_warns(capsys):
+    devices.setup(RunConfig(precision="mixed_float16"))
+    assert "mixed_float16 on a CPU is slow" in capsys.readouterr().err
+
+
+def cli(*args, timeout=300):
+    env = {**os.environ, "PYTHONPATH": ROOT}
+    env.pop("TF_CPP_MIN_LOG_LEVEL", None)
+    return subprocess.run([sys.executable, "-m", "bench.run", *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def bad_inputs(tmp):
+    folder, _ = write_cifar(os.path.join(tmp, "corrupt"), train_per_file=(4,), test=2)
+    with open(os.path.join(folder, "test_batch.bin"), "ab") as fh:
+        fh.write(b"xyz")
+    foreign = os.path.join(tmp, "foreign.csv")
+    with open(foreign, "w") as fh:
+        fh.write("a,b\n1,2\n")
+    blocker = os.path.join(tmp, "blocker")
+    open(blocker, "w").close()
+    return {
+        "unknown strategy": (["--strategy=tpu"], "strategy"),
+        "multi_worker": (["--strategy=multi_worker"], "not supported yet"),
+        "unknown block": (["--block=wide"], "block"),
+        "unknown precision": (["--precision=fp64"], "precision"),
+        "n < 1": (["--n=0"], "--n must be >= 1"),
+        "batch not divisible": (["--strategy=mirrored", "--cpu_replicas=2", "--batch_size=15"], "divide evenly"),
+        "more GPUs than visible": (["--strategy=mirrored", "--num_gpus=2"], "only 0 GPU"),
+        "cpu_replicas < 1": (["--cpu_replicas=0"], "cpu_replicas"),
+        "cpu_replicas without mirrored": (["--cpu_replicas=2"], "needs --strategy=mirrored"),
+        "steps <= warm-up": (["--steps=5", "--warmup_steps=10"], "warm-up"),
+        "missing CIFAR folder": (["--data=files", f"--cifar_dir={tmp}/nope"], "not a folder"),
+        "corrupt CIFAR file": (["--data=files", f"--cifar_dir={folder}"], "test_batch.bin"),
+        "unwritable results": ([f"--results={blocker}/summary.csv"], "not a writable folder"),
+        "foreign header": ([f"--results={foreign}"], "different header"),
+        "stray argument": (["extra"], "unexpected arguments"),
+        "bad profile steps": (["--profile_steps=9"], "profile_steps"),
+    }
+
+
+def test_every_bad_input_is_one_line_exit_2_nothing_written(tmp_path):
+    cases = bad_inputs(str(tmp_path))
+    results_file = tmp_path / "summary.csv"
+    failures = []
+    for name, (args, expected) in cases.items():
+        extra = [] if any(a.startswith("--results") for a in args) else [f"--results={results_file}"]
+        proc = cli(*args, *extra, "--data=synthetic" if "--data=files" not in args else "--steps=20")
+        lines = proc.stderr.strip().splitlines()
+        if proc.returncode != 2 or len(lines) != 1 or expected not in lines[0] or "Traceback" in proc.stderr:
+            failures.append((name, proc.returncode, proc.stderr[-800:]))
+    assert not failures, failures
+    assert not results_file.exists()
+    assert (tmp_path / "foreign.csv").read_text() == "a,b\n1,2\n"
+
+
+def wait_for_checkpoint(folder, at_least, proc, timeout=240):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            return False
+        index = os.path.join(folder, "checkpoint")
+        if os.path.exists(index):
+            with open(index) as fh:
+                text = fh.read()
+            steps = [int(x.split("ckpt-")[1].split('"')[0]) for x in text.splitlines() if "ckpt-" in x]
+            if steps and max(steps) >= at_least:
+                return True
+        time.sleep(0.2)
+    return False
+
+
+def test_sigkilled_run_resumes_and_writes_exactly_one_row(tmp_path):
+    ckpt = str(tmp_path / "ckpt")
+    path = str(tmp_path / "summary.csv")
+    args = ["--data=synthetic", "--n=1", "--batch_size=16", "--steps=60", "--steps_per_loop=2",
+            "--warmup_steps=2", "--checkpoint_every_steps=4", f"--checkpoint_dir={ckpt}", f"--results={path}"]
+    env = {**os.environ, "PYTHONPATH": ROOT}
+    proc = subprocess.Popen([sys.executable, "-m", "bench.run", *args], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        assert wait_for_checkpoint(ckpt, 8, proc), proc.communicate()[1][-2000:] if proc.poll() is not None else ""
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == -signal.SIGKILL
+    assert not os.path.exists(path)  # the killed run wrote no row
+    again = cli(*args)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "resumed from step" in again.stdout
+    resumed_at = int(again.stdout.split("resumed from step ")[1].split()[0])
+    assert 8 <= resumed_at < 60
+    rows = results.read_rows(path)
+    assert len(rows) == 1 and rows[0]["status"] == "ok" and rows[0]["total_steps"] == "60"
+    third = cli(*args)
+    assert third.returncode == 0 and "already finished" in third.stdout
+    assert len(results.read_rows(path)) == 1

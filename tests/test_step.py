@@ -1,0 +1,133 @@
+"""The train/eval step builder: learning, replica equivalence, BN statistics, precision, XLA."""
+
+import math
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from helpers import distributed_iterator, fixed_batch, make_trainer, replica_values, weights
+from resnet.model import batch_norm_layers
+
+
+def run_steps(trainer, iterator, n):
+    return float(trainer.train(iterator, tf.constant(n)))
+
+
+def test_loss_falls_on_a_learnable_task(strategies):
+    trainer = make_trainer(strategies[1], batch=16)
+    it = distributed_iterator(strategies[1], *fixed_batch(16))
+    first = run_steps(trainer, it, 1)
+    later = [run_steps(trainer, it, 5) for _ in range(4)]
+    assert math.isfinite(first) and all(math.isfinite(x) for x in later)
+    assert later[-1] < 0.5 * first  # a fixed batch is memorised
+
+
+def test_two_replicas_match_one_device_on_the_first_step(strategies):
+    """Same global batch, same seed: the same loss and the same updated weights (sync BN makes the
+    batch statistics global, so both compute exactly the same function)."""
+    images, labels = fixed_batch(16)
+    out = {}
+    for k, strategy in strategies.items():
+        trainer = make_trainer(strategy, batch=16, sync_bn=True, seed=7)
+        before = weights(trainer.model)
+        loss = run_steps(trainer, distributed_iterator(strategy, images, labels), 1)
+        out[k] = (loss, before, weights(trainer.model))
+    assert out[1][0] == pytest.approx(out[2][0], rel=1e-5)
+    for w1, w2 in zip(out[1][1], out[2][1]):
+        np.testing.assert_array_equal(w1, w2)  # same initial weights
+    for w1, w2, w0 in zip(out[1][2], out[2][2], out[1][1]):
+        np.testing.assert_allclose(w2 - w0, w1 - w0, rtol=2e-3, atol=2e-6)  # same update
+
+
+def test_per_replica_bn_statistics_are_averaged_and_eval_matches_one_device(strategies):
+    images, labels = fixed_batch(16)
+    mirrored = make_trainer(strategies[2], batch=16, seed=3)
+    run_steps(mirrored, distributed_iterator(strategies[2], images, labels), 3)
+    for layer in batch_norm_layers(mirrored.model):
+        for var in (layer.moving_mean, layer.moving_variance):
+            r0, r1 = replica_values(strategies[2], var)
+            np.testing.assert_array_equal(r0, r1)
+    stem = batch_norm_layers(mirrored.model)[0].moving_mean
+    assert float(np.abs(stem.numpy()).sum()) > 0  # statistics did move
+    # Evaluation on two replicas equals evaluation of the same weights on one device.
+    one = make_trainer(strategies[1], batch=16, seed=3)
+    for dst, src in zip(one.model.weights, mirrored.model.weights):
+        dst.assign(src.numpy())
+    mask = np.ones(16, np.float32)
+    ds = tf.data.Dataset.from_tensors((images, labels, mask))
+    results = []
+    for trainer, strategy in ((mirrored, strategies[2]), (one, strategies[1])):
+        it = iter(strategy.experimental_distribute_dataset(ds))
+        results.append([float(x) for x in trainer.eval_loop(it, tf.constant(1))])
+    assert results[0][0] == results[1][0]  # correct count
+    assert results[0][1] == pytest.approx(results[1][1], rel=1e-5)  # summed loss
+    assert results[0][2] == results[1][2] == 16
+
+
+def test_without_averaging_replica_statistics_would_differ(strategies):
+    """Guards the test above: the two replicas really see different batches."""
+    images, labels = fixed_batch(16)
+    images[8:] = 255 - images[8:]
+    trainer = make_trainer(strategies[2], batch=16, seed=3)
+    trainer._average_bn = False
+    run_steps(trainer, distributed_iterator(strategies[2], images, labels), 1)
+    r0, r1 = replica_values(strategies[2], batch_norm_layers(trainer.model)[0].moving_mean)
+    assert not np.allclose(r0, r1)
+    trainer.average_moving_statistics()
+    r0, r1 = replica_values(strategies[2], batch_norm_layers(trainer.model)[0].moving_mean)
+    np.testing.assert_array_equal(r0, r1)
+
+
+@pytest.mark.parametrize("precision", ["mixed_bfloat16", "mixed_float16"])
+@pytest.mark.parametrize("replicas", [1, 2])
+def test_mixed_precision_stays_finite_and_learns(strategies, precision, replicas):
+    strategy = strategies[replicas]
+    trainer = make_trainer(strategy, precision=precision, batch=16)
+    it = distributed_iterator(strategy, *fixed_batch(16))
+    first = run_steps(trainer, it, 1)
+    last = run_steps(trainer, it, 8)
+    assert math.isfinite(first) and math.isfinite(last)
+    assert last < first
+    assert all(np.isfinite(w).all() for w in weights(trainer.model))
+
+
+def test_loss_scale_skips_a_step_with_an_injected_inf(strategies):
+    strategy = strategies[2]
+    trainer = make_trainer(strategy, precision="mixed_float16", batch=16, inject_inf_grad_at_step=3)
+    it = distributed_iterator(strategy, *fixed_batch(16))
+    run_steps(trainer, it, 2)
+    scale_before = float(trainer.optimizer.dynamic_scale.numpy())
+    before = weights(trainer.model)
+    run_steps(trainer, it, 1)  # step 3: gradients are inf
+    after = weights(trainer.model)
+    for w0, w1 in zip(before, after):
+        np.testing.assert_array_equal(w0, w1)  # the update was skipped
+    assert float(trainer.optimizer.dynamic_scale.numpy()) == scale_before / 2
+    run_steps(trainer, it, 1)  # step 4 applies again
+    assert any(not np.array_equal(w0, w1) for w0, w1 in zip(after, weights(trainer.model)))
+
+
+@pytest.mark.parametrize("replicas", [1, 2])
+def test_xla_and_no_xla_give_the_same_loss(strategies, replicas):
+    strategy = strategies[replicas]
+    images, labels = fixed_batch(16)
+    losses = []
+    for xla in (False, True):
+        trainer = make_trainer(strategy, batch=16, seed=5, xla=xla)
+        it = distributed_iterator(strategy, images, labels)
+        losses.append([run_steps(trainer, it, 1) for _ in range(3)])
+    np.testing.assert_allclose(losses[0], losses[1], rtol=1e-3)
+
+
+def test_injected_nan_makes_the_loss_non_finite(strategies):
+    trainer = make_trainer(strategies[1], batch=16, inject_nan_at_step=2)
+    it = distributed_iterator(strategies[1], *fixed_batch(16))
+    assert math.isfinite(run_steps(trainer, it, 1))
+    assert not math.isfinite(run_steps(trainer, it, 1))
+
+
+def test_sync_bn_with_xla_over_replicas_is_refused(strategies):
+    with pytest.raises(ValueError, match="sync_bn"):
+        make_trainer(strategies[2], sync_bn=True, xla=True)
+    make_trainer(strategies[1], sync_bn=True, xla=True)  # one replica: fine
