@@ -9,6 +9,7 @@ windows, and appends exactly one row to the results table.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import math
 import os
@@ -38,7 +39,8 @@ class RunIdentity:
         self.path = os.path.join(cfg.checkpoint_dir, "run.json") if cfg.checkpoint_dir else None
         self.fingerprint = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in _UNFINGERPRINTED}
         self.fingerprint = json.loads(json.dumps(self.fingerprint))
-        self.run_id = results.new_run_id()
+        # A sweep's trial keeps one id over driver restarts, so its row is written once.
+        self.run_id = stable_run_id(cfg) if cfg.trial_key else results.new_run_id()
         self.finished = False
         self.resumed = False
         if self.path and os.path.exists(self.path):
@@ -64,6 +66,42 @@ class RunIdentity:
         os.replace(tmp, self.path)
 
 
+def stable_run_id(cfg: RunConfig):
+    return hashlib.sha1(f"{cfg.sweep}|{cfg.trial_key}".encode()).hexdigest()[:12]
+
+
+def config_row(cfg: RunConfig, status, error=""):
+    """The row's columns known from the configuration alone (a trial that failed before running)."""
+    from resnet import cost
+
+    return {
+        **results.base_provenance(),
+        "run_id": stable_run_id(cfg) if cfg.trial_key else results.new_run_id(),
+        "timestamp_utc": results.utc_now(),
+        "status": status,
+        "error": error,
+        "sweep": cfg.sweep,
+        "trial_key": cfg.trial_key,
+        "strategy": cfg.strategy,
+        "loop": cfg.loop,
+        "n": cfg.n,
+        "depth": cfg.depth,
+        "block": cfg.block,
+        "shortcut": cfg.shortcut,
+        "sync_bn": cfg.sync_bn,
+        "flops_per_image": cost.cost(cfg.n, cfg.block, cfg.shortcut).train_flops,
+        "precision": config.canonical_precision(cfg.precision),
+        "xla": cfg.xla,
+        "global_batch_size": cfg.batch_size,
+        "steps_per_loop": cfg.steps_per_loop,
+        "warmup_steps": cfg.warmup_steps,
+        "recipe": cfg.recipe,
+        "target_accuracy": cfg.target_accuracy,
+        "seed": cfg.seed,
+        "deterministic": cfg.deterministic,
+    }
+
+
 def preflight(cfg: RunConfig) -> RunConfig:
     """Every check that needs no TensorFlow. Raises ConfigError; writes nothing."""
     cfg = config.validate(cfg)
@@ -80,8 +118,13 @@ def preflight(cfg: RunConfig) -> RunConfig:
     return cfg
 
 
-def run(cfg: RunConfig, command="", out=sys.stdout) -> Outcome:
-    """One benchmark run. Raises ConfigError for bad input before any work is done."""
+def run(cfg: RunConfig, command="", out=sys.stdout, write_row=True, on_eval=None) -> Outcome:
+    """One benchmark run. Raises ConfigError for bad input before any work is done.
+
+    `write_row=False` leaves the row to the caller (a sweep's driver writes every
+    trial's row itself). `on_eval(step, accuracy, partial_row)` is called after each
+    evaluation (a sweep reports it to its scheduler).
+    """
     started = time.perf_counter()
     cfg = preflight(cfg)
     identity = RunIdentity(cfg)
@@ -90,16 +133,17 @@ def run(cfg: RunConfig, command="", out=sys.stdout) -> Outcome:
               file=out)
         return Outcome("skipped", {}, EXIT_OK)
     dev = devices.setup(cfg)
-    session = _Session(cfg, dev, identity, command, started, out)
+    session = _Session(cfg, dev, identity, command, started, out, write_row, on_eval)
     return session.execute()
 
 
 class _Session:
     """State of one run between setup and the row."""
 
-    def __init__(self, cfg, dev, identity, command, started, out):
+    def __init__(self, cfg, dev, identity, command, started, out, write_row=True, on_eval=None):
         self.cfg, self.dev, self.identity, self.command = cfg, dev, identity, command
         self.started, self.out = started, out
+        self.write_row, self.on_eval = write_row, on_eval
         self.row = {}
 
     # -- setup (bad input still possible: ConfigError) -------------------------
@@ -177,7 +221,8 @@ class _Session:
             traceback.print_exc(file=sys.stderr)
             status, error, code = "failed", f"{type(exc).__name__}: {exc}".splitlines()[0][:500], EXIT_FAILED
         row = self._row(status, error)
-        results.append_row(self.cfg.results, row)
+        if self.write_row:
+            results.append_row(self.cfg.results, row)
         self.identity.save(finished=True)
         self._print_summary(row)
         return Outcome(status, row, code, getattr(self, "chrono", None))
@@ -282,6 +327,8 @@ class _Session:
         if self.writer:
             with self.writer.as_default(step=step):
                 tf.summary.scalar("eval/accuracy", acc)
+        if self.on_eval:
+            self.on_eval(step, acc, self._row("stopped", "stopped by the sweep's scheduler"))
         target = self.cfg.target_accuracy
         if target is not None and acc >= target and self.time_to_target.numpy() < 0:
             self.time_to_target.assign(self._train_seconds())
@@ -320,36 +367,17 @@ class _Session:
         best = float(self.best_accuracy.numpy())
         ttt = float(self.time_to_target.numpy())
         row = {
-            **results.base_provenance(),
+            **config_row(cfg, status, error),
             "run_id": self.identity.run_id,
-            "timestamp_utc": results.utc_now(),
-            "status": status,
-            "error": error,
-            "sweep": cfg.sweep,
-            "trial_key": cfg.trial_key,
             "tf_version": tf.__version__,
             "keras_version": keras.__version__,
             "device": f"{dev.device_kind}: {dev.device_name}",
             "num_replicas": dev.num_replicas,
-            "strategy": cfg.strategy,
-            "loop": cfg.loop,
-            "n": cfg.n,
-            "depth": cfg.depth,
-            "block": cfg.block,
-            "shortcut": cfg.shortcut,
-            "sync_bn": cfg.sync_bn,
             "params": self.params,
-            "flops_per_image": self.cost.train_flops,
-            "precision": cfg.precision,
-            "xla": cfg.xla,
-            "global_batch_size": cfg.batch_size,
-            "steps_per_loop": cfg.steps_per_loop,
-            "warmup_steps": cfg.warmup_steps,
             "timed_steps": thr.timed_steps if thr else 0,
             "total_steps": self.total_steps,
             "epochs": self.total_steps * cfg.batch_size / self.source.train_images,
             "data": self.source.kind,
-            "recipe": cfg.recipe,
             "compile_s": chrono.compile_seconds() if chrono else None,
             "time_to_first_step_s": (self.first_step_at - self.started) if hasattr(self, "first_step_at") else None,
             "train_time_s": self._train_seconds() if chrono else None,
@@ -357,10 +385,7 @@ class _Session:
             "final_train_loss": self.final_loss if chrono else None,
             "test_accuracy": self.last_accuracy if chrono else None,
             "best_test_accuracy": best if best >= 0 else None,
-            "target_accuracy": cfg.target_accuracy,
             "time_to_target_s": ttt if ttt >= 0 else None,
-            "seed": cfg.seed,
-            "deterministic": cfg.deterministic,
             "command": self.command,
         }
         if thr:

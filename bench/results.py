@@ -24,7 +24,7 @@ import filelock
 SCHEMA = (
     "run_id",
     "timestamp_utc",
-    "status",  # ok | diverged | failed
+    "status",  # ok | diverged | failed | stopped
     "error",
     "sweep",
     "trial_key",
@@ -75,7 +75,7 @@ SCHEMA = (
     "command",
 )
 
-STATUSES = ("ok", "diverged", "failed")
+STATUSES = ("ok", "diverged", "failed", "stopped")  # stopped: ended early by a sweep scheduler (ASHA)
 
 
 class ResultsError(ValueError):

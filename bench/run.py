@@ -11,7 +11,7 @@ import sys
 
 from absl import app, flags
 
-from bench import config
+from bench import cli, config
 from bench.config import ConfigError, RunConfig
 from resnet import spec
 
@@ -60,19 +60,6 @@ def config_from_flags(values) -> RunConfig:
     return RunConfig(**overrides)
 
 
-def parse_flags(argv):
-    """absl parsing with our contract: a bad flag is one line on stderr and exit status 2."""
-    try:
-        rest = FLAGS(argv)
-    except flags.Error as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
-    if len(rest) > 1:
-        print(f"error: unexpected arguments {' '.join(rest[1:])!r} (flags only; see --helpshort)", file=sys.stderr)
-        sys.exit(2)
-    return rest
-
-
 def main(argv):
     del argv
     from bench import loop
@@ -87,7 +74,7 @@ def main(argv):
 
 
 def entry():
-    app.run(main, flags_parser=parse_flags)
+    app.run(main, flags_parser=cli.parse_flags)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,219 @@
+"""python -m sweeps.report: results/summary.csv -> results/summary.md and results/plots/*.png.
+
+One markdown line per configuration (mean ± 95% CI over repeats), and plots: images/sec vs depth per
+shortcut, test accuracy vs depth per shortcut with the papers' reference errors marked, and accuracy vs
+images/sec with the Pareto front. Synthetic-data rows never enter an accuracy plot or column.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import pandas as pd
+from absl import app, flags
+
+from bench import metrics
+
+FLAGS = flags.FLAGS
+
+
+def define_flags():
+    """Flags of `python -m sweeps.report` (defined only when run as a program: sweeps.tune imports this module)."""
+    flags.DEFINE_string("results", "results/summary.csv", "Results CSV to read.")
+    flags.DEFINE_string("out_dir", None, "Where summary.md and plots/ go (default: next to --results).")
+    flags.DEFINE_string("sweep", None, "Only rows of this sweep name.")
+    flags.DEFINE_string("data", None, "Only rows of this data kind (files, tfds, synthetic).")
+    flags.DEFINE_string("device", None, "Only rows whose device contains this text.")
+
+
+# Test error (%) reported for CIFAR-10, by depth: He et al. 2015 Table 6 (original blocks, option A)
+# and He et al. 2016 Table 3 (pre-activation; ResNet-164/1001 use bottleneck blocks).
+REFERENCE_ERROR = {
+    "original": {20: 8.75, 32: 7.51, 44: 7.17, 56: 6.97, 110: 6.43, 1202: 7.93},
+    "preact": {110: 6.37},
+    "bottleneck": {164: 5.46, 1001: 4.92},
+}
+CONFIG_COLUMNS = ["sweep", "device", "data", "strategy", "num_replicas", "block", "shortcut", "depth",
+                  "precision", "xla", "global_batch_size"]
+
+
+def load(path, sweep=None, data=None, device=None):
+    df = pd.read_csv(path, dtype=str, keep_default_na=False)
+    if sweep:
+        df = df[df["sweep"] == sweep]
+    if data:
+        df = df[df["data"] == data]
+    if device:
+        df = df[df["device"].str.contains(device, regex=False)]
+    for col in ("depth", "images_per_sec", "test_accuracy", "mfu", "num_replicas", "global_batch_size"):
+        df[col] = pd.to_numeric(df[col], errors="coerce")
+    return df
+
+
+def summarize(df):
+    """One record per configuration: counts of statuses, mean ± CI of speed and (real data) accuracy."""
+    records = []
+    for key, group in df.groupby(CONFIG_COLUMNS, sort=True, dropna=False):
+        ok = group[group["status"] == "ok"]
+        rec = dict(zip(CONFIG_COLUMNS, key))
+        rec["runs"] = len(group)
+        rec["ok"] = len(ok)
+        rec["not_ok"] = ", ".join(sorted(set(group.loc[group["status"] != "ok", "status"]))) or ""
+        speed = ok["images_per_sec"].dropna()
+        rec["ips"], rec["ips_ci"] = metrics.mean_ci95(speed) if len(speed) else (None, None)
+        mfu = ok["mfu"].dropna()
+        rec["mfu"] = mfu.mean() if len(mfu) else None
+        acc = ok.loc[ok["data"] != "synthetic", "test_accuracy"].dropna()
+        rec["acc"], rec["acc_ci"] = metrics.mean_ci95(acc) if len(acc) else (None, None)
+        records.append(rec)
+    return pd.DataFrame(records)
+
+
+def _pm(value, ci, fmt):
+    if value is None or pd.isna(value):
+        return "–"
+    return format(value, fmt) + (f" ± {format(ci, fmt)}" if ci else "")
+
+
+def markdown(summary, source):
+    lines = [
+        "# Benchmark summary",
+        "",
+        f"From `{source}`: {int(summary['runs'].sum()) if len(summary) else 0} rows, {len(summary)} configurations. "
+        "images/sec: mean over runs ± 95% CI (repeats); accuracy only from real data.",
+        "",
+        "| sweep | device | data | strategy × replicas | block | shortcut | depth | precision | XLA | batch | runs (ok) "
+        "| images/sec | MFU | test accuracy |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in summary.itertuples():
+        status = f"{r.runs} ({r.ok})" + (f" {r.not_ok}" if r.not_ok else "")
+        mfu = "–" if r.mfu is None or pd.isna(r.mfu) else f"{r.mfu:.1%}"
+        lines.append(
+            f"| {r.sweep or '–'} | {r.device} | {r.data} | {r.strategy} × {int(r.num_replicas)} | {r.block} | "
+            f"{r.shortcut} | {int(r.depth)} | {r.precision} | {r.xla} | {int(r.global_batch_size)} | {status} | "
+            f"{_pm(r.ips, r.ips_ci, '.1f')} | {mfu} | {_pm(r.acc, r.acc_ci, '.4f')} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def _plot_by_shortcut(ax, summary, value, ci, label_fmt):
+    import matplotlib
+
+    markers = {"A": "o", "B": "s", "C": "^"}
+    styles = {"preact": "-", "original": "--", "bottleneck": ":"}
+    plotted = False
+    for (block, shortcut), g in summary.groupby(["block", "shortcut"]):
+        g = g.dropna(subset=[value]).sort_values("depth")
+        if g.empty:
+            continue
+        ax.errorbar(g["depth"], g[value], yerr=g[ci].fillna(0), marker=markers.get(shortcut, "o"),
+                    linestyle=styles.get(block, "-"), capsize=3, label=label_fmt.format(block=block, shortcut=shortcut))
+        plotted = True
+    matplotlib.pyplot.setp(ax.get_xticklabels(), rotation=0)
+    return plotted
+
+
+def plots(summary, out_dir):
+    """Write the PNG plots; return their paths."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    os.makedirs(out_dir, exist_ok=True)
+    paths = []
+    title_dev = ", ".join(sorted(set(summary["device"]))) if len(summary) else "no rows"
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    if _plot_by_shortcut(ax, summary, "ips", "ips_ci", "{block} / {shortcut}"):
+        ax.legend(fontsize=8)
+    else:
+        ax.text(0.5, 0.5, "no successful runs", ha="center", transform=ax.transAxes)
+    ax.set(xscale="log", xlabel="depth", ylabel="training images/sec", title=f"Throughput vs depth\n{title_dev}")
+    ax.grid(alpha=0.3)
+    paths.append(_save(fig, out_dir, "images_per_sec_vs_depth.png"))
+
+    real = summary.dropna(subset=["acc"]) if len(summary) else summary
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    if len(real) and _plot_by_shortcut(ax, real, "acc", "acc_ci", "{block} / {shortcut}"):
+        pass
+    else:
+        ax.text(0.5, 0.5, "no real-data runs yet\n(synthetic rows have no accuracy)", ha="center",
+                transform=ax.transAxes)
+    for block, refs in REFERENCE_ERROR.items():
+        ax.scatter(list(refs), [1 - e / 100 for e in refs.values()], marker="*", s=90, zorder=5,
+                   label=f"paper ({block})")
+    ax.set(xscale="log", xlabel="depth", ylabel="test accuracy", title="Test accuracy vs depth (stars: papers)")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    paths.append(_save(fig, out_dir, "accuracy_vs_depth.png"))
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    both = real.dropna(subset=["ips"]) if len(real) else real
+    if len(both):
+        ax.scatter(both["ips"], both["acc"], c="tab:blue", label="configurations")
+        front = pareto_front(both[["ips", "acc"]].to_numpy())
+        ax.plot([p[0] for p in front], [p[1] for p in front], "r-o", label="Pareto front")
+        ax.legend(fontsize=8)
+    else:
+        ax.text(0.5, 0.5, "no real-data runs yet", ha="center", transform=ax.transAxes)
+    ax.set(xlabel="training images/sec", ylabel="test accuracy", title="Accuracy vs speed")
+    ax.grid(alpha=0.3)
+    paths.append(_save(fig, out_dir, "accuracy_vs_images_per_sec.png"))
+    return paths
+
+
+def pareto_front(points):
+    """Points not beaten on both speed and accuracy, sorted by speed."""
+    pts = sorted(map(tuple, points), key=lambda p: (-p[0], -p[1]))
+    front, best_acc = [], float("-inf")
+    for speed, acc in pts:
+        if acc > best_acc:
+            front.append((speed, acc))
+            best_acc = acc
+    return sorted(front)
+
+
+def _save(fig, out_dir, name):
+    path = os.path.join(out_dir, name)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    return path
+
+
+def build(results_path, out_dir, sweep=None, data=None, device=None):
+    """Write `<out_dir>/summary.md` and `<out_dir>/plots/*.png`; return (markdown path, plot paths)."""
+    df = load(results_path, sweep, data, device)
+    summary = summarize(df)
+    os.makedirs(out_dir, exist_ok=True)
+    md_path = os.path.join(out_dir, "summary.md")
+    with open(md_path, "w") as fh:
+        fh.write(markdown(summary, results_path))
+    return md_path, plots(summary, os.path.join(out_dir, "plots"))
+
+
+def main(argv):
+    if len(argv) > 1:
+        print(f"error: unexpected arguments {' '.join(argv[1:])!r}", file=sys.stderr)
+        return 2
+    if not os.path.exists(FLAGS.results):
+        print(f"error: no results file {FLAGS.results}", file=sys.stderr)
+        return 2
+    out_dir = FLAGS.out_dir or os.path.dirname(os.path.abspath(FLAGS.results))
+    md, pngs = build(FLAGS.results, out_dir, FLAGS.sweep, FLAGS.data, FLAGS.device)
+    print(f"wrote {md} and {len(pngs)} plots in {os.path.dirname(pngs[0])}")
+    return 0
+
+
+def entry():
+    define_flags()
+    app.run(main)
+
+
+if __name__ == "__main__":
+    entry()

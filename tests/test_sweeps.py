@@ -1,0 +1,162 @@
+"""Ray Tune sweeps: rows from the driver, failures recorded, SIGKILL + --resume, bad flags, the report."""
+
+import csv
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from bench import results
+from bench.config import ConfigError, RunConfig
+from sweeps import report, space
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FAST = ["--data=synthetic", "--steps=6", "--warmup_steps=2", "--steps_per_loop=2", "--batch_size=16",
+        "--block=preact", "--noreport"]
+
+
+def sweep_cli(*args, timeout=600):
+    env = {**os.environ, "PYTHONPATH": ROOT, "RAY_AUTH_MODE": "disabled"}
+    return subprocess.run([sys.executable, "-m", "sweeps.tune", *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def test_space_is_the_product_with_stable_keys():
+    axes = {"n": space.parse_axis("n", "3,5"), "shortcut": space.parse_axis("shortcut", "A,B")}
+    trials = space.build_trials(axes, RunConfig(steps=20), repeats=2, sweep_name="s")
+    assert len(trials) == 8 and len({t.key for t in trials}) == 8
+    assert trials[0].key == "n=3,block=preact,shortcut=A,precision=float32,xla=false,batch_size=128,strategy=default,seed=0"
+    assert {t.config.seed for t in trials} == {0, 1} and all(t.config.sweep == "s" for t in trials)
+    with pytest.raises(ConfigError, match="shortcut"):
+        space.build_trials({"shortcut": ["D"]}, RunConfig(), 1, "s")
+    with pytest.raises(ConfigError, match="repeats"):
+        space.build_trials(axes, RunConfig(), 0, "s")
+    with pytest.raises(ConfigError, match="--n"):
+        space.parse_axis("n", "3,x")
+
+
+def test_two_by_two_sweep_leaves_four_ok_rows(tmp_path):
+    path = tmp_path / "summary.csv"
+    proc = sweep_cli("--n=1,2", "--shortcut=A,B", *FAST, "--name=grid", f"--storage={tmp_path}/ray",
+                     f"--results={path}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = results.read_rows(str(path))
+    assert len(rows) == 4
+    assert sorted((r["n"], r["shortcut"]) for r in rows) == [("1", "A"), ("1", "B"), ("2", "A"), ("2", "B")]
+    assert all(r["status"] == "ok" and r["sweep"] == "grid" and float(r["images_per_sec"]) > 0 for r in rows)
+    assert {r["depth"] for r in rows} == {"8", "14"}
+
+
+def test_a_diverging_trial_gets_its_row_and_the_others_finish(tmp_path):
+    from sweeps import tune as sweep
+
+    axes = {"n": [1], "shortcut": ["A", "B", "C"]}
+    base = RunConfig(data="synthetic", steps=6, warmup_steps=2, steps_per_loop=2, batch_size=16)
+    trials = space.build_trials(axes, base, 1, "faulty")
+    bad = trials[1]
+    trials[1] = space.Trial(bad.key, bad.config.replace(inject_nan_at_step=4))
+    opts = sweep.SweepOptions(name="faulty", storage=str(tmp_path / "ray"), results=str(tmp_path / "s.csv"))
+    rows = sweep.run_sweep(trials, opts)
+    by_key = {r["trial_key"]: r for r in rows}
+    assert len(rows) == 3
+    assert by_key[bad.key]["status"] == "diverged" and "non-finite" in by_key[bad.key]["error"]
+    assert [by_key[t.key]["status"] for t in (trials[0], trials[2])] == ["ok", "ok"]
+
+
+def _rows_in(path):
+    if not os.path.exists(path):
+        return 0
+    with open(path) as fh:
+        return max(0, sum(1 for _ in csv.reader(fh)) - 1)
+
+
+def test_killed_sweep_resumes_with_one_row_per_trial(tmp_path):
+    path = str(tmp_path / "summary.csv")
+    args = ["--n=1,2", "--shortcut=A,B", *FAST, "--name=killme", f"--storage={tmp_path}/ray", f"--results={path}"]
+    env = {**os.environ, "PYTHONPATH": ROOT, "RAY_AUTH_MODE": "disabled"}
+    proc = subprocess.Popen([sys.executable, "-m", "sweeps.tune", *args], cwd=ROOT, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 300
+    while time.time() < deadline and _rows_in(path) < 1 and proc.poll() is None:
+        time.sleep(0.5)
+    assert proc.poll() is None, "the sweep ended before it could be killed"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(30)
+    done_before = _rows_in(path)
+    assert 1 <= done_before < 4
+    again = sweep_cli(*args, "--resume")
+    assert again.returncode == 0, again.stderr[-3000:]
+    rows = results.read_rows(path)
+    assert len(rows) == 4 and len({r["trial_key"] for r in rows}) == 4
+    assert all(r["status"] == "ok" for r in rows)
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--shortcut=A,Z"], "shortcut"),
+    (["--repeats=0"], "repeats"),
+    (["--gpus_per_trial=1", "--strategy=mirrored"], "GPU"),
+    (["--n=3,x"], "--n"),
+    (["--resume", "--name=never_ran"], "no sweep named"),
+])
+def test_bad_flags_are_one_line_exit_2_nothing_started(tmp_path, args, message):
+    proc = sweep_cli(*args, *FAST, f"--storage={tmp_path}/ray", f"--results={tmp_path}/s.csv")
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1 and message in lines[0], proc.stderr[-2000:]
+    assert not os.path.exists(tmp_path / "s.csv")
+    assert not os.path.exists(tmp_path / "ray" / "cifar_resnet")
+
+
+def write_mixed_results(path):
+    base = {"timestamp_utc": "t", "device": "CPU: test", "strategy": "default", "num_replicas": 1,
+            "precision": "float32", "xla": False, "global_batch_size": 128, "block": "preact", "sweep": "s"}
+    rows = []
+    for i, (depth, shortcut, data, status, ips, acc) in enumerate([
+        (20, "A", "files", "ok", 900.0, 0.91), (20, "A", "files", "ok", 880.0, 0.915),
+        (56, "A", "files", "ok", 330.0, 0.93), (20, "B", "tfds", "ok", 870.0, 0.92),
+        (56, "B", "synthetic", "ok", 320.0, None), (110, "B", "files", "failed", None, None),
+        (110, "C", "files", "diverged", None, None),
+    ]):
+        rows.append({**base, "run_id": f"r{i}", "depth": depth, "n": (depth - 2) // 6, "shortcut": shortcut,
+                     "data": data, "status": status, "images_per_sec": ips, "test_accuracy": acc})
+    for r in rows:
+        results.append_row(path, r)
+    return rows
+
+
+def test_report_from_mixed_rows(tmp_path):
+    path = str(tmp_path / "summary.csv")
+    write_mixed_results(path)
+    md, pngs = report.build(path, str(tmp_path / "out"))
+    text = open(md).read()
+    table = [line for line in text.splitlines() if line.startswith("| s |")]
+    assert len(table) == 6  # configurations: (20,A,files) twice -> one line
+    line20a = next(line for line in table if "| A | 20 |" in line and "files" in line)
+    assert "2 (2)" in line20a and "890.0 ±" in line20a and "0.9125 ±" in line20a
+    synthetic = next(line for line in table if "synthetic" in line)
+    assert synthetic.rstrip().endswith("| – |")  # no accuracy from synthetic data
+    assert any("failed" in line for line in table) and any("diverged" in line for line in table)
+    assert len(pngs) == 3
+    for png in pngs:
+        with open(png, "rb") as fh:
+            assert fh.read(8) == b"\x89PNG\r\n\x1a\n"
+        assert os.path.getsize(png) > 5000
+
+
+def test_report_accuracy_excludes_synthetic():
+    import pandas as pd
+
+    df = pd.DataFrame([
+        {"sweep": "", "device": "d", "data": "synthetic", "strategy": "default", "num_replicas": 1,
+         "block": "preact", "shortcut": "A", "depth": 20, "precision": "float32", "xla": "false",
+         "global_batch_size": 128, "status": "ok", "images_per_sec": 10.0, "test_accuracy": 0.99, "mfu": 0.1},
+    ])
+    summary = report.summarize(df)
+    assert summary.loc[0, "acc"] is None and summary.loc[0, "ips"] == 10.0
+
+
+def test_pareto_front():
+    pts = [(100, 0.90), (50, 0.95), (80, 0.85), (40, 0.93), (120, 0.80)]
+    assert report.pareto_front(pts) == [(50, 0.95), (100, 0.90), (120, 0.80)]
