@@ -158,8 +158,12 @@ def validate(cfg: RunConfig) -> RunConfig:
         raise ConfigError(f"--eval_every_epochs must be > 0; got {cfg.eval_every_epochs}")
     if cfg.checkpoint_every_steps is not None and cfg.checkpoint_every_steps < 1:
         raise ConfigError(f"--checkpoint_every_steps must be >= 1; got {cfg.checkpoint_every_steps}")
-    if cfg.loop == "fit" and cfg.checkpoint_dir:
-        raise ConfigError("--checkpoint_dir is supported with --loop=ctl only")
+    if cfg.loop == "fit":
+        unsupported = [name for name, on in (
+            ("--checkpoint_dir", cfg.checkpoint_dir), ("--target_accuracy", cfg.target_accuracy is not None),
+            ("--eval_every_epochs", cfg.eval_every_epochs is not None), ("--profile_steps", cfg.profile_steps)) if on]
+        if unsupported:
+            raise ConfigError(f"{', '.join(unsupported)}: supported with --loop=ctl only (fit is a baseline)")
     if not cfg.results:
         raise ConfigError("--results must name a CSV file")
     if os.path.isdir(cfg.results):

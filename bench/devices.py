@@ -160,10 +160,8 @@ def split_cpu(tf, k):
     """Split the CPU into k logical devices (before the runtime starts); a no-op if already so."""
     cpu = tf.config.list_physical_devices("CPU")[0]
     current = tf.config.get_logical_device_configuration(cpu)
-    if current is not None and len(current) == k:
-        return
-    if k == 1 and current is None:
-        return
+    if (current is None and k == 1) or (current is not None and len(current) >= k):
+        return  # enough devices already (replicas use the first k; never shrink a split)
     try:
         tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * k)
     except RuntimeError as err:

@@ -133,7 +133,11 @@ def run(cfg: RunConfig, command="", out=sys.stdout, write_row=True, on_eval=None
               file=out)
         return Outcome("skipped", {}, EXIT_OK)
     dev = devices.setup(cfg)
-    session = _Session(cfg, dev, identity, command, started, out, write_row, on_eval)
+    if cfg.loop == "fit":
+        from bench.fitloop import FitSession as session_class
+    else:
+        session_class = _Session
+    session = session_class(cfg, dev, identity, command, started, out, write_row, on_eval)
     return session.execute()
 
 

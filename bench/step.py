@@ -164,8 +164,12 @@ class Trainer:
         return tuple(sums)
 
 
-def make_optimizer(schedule, precision, momentum=0.9):
-    """SGD with momentum on the piecewise-constant schedule; loss-scaled for mixed_float16."""
+def make_optimizer(schedule, precision, momentum=0.9, weight_decay=None):
+    """SGD with momentum on the piecewise-constant schedule; loss-scaled for mixed_float16.
+
+    `weight_decay` here is Keras's decoupled optimizer decay (used by the fit baseline only;
+    the custom loop adds L2 to the loss).
+    """
     boundaries, values = [], []
     if schedule.warmup_lr is not None and schedule.warmup_lr_steps > 0:
         boundaries.append(schedule.warmup_lr_steps)
@@ -178,7 +182,7 @@ def make_optimizer(schedule, precision, momentum=0.9):
     lr = (
         keras.optimizers.schedules.PiecewiseConstantDecay(boundaries, values) if boundaries else schedule.base_lr
     )
-    opt = keras.optimizers.SGD(learning_rate=lr, momentum=momentum)
+    opt = keras.optimizers.SGD(learning_rate=lr, momentum=momentum, weight_decay=weight_decay)
     if precision == "mixed_float16":
         opt = keras.optimizers.LossScaleOptimizer(opt)
     return opt

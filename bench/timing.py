@@ -34,11 +34,20 @@ class Chrono:
 
     def call(self, fn, *args, steps, kind):
         """Run `fn(*args)` as one window of `steps` steps; kind is first | warmup | timed | untimed."""
-        self._sync()
-        start = self._clock()
+        self.begin()
         out = fn(*args)
-        self._sync(out)
-        seconds = self._clock() - start
+        seconds = self.end(steps, kind, out)
+        return out, seconds
+
+    def begin(self):
+        """Sync, then start a window (for loops that call back, such as Keras fit)."""
+        self._sync()
+        self._start = self._clock()
+
+    def end(self, steps, kind, value=None):
+        """Sync on `value` and every device, then close the window; returns its seconds."""
+        self._sync(value)
+        seconds = self._clock() - self._start
         if kind == "first":
             self.first_call_s = seconds
         elif kind == "warmup":
@@ -49,7 +58,7 @@ class Chrono:
             self.untimed.append((steps, seconds))
         else:
             raise ValueError(f"unknown window kind {kind!r}")
-        return out, seconds
+        return seconds
 
     @property
     def train_seconds(self):

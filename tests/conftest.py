@@ -35,5 +35,13 @@ def strategies():
     }
 
 
+@pytest.hookimpl(tryfirst=True)
 def pytest_configure(config):
     config.addinivalue_line("markers", "slow: takes more than ~20 s on a 2-core CPU")
+    # A plain `pytest` runs every benchmark once as a smoke test (pytest-benchmark's disabled
+    # mode); `pytest --benchmark-only` measures and saves JSON under results/benchmarks/.
+    if hasattr(config.option, "benchmark_disable"):
+        if config.option.benchmark_only:
+            config.option.benchmark_autosave = True
+        else:
+            config.option.benchmark_disable = True

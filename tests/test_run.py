@@ -163,3 +163,24 @@ def test_sigkilled_run_resumes_and_writes_exactly_one_row(tmp_path):
     third = cli(*args)
     assert third.returncode == 0 and "already finished" in third.stdout
     assert len(results.read_rows(path)) == 1
+
+
+@pytest.mark.parametrize("replicas", [1, 2])
+def test_fit_baseline_writes_a_fit_row(tmp_path, replicas):
+    folder, _ = write_cifar(str(tmp_path / "cifar"), train_per_file=(64,), test=20)
+    path = str(tmp_path / "summary.csv")
+    strategy = "mirrored" if replicas == 2 else "default"
+    cfg = RunConfig(loop="fit", strategy=strategy, cpu_replicas=replicas, data="files", cifar_dir=folder,
+                    steps=12, results=path, n=1, batch_size=16, steps_per_loop=3, warmup_steps=3)
+    out = loop.run(cfg)
+    row = results.read_rows(path)[0]
+    assert out.status == "ok" and row["loop"] == "fit" and row["num_replicas"] == str(replicas)
+    assert int(row["timed_steps"]) > 0 and float(row["images_per_sec"]) > 0
+    assert 0 <= float(row["test_accuracy"]) <= 1
+
+
+def test_fit_refuses_what_only_the_custom_loop_does(tmp_path):
+    from bench.config import ConfigError
+
+    with pytest.raises(ConfigError, match="--loop=ctl only"):
+        loop.run(RunConfig(loop="fit", checkpoint_dir=str(tmp_path), results=str(tmp_path / "s.csv")))
