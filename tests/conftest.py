@@ -6,6 +6,7 @@ when pytest imports this file, before any test module builds a tensor.
 
 import os
 import sys
+import tempfile
 
 import pytest
 
@@ -45,3 +46,5 @@ def pytest_configure(config):
             config.option.benchmark_autosave = True
         else:
             config.option.benchmark_disable = True
+            # smoke runs save nothing, and tests never write into results/
+            config.option.benchmark_storage = "file://" + tempfile.mkdtemp(prefix="bench-smoke-")

@@ -7,7 +7,7 @@ with augmentation; the custom loop against Keras `fit`. Each measured call ends 
 (benchmarks disabled) each runs once on a small batch and a one-block model: a smoke test of the path.
 """
 
-import os
+import gc
 
 import numpy as np
 import pytest
@@ -84,28 +84,6 @@ def test_eval_step(benchmark, strategies, replicas):
     record(benchmark, k * batch, replicas=replicas, batch=batch)
 
 
-def test_input_pipeline(benchmark, tmp_path, strategies):
-    """Augmented batches from CIFAR binary files through the distributed pipeline (host side only)."""
-    records = 512 if benchmark.disabled else 10_000
-    folder, _ = write_cifar(str(tmp_path), train_per_file=(records,), test=16)
-    source = data.resolve(RunConfig(data="files", cifar_dir=folder))
-    batch = 128
-    it = iter(data.distribute_train(strategies[2], source, batch, seed=0))
-    batches = 2 if benchmark.disabled else 40
-    next(it)  # start the pipeline (and fill its cache) outside the measurement
-
-    def call():
-        for _ in range(batches):
-            images, _ = next(it)
-        device_sync(images)
-        return images
-
-    images = benchmark.pedantic(call, rounds=1 if benchmark.disabled else 5, iterations=1)
-    parts = strategies[2].experimental_local_results(images)
-    assert parts[0].shape == (batch // 2, 32, 32, 3)
-    record(benchmark, batches * batch, batch=batch, replicas=2)
-
-
 @pytest.mark.parametrize("loop", ["ctl", "fit"])
 def test_custom_loop_vs_keras_fit(benchmark, strategies, loop):
     """The same model, precision, batch and steps per call through the custom loop and Keras fit."""
@@ -142,3 +120,30 @@ def test_custom_loop_vs_keras_fit(benchmark, strategies, loop):
     loss = benchmark.pedantic(call, rounds=rounds, iterations=1, warmup_rounds=1 if rounds > 1 else 0)
     assert np.isfinite(loss)
     record(benchmark, k * batch, loop=loop, batch=batch)
+
+
+def test_input_pipeline(benchmark, tmp_path, strategies):
+    """Augmented batches from CIFAR binary files through the distributed pipeline (host side only).
+
+    Last in the file: a live pipeline's prefetch threads would disturb any measurement after it.
+    """
+    records = 512 if benchmark.disabled else 10_000
+    folder, _ = write_cifar(str(tmp_path), train_per_file=(records,), test=16)
+    source = data.resolve(RunConfig(data="files", cifar_dir=folder))
+    batch = 128
+    it = iter(data.distribute_train(strategies[2], source, batch, seed=0))
+    batches = 2 if benchmark.disabled else 40
+    next(it)  # start the pipeline (and fill its cache) outside the measurement
+
+    def call():
+        for _ in range(batches):
+            images, _ = next(it)
+        device_sync(images)
+        return images
+
+    images = benchmark.pedantic(call, rounds=1 if benchmark.disabled else 5, iterations=1)
+    parts = strategies[2].experimental_local_results(images)
+    assert parts[0].shape == (batch // 2, 32, 32, 3)
+    record(benchmark, batches * batch, batch=batch, replicas=2)
+    it = images = parts = None  # stop the pipeline's threads before anything else is measured
+    gc.collect()
