@@ -110,6 +110,14 @@ def run_trial(params, runs=None):
     })
 
 
+def trial_name(trial):
+    """Short, readable trial names for Ray's table: `n3-preact-A-float32-noxla-b128-default-s0`."""
+    parts = dict(p.split("=", 1) for p in trial.config["trial"].split(","))
+    xla = "xla" if parts["xla"] == "true" else "noxla"
+    return (f"n{parts['n']}-{parts['block']}-{parts['shortcut']}-{parts['precision']}-{xla}-"
+            f"b{parts['batch_size']}-{parts['strategy']}-s{parts['seed']}")
+
+
 def _row_of(result):
     if result and result.get("row"):
         return json.loads(result["row"])
@@ -218,6 +226,8 @@ def run_sweep(trials, opts: SweepOptions):
                     scheduler=scheduler,
                     metric="test_accuracy" if scheduler else None,
                     mode="max" if scheduler else None,
+                    trial_name_creator=trial_name,
+                    trial_dirname_creator=trial_name,
                 ),
                 run_config=tune.RunConfig(
                     name=opts.name, storage_path=os.path.dirname(path), callbacks=[writer], verbose=1,
