@@ -267,7 +267,7 @@ class _Session:
         self.chrono = chrono = Chrono()
         self.final_loss = None
         self.last_accuracy = None
-        step = self.start_step
+        step = self.steps_done = self.start_step
         if step:
             print(f"resumed from step {step} of {self.total_steps} ({cfg.checkpoint_dir})", file=self.out, flush=True)
         warm_end = min(self.total_steps, step + max(cfg.warmup_steps, 1))
@@ -289,6 +289,7 @@ class _Session:
                 kind = "untimed" if profiling else "timed"
             loss, seconds = chrono.call(trainer.train, self.iterator, tf.constant(n, tf.int32), steps=n, kind=kind)
             step += n
+            self.steps_done = step
             if kind == "first":
                 self.first_step_at = time.perf_counter()
             if profiling and step >= cfg.profile_steps[1]:
@@ -379,8 +380,8 @@ class _Session:
             "num_replicas": dev.num_replicas,
             "params": self.params,
             "timed_steps": thr.timed_steps if thr else 0,
-            "total_steps": self.total_steps,
-            "epochs": self.total_steps * cfg.batch_size / self.source.train_images,
+            "total_steps": getattr(self, "steps_done", self.total_steps),
+            "epochs": getattr(self, "steps_done", self.total_steps) * cfg.batch_size / self.source.train_images,
             "data": self.source.kind,
             "compile_s": chrono.compile_seconds() if chrono else None,
             "time_to_first_step_s": (self.first_step_at - self.started) if hasattr(self, "first_step_at") else None,

@@ -77,6 +77,8 @@ def _pm(value, ci, fmt):
 
 
 def markdown(summary, source):
+    rel = os.path.relpath(source)
+    source = rel if not rel.startswith("..") else source
     lines = [
         "# Benchmark summary",
         "",
@@ -142,9 +144,10 @@ def plots(summary, out_dir):
     else:
         ax.text(0.5, 0.5, "no real-data runs yet\n(synthetic rows have no accuracy)", ha="center",
                 transform=ax.transAxes)
+    paper_colors = {"original": "0.45", "preact": "black", "bottleneck": "tab:purple"}
     for block, refs in REFERENCE_ERROR.items():
-        ax.scatter(list(refs), [1 - e / 100 for e in refs.values()], marker="*", s=90, zorder=5,
-                   label=f"paper ({block})")
+        ax.scatter(list(refs), [1 - e / 100 for e in refs.values()], marker="*", s=110, zorder=5,
+                   color=paper_colors[block], label=f"paper ({block})")
     ax.set(xscale="log", xlabel="depth", ylabel="test accuracy", title="Test accuracy vs depth (stars: papers)")
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)

@@ -53,6 +53,7 @@ def test_files_run_evaluates_and_stops_at_the_target(tmp_path):
     assert float(row["time_to_target_s"]) > 0
     # the target is met at the first eval (one epoch = 8 steps), so the run stops early
     assert sum(s for s, _ in out.chrono.windows + out.chrono.warmup) + 1 == 8
+    assert row["total_steps"] == "8" and float(row["epochs"]) == 1.0
     assert os.listdir(tmp_path / "tb")
 
 
@@ -184,3 +185,14 @@ def test_fit_refuses_what_only_the_custom_loop_does(tmp_path):
 
     with pytest.raises(ConfigError, match="--loop=ctl only"):
         loop.run(RunConfig(loop="fit", checkpoint_dir=str(tmp_path), results=str(tmp_path / "s.csv")))
+
+
+def test_profiled_steps_are_traced_and_not_timed(tmp_path):
+    cfg = RunConfig(data="synthetic", steps=10, results=str(tmp_path / "s.csv"), profile_steps=(4, 5),
+                    profile_dir=str(tmp_path / "profile"), **SMALL)
+    out = loop.run(cfg)
+    assert out.status == "ok"
+    assert sum(s for s, _ in out.chrono.untimed) == 2  # steps 4-5
+    assert sum(s for s, _ in out.chrono.windows) == 10 - 2 - 2  # minus first+warm-up, minus profiled
+    traces = [f for _, _, files in os.walk(tmp_path / "profile") for f in files if f.endswith(".xplane.pb")]
+    assert traces
