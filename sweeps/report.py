@@ -101,8 +101,6 @@ def markdown(summary, source):
 
 
 def _plot_by_shortcut(ax, summary, value, ci, label_fmt):
-    import matplotlib
-
     markers = {"A": "o", "B": "s", "C": "^"}
     styles = {"preact": "-", "original": "--", "bottleneck": ":"}
     plotted = False
@@ -113,8 +111,18 @@ def _plot_by_shortcut(ax, summary, value, ci, label_fmt):
         ax.errorbar(g["depth"], g[value], yerr=g[ci].fillna(0), marker=markers.get(shortcut, "o"),
                     linestyle=styles.get(block, "-"), capsize=3, label=label_fmt.format(block=block, shortcut=shortcut))
         plotted = True
-    matplotlib.pyplot.setp(ax.get_xticklabels(), rotation=0)
     return plotted
+
+
+def _depth_ticks(ax, summary, extra=()):
+    """Label the depths themselves on the log axis (after the scale is set)."""
+    import matplotlib.ticker
+
+    depths = {int(d) for d in summary["depth"].dropna().unique()} if len(summary) else set()
+    depths = sorted(depths | set(extra))
+    if depths:
+        ax.set_xticks(depths, [str(d) for d in depths])
+        ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
 
 
 def plots(summary, out_dir):
@@ -134,6 +142,7 @@ def plots(summary, out_dir):
     else:
         ax.text(0.5, 0.5, "no successful runs", ha="center", transform=ax.transAxes)
     ax.set(xscale="log", xlabel="depth", ylabel="training images/sec", title=f"Throughput vs depth\n{title_dev}")
+    _depth_ticks(ax, summary)
     ax.grid(alpha=0.3)
     paths.append(_save(fig, out_dir, "images_per_sec_vs_depth.png"))
 
@@ -149,6 +158,7 @@ def plots(summary, out_dir):
         ax.scatter(list(refs), [1 - e / 100 for e in refs.values()], marker="*", s=110, zorder=5,
                    color=paper_colors[block], label=f"paper ({block})")
     ax.set(xscale="log", xlabel="depth", ylabel="test accuracy", title="Test accuracy vs depth (stars: papers)")
+    _depth_ticks(ax, real, extra=[d for refs in REFERENCE_ERROR.values() for d in refs])
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     paths.append(_save(fig, out_dir, "accuracy_vs_depth.png"))
