@@ -42,8 +42,10 @@ def pytest_configure(config):
     # A plain `pytest` runs every benchmark once as a smoke test (pytest-benchmark's disabled
     # mode); `pytest --benchmark-only` measures and saves JSON under results/benchmarks/.
     if hasattr(config.option, "benchmark_disable"):
-        if config.option.benchmark_only:
-            config.option.benchmark_autosave = True
+        if config.option.benchmark_only and not config.option.benchmark_autosave:
+            from pytest_benchmark.utils import get_tag
+
+            config.option.benchmark_autosave = get_tag()  # what --benchmark-autosave stores: commit_date
         else:
             config.option.benchmark_disable = True
             # smoke runs save nothing, and tests never write into results/
