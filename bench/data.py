@@ -96,7 +96,7 @@ def _tfds_url(builder):
     return getattr(info, "url", None)
 
 
-def tfds_datasets(tfds_dir=None, allow_download=True):
+def tfds_datasets(tfds_dir=None):
     """(train, test) tf.data.Datasets of (uint8 image, int32 label) through tensorflow-datasets.
 
     Loads prepared data without touching the network. If CIFAR-10 is not
@@ -117,8 +117,6 @@ def tfds_datasets(tfds_dir=None, allow_download=True):
         with _tfds_quiet():
             return load(download=False)
     except AssertionError as not_prepared:  # tfds: "could not find data in ..."
-        if not allow_download:
-            raise DataError(f"CIFAR-10 is not prepared for tensorflow-datasets in {tfds_dir or 'its default folder'}") from not_prepared
         url = _tfds_url(tfds.builder(TFDS_NAME, data_dir=tfds_dir))
         if url and not _download_host_reachable(url):
             raise DataError(
@@ -140,15 +138,6 @@ def _tfds_quiet():
         yield
     finally:
         logging.set_verbosity(before)
-
-
-def tfds_prepared(tfds_dir=None):
-    """Whether CIFAR-10 is prepared locally for tensorflow-datasets (no network use)."""
-    try:
-        tfds_datasets(tfds_dir, allow_download=False)
-        return True
-    except DataError:
-        return False
 
 
 # ---------------------------------------------------------------------------
@@ -294,7 +283,4 @@ class SyntheticIterator:
         return self
 
     def __next__(self):
-        return self.batch
-
-    def get_next(self):
         return self.batch

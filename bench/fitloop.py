@@ -22,7 +22,6 @@ import tensorflow as tf
 from bench import data
 from bench.config import ConfigError
 from bench.loop import _Session
-from bench.step import make_optimizer
 from bench.timing import Chrono
 
 
@@ -55,6 +54,9 @@ class _WindowTimer(keras.callbacks.Callback):
 
 
 class FitSession(_Session):
+    def _make_trainer(self, trainer_class):
+        return None  # Keras fit is the trainer here
+
     def _train(self):
         cfg, strategy = self.cfg, self.dev.strategy
         if cfg.xla and self.dev.num_replicas > 1:
@@ -63,7 +65,7 @@ class FitSession(_Session):
         self.final_loss = self.last_accuracy = None
         with strategy.scope():
             model = keras.Sequential([keras.Input((32, 32, 3), dtype="uint8"), Normalize(), self.model])
-            optimizer = make_optimizer(self.schedule, cfg.precision, weight_decay=1e-4)
+            optimizer = self.optimizer  # built in _setup with Keras's weight decay
             optimizer.build(model.trainable_variables)  # TF-STACK-NOTES trap 1, as in the custom loop
             # Keras's multi-step train function fails under MirroredStrategy with >= 2 replicas in
             # TF 2.21 (an unfed placeholder, like trap 1): one step per call there.

@@ -113,9 +113,20 @@ def preflight(cfg: RunConfig) -> RunConfig:
         raise ConfigError(str(err)) from None
     if cfg.cifar_dir and cfg.data in ("files", "auto"):
         data.find_cifar_files(cfg.cifar_dir)
-    if cfg.checkpoint_dir and os.path.exists(cfg.checkpoint_dir) and not os.path.isdir(cfg.checkpoint_dir):
-        raise ConfigError(f"--checkpoint_dir={cfg.checkpoint_dir} is not a folder")
+    for flag in ("checkpoint_dir", "tensorboard_dir", "profile_dir"):
+        _check_output_dir(flag, getattr(cfg, flag))
     return cfg
+
+
+def _check_output_dir(flag, path):
+    """A folder the run may create or write into: it, or its nearest existing ancestor, is a writable folder."""
+    if not path:
+        return
+    existing = os.path.abspath(path)
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing) or not os.access(existing, os.W_OK):
+        raise ConfigError(f"--{flag}={path} is not a writable folder")
 
 
 def run(cfg: RunConfig, command="", out=sys.stdout, write_row=True, on_eval=None) -> Outcome:
@@ -173,13 +184,11 @@ class _Session:
         self.identity.save(finished=False)
         with dev.strategy.scope():
             model = build_resnet(cfg.n, cfg.block, cfg.shortcut, precision=cfg.precision, sync_bn=cfg.sync_bn)
-            optimizer = make_optimizer(self.schedule, cfg.precision)
-        self.model = model
-        self.trainer = Trainer(
-            model, optimizer, dev.strategy, cfg.batch_size, weight_decay=1e-4, xla=cfg.xla,
-            sync_bn=cfg.sync_bn, inject_nan_at_step=cfg.inject_nan_at_step,
-            inject_inf_grad_at_step=cfg.inject_inf_grad_at_step,
-        )
+            # The fit baseline uses Keras's optimizer weight decay; the custom loop adds L2 to its loss.
+            optimizer = make_optimizer(self.schedule, cfg.precision,
+                                       weight_decay=1e-4 if cfg.loop == "fit" else None)
+        self.model, self.optimizer = model, optimizer
+        self.trainer = self._make_trainer(Trainer)
         self.params = int(sum(math.prod(v.shape) for v in model.trainable_variables))
         key = f"{dev.device_kind}:{dev.device_name}|tf{tf.__version__}"
         self.peak_gflops = peak.peak_gflops(dev.first_device, key, cfg.precision) * dev.physical_devices
@@ -197,18 +206,29 @@ class _Session:
             self.manager = tf.train.CheckpointManager(ckpt, cfg.checkpoint_dir, max_to_keep=2)
             if self.manager.latest_checkpoint:
                 ckpt.restore(self.manager.latest_checkpoint).assert_existing_objects_matched()
-        self.start_step = int(self.trainer.step.numpy())
+        self.start_step = int(self.trainer.step.numpy()) if self.trainer else 0
         self.seconds_at_start = float(self.train_seconds_before.numpy())
-        if self.source.kind == "synthetic":
-            self.iterator = data.SyntheticIterator(data.synthetic_batches(dev.strategy, cfg.batch_size, cfg.seed))
-        else:
-            # After a restart the order is reshuffled from a seed tied to the step reached.
-            seed = cfg.seed + self.start_step
-            self.iterator = iter(data.distribute_train(dev.strategy, self.source, cfg.batch_size, seed))
         self.eval_ds = None
         if self.source.test is not None and self.source.test_images > 0:
             self.eval_ds, self.eval_batches = data.distribute_eval(dev.strategy, self.source, cfg.batch_size)
         self.writer = tf.summary.create_file_writer(cfg.tensorboard_dir) if cfg.tensorboard_dir else None
+
+    def _make_trainer(self, trainer_class):
+        cfg = self.cfg
+        return trainer_class(
+            self.model, self.optimizer, self.dev.strategy, cfg.batch_size, weight_decay=1e-4, xla=cfg.xla,
+            sync_bn=cfg.sync_bn, inject_nan_at_step=cfg.inject_nan_at_step,
+            inject_inf_grad_at_step=cfg.inject_inf_grad_at_step,
+        )
+
+    def _train_iterator(self):
+        """The custom loop's input (created only when it trains: an iterator starts prefetching)."""
+        cfg, strategy = self.cfg, self.dev.strategy
+        if self.source.kind == "synthetic":
+            return data.SyntheticIterator(data.synthetic_batches(strategy, cfg.batch_size, cfg.seed))
+        # After a restart the order is reshuffled from a seed tied to the step reached.
+        seed = cfg.seed + self.start_step
+        return iter(data.distribute_train(strategy, self.source, cfg.batch_size, seed))
 
     # -- the run -------------------------------------------------------------
 
@@ -264,6 +284,7 @@ class _Session:
         from bench.timing import Chrono
 
         cfg, trainer = self.cfg, self.trainer
+        iterator = self._train_iterator()
         self.chrono = chrono = Chrono()
         self.final_loss = None
         self.last_accuracy = None
@@ -287,7 +308,7 @@ class _Session:
                 kind = "warmup"
             else:
                 kind = "untimed" if profiling else "timed"
-            loss, seconds = chrono.call(trainer.train, self.iterator, tf.constant(n, tf.int32), steps=n, kind=kind)
+            loss, seconds = chrono.call(trainer.train, iterator, tf.constant(n, tf.int32), steps=n, kind=kind)
             step += n
             self.steps_done = step
             if kind == "first":

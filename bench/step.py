@@ -187,8 +187,3 @@ def make_optimizer(schedule, precision, momentum=0.9, weight_decay=None):
         opt = keras.optimizers.LossScaleOptimizer(opt)
     return opt
 
-
-def current_lr(optimizer):
-    inner = getattr(optimizer, "inner_optimizer", optimizer)
-    lr = inner.learning_rate
-    return float(lr.numpy() if hasattr(lr, "numpy") else lr)

@@ -211,9 +211,7 @@ def build(results_path, out_dir, sweep=None, data=None, device=None):
 
 
 def main(argv):
-    if len(argv) > 1:
-        print(f"error: unexpected arguments {' '.join(argv[1:])!r}", file=sys.stderr)
-        return 2
+    del argv  # cli.parse_flags refused stray arguments
     if not os.path.exists(FLAGS.results):
         print(f"error: no results file {FLAGS.results}", file=sys.stderr)
         return 2
@@ -224,8 +222,10 @@ def main(argv):
 
 
 def entry():
+    from bench import cli
+
     define_flags()
-    app.run(main)
+    app.run(main, flags_parser=cli.parse_flags)
 
 
 if __name__ == "__main__":

@@ -262,6 +262,10 @@ def trials_from_flags(values):
         raise ConfigError("--scheduler=asha needs real data and --eval_every_epochs (it ranks trials by accuracy)")
     if values.max_concurrent < 1:
         raise ConfigError(f"--max_concurrent must be >= 1; got {values.max_concurrent}")
+    if values.cpus_per_trial is not None and not values.cpus_per_trial > 0:
+        raise ConfigError(f"--cpus_per_trial must be > 0; got {values.cpus_per_trial}")
+    if not values.name or os.sep in values.name or values.name in (".", ".."):
+        raise ConfigError(f"--name must be a plain folder name; got {values.name!r}")
     if values.gpus_per_trial < 0:
         raise ConfigError(f"--gpus_per_trial must be >= 0; got {values.gpus_per_trial}")
     if values.cpu_replicas > 1 and "mirrored" not in axes["strategy"]:

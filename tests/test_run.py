@@ -103,6 +103,8 @@ def bad_inputs(tmp):
         "foreign header": ([f"--results={foreign}"], "different header"),
         "stray argument": (["extra"], "unexpected arguments"),
         "bad profile steps": (["--profile_steps=9"], "profile_steps"),
+        "unwritable tensorboard dir": ([f"--tensorboard_dir={blocker}/tb"], "not a writable folder"),
+        "checkpoint dir is a file": ([f"--checkpoint_dir={blocker}"], "not a writable folder"),
     }
 
 

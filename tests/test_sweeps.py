@@ -100,6 +100,9 @@ def test_killed_sweep_resumes_with_one_row_per_trial(tmp_path):
     (["--gpus_per_trial=1", "--strategy=mirrored"], "GPU"),
     (["--n=3,x"], "--n"),
     (["--resume", "--name=never_ran"], "no sweep named"),
+    (["--cpus_per_trial=0"], "cpus_per_trial"),
+    (["--max_concurrent=0"], "max_concurrent"),
+    (["--name=a/b"], "plain folder name"),
 ])
 def test_bad_flags_are_one_line_exit_2_nothing_started(tmp_path, args, message):
     proc = sweep_cli(*args, *FAST, f"--storage={tmp_path}/ray", f"--results={tmp_path}/s.csv")
@@ -160,3 +163,13 @@ def test_report_accuracy_excludes_synthetic():
 def test_pareto_front():
     pts = [(100, 0.90), (50, 0.95), (80, 0.85), (40, 0.93), (120, 0.80)]
     assert report.pareto_front(pts) == [(50, 0.95), (100, 0.90), (120, 0.80)]
+
+
+def test_report_bad_input_is_one_line_exit_2(tmp_path):
+    env = {**os.environ, "PYTHONPATH": ROOT}
+    for args, message in ((["--sweep"], "sweep"), ([f"--results={tmp_path}/none.csv"], "no results file"),
+                          (["stray"], "unexpected arguments")):
+        proc = subprocess.run([sys.executable, "-m", "sweeps.report", *args], cwd=ROOT, env=env,
+                              capture_output=True, text=True, timeout=120)
+        lines = proc.stderr.strip().splitlines()
+        assert proc.returncode == 2 and len(lines) == 1 and message in lines[0], proc.stderr
