@@ -236,19 +236,31 @@ def distribute_eval(strategy, source, global_batch):
     """
     import tensorflow as tf
 
-    total = -(-source.test_images // global_batch) * global_batch
-    pad = total - source.test_images
+    examples, total = padded_test_examples(source, global_batch)
 
     def dataset_fn(ctx):
         per_replica = ctx.get_per_replica_batch_size(global_batch)
-        real = source.test.map(lambda image, label: (image, label, tf.constant(1.0)))
-        filler = tf.data.Dataset.from_tensors(
-            (tf.zeros(IMAGE_SHAPE, tf.uint8), tf.constant(0, tf.int32), tf.constant(0.0))
-        ).repeat(pad)
-        ds = real.concatenate(filler).shard(ctx.num_input_pipelines, ctx.input_pipeline_id)
+        ds = examples.shard(ctx.num_input_pipelines, ctx.input_pipeline_id)
         return ds.batch(per_replica, drop_remainder=True).cache().prefetch(tf.data.AUTOTUNE)
 
     return strategy.distribute_datasets_from_function(dataset_fn), total // global_batch
+
+
+def padded_test_examples(source, global_batch):
+    """(dataset of (image, label, mask), its length): the test set, then mask-0 fillers up to whole batches.
+
+    Whole batches also keep every replica's share non-empty: an empty per-replica batch
+    (what Keras makes of a short last batch) breaks oneDNN's Conv2D, which returns its
+    input's shape for an empty input (TF 2.21).
+    """
+    import tensorflow as tf
+
+    total = -(-source.test_images // global_batch) * global_batch
+    real = source.test.map(lambda image, label: (image, label, tf.constant(1.0)))
+    filler = tf.data.Dataset.from_tensors(
+        (tf.zeros(IMAGE_SHAPE, tf.uint8), tf.constant(0, tf.int32), tf.constant(0.0))
+    ).repeat(total - source.test_images)
+    return real.concatenate(filler), total
 
 
 def synthetic_batches(strategy, global_batch, seed):

@@ -73,7 +73,8 @@ class FitSession(_Session):
             model.compile(
                 optimizer=optimizer,
                 loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-                metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
+                # weighted: evaluation's mask-0 fillers must not count (plain `metrics` ignore weights)
+                weighted_metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
                 steps_per_execution=chunk,
                 jit_compile=cfg.xla,
             )
@@ -105,8 +106,10 @@ class FitSession(_Session):
         return ds.batch(cfg.batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
 
     def _fit_evaluate(self, model):
-        masked = self.source.test.map(lambda image, label: (image, label, tf.constant(1.0)))
-        loss, acc = model.evaluate(masked.batch(self.cfg.batch_size), verbose=0)
+        # mask-0 fillers make whole batches; Keras weighs loss and accuracy by the mask
+        examples, total = data.padded_test_examples(self.source, self.cfg.batch_size)
+        loss, acc = model.evaluate(examples.batch(self.cfg.batch_size, drop_remainder=True), verbose=0)
+        loss *= total / self.source.test_images  # Keras averages the weighted losses over every example
         self.last_accuracy = float(acc)
         self.best_accuracy.assign(max(float(self.best_accuracy.numpy()), float(acc)))
         print(f"  eval: test accuracy {acc:.4f} (loss {loss:.4f})", file=self.out, flush=True)
