@@ -20,6 +20,8 @@ PRECISION_ALIASES = {"fp32": "float32", "fp16": "mixed_float16", "bf16": "mixed_
 DATA_KINDS = ("auto", "tfds", "files", "synthetic")
 RECIPES = ("bench", "paper")
 LOOPS = ("ctl", "fit")
+BATCH_NORMS = ("auto",) + spec.BATCH_NORMS  # auto: fused on CPUs (measured faster), Keras's layer on GPUs
+ONEDNN = ("auto", "on", "off")  # oneDNN CPU kernels; auto: $TF_ENABLE_ONEDNN_OPTS if set, else on
 
 CIFAR_TRAIN_IMAGES = 50_000
 PAPER_ITERATIONS = 64_000  # He et al.: 64k iterations at batch 128
@@ -45,9 +47,11 @@ class RunConfig:
     block: str = "preact"
     shortcut: str = "B"
     sync_bn: bool = False
+    batch_norm: str = "auto"  # see resolve_batch_norm
     # numerics
     precision: str = "float32"
     xla: bool = False
+    onednn: str = "auto"  # CPU kernels: applied before TensorFlow is imported
     # schedule
     batch_size: int = 128  # global
     steps: Optional[int] = None
@@ -91,6 +95,17 @@ def canonical_precision(value):
     return PRECISION_ALIASES.get(value, value)
 
 
+def resolve_batch_norm(cfg: RunConfig, device_kind):
+    """The BN implementation a run uses: `auto` is `fused` on CPUs and `keras` on GPUs or with sync_bn.
+
+    The fused kernel was measured faster on the development CPU; on GPUs the Keras
+    layer stays the default until the fused one is measured there.
+    """
+    if cfg.batch_norm != "auto":
+        return cfg.batch_norm
+    return "fused" if device_kind == "CPU" and not cfg.sync_bn else "keras"
+
+
 def parse_profile_steps(text):
     """`"20,25"` -> (20, 25). Empty -> None."""
     if text in (None, ""):
@@ -124,6 +139,11 @@ def validate(cfg: RunConfig) -> RunConfig:
     _choice("data", cfg.data, DATA_KINDS)
     _choice("recipe", cfg.recipe, RECIPES)
     _choice("loop", cfg.loop, LOOPS)
+    _choice("onednn", cfg.onednn, ONEDNN)
+    _choice("batch_norm", cfg.batch_norm, BATCH_NORMS)
+    if cfg.batch_norm == "fused" and cfg.sync_bn:
+        raise ConfigError("--batch_norm=fused cannot synchronize batch statistics; use --batch_norm=keras or auto "
+                          "with --sync_bn")
     if cfg.n < 1:
         raise ConfigError(f"--n must be >= 1 (depth 6n+2); got {cfg.n}")
     if cfg.batch_size < 1:

@@ -45,14 +45,51 @@ def _native_stderr_quieted():
             os.close(saved)
 
 
-def import_tensorflow():
-    """Import TensorFlow quietly and return the module."""
+ONEDNN_ENV = "TF_ENABLE_ONEDNN_OPTS"
+
+
+def _request_onednn(choice):
+    """Set TF_ENABLE_ONEDNN_OPTS for `choice` (auto keeps the user's value, else asks for on).
+
+    TensorFlow reads it once, while it is imported. Left alone, TF enables oneDNN
+    only on CPUs with AVX-512 VNNI/BF16 or AMX; on others (AVX2 CPUs such as the
+    development machine) its convolutions then run on Eigen, about 1.7x slower.
+    """
+    if choice == "auto":
+        os.environ.setdefault(ONEDNN_ENV, "1")
+    else:
+        os.environ[ONEDNN_ENV] = "1" if choice == "on" else "0"
+
+
+def onednn_enabled():
+    """Whether this process's TensorFlow uses oneDNN CPU kernels (fixed when it was imported)."""
+    try:
+        from tensorflow.python.util import _pywrap_util_port
+
+        return bool(_pywrap_util_port.IsMklEnabled())
+    except (ImportError, AttributeError):  # private API: fall back to what was asked for
+        return os.environ.get(ONEDNN_ENV, "").lower() in ("1", "true")
+
+
+def import_tensorflow(onednn="auto"):
+    """Import TensorFlow quietly, with oneDNN as asked (see `_request_onednn`), and return the module.
+
+    Raises ConfigError if TensorFlow is already loaded with the other oneDNN setting.
+    """
+    if "tensorflow" not in sys.modules:
+        _request_onednn(onednn)
     with _native_stderr_quieted():
         import tensorflow as tf
 
         tf.config.list_physical_devices("GPU")  # the CUDA probe also prints here
     if os.environ.get("_BENCH_QUIET_TF"):
         tf.get_logger().setLevel("WARNING")  # no INFO lines such as "Using MirroredStrategy with devices"
+    if onednn != "auto" and onednn_enabled() != (onednn == "on"):
+        state = "on" if onednn_enabled() else "off"
+        raise ConfigError(
+            f"--onednn={onednn} cannot take effect: TensorFlow is already loaded in this process with oneDNN "
+            f"{state} (it is fixed at import; use --onednn=auto or a new process)"
+        )
     return tf
 
 
@@ -64,6 +101,7 @@ class Devices:
     device_name: str  # e.g. "NVIDIA A100-SXM4-40GB" or the CPU model
     physical_devices: int  # GPUs used, or 1 for the (possibly split) CPU
     first_device: str  # e.g. "/gpu:0": where the peak FLOP/s is measured
+    onednn: bool = False  # oneDNN CPU kernels in use (on GPUs: for the ops left on the CPU)
 
 
 def cpu_model_name():
@@ -79,7 +117,7 @@ def cpu_model_name():
 
 def setup(cfg: RunConfig) -> Devices:
     """Configure the runtime for `cfg` and build its strategy. Raises ConfigError on impossible requests."""
-    tf = import_tensorflow()
+    tf = import_tensorflow(cfg.onednn)
     gpus = tf.config.list_physical_devices("GPU")
     if gpus and cfg.cpu_replicas > 1:
         raise ConfigError(
@@ -135,7 +173,7 @@ def setup(cfg: RunConfig) -> Devices:
               "fast format (--precision=bf16)", file=sys.stderr)
     if cfg.deterministic:
         tf.config.experimental.enable_op_determinism()
-    return Devices(strategy, replicas, kind, device_name, physical, names[0])
+    return Devices(strategy, replicas, kind, device_name, physical, names[0], onednn_enabled())
 
 
 _MIRRORED = {}

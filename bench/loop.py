@@ -183,14 +183,17 @@ class _Session:
         self.cost = cost.cost(cfg.n, cfg.block, cfg.shortcut)
         self.identity.save(finished=False)
         with dev.strategy.scope():
-            model = build_resnet(cfg.n, cfg.block, cfg.shortcut, precision=cfg.precision, sync_bn=cfg.sync_bn)
+            self.batch_norm = config.resolve_batch_norm(cfg, dev.device_kind)
+            model = build_resnet(cfg.n, cfg.block, cfg.shortcut, precision=cfg.precision, sync_bn=cfg.sync_bn,
+                                 batch_norm=self.batch_norm)
             # The fit baseline uses Keras's optimizer weight decay; the custom loop adds L2 to its loss.
             optimizer = make_optimizer(self.schedule, cfg.precision,
                                        weight_decay=1e-4 if cfg.loop == "fit" else None)
         self.model, self.optimizer = model, optimizer
         self.trainer = self._make_trainer(Trainer)
         self.params = int(sum(math.prod(v.shape) for v in model.trainable_variables))
-        key = f"{dev.device_kind}:{dev.device_name}|tf{tf.__version__}"
+        key = f"{dev.device_kind}:{dev.device_name}|tf{tf.__version__}" + (
+            "|onednn" if dev.onednn and dev.device_kind == "CPU" else "")
         self.peak_gflops = peak.peak_gflops(dev.first_device, key, cfg.precision) * dev.physical_devices
         # Progress survives restarts through the checkpoint.
         self.train_seconds_before = tf.Variable(0.0, dtype=tf.float64, trainable=False)
@@ -398,6 +401,8 @@ class _Session:
             "tf_version": tf.__version__,
             "keras_version": keras.__version__,
             "device": f"{dev.device_kind}: {dev.device_name}",
+            "onednn": dev.onednn,
+            "batch_norm": getattr(self, "batch_norm", None),
             "num_replicas": dev.num_replicas,
             "params": self.params,
             "timed_steps": thr.timed_steps if thr else 0,
@@ -433,9 +438,10 @@ class _Session:
 
         lines = [
             ("status", fmt("status") + (f" ({row['error']})" if row.get("error") else "")),
-            ("model", f"ResNet-{row['depth']} {row['block']}/{row['shortcut']}, {row['params']:,} params"),
+            ("model", f"ResNet-{row['depth']} {row['block']}/{row['shortcut']}, {row['params']:,} params, "
+                      f"{row['batch_norm']} BN"),
             ("devices", f"{row['num_replicas']} x {row['device']} ({row['strategy']}, {row['precision']}"
-                        f"{', XLA' if row['xla'] else ''})"),
+                        f"{', XLA' if row['xla'] else ''}{', oneDNN' if row['onednn'] else ''})"),
             ("images/sec", f"{fmt('images_per_sec', '.1f')} ± {fmt('images_per_sec_stderr', '.1f')} "
                            f"(jitter {fmt('jitter', '.1f')}, {row['timed_steps']} timed steps)"),
             ("step time", f"p50 {fmt('step_time_p50_ms', '.1f')} / p90 {fmt('step_time_p90_ms', '.1f')} / "

@@ -42,10 +42,12 @@ SCHEMA = (
     "block",
     "shortcut",
     "sync_bn",
+    "batch_norm",  # keras | fused
     "params",
     "flops_per_image",
     "precision",
     "xla",
+    "onednn",  # oneDNN CPU kernels (TF_ENABLE_ONEDNN_OPTS) in effect
     "global_batch_size",
     "steps_per_loop",
     "warmup_steps",
@@ -126,6 +128,17 @@ def _read_header(path):
     return tuple(next(csv.reader([first])))
 
 
+def _older_schema(header):
+    """True if `header` is an earlier version of SCHEMA: only columns added since, order kept.
+
+    Such a file is upgraded in place by the next append (old rows get empty new columns).
+    """
+    if len(set(header)) != len(header) or not set(header) < set(SCHEMA):
+        return False
+    positions = [SCHEMA.index(c) for c in header]
+    return positions == sorted(positions)
+
+
 def check_results_path(path):
     """Raise ResultsError unless rows can be appended to `path` (nothing is written)."""
     path = os.path.abspath(path)
@@ -135,7 +148,7 @@ def check_results_path(path):
         if not os.access(path, os.W_OK):
             raise ResultsError(f"results file {path} is not writable")
         header = _read_header(path)
-        if header is not None and header != SCHEMA:
+        if header is not None and header != SCHEMA and not _older_schema(header):
             raise ResultsError(
                 f"results file {path} has a different header than this version's schema "
                 f"({len(header)} columns vs {len(SCHEMA)}); use a new --results file"
@@ -164,8 +177,12 @@ def format_row(row):
         raise KeyError(f"not in the results schema: {sorted(unknown)}")
     if row.get("status") not in STATUSES:
         raise ValueError(f"status must be one of {STATUSES}; got {row.get('status')!r}")
+    return _csv_line(_format(row.get(c)) for c in SCHEMA)
+
+
+def _csv_line(values):
     buf = io.StringIO()
-    csv.writer(buf, lineterminator="\n").writerow([_format(row.get(c)) for c in SCHEMA])
+    csv.writer(buf, lineterminator="\n").writerow(list(values))
     return buf.getvalue()
 
 
@@ -190,9 +207,12 @@ def append_row(path, row, lock_timeout=120):
             with open(path, newline="") as fh:
                 existing = fh.read()
         if existing.strip():
+            rows = list(csv.DictReader(io.StringIO(existing)))
             run_id = str(row.get("run_id", ""))
-            if run_id and any(r.get("run_id") == run_id for r in csv.DictReader(io.StringIO(existing))):
+            if run_id and any(r.get("run_id") == run_id for r in rows):
                 return False
+            if _read_header(path) != SCHEMA:  # an older schema: rewrite its rows with the new columns
+                existing = format_header() + "".join(_csv_line(r.get(c) or "" for c in SCHEMA) for r in rows)
             if not existing.endswith("\n"):
                 existing += "\n"
         else:
@@ -216,6 +236,4 @@ def append_row(path, row, lock_timeout=120):
 
 
 def format_header():
-    buf = io.StringIO()
-    csv.writer(buf, lineterminator="\n").writerow(SCHEMA)
-    return buf.getvalue()
+    return _csv_line(SCHEMA)

@@ -25,9 +25,15 @@ flags.DEFINE_integer("n", 3, "Blocks per stage: depth 6n+2 (9n+2 for bottleneck)
 flags.DEFINE_enum("block", "preact", spec.BLOCKS, "Residual block type.")
 flags.DEFINE_enum("shortcut", "B", spec.SHORTCUTS, "Shortcut option of He et al. 2015.")
 flags.DEFINE_boolean("sync_bn", False, "Synchronized batch norm (batch statistics all-reduced over replicas).")
+flags.DEFINE_enum("batch_norm", "auto", config.BATCH_NORMS,
+                  "BN implementation: keras (keras.layers.BatchNormalization) or fused (the same layer on TF's "
+                  "fused kernel). auto: fused on CPUs, keras on GPUs and with --sync_bn.")
 flags.DEFINE_enum("precision", "float32", spec.PRECISIONS + tuple(config.PRECISION_ALIASES),
                   "Keras dtype policy (fp32, fp16 and bf16 are accepted too).")
 flags.DEFINE_boolean("xla", False, "XLA-compile the forward/backward pass.")
+flags.DEFINE_enum("onednn", "auto", config.ONEDNN,
+                  "oneDNN CPU kernels (TF_ENABLE_ONEDNN_OPTS). auto: the environment variable if set, else on. "
+                  "TensorFlow turns them on by itself only on CPUs with AVX-512 VNNI/BF16 or AMX.")
 flags.DEFINE_integer("batch_size", 128, "Global batch size (divided evenly over the replicas).")
 flags.DEFINE_integer("steps", None, "Training steps (default: the recipe's).")
 flags.DEFINE_float("epochs", None, "Training epochs instead of --steps.")

@@ -19,6 +19,7 @@ def build_resnet(
     precision="float32",
     sync_bn=False,
     input_shape=(32, 32, 3),
+    batch_norm="keras",
 ):
     """Build a CIFAR ResNet as a Keras functional model returning float32 logits.
 
@@ -36,6 +37,8 @@ def build_resnet(
         papers' multi-GPU training; the benchmark loop then averages the replicas'
         moving statistics so evaluation uses the whole batch's (see bench/step.py).
       input_shape: (height, width, channels) of the images.
+      batch_norm: `keras` (keras.layers.BatchNormalization) or `fused` (the same layer and
+        arithmetic on TF's fused kernel, `resnet.layers.FusedBatchNormalization`; not with sync_bn).
 
     Weight decay is not part of the model: the training loop adds
     `weight_decay * sum(tf.nn.l2_loss(k) for k in decayed_kernels(model))` to the loss,
@@ -49,11 +52,15 @@ def build_resnet(
         raise ValueError(f"precision must be one of {', '.join(spec.PRECISIONS)}; got precision={precision!r}")
     if not isinstance(sync_bn, bool):
         raise ValueError(f"sync_bn must be True or False; got sync_bn={sync_bn!r}")
+    if batch_norm not in spec.BATCH_NORMS:
+        raise ValueError(f"batch_norm must be one of {', '.join(spec.BATCH_NORMS)}; got batch_norm={batch_norm!r}")
+    if batch_norm == "fused" and sync_bn:
+        raise ValueError("batch_norm='fused' cannot synchronize batch statistics; use batch_norm='keras' with sync_bn")
 
     # Keras walks the functional graph recursively: ResNet-1202 needs far more
     # than the default 1000 (TF's import sets 3000) Python frames.
     sys.setrecursionlimit(max(sys.getrecursionlimit(), 5000 + 100 * n))
-    f = LayerFactory(precision, sync_bn)
+    f = LayerFactory(precision, sync_bn, batch_norm)
     block_fn = BLOCK_FUNCTIONS[block]
     inputs = keras.Input(shape=input_shape, name="images")
     x = f.conv(spec.STEM_FILTERS, 3, 1, "stem_conv")(inputs)

@@ -9,6 +9,7 @@ from __future__ import annotations
 BLOCKS = ("preact", "original", "bottleneck")
 SHORTCUTS = ("A", "B", "C")
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
+BATCH_NORMS = ("keras", "fused")  # keras.layers.BatchNormalization, or the same layer on the fused kernel
 
 STEM_FILTERS = 16
 STAGE_WIDTHS = (16, 32, 64)  # filters of the 3x3 convs in stages 1, 2, 3

@@ -44,6 +44,8 @@ flags.DEFINE_string("cifar_dir", None, "CIFAR-10 binary files folder.")
 flags.DEFINE_string("tfds_dir", None, "tensorflow-datasets folder.")
 flags.DEFINE_integer("seed", 0, "First seed.")
 flags.DEFINE_boolean("sync_bn", False, "Synchronized batch norm in every trial.")
+flags.DEFINE_enum("onednn", "auto", config.ONEDNN, "oneDNN CPU kernels in every trial, as in bench.run.")
+flags.DEFINE_enum("batch_norm", "auto", config.BATCH_NORMS, "BN implementation in every trial, as in bench.run.")
 flags.DEFINE_enum("scheduler", "none", ["none", "asha"], "asha: stop weak trials early on test accuracy.")
 # resources
 flags.DEFINE_integer("gpus_per_trial", 0, "GPUs per trial (its MirroredStrategy uses exactly these).")
@@ -254,7 +256,8 @@ def trials_from_flags(values):
         steps_per_loop=values.steps_per_loop, target_accuracy=values.target_accuracy,
         eval_every_epochs=values.eval_every_epochs, data=values.data, cifar_dir=_absolute(values.cifar_dir),
         tfds_dir=_absolute(values.tfds_dir), seed=values.seed, sync_bn=values.sync_bn,
-        cpu_replicas=values.cpu_replicas, num_gpus=values.gpus_per_trial or None,
+        onednn=values.onednn, batch_norm=values.batch_norm, cpu_replicas=values.cpu_replicas,
+        num_gpus=values.gpus_per_trial or None,
         results=_absolute(values.results),
     )
     axes = {name: space.parse_axis(name, getattr(values, name)) for name in space.AXES}

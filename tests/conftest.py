@@ -50,3 +50,13 @@ def pytest_configure(config):
             config.option.benchmark_disable = True
             # smoke runs save nothing, and tests never write into results/
             config.option.benchmark_storage = "file://" + tempfile.mkdtemp(prefix="bench-smoke-")
+
+
+def pytest_benchmark_update_machine_info(config, machine_info):
+    """Provenance of saved benchmark runs: the TensorFlow build and whether oneDNN kernels ran."""
+    import keras
+
+    machine_info["tensorflow"] = tf.__version__
+    machine_info["keras"] = keras.__version__
+    machine_info["onednn"] = devices.onednn_enabled()
+    machine_info["cpu_model"] = devices.cpu_model_name()

@@ -9,14 +9,14 @@ from resnet.model import build_resnet
 
 
 def make_trainer(strategy, n=1, precision="float32", xla=False, sync_bn=False, batch=16, lr=0.05, seed=0,
-                 weight_decay=1e-4, **inject):
+                 weight_decay=1e-4, batch_norm="keras", **inject):
     """A Trainer over a small ResNet built (with `seed`) under `strategy`."""
     import keras
 
     keras.utils.set_random_seed(seed)
     schedule = config.Schedule(base_lr=lr, boundaries=(), warmup_lr=None, warmup_lr_steps=0)
     with strategy.scope():
-        model = build_resnet(n, precision=precision, sync_bn=sync_bn)
+        model = build_resnet(n, precision=precision, sync_bn=sync_bn, batch_norm=batch_norm)
         opt = make_optimizer(schedule, precision)
     return Trainer(model, opt, strategy, batch, weight_decay, xla=xla, sync_bn=sync_bn, **inject)
 

@@ -71,10 +71,21 @@ def test_chrono_keeps_compile_and_warmup_out_of_the_windows():
     ({"data": "files"}, "needs --cifar_dir"),
     ({"target_accuracy": 91.0}, "fraction"),
     ({"target_accuracy": 0.5, "data": "synthetic"}, "real data"),
+    ({"batch_norm": "cudnn"}, "batch_norm"),
+    ({"batch_norm": "fused", "sync_bn": True}, "cannot synchronize"),
+    ({"onednn": "yes"}, "onednn"),
 ])
 def test_validate_rejects_with_a_message(changes, message):
     with pytest.raises(ConfigError, match=message):
         config.validate(RunConfig(**changes))
+
+
+def test_batch_norm_auto_is_fused_on_cpus_only():
+    assert config.resolve_batch_norm(RunConfig(), "CPU") == "fused"
+    assert config.resolve_batch_norm(RunConfig(), "GPU") == "keras"
+    assert config.resolve_batch_norm(RunConfig(sync_bn=True), "CPU") == "keras"
+    assert config.resolve_batch_norm(RunConfig(batch_norm="keras"), "CPU") == "keras"
+    assert config.resolve_batch_norm(RunConfig(batch_norm="fused"), "GPU") == "fused"
 
 
 def test_validate_normalises_precision_aliases():

@@ -187,6 +187,52 @@ def test_sync_bn_option_reaches_every_batch_norm():
     assert not any(layer.synchronized for layer in batch_norm_layers(build_resnet(1)))
 
 
+@pytest.mark.parametrize("precision,atol", [("float32", 1e-4), ("mixed_bfloat16", 0.05)])
+def test_fused_batch_norm_layer_computes_what_keras_batch_norm_computes(precision, atol):
+    """Outputs, gradients, moving statistics (three training calls) and inference of the two layers."""
+    from resnet.layers import FusedBatchNormalization
+
+    rng = np.random.default_rng(0)
+    kwargs = dict(momentum=spec.BN_MOMENTUM, epsilon=spec.BN_EPSILON, dtype=keras.DTypePolicy(precision))
+    layers = [keras.layers.BatchNormalization(**kwargs), FusedBatchNormalization(**kwargs)]
+    gamma, beta = rng.uniform(0.5, 2.0, 5).astype(np.float32), rng.normal(size=5).astype(np.float32)
+    for layer in layers:
+        layer.build((8, 6, 6, 5))
+        layer.gamma.assign(gamma)
+        layer.beta.assign(beta)
+    for call in range(3):
+        x = tf.constant(rng.normal(3.0, 2.5, (8, 6, 6, 5)).astype(np.float32))
+        upstream = tf.constant(rng.normal(size=(8, 6, 6, 5)).astype(np.float32))
+        outs, grads = [], []
+        for layer in layers:
+            with tf.GradientTape() as tape:
+                tape.watch(x)
+                y = layer(x, training=True)
+                loss = tf.reduce_sum(tf.cast(y, tf.float32) * upstream)
+            outs.append(tf.cast(y, tf.float32).numpy())
+            grads.append([g.numpy() for g in tape.gradient(loss, [x, layer.gamma, layer.beta])])
+        np.testing.assert_allclose(outs[1], outs[0], atol=atol, rtol=atol)
+        for gk, gf in zip(*grads):
+            np.testing.assert_allclose(gf, gk, atol=50 * atol, rtol=atol)
+        np.testing.assert_allclose(layers[1].moving_mean.numpy(), layers[0].moving_mean.numpy(), rtol=1e-4)
+        np.testing.assert_allclose(layers[1].moving_variance.numpy(), layers[0].moving_variance.numpy(), rtol=1e-4)
+    assert layers[1].moving_mean.numpy() == pytest.approx(np.full(5, 3.0 * (1 - 0.9**3)), abs=0.3)
+    x = tf.constant(rng.normal(3.0, 2.5, (4, 6, 6, 5)).astype(np.float32))
+    np.testing.assert_allclose(tf.cast(layers[1](x, training=False), tf.float32).numpy(),
+                               tf.cast(layers[0](x, training=False), tf.float32).numpy(), atol=atol, rtol=atol)
+    assert layers[1](x).dtype == layers[0](x).dtype
+
+
+def test_fused_batch_norm_option_and_its_limits():
+    model = build_resnet(1, batch_norm="fused")
+    assert {type(layer).__name__ for layer in batch_norm_layers(model)} == {"FusedBatchNormalization"}
+    assert [w.path for w in model.weights] == [w.path for w in build_resnet(1).weights]
+    with pytest.raises(ValueError, match="sync_bn"):
+        build_resnet(1, batch_norm="fused", sync_bn=True)
+    with pytest.raises(ValueError, match="batch_norm"):
+        build_resnet(1, batch_norm="cudnn")
+
+
 @pytest.mark.parametrize("kwargs,argument", [
     ({"n": 0}, "n"), ({"n": -3}, "n"), ({"n": 2.5}, "n"), ({"n": 3, "block": "wide"}, "block"),
     ({"n": 3, "shortcut": "D"}, "shortcut"), ({"n": 3, "input_shape": (32, 32)}, "input_shape"),

@@ -67,6 +67,29 @@ def test_foreign_header_is_refused_and_left_alone(tmp_path):
     assert path.read_text() == "run_id,speed\nx,1\n"
 
 
+def test_file_of_an_older_schema_is_upgraded_and_keeps_its_rows(tmp_path):
+    path = tmp_path / "summary.csv"
+    old_schema = [c for c in results.SCHEMA if c != "onednn"]
+    with open(path, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, old_schema, lineterminator="\n")
+        writer.writeheader()
+        writer.writerow({"run_id": "old1", "status": "ok", "xla": "true", "images_per_sec": "151.2",
+                         "command": "python -m bench.run --x, y"})
+    results.check_results_path(str(path))  # accepted
+    assert results.append_row(str(path), row(2, onednn=True))
+    rows = results.read_rows(str(path))
+    assert tuple(rows[0]) == results.SCHEMA
+    assert [r["run_id"] for r in rows] == ["old1", "run0002"]
+    assert rows[0]["onednn"] == "" and rows[1]["onednn"] == "true"
+    assert rows[0]["xla"] == "true" and rows[0]["images_per_sec"] == "151.2"
+    assert rows[0]["command"] == "python -m bench.run --x, y"
+    # columns in another order, or unknown ones, are not an older schema
+    reordered = tmp_path / "reordered.csv"
+    reordered.write_text(",".join(reversed(old_schema)) + "\n")
+    with pytest.raises(results.ResultsError, match="different header"):
+        results.check_results_path(str(reordered))
+
+
 def test_unwritable_places_are_refused(tmp_path):
     with pytest.raises(results.ResultsError, match="folder"):
         results.check_results_path(str(tmp_path))

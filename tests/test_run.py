@@ -9,7 +9,7 @@ import time
 import pytest
 
 from bench import devices, loop, results
-from bench.config import RunConfig
+from bench.config import ConfigError, RunConfig
 from cifar_files import write_cifar
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -38,6 +38,8 @@ def test_mirrored_synthetic_run_writes_one_true_row(tmp_path):
     assert float(row["train_time_s"]) >= sum(t for _, t in chrono.windows) + chrono.first_call_s - 1e-6
     assert 0 < float(row["mfu"]) < 1.5
     assert float(row["peak_gflops"]) > 0
+    assert row["onednn"] == str(devices.onednn_enabled()).lower()
+    assert row["batch_norm"] == "fused"  # auto, on a CPU
 
 
 def test_files_run_evaluates_and_stops_at_the_target(tmp_path):
@@ -103,6 +105,8 @@ def bad_inputs(tmp):
         "foreign header": ([f"--results={foreign}"], "different header"),
         "stray argument": (["extra"], "unexpected arguments"),
         "bad profile steps": (["--profile_steps=9"], "profile_steps"),
+        "unknown oneDNN setting": (["--onednn=maybe"], "onednn"),
+        "fused BN with sync BN": (["--batch_norm=fused", "--sync_bn"], "cannot synchronize"),
         "unwritable tensorboard dir": ([f"--tensorboard_dir={blocker}/tb"], "not a writable folder"),
         "checkpoint dir is a file": ([f"--checkpoint_dir={blocker}"], "not a writable folder"),
     }
@@ -121,6 +125,24 @@ def test_every_bad_input_is_one_line_exit_2_nothing_written(tmp_path):
     assert not failures, failures
     assert not results_file.exists()
     assert (tmp_path / "foreign.csv").read_text() == "a,b\n1,2\n"
+
+
+def test_onednn_setting_takes_effect_and_is_recorded(tmp_path):
+    path = str(tmp_path / "summary.csv")
+    args = ["--data=synthetic", "--n=1", "--batch_size=16", "--steps=4", "--warmup_steps=2",
+            "--steps_per_loop=1", f"--results={path}"]
+    env = {**os.environ, "PYTHONPATH": ROOT, devices.ONEDNN_ENV: "1"}  # the flag wins over the variable
+    proc = subprocess.run([sys.executable, "-m", "bench.run", *args, "--onednn=off"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "oneDNN" not in proc.stdout.split("devices", 1)[1].splitlines()[0]
+    assert [r["onednn"] for r in results.read_rows(path)] == ["false"]
+    # In this process TensorFlow is loaded already: the other setting is refused, nothing written.
+    other = "off" if devices.onednn_enabled() else "on"
+    cfg = RunConfig(data="synthetic", steps=4, onednn=other, results=path, **SMALL)
+    with pytest.raises(ConfigError, match="cannot take effect"):
+        loop.run(cfg)
+    assert len(results.read_rows(path)) == 1
 
 
 def wait_for_checkpoint(folder, at_least, proc, timeout=240):
@@ -179,7 +201,8 @@ def test_fit_baseline_writes_a_fit_row(tmp_path, replicas):
     row = results.read_rows(path)[0]
     assert out.status == "ok" and row["loop"] == "fit" and row["num_replicas"] == str(replicas)
     assert int(row["timed_steps"]) > 0 and float(row["images_per_sec"]) > 0
-    assert 0 <= float(row["test_accuracy"]) <= 1
+    hits = float(row["test_accuracy"]) * 20  # over the 20 test images; the batch-filling fillers do not count
+    assert 0 <= hits <= 20 and hits == pytest.approx(round(hits), abs=1e-4)
 
 
 def test_fit_refuses_what_only_the_custom_loop_does(tmp_path):

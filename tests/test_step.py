@@ -131,3 +131,42 @@ def test_sync_bn_with_xla_over_replicas_is_refused(strategies):
     with pytest.raises(ValueError, match="sync_bn"):
         make_trainer(strategies[2], sync_bn=True, xla=True)
     make_trainer(strategies[1], sync_bn=True, xla=True)  # one replica: fine
+
+
+@pytest.mark.parametrize("replicas", [1, 2])
+def test_fused_batch_norm_trains_like_the_keras_layer(strategies, replicas):
+    """Same seed, same batches: the fused-BN net follows the Keras-BN net step for step, including the
+    moving statistics (averaged over replicas) and evaluation."""
+    strategy = strategies[replicas]
+    images, labels = fixed_batch(16)
+    nets = {}
+    for bn in ("keras", "fused"):
+        trainer = make_trainer(strategy, batch=16, seed=11, batch_norm=bn)
+        it = distributed_iterator(strategy, images, labels)
+        losses = [run_steps(trainer, it, 1) for _ in range(3)]
+        nets[bn] = (trainer, losses)
+    (keras_trainer, keras_losses), (fused_trainer, fused_losses) = nets["keras"], nets["fused"]
+    assert type(batch_norm_layers(fused_trainer.model)[0]).__name__ == "FusedBatchNormalization"
+    np.testing.assert_allclose(fused_losses, keras_losses, rtol=1e-4)
+    for wk, wf in zip(keras_trainer.model.weights, fused_trainer.model.weights):
+        assert wk.path == wf.path
+        np.testing.assert_allclose(wf.numpy(), wk.numpy(), rtol=1e-3, atol=1e-4, err_msg=wk.path)
+    for layer in batch_norm_layers(fused_trainer.model):
+        r = replica_values(strategy, layer.moving_variance)
+        np.testing.assert_array_equal(r[0], r[-1])
+    logits = [t.model(images.astype(np.float32) / 255.0, training=False).numpy() for t in (keras_trainer, fused_trainer)]
+    np.testing.assert_allclose(logits[1], logits[0], rtol=1e-3, atol=1e-4)
+
+
+@pytest.mark.parametrize("replicas", [1, 2])
+def test_fused_batch_norm_under_xla_and_bfloat16(strategies, replicas):
+    strategy = strategies[replicas]
+    images, labels = fixed_batch(16)
+    losses = {}
+    for xla, precision in ((False, "float32"), (True, "float32"), (False, "mixed_bfloat16")):
+        trainer = make_trainer(strategy, batch=16, seed=5, xla=xla, precision=precision, batch_norm="fused")
+        it = distributed_iterator(strategy, images, labels)
+        losses[xla, precision] = [run_steps(trainer, it, 1) for _ in range(3)]
+    np.testing.assert_allclose(losses[True, "float32"], losses[False, "float32"], rtol=1e-3)
+    assert all(math.isfinite(x) for x in losses[False, "mixed_bfloat16"])
+    np.testing.assert_allclose(losses[False, "mixed_bfloat16"][0], losses[False, "float32"][0], rtol=0.05)

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from bench import data
+from bench import config, data
 from bench.config import RunConfig
 from bench.timing import device_sync
 from cifar_files import write_cifar
@@ -21,6 +21,7 @@ from helpers import make_trainer
 
 MODELS = {"resnet20": 3, "resnet56": 9}
 STEPS_PER_CALL = 5
+BN = config.resolve_batch_norm(RunConfig(), "CPU")  # what bench.run uses on these (CPU) devices
 
 
 def sizes(benchmark, n):
@@ -47,7 +48,22 @@ def record(benchmark, images_per_call, **info):
 def test_train_step(benchmark, strategies, model, precision, xla, replicas):
     n, batch, k, rounds = sizes(benchmark, MODELS[model])
     strategy = strategies[replicas]
-    trainer = make_trainer(strategy, n=n, precision=precision, xla=xla, batch=batch)
+    trainer = make_trainer(strategy, n=n, precision=precision, xla=xla, batch=batch, batch_norm=BN)
+    measure_train_calls(benchmark, trainer, strategy, batch, k, rounds)
+    record(benchmark, k * batch, model=model, precision=precision, xla=xla, replicas=replicas, batch=batch,
+           batch_norm=BN)
+
+
+@pytest.mark.parametrize("batch_norm", ["keras", "fused"])
+def test_batch_norm_kernels(benchmark, strategies, batch_norm):
+    """ResNet-20, float32, one device: Keras's BatchNormalization against the same layer on the fused kernel."""
+    n, batch, k, rounds = sizes(benchmark, MODELS["resnet20"])
+    trainer = make_trainer(strategies[1], n=n, batch=batch, batch_norm=batch_norm)
+    measure_train_calls(benchmark, trainer, strategies[1], batch, k, rounds)
+    record(benchmark, k * batch, model="resnet20", batch_norm=batch_norm, batch=batch)
+
+
+def measure_train_calls(benchmark, trainer, strategy, batch, k, rounds):
     it = synthetic_iterator(strategy, batch)
     steps = tf.constant(k)
 
@@ -59,14 +75,13 @@ def test_train_step(benchmark, strategies, model, precision, xla, replicas):
     call()  # trace and compile outside the measurement
     loss = benchmark.pedantic(call, rounds=rounds, iterations=1, warmup_rounds=1 if rounds > 1 else 0)
     assert np.isfinite(float(loss))
-    record(benchmark, k * batch, model=model, precision=precision, xla=xla, replicas=replicas, batch=batch)
 
 
 @pytest.mark.parametrize("replicas", [1, 2])
 def test_eval_step(benchmark, strategies, replicas):
     n, batch, k, rounds = sizes(benchmark, MODELS["resnet20"])
     strategy = strategies[replicas]
-    trainer = make_trainer(strategy, n=n, batch=batch)
+    trainer = make_trainer(strategy, n=n, batch=batch, batch_norm=BN)
     images, labels = data.synthetic_batches(strategy, batch, seed=1)
     mask = strategy.experimental_distribute_values_from_function(
         lambda ctx: tf.ones([batch // strategy.num_replicas_in_sync]))
@@ -93,7 +108,7 @@ def test_custom_loop_vs_keras_fit(benchmark, strategies, loop):
 
     n, batch, k, rounds = sizes(benchmark, MODELS["resnet20"])
     strategy = strategies[1]
-    trainer = make_trainer(strategy, n=n, batch=batch)
+    trainer = make_trainer(strategy, n=n, batch=batch, batch_norm=BN)
     if loop == "ctl":
         it = synthetic_iterator(strategy, batch)
         steps = tf.constant(k)
@@ -105,7 +120,8 @@ def test_custom_loop_vs_keras_fit(benchmark, strategies, loop):
     else:
         model = keras.Sequential([keras.Input((32, 32, 3), dtype="uint8"), Normalize(), trainer.model])
         model.compile(optimizer=keras.optimizers.SGD(0.05, momentum=0.9, weight_decay=1e-4),
-                      loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), steps_per_execution=k)
+                      loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), steps_per_execution=k,
+                      jit_compile=False)  # as the custom loop here ("auto" means XLA where GPUs are visible)
         rng = np.random.default_rng(0)
         images = rng.integers(0, 256, (batch, 32, 32, 3), dtype=np.uint8)
         labels = rng.integers(0, 10, (batch,), dtype=np.int32)
@@ -119,7 +135,7 @@ def test_custom_loop_vs_keras_fit(benchmark, strategies, loop):
     call()
     loss = benchmark.pedantic(call, rounds=rounds, iterations=1, warmup_rounds=1 if rounds > 1 else 0)
     assert np.isfinite(loss)
-    record(benchmark, k * batch, loop=loop, batch=batch)
+    record(benchmark, k * batch, loop=loop, batch=batch, batch_norm=BN)
 
 
 def test_input_pipeline(benchmark, tmp_path, strategies):
