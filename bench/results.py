@@ -207,11 +207,12 @@ def append_row(path, row, lock_timeout=120):
             with open(path, newline="") as fh:
                 existing = fh.read()
         if existing.strip():
-            rows = list(csv.DictReader(io.StringIO(existing)))
+            reader = csv.DictReader(io.StringIO(existing))
+            rows = list(reader)
             run_id = str(row.get("run_id", ""))
             if run_id and any(r.get("run_id") == run_id for r in rows):
                 return False
-            if _read_header(path) != SCHEMA:  # an older schema: rewrite its rows with the new columns
+            if tuple(reader.fieldnames) != SCHEMA:  # an older schema: rewrite its rows with the new columns
                 existing = format_header() + "".join(_csv_line(r.get(c) or "" for c in SCHEMA) for r in rows)
             if not existing.endswith("\n"):
                 existing += "\n"
