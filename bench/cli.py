@@ -1,20 +1,117 @@
-"""What every command-line entry point shares: absl parsing with the bad-input contract."""
+"""Command lines built from `RunConfig`'s fields: the flags of `bench.run` and `sweeps.tune`, strict parsing, help.
+
+Each field declares its flag once (`bench.config.option`); here it becomes
+- for `python -m bench.run`: a typed absl flag (enum, integer, float, boolean, string);
+- for `python -m sweeps.tune`: the same flag, with the same default and help, where
+  axis fields take a comma list of values (`--n 3,5,9`) and the others one value.
+"""
 
 from __future__ import annotations
 
+import os
+import shlex
 import sys
 
 from absl import flags
 
+from bench import config
+from bench.config import RunConfig
 
-def parse_flags(argv):
-    """absl parsing where a bad flag or a stray argument is one line on stderr and exit status 2."""
+FLAGFILE_HELP = "Read flags from this file, one --flag=value per line (absl)."
+
+
+def _define_typed(f, flag_values):
+    meta, name, default = f.metadata, f.name, f.default
+    kwargs = dict(flag_values=flag_values)
+    if meta["parse"] is not None or (meta["kind"] is str and not meta["choices"]):
+        flags.DEFINE_string(name, default, meta["help"], **kwargs)
+    elif meta["choices"]:
+        flags.DEFINE_enum(name, default, list(meta["choices"]), meta["help"], **kwargs)
+    elif meta["kind"] is bool:
+        flags.DEFINE_boolean(name, default, meta["help"], **kwargs)
+    elif meta["kind"] is int:
+        flags.DEFINE_integer(name, default, meta["help"], **kwargs)
+    elif meta["kind"] is float:
+        flags.DEFINE_float(name, default, meta["help"], **kwargs)
+    else:
+        raise TypeError(f"RunConfig.{name}: no flag type for {meta['kind']}")
+
+
+def define_run_flags(flag_values=flags.FLAGS):
+    """Every RunConfig field as a typed flag (for `bench.run`)."""
+    for f in config.flag_fields():
+        _define_typed(f, flag_values)
+
+
+def format_value(value):
+    """A value as a flag's text: booleans lower-case, None as None (no default)."""
+    if value is None:
+        return None
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
+
+def define_sweep_flags(flag_values=flags.FLAGS):
+    """Every RunConfig field as a flag of `sweeps.tune`: axis fields as comma lists, the rest as in bench.run."""
+    for f in config.flag_fields():
+        if f.metadata["axis"]:
+            default = f.metadata["sweep_default"] or format_value(f.default)
+            choices = f.metadata["choices"]
+            help_text = f"<{'|'.join(choices)}>: {f.metadata['help']}" if choices else f.metadata["help"]
+            flags.DEFINE_string(f.name, default, help_text, flag_values=flag_values)  # as absl words an enum
+        else:
+            _define_typed(f, flag_values)
+
+
+def config_from_flags(values) -> RunConfig:
+    """A RunConfig from parsed `bench.run` flags (validation is `config.validate`'s)."""
+    return RunConfig(**{f.name: values[f.name].value for f in config.flag_fields()})
+
+
+def parse_flags(argv, usage=None):
+    """absl parsing where a bad flag or a stray argument is one line on stderr and exit status 2.
+
+    `--help` (or -h, --helpshort) prints `usage()` and exits 0; `--helpfull` adds absl's own flags.
+    """
+    if usage is not None and any(a in ("--help", "-h", "--helpshort", "-?") for a in argv[1:]):
+        print(usage())
+        sys.exit(0)
     try:
         rest = flags.FLAGS(argv)
     except flags.Error as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
     if len(rest) > 1:
-        print(f"error: unexpected arguments {' '.join(rest[1:])!r} (flags only; see --helpshort)", file=sys.stderr)
+        print(f"error: unexpected arguments {' '.join(rest[1:])!r} (flags only; see --help)", file=sys.stderr)
         sys.exit(2)
     return rest
+
+
+def usage_text(doc, names, flag_values=flags.FLAGS, width=100):
+    """Help for the named flags (testing-only RunConfig fields left out), then --flagfile."""
+    testing = {f.name for f in config.flag_fields() if f.metadata["testing"]}
+    lines = [doc.strip(), "", "flags:"]
+    for name in names:
+        if name in testing:
+            continue
+        flag = flag_values[name]
+        default = "" if flag.default is None else f" (default: {format_value(flag.default)})"
+        lines.append(f"  --{name}{default}")  # absl puts an enum's choices at the start of its help
+        lines.extend(_wrap(flag.help, width))
+    lines.append("  --flagfile")
+    lines.extend(_wrap(FLAGFILE_HELP, width))
+    lines.append("\n--helpfull lists every flag, absl's and the testing ones too.")
+    return "\n".join(lines)
+
+
+def _wrap(text, width):
+    import textwrap
+
+    return textwrap.wrap(text, width, initial_indent="      ", subsequent_indent="      ")
+
+
+def typed_command(module):
+    """The command as the user typed it: `python -m MODULE ARGS` rather than the module's file path."""
+    program = os.path.basename(sys.argv[0])
+    if program.endswith(".py") or program == "-m":
+        program = f"python -m {module}"
+    return f"{program} {shlex.join(sys.argv[1:])}".strip()

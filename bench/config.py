@@ -1,17 +1,27 @@
-"""The run configuration: one frozen dataclass, validated in one place.
+"""The run configuration: one frozen dataclass whose fields declare their own flags, validated here only.
 
-No TensorFlow here: the CLI, the sweep driver and fast tests build and check
-configs without it. Checks that need the devices (GPU counts, replicas) live in
-bench/devices.py; checks of files live where the files are read.
+Each `RunConfig` field carries its flag: help text, allowed values, how a sweep
+may vary it (`option(...)` metadata). `bench.cli` builds the flags of
+`python -m bench.run` and `python -m sweeps.tune` from these fields, so a new
+option is one edit here.
+
+Every check of a configuration lives in this module and nowhere else raises
+`ConfigError`: `validate(cfg)` needs no TensorFlow (run before any work), and
+`check_setup(cfg, facts)` checks what only the devices and the data can tell
+(run once after they are set up, before any training). No TensorFlow import here:
+the CLI, the sweep driver and fast tests use this module without it.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import os
+import tempfile
 from typing import Optional
 
+from bench import cifar
 from resnet import spec
 
 STRATEGIES = ("default", "one_device", "mirrored")
@@ -24,9 +34,11 @@ BATCH_NORMS = ("auto",) + spec.BATCH_NORMS  # auto: fused on CPUs (measured fast
 ONEDNN = ("auto", "on", "off")  # oneDNN CPU kernels; auto: $TF_ENABLE_ONEDNN_OPTS if set, else on
 
 CIFAR_TRAIN_IMAGES = 50_000
+BENCH_STEPS = 200  # the `bench` recipe's default run length
 PAPER_ITERATIONS = 64_000  # He et al.: 64k iterations at batch 128
 PAPER_BATCH = 128
 PAPER_LR = 0.1
+LR_DROPS = (0.5, 0.75)  # the lr is divided by 10 at these fractions of training
 WARMUP_LR = 0.01  # He et al. 2015, depth >= 110: lr 0.01 for ~400 iterations
 WARMUP_LR_ITERATIONS = 400
 WARMUP_LR_MIN_DEPTH = 110
@@ -36,51 +48,98 @@ class ConfigError(ValueError):
     """Bad user input: reported as one line, exit status 2, nothing written."""
 
 
+def option(default, help, *, kind=None, choices=None, axis=True, sweep_default=None, parse=None, testing=False):
+    """A RunConfig field that declares its flag.
+
+    kind: int | float | bool | str (default: the type of `default`); choices: allowed values;
+    axis: a sweep may give a comma list (False for paths and other single values);
+    sweep_default: a sweep's default list where it differs (the papers' study);
+    parse: text -> value for fields whose flag is a string of another shape;
+    testing: fault injection for tests, left out of `--help`.
+    """
+    meta = dict(help=help, kind=kind or type(default), choices=choices, axis=axis, sweep_default=sweep_default,
+                parse=parse, testing=testing)
+    return dataclasses.field(default=default, metadata=meta)
+
+
+def parse_profile_steps(text):
+    """`"20,25"` -> (20, 25). Empty -> None."""
+    if text in (None, ""):
+        return None
+    if isinstance(text, (tuple, list)):
+        text = ",".join(str(t) for t in text)
+    parts = str(text).split(",")
+    try:
+        first, last = (int(p) for p in parts)
+    except ValueError:
+        raise ConfigError(f"--profile_steps must be two step numbers 'FIRST,LAST' (e.g. 20,25); got {text!r}")
+    if not 1 <= first <= last:
+        raise ConfigError(f"--profile_steps needs 1 <= FIRST <= LAST; got {text!r}")
+    return (first, last)
+
+
 @dataclasses.dataclass(frozen=True)
 class RunConfig:
     # devices and strategy
-    strategy: str = "default"
-    num_gpus: Optional[int] = None  # None: every visible GPU (mirrored) or one
-    cpu_replicas: int = 1
+    strategy: str = option("default", "tf.distribute strategy (multi_worker is not supported yet).",
+                           choices=STRATEGIES + UNSUPPORTED_STRATEGIES)
+    num_gpus: Optional[int] = option(None, "GPUs to use with --strategy=mirrored (default: all visible; in a "
+                                           "sweep: the GPUs Ray reserves for each trial).", kind=int)
+    cpu_replicas: int = option(1, "Without GPUs: split the CPU into this many logical devices (replicas).")
     # model
-    n: int = 3
-    block: str = "preact"
-    shortcut: str = "B"
-    sync_bn: bool = False
-    batch_norm: str = "auto"  # see resolve_batch_norm
+    n: int = option(3, "Blocks per stage: depth 6n+2 (9n+2 for bottleneck).", sweep_default="3,5,7,9,18")
+    block: str = option("preact", "Residual block type.", choices=spec.BLOCKS, sweep_default="preact,original")
+    shortcut: str = option("B", "Shortcut option of He et al. 2015.", choices=spec.SHORTCUTS,
+                           sweep_default="A,B,C")
+    sync_bn: bool = option(False, "Synchronized batch norm (batch statistics all-reduced over replicas).")
+    batch_norm: str = option("auto", "BN implementation: keras (keras.layers.BatchNormalization) or fused (the "
+                                     "same layer on TF's fused kernel). auto: fused on CPUs, keras on GPUs and "
+                                     "with --sync_bn.", choices=BATCH_NORMS)
     # numerics
-    precision: str = "float32"
-    xla: bool = False
-    onednn: str = "auto"  # CPU kernels: applied before TensorFlow is imported
+    precision: str = option("float32", "Keras dtype policy (fp32, fp16 and bf16 are accepted too).",
+                            choices=spec.PRECISIONS + tuple(PRECISION_ALIASES))
+    xla: bool = option(False, "XLA-compile the forward/backward pass.")
+    onednn: str = option("auto", "oneDNN CPU kernels (TF_ENABLE_ONEDNN_OPTS). auto: the environment variable if "
+                                 "set, else on. TensorFlow turns them on by itself only on CPUs with AVX-512 "
+                                 "VNNI/BF16 or AMX.", choices=ONEDNN)
     # schedule
-    batch_size: int = 128  # global
-    steps: Optional[int] = None
-    epochs: Optional[float] = None
-    warmup_steps: int = 10
-    steps_per_loop: int = 10
-    recipe: str = "bench"
-    loop: str = "ctl"
+    batch_size: int = option(128, "Global batch size (divided evenly over the replicas).")
+    steps: Optional[int] = option(None, "Training steps (default: the recipe's).", kind=int)
+    epochs: Optional[float] = option(None, "Training epochs instead of --steps.", kind=float)
+    warmup_steps: int = option(10, "Steps excluded from timing (the first, compiling, step always is).")
+    steps_per_loop: int = option(10, "Steps run inside one tf.function call (one timed window).")
+    recipe: str = option("bench", "bench: short throughput run; paper: He et al. schedule.", choices=RECIPES)
+    loop: str = option("ctl", "ctl: the custom training loop; fit: Keras model.fit (a baseline).", choices=LOOPS)
     # data
-    data: str = "auto"
-    cifar_dir: Optional[str] = None
-    tfds_dir: Optional[str] = None
+    data: str = option("auto", "Input: tfds, CIFAR binary files, synthetic, or auto.", choices=DATA_KINDS)
+    cifar_dir: Optional[str] = option(None, "Folder with the CIFAR-10 binary files (or its parent).", kind=str,
+                                      axis=False)
+    tfds_dir: Optional[str] = option(None, "tensorflow-datasets data folder.", kind=str, axis=False)
     # evaluation
-    target_accuracy: Optional[float] = None
-    eval_every_epochs: Optional[float] = None
+    target_accuracy: Optional[float] = option(None, "Stop when test accuracy reaches this fraction; record the "
+                                                    "time.", kind=float)
+    eval_every_epochs: Optional[float] = option(None, "Evaluate every this many epochs (default: at the end).",
+                                                kind=float)
     # reproducibility and outputs
-    seed: int = 0
-    deterministic: bool = False
-    results: str = "results/summary.csv"
-    checkpoint_dir: Optional[str] = None
-    checkpoint_every_steps: Optional[int] = None
-    tensorboard_dir: Optional[str] = None
-    profile_steps: Optional[tuple] = None  # (first, last) global steps
-    profile_dir: Optional[str] = None
-    sweep: str = ""  # name of the sweep a row belongs to ("" for single runs)
-    trial_key: str = ""  # the sweep's stable key of this trial
-    # fault injection for tests: the loss becomes non-finite at this step
-    inject_nan_at_step: Optional[int] = None
-    inject_inf_grad_at_step: Optional[int] = None
+    seed: int = option(0, "Random seed (a sweep's --repeats K runs seed, seed+1, ...).")
+    deterministic: bool = option(False, "Deterministic ops (slower).")
+    results: str = option("results/summary.csv", "Results CSV to append the row to.", axis=False)
+    checkpoint_dir: Optional[str] = option(None, "Checkpoint here; a rerun with the same flags resumes (in a "
+                                                 "sweep: one subfolder per trial).", kind=str, axis=False)
+    checkpoint_every_steps: Optional[int] = option(None, "Checkpoint cadence (default: each eval, or 50 steps).",
+                                                   kind=int)
+    tensorboard_dir: Optional[str] = option(None, "Write TensorBoard summaries here (in a sweep: one subfolder "
+                                                  "per trial).", kind=str, axis=False)
+    profile_steps: Optional[tuple] = option(None, "FIRST,LAST: TF profiler trace of these steps (not timed).",
+                                            kind=str, axis=False, parse=parse_profile_steps)
+    profile_dir: Optional[str] = option(None, "Where the profiler trace goes (default: <tensorboard_dir>/profile).",
+                                        kind=str, axis=False)
+    # fault injection for tests
+    inject_nan_at_step: Optional[int] = option(None, "Testing: make the loss non-finite at this step.", kind=int,
+                                               axis=False, testing=True)
+    # set by the sweep driver, not flags
+    sweep: str = dataclasses.field(default="", metadata={"internal": True})
+    trial_key: str = dataclasses.field(default="", metadata={"internal": True})
 
     @property
     def depth(self):
@@ -88,6 +147,41 @@ class RunConfig:
 
     def replace(self, **changes):
         return dataclasses.replace(self, **changes)
+
+
+def flag_fields():
+    """The RunConfig fields that are flags (every field but the sweep driver's bookkeeping)."""
+    return [f for f in dataclasses.fields(RunConfig) if not f.metadata.get("internal")]
+
+
+def parse_item(f: dataclasses.Field, text):
+    """One comma-list item of an axis flag, read as the field's kind."""
+    kind = f.metadata["kind"]
+    text = text.strip()
+    if kind is bool:
+        value = text.lower()
+        if value in ("1", "true", "yes", "on"):
+            return True
+        if value in ("0", "false", "no", "off"):
+            return False
+        raise ConfigError(f"--{f.name} takes true/false values; got {text!r}")
+    try:
+        return kind(text)
+    except ValueError:
+        raise ConfigError(f"--{f.name}={text!r}: every item must be {kind.__name__}") from None
+
+
+def axis_values(f: dataclasses.Field, value):
+    """The values a sweep flag gives a field: a list (one item for single-valued fields)."""
+    if not f.metadata["axis"] or value is None or not isinstance(value, str):
+        return [value]
+    items = [t for t in value.split(",") if t.strip()]
+    if not items:
+        raise ConfigError(f"--{f.name} needs at least one value")
+    values = [parse_item(f, t) for t in items]
+    if f.name == "precision":
+        values = [canonical_precision(v) for v in values]
+    return list(dict.fromkeys(values))  # drop repeats, keep order
 
 
 def canonical_precision(value):
@@ -106,89 +200,250 @@ def resolve_batch_norm(cfg: RunConfig, device_kind):
     return "fused" if device_kind == "CPU" and not cfg.sync_bn else "keras"
 
 
-def parse_profile_steps(text):
-    """`"20,25"` -> (20, 25). Empty -> None."""
-    if text in (None, ""):
-        return None
-    parts = str(text).split(",")
-    try:
-        first, last = (int(p) for p in parts)
-    except ValueError:
-        raise ConfigError(f"--profile_steps must be two step numbers 'FIRST,LAST' (e.g. 20,25); got {text!r}")
-    if not 1 <= first <= last:
-        raise ConfigError(f"--profile_steps needs 1 <= FIRST <= LAST; got {text!r}")
-    return (first, last)
-
-
-def _choice(name, value, allowed):
-    if value not in allowed:
-        raise ConfigError(f"--{name}={value!r} is not allowed; choose one of: {', '.join(allowed)}")
+# ---------------------------------------------------------------------------
+# Checks before any work (no TensorFlow)
 
 
 def validate(cfg: RunConfig) -> RunConfig:
-    """Check every field that needs no devices or files; return the normalised config."""
+    """Check everything that needs no TensorFlow; return the normalised config. Raises ConfigError."""
+    _check_choices(cfg)
+    cfg = cfg.replace(precision=canonical_precision(cfg.precision), profile_steps=parse_profile_steps(cfg.profile_steps))
+    _check_numbers(cfg)
+    _check_combinations(cfg)
+    _check_outputs(cfg)
+    if cfg.cifar_dir and cfg.data in ("files", "auto"):
+        try:
+            cifar.find_files(cfg.cifar_dir)
+        except cifar.CifarFilesError as err:
+            raise ConfigError(str(err)) from None
+    check_resume(cfg)
+    return cfg
+
+
+def _check_choices(cfg):
     if cfg.strategy in UNSUPPORTED_STRATEGIES:
         raise ConfigError(
             f"--strategy={cfg.strategy} is not supported yet; choose one of: {', '.join(STRATEGIES)}"
         )
-    _choice("strategy", cfg.strategy, STRATEGIES)
-    cfg = cfg.replace(precision=canonical_precision(cfg.precision))
-    _choice("precision", cfg.precision, spec.PRECISIONS + tuple(PRECISION_ALIASES))
-    _choice("block", cfg.block, spec.BLOCKS)
-    _choice("shortcut", cfg.shortcut, spec.SHORTCUTS)
-    _choice("data", cfg.data, DATA_KINDS)
-    _choice("recipe", cfg.recipe, RECIPES)
-    _choice("loop", cfg.loop, LOOPS)
-    _choice("onednn", cfg.onednn, ONEDNN)
-    _choice("batch_norm", cfg.batch_norm, BATCH_NORMS)
+    for f in flag_fields():
+        allowed = f.metadata["choices"]
+        value = getattr(cfg, f.name)
+        if allowed and value not in allowed:
+            raise ConfigError(f"--{f.name}={value!r} is not allowed; choose one of: {', '.join(allowed)}")
+
+
+def _at_least(cfg, name, low, what=""):
+    value = getattr(cfg, name)
+    if value is not None and value < low:
+        raise ConfigError(f"--{name} must be >= {low}{what}; got {value}")
+
+
+def _check_numbers(cfg):
+    _at_least(cfg, "n", 1, " (depth 6n+2)")
+    for name in ("batch_size", "cpu_replicas", "steps", "steps_per_loop", "checkpoint_every_steps"):
+        _at_least(cfg, name, 1)
+    for name in ("num_gpus", "warmup_steps"):
+        _at_least(cfg, name, 0)
+    for name in ("epochs", "eval_every_epochs"):
+        value = getattr(cfg, name)
+        if value is not None and not value > 0:
+            raise ConfigError(f"--{name} must be > 0; got {value}")
+    if cfg.target_accuracy is not None and not 0 < cfg.target_accuracy <= 1:
+        raise ConfigError(f"--target_accuracy is a fraction in (0, 1], e.g. 0.91; got {cfg.target_accuracy}")
+    if cfg.steps is not None and cfg.epochs is not None:
+        raise ConfigError("give --steps or --epochs, not both")
+    if cfg.steps is not None:
+        check_steps(cfg, cfg.steps)
+
+
+def _check_combinations(cfg):
     if cfg.batch_norm == "fused" and cfg.sync_bn:
         raise ConfigError("--batch_norm=fused cannot synchronize batch statistics; use --batch_norm=keras or auto "
                           "with --sync_bn")
-    if cfg.n < 1:
-        raise ConfigError(f"--n must be >= 1 (depth 6n+2); got {cfg.n}")
-    if cfg.batch_size < 1:
-        raise ConfigError(f"--batch_size must be >= 1; got {cfg.batch_size}")
-    if cfg.cpu_replicas < 1:
-        raise ConfigError(f"--cpu_replicas must be >= 1; got {cfg.cpu_replicas}")
     if cfg.cpu_replicas > 1 and cfg.strategy != "mirrored":
         raise ConfigError(f"--cpu_replicas={cfg.cpu_replicas} needs --strategy=mirrored (got {cfg.strategy})")
-    if cfg.num_gpus is not None and cfg.num_gpus < 0:
-        raise ConfigError(f"--num_gpus must be >= 0; got {cfg.num_gpus}")
     if cfg.num_gpus is not None and cfg.num_gpus > 1 and cfg.strategy != "mirrored":
         raise ConfigError(f"--num_gpus={cfg.num_gpus} needs --strategy=mirrored (got {cfg.strategy})")
-    if cfg.steps is not None and cfg.epochs is not None:
-        raise ConfigError("give --steps or --epochs, not both")
-    if cfg.steps is not None and cfg.steps < 1:
-        raise ConfigError(f"--steps must be >= 1; got {cfg.steps}")
-    if cfg.epochs is not None and not cfg.epochs > 0:
-        raise ConfigError(f"--epochs must be > 0; got {cfg.epochs}")
-    if cfg.warmup_steps < 0:
-        raise ConfigError(f"--warmup_steps must be >= 0; got {cfg.warmup_steps}")
-    if cfg.steps_per_loop < 1:
-        raise ConfigError(f"--steps_per_loop must be >= 1; got {cfg.steps_per_loop}")
     if cfg.data == "files" and not cfg.cifar_dir:
         raise ConfigError("--data=files needs --cifar_dir (a folder with data_batch_*.bin and test_batch.bin)")
     if cfg.data in ("tfds", "synthetic") and cfg.cifar_dir:
         raise ConfigError(f"--cifar_dir is only read with --data=files or auto (got --data={cfg.data})")
-    if cfg.target_accuracy is not None and not 0 < cfg.target_accuracy <= 1:
-        raise ConfigError(f"--target_accuracy is a fraction in (0, 1], e.g. 0.91; got {cfg.target_accuracy}")
     if cfg.target_accuracy is not None and cfg.data == "synthetic":
         raise ConfigError("--target_accuracy needs real data; --data=synthetic has no accuracy")
-    if cfg.eval_every_epochs is not None and not cfg.eval_every_epochs > 0:
-        raise ConfigError(f"--eval_every_epochs must be > 0; got {cfg.eval_every_epochs}")
-    if cfg.checkpoint_every_steps is not None and cfg.checkpoint_every_steps < 1:
-        raise ConfigError(f"--checkpoint_every_steps must be >= 1; got {cfg.checkpoint_every_steps}")
+    if cfg.xla and cfg.sync_bn and cfg.cpu_replicas > 1:
+        raise ConfigError(SYNC_BN_XLA_ERROR)
     if cfg.loop == "fit":
-        unsupported = [name for name, on in (
-            ("--checkpoint_dir", cfg.checkpoint_dir), ("--target_accuracy", cfg.target_accuracy is not None),
-            ("--eval_every_epochs", cfg.eval_every_epochs is not None), ("--profile_steps", cfg.profile_steps)) if on]
-        if unsupported:
-            raise ConfigError(f"{', '.join(unsupported)}: supported with --loop=ctl only (fit is a baseline)")
+        _check_fit(cfg)
+
+
+SYNC_BN_XLA_ERROR = (
+    "--sync_bn with --xla works on one replica only: TF 2.21 cannot all-reduce batch statistics inside "
+    "the XLA-compiled forward pass; drop one of them"
+)
+FIT_XLA_ERROR = "--loop=fit --xla needs one replica (Keras compiles the whole step, which fails over replicas)"
+
+
+def _check_fit(cfg):
+    unsupported = [name for name, on in (
+        ("--checkpoint_dir", cfg.checkpoint_dir), ("--target_accuracy", cfg.target_accuracy is not None),
+        ("--eval_every_epochs", cfg.eval_every_epochs is not None), ("--profile_steps", cfg.profile_steps)) if on]
+    if unsupported:
+        raise ConfigError(f"{', '.join(unsupported)}: supported with --loop=ctl only (fit is a baseline)")
+    if cfg.xla and cfg.cpu_replicas > 1:
+        raise ConfigError(FIT_XLA_ERROR)
+
+
+def _check_outputs(cfg):
     if not cfg.results:
         raise ConfigError("--results must name a CSV file")
-    if os.path.isdir(cfg.results):
-        raise ConfigError(f"--results={cfg.results} is a folder; give a CSV file path")
-    return cfg
+    _check_results_file(cfg.results)
+    for name in ("checkpoint_dir", "tensorboard_dir", "profile_dir"):
+        path = getattr(cfg, name)
+        if path:
+            if os.path.exists(path) and not os.path.isdir(path):
+                raise ConfigError(f"--{name}={path} is not a writable folder (a file is there)")
+            if not _can_create_in(path):
+                raise ConfigError(f"--{name}={path} is not a writable folder")
+
+
+def _nearest_existing(path):
+    existing = os.path.abspath(path)
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    return existing
+
+
+def _can_create_in(path):
+    """Whether a file can really be created in `path` (or the nearest folder that exists above it).
+
+    Actually creating one (then removing it) is the only honest test: as root,
+    `os.access` says yes to read-only places such as /proc.
+    """
+    folder = path if os.path.isdir(path) else _nearest_existing(path)
+    if not os.path.isdir(folder):
+        return False
+    try:
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".bench-probe-"):
+            return True
+    except OSError:
+        return False
+
+
+def _check_results_file(path):
+    from bench import results  # no TensorFlow; results imports nothing of config
+
+    path = os.path.abspath(path)
+    if os.path.isdir(path):
+        raise ConfigError(f"--results={path} is a folder; give a CSV file path")
+    if os.path.exists(path):
+        if not os.access(path, os.W_OK):
+            raise ConfigError(f"results file {path} is not writable")
+        try:
+            results.check_header(path)
+        except results.ResultsError as err:
+            raise ConfigError(str(err)) from None
+    if not _can_create_in(os.path.dirname(path)):
+        raise ConfigError(f"cannot write results under {_nearest_existing(os.path.dirname(path))} "
+                          f"(not a writable folder)")
+
+
+# ---------------------------------------------------------------------------
+# Resuming from a checkpoint folder
+
+_UNFINGERPRINTED = ("results", "tensorboard_dir", "profile_steps", "profile_dir", "checkpoint_every_steps")
+RUN_FILE = "run.json"
+
+
+def fingerprint(cfg: RunConfig):
+    """The fields that must not change between the restarts of one checkpointed run (JSON-safe)."""
+    kept = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in _UNFINGERPRINTED}
+    return json.loads(json.dumps(kept))
+
+
+def saved_run(cfg: RunConfig):
+    """The `run.json` of `cfg.checkpoint_dir` as a dict, or None."""
+    if not cfg.checkpoint_dir:
+        return None
+    path = os.path.join(cfg.checkpoint_dir, RUN_FILE)
+    if not os.path.exists(path):
+        return None
+    with open(path) as fh:
+        return json.load(fh)
+
+
+def check_resume(cfg: RunConfig):
+    """A checkpoint folder may only be resumed by the configuration that made it."""
+    saved = saved_run(cfg)
+    if saved is None:
+        return
+    mine = fingerprint(cfg)
+    if saved.get("config") != mine:
+        changed = sorted(k for k in mine if saved.get("config", {}).get(k) != mine[k])
+        raise ConfigError(
+            f"--checkpoint_dir={cfg.checkpoint_dir} holds a run with another configuration "
+            f"(differs in: {', '.join(changed) or 'format'}); use a new folder"
+        )
+
+
+# ---------------------------------------------------------------------------
+# Checks after the devices and the data are set up (facts, not TensorFlow)
+
+
+@dataclasses.dataclass(frozen=True)
+class SetupFacts:
+    """What device setup and data resolution found, for `check_setup`."""
+
+    gpus_visible: int
+    cpu_devices: int  # logical CPU devices the runtime has (or will have)
+    num_replicas: int
+    onednn: bool
+    data_kind: str  # tfds | files | synthetic | unavailable
+    data_problem: str = ""  # why the requested data cannot be read
+    train_images: int = CIFAR_TRAIN_IMAGES
+
+
+def check_setup(cfg: RunConfig, facts: SetupFacts):
+    """Everything only the devices and the data can tell. Raises ConfigError; nothing has trained yet."""
+    if cfg.onednn != "auto" and facts.onednn != (cfg.onednn == "on"):
+        raise ConfigError(
+            f"--onednn={cfg.onednn} cannot take effect: TensorFlow is already loaded in this process with oneDNN "
+            f"{'on' if facts.onednn else 'off'} (it is fixed at import; use --onednn=auto or a new process)"
+        )
+    if facts.gpus_visible and cfg.cpu_replicas > 1:
+        raise ConfigError(f"--cpu_replicas={cfg.cpu_replicas} is for machines without GPUs; {facts.gpus_visible} "
+                          f"GPU(s) are visible (use --num_gpus)")
+    if cfg.num_gpus is not None and cfg.num_gpus > facts.gpus_visible:
+        raise ConfigError(f"--num_gpus={cfg.num_gpus} but only {facts.gpus_visible} GPU(s) are visible")
+    if not facts.gpus_visible and facts.cpu_devices < cfg.cpu_replicas:
+        raise ConfigError(f"--cpu_replicas={cfg.cpu_replicas}: this process already started TensorFlow with "
+                          f"{facts.cpu_devices} CPU device(s)")
+    if cfg.batch_size % facts.num_replicas:
+        raise ConfigError(f"--batch_size={cfg.batch_size} is global and must divide evenly over "
+                          f"{facts.num_replicas} replicas")
+    if cfg.xla and cfg.sync_bn and facts.num_replicas > 1:
+        raise ConfigError(SYNC_BN_XLA_ERROR)
+    if cfg.loop == "fit" and cfg.xla and facts.num_replicas > 1:
+        raise ConfigError(FIT_XLA_ERROR)
+    if facts.data_kind == "unavailable":
+        raise ConfigError(facts.data_problem)
+    if cfg.target_accuracy is not None and facts.data_kind == "synthetic":
+        raise ConfigError("--target_accuracy needs real data, but only synthetic data is available")
+    check_steps(cfg, train_steps(cfg, facts.train_images))
+
+
+def check_cluster(requested, available, what):
+    """Refuse a request for more of a Ray resource ("CPU", "GPU") than the cluster has.
+
+    Ray itself would wait for it forever.
+    """
+    for resource, amount in requested.items():
+        have = available.get(resource, 0)
+        if amount and amount > have:
+            raise ConfigError(f"{what} asks for {amount:g} {resource}(s) but the Ray cluster has {have:g}")
+
+
+# ---------------------------------------------------------------------------
+# Run length and learning-rate schedule
 
 
 def train_steps(cfg: RunConfig, train_images=CIFAR_TRAIN_IMAGES) -> int:
@@ -199,7 +454,7 @@ def train_steps(cfg: RunConfig, train_images=CIFAR_TRAIN_IMAGES) -> int:
         return max(1, math.ceil(cfg.epochs * train_images / cfg.batch_size))
     if cfg.recipe == "paper":
         return math.ceil(PAPER_ITERATIONS * PAPER_BATCH / cfg.batch_size)
-    return 200
+    return BENCH_STEPS
 
 
 def check_steps(cfg: RunConfig, total_steps: int):
@@ -211,23 +466,16 @@ def check_steps(cfg: RunConfig, total_steps: int):
         )
 
 
-def steps_per_epoch(cfg: RunConfig, train_images=CIFAR_TRAIN_IMAGES) -> float:
-    return train_images / cfg.batch_size
-
-
 @dataclasses.dataclass(frozen=True)
 class Schedule:
-    """Piecewise-constant SGD learning rate (He et al.), in optimizer steps."""
+    """Piecewise-constant SGD learning rate (He et al.): `values[i]` from step `starts[i]` on (0-based steps).
 
-    base_lr: float
-    boundaries: tuple  # steps where the lr is divided by 10
-    warmup_lr: Optional[float]
-    warmup_lr_steps: int
+    This is the one description of the schedule; `bench.step.make_optimizer` turns
+    it into the optimizer's learning-rate schedule.
+    """
 
-    def lr_at(self, step):
-        if self.warmup_lr is not None and step < self.warmup_lr_steps:
-            return self.warmup_lr
-        return self.base_lr * 0.1 ** sum(step >= b for b in self.boundaries)
+    starts: tuple  # first step of each piece; starts[0] == 0
+    values: tuple
 
 
 def lr_schedule(cfg: RunConfig, total_steps: int) -> Schedule:
@@ -237,14 +485,17 @@ def lr_schedule(cfg: RunConfig, total_steps: int) -> Schedule:
     iterations at batch 128), `bench` fits the shape to the run's steps.
     """
     scale = cfg.batch_size / PAPER_BATCH
-    boundaries = (int(total_steps * 0.5), int(total_steps * 0.75))
-    warm = cfg.depth >= WARMUP_LR_MIN_DEPTH
-    warm_steps = math.ceil(WARMUP_LR_ITERATIONS / scale) if warm else 0
+    base = PAPER_LR * scale
+    warm = math.ceil(WARMUP_LR_ITERATIONS / scale) if cfg.depth >= WARMUP_LR_MIN_DEPTH else 0
     if cfg.recipe == "bench":
-        warm_steps = min(warm_steps, total_steps // 10)
-    return Schedule(
-        base_lr=PAPER_LR * scale,
-        boundaries=boundaries,
-        warmup_lr=WARMUP_LR * scale if warm_steps else None,
-        warmup_lr_steps=warm_steps,
-    )
+        warm = min(warm, total_steps // 10)
+    starts, values = [0], [WARMUP_LR * scale if warm else base]
+    if warm:
+        starts.append(warm)
+        values.append(base)
+    for i, fraction in enumerate(LR_DROPS, start=1):
+        start = int(total_steps * fraction)
+        if start > starts[-1]:
+            starts.append(start)
+            values.append(base * 0.1**i)
+    return Schedule(tuple(starts), tuple(values))

@@ -11,15 +11,12 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import glob
-import os
 import socket
 import sys
 import urllib.parse
 
-from bench.config import ConfigError
+from bench import cifar
 
-RECORD_BYTES = 1 + 32 * 32 * 3  # label byte, then the R, G and B planes of 32x32
 IMAGE_SHAPE = (32, 32, 3)
 NUM_CLASSES = 10
 # Per-channel statistics of the CIFAR-10 training images (RGB, pixel/255).
@@ -29,38 +26,12 @@ SHUFFLE_BUFFER = 10_000
 TFDS_NAME = "cifar10"
 
 
-class DataError(ConfigError):
-    """The requested data cannot be read: reported as one line, exit status 2."""
+class DataUnavailable(Exception):
+    """The requested data cannot be read here (no network, not prepared); the message says what to do."""
 
 
 # ---------------------------------------------------------------------------
-# The binary files (checked without TensorFlow, so bad input fails fast)
-
-
-def find_cifar_files(cifar_dir):
-    """(train files, test files) under `cifar_dir` or its `cifar-10-batches-bin/`; raises DataError."""
-    if not os.path.isdir(cifar_dir):
-        raise DataError(f"--cifar_dir={cifar_dir} is not a folder")
-    for folder in (cifar_dir, os.path.join(cifar_dir, "cifar-10-batches-bin")):
-        train = sorted(glob.glob(os.path.join(folder, "data_batch_*.bin")))
-        test = os.path.join(folder, "test_batch.bin")
-        if train and os.path.isfile(test):
-            for path in train + [test]:
-                size = os.path.getsize(path)
-                if size == 0 or size % RECORD_BYTES:
-                    raise DataError(
-                        f"{path} is not a CIFAR-10 binary file: {size} bytes is not a positive "
-                        f"multiple of {RECORD_BYTES} (1 label byte + 3072 pixel bytes per record)"
-                    )
-            return train, [test]
-    raise DataError(
-        f"--cifar_dir={cifar_dir} holds no CIFAR-10 binary files: expected data_batch_*.bin and "
-        f"test_batch.bin there or in its cifar-10-batches-bin/ folder"
-    )
-
-
-def count_records(files):
-    return sum(os.path.getsize(f) // RECORD_BYTES for f in files)
+# The binary files (found and checked by bench.cifar, without TensorFlow)
 
 
 def files_dataset(files):
@@ -73,7 +44,7 @@ def files_dataset(files):
         image = tf.transpose(tf.reshape(raw[1:], (3, 32, 32)), (1, 2, 0))  # CHW planes -> HWC
         return image, label
 
-    ds = tf.data.FixedLengthRecordDataset(files, RECORD_BYTES)
+    ds = tf.data.FixedLengthRecordDataset(files, cifar.RECORD_BYTES)
     return ds.map(decode, num_parallel_calls=tf.data.AUTOTUNE)
 
 
@@ -101,7 +72,7 @@ def tfds_datasets(tfds_dir=None):
 
     Loads prepared data without touching the network. If CIFAR-10 is not
     prepared, downloads it only when the download host answers within seconds;
-    offline it raises DataError at once instead of retrying for minutes.
+    offline it raises DataUnavailable at once instead of retrying for minutes.
     """
     import tensorflow as tf
     import tensorflow_datasets as tfds
@@ -119,7 +90,7 @@ def tfds_datasets(tfds_dir=None):
     except AssertionError as not_prepared:  # tfds: "could not find data in ..."
         url = _tfds_url(tfds.builder(TFDS_NAME, data_dir=tfds_dir))
         if url and not _download_host_reachable(url):
-            raise DataError(
+            raise DataUnavailable(
                 f"CIFAR-10 is not prepared for tensorflow-datasets in {tfds_dir or 'its default folder'} "
                 f"and cannot be downloaded (no network); copy the binary files and pass --cifar_dir, "
                 f"prepare it with tfds elsewhere and pass --tfds_dir, or use --data=synthetic"
@@ -170,35 +141,39 @@ class DataSource:
     test: object  # tf.data.Dataset of single examples, or None
     train_images: int
     test_images: int
+    problem: str = ""  # kind "unavailable": why
 
 
 def resolve(cfg):
-    """The DataSource for `cfg.data` (auto: files, else prepared/downloadable tfds, else synthetic)."""
+    """The DataSource for `cfg.data` (auto: files, else prepared/downloadable tfds, else synthetic).
+
+    Data that cannot be read comes back as kind `unavailable` with the reason, for
+    `bench.config.check_setup` to refuse (this module decides nothing about input).
+    """
     kind = cfg.data
-    if kind == "auto":
-        if cfg.cifar_dir:
-            kind = "files"
-        else:
-            try:
-                return _tfds_source(cfg)
-            except DataError as err:
-                print(
-                    f"WARNING: {err}.\nWARNING: --data=auto falls back to SYNTHETIC data: the row measures "
-                    f"model speed only and has no accuracy.",
-                    file=sys.stderr,
-                )
-                kind = "synthetic"
+    if kind == "auto" and cfg.cifar_dir:
+        kind = "files"
+    if kind in ("auto", "tfds"):
+        try:
+            return _tfds_source(cfg)
+        except DataUnavailable as err:
+            if kind == "tfds":
+                return DataSource("unavailable", None, None, 0, 0, problem=str(err))
+            print(
+                f"WARNING: {err}.\nWARNING: --data=auto falls back to SYNTHETIC data: the row measures "
+                f"model speed only and has no accuracy.",
+                file=sys.stderr,
+            )
+            kind = "synthetic"
     if kind == "files":
-        train_files, test_files = find_cifar_files(cfg.cifar_dir)
+        train_files, test_files = cifar.find_files(cfg.cifar_dir)
         return DataSource(
             "files",
             files_dataset(train_files),
             files_dataset(test_files),
-            count_records(train_files),
-            count_records(test_files),
+            cifar.count_records(train_files),
+            cifar.count_records(test_files),
         )
-    if kind == "tfds":
-        return _tfds_source(cfg)
     return DataSource("synthetic", None, None, 50_000, 0)
 
 

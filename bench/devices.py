@@ -13,7 +13,7 @@ import platform
 import sys
 import tempfile
 
-from bench.config import ConfigError, RunConfig
+from bench.config import RunConfig
 
 
 @contextlib.contextmanager
@@ -74,7 +74,8 @@ def onednn_enabled():
 def import_tensorflow(onednn="auto"):
     """Import TensorFlow quietly, with oneDNN as asked (see `_request_onednn`), and return the module.
 
-    Raises ConfigError if TensorFlow is already loaded with the other oneDNN setting.
+    If TensorFlow was already loaded, the setting it was loaded with stays (see `onednn_enabled`;
+    `bench.config.check_setup` refuses a request that could not take effect).
     """
     if "tensorflow" not in sys.modules:
         _request_onednn(onednn)
@@ -84,12 +85,6 @@ def import_tensorflow(onednn="auto"):
         tf.config.list_physical_devices("GPU")  # the CUDA probe also prints here
     if os.environ.get("_BENCH_QUIET_TF"):
         tf.get_logger().setLevel("WARNING")  # no INFO lines such as "Using MirroredStrategy with devices"
-    if onednn != "auto" and onednn_enabled() != (onednn == "on"):
-        state = "on" if onednn_enabled() else "off"
-        raise ConfigError(
-            f"--onednn={onednn} cannot take effect: TensorFlow is already loaded in this process with oneDNN "
-            f"{state} (it is fixed at import; use --onednn=auto or a new process)"
-        )
     return tf
 
 
@@ -102,6 +97,7 @@ class Devices:
     physical_devices: int  # GPUs used, or 1 for the (possibly split) CPU
     first_device: str  # e.g. "/gpu:0": where the peak FLOP/s is measured
     onednn: bool = False  # oneDNN CPU kernels in use (on GPUs: for the ops left on the CPU)
+    facts: dict = dataclasses.field(default_factory=dict)  # for bench.config.SetupFacts
 
 
 def cpu_model_name():
@@ -116,64 +112,53 @@ def cpu_model_name():
 
 
 def setup(cfg: RunConfig) -> Devices:
-    """Configure the runtime for `cfg` and build its strategy. Raises ConfigError on impossible requests."""
+    """Configure the runtime for `cfg` and build its strategy.
+
+    Raises nothing for impossible requests: it sets up what it can and reports the
+    facts (`Devices.facts`), which `bench.config.check_setup` judges before any work.
+    """
     tf = import_tensorflow(cfg.onednn)
     gpus = tf.config.list_physical_devices("GPU")
-    if gpus and cfg.cpu_replicas > 1:
-        raise ConfigError(
-            f"--cpu_replicas={cfg.cpu_replicas} is for machines without GPUs; {len(gpus)} GPU(s) are visible "
-            f"(use --num_gpus)"
-        )
-    if cfg.num_gpus is not None and cfg.num_gpus > len(gpus):
-        raise ConfigError(f"--num_gpus={cfg.num_gpus} but only {len(gpus)} GPU(s) are visible")
-    if gpus and cfg.num_gpus != 0:
-        wanted = len(gpus) if cfg.num_gpus is None else cfg.num_gpus
-        if cfg.strategy != "mirrored":
-            wanted = 1
-        use = gpus[:wanted]
-        try:
-            tf.config.set_visible_devices(use, "GPU")
-            for gpu in use:
-                # Several sweep trials may share a node: take memory as needed, not all of it.
-                tf.config.experimental.set_memory_growth(gpu, True)
-        except RuntimeError as err:  # the runtime already started (e.g. a second run in one process)
-            if "initialized" not in str(err):
-                raise
+    if gpus and cfg.num_gpus != 0 and cfg.cpu_replicas == 1:
+        wanted = len(gpus) if cfg.num_gpus is None else min(cfg.num_gpus, len(gpus))
+        use = gpus[:wanted if cfg.strategy == "mirrored" else 1]
+        _use_gpus(tf, use)
         names = [f"/gpu:{i}" for i in range(len(use))]
-        kind = "GPU"
-        details = tf.config.experimental.get_device_details(use[0])
-        device_name = details.get("device_name", "GPU")
-        physical = len(use)
+        kind, physical = "GPU", len(use)
+        device_name = tf.config.experimental.get_device_details(use[0]).get("device_name", "GPU")
     else:
         if gpus:
             tf.config.set_visible_devices([], "GPU")
-        split_cpu(tf, cfg.cpu_replicas)
-        names = [f"/cpu:{i}" for i in range(cfg.cpu_replicas)]
-        kind = "CPU"
+        available = split_cpu(tf, cfg.cpu_replicas)
+        names = [f"/cpu:{i}" for i in range(min(cfg.cpu_replicas, available))]
+        kind, physical = "CPU", 1  # logical CPU devices share one physical CPU
         device_name = cpu_model_name()
-        physical = 1  # logical CPU devices share one physical CPU
     replicas = len(names) if cfg.strategy == "mirrored" else 1
-    if cfg.batch_size % replicas:
-        raise ConfigError(
-            f"--batch_size={cfg.batch_size} is global and must divide evenly over {replicas} replicas"
-        )
-    if cfg.xla and cfg.sync_bn and replicas > 1:
-        from bench.step import SYNC_BN_XLA_ERROR
-
-        raise ConfigError(SYNC_BN_XLA_ERROR)
     if cfg.strategy == "mirrored":
         strategy = mirrored_strategy(names)
     elif cfg.strategy == "one_device":
         strategy = tf.distribute.OneDeviceStrategy(names[0])
     else:
         strategy = tf.distribute.get_strategy()
-    assert strategy.num_replicas_in_sync == replicas
     if cfg.precision == "mixed_float16" and kind == "CPU":
         print("warning: mixed_float16 on a CPU is slow (float16 is emulated); bfloat16 is the CPU's "
               "fast format (--precision=bf16)", file=sys.stderr)
     if cfg.deterministic:
         tf.config.experimental.enable_op_determinism()
-    return Devices(strategy, replicas, kind, device_name, physical, names[0], onednn_enabled())
+    facts = dict(gpus_visible=len(gpus), cpu_devices=len(tf.config.list_logical_devices("CPU")) if kind == "CPU"
+                 else 1, num_replicas=replicas, onednn=onednn_enabled())
+    return Devices(strategy, replicas, kind, device_name, physical, names[0], onednn_enabled(), facts)
+
+
+def _use_gpus(tf, use):
+    try:
+        tf.config.set_visible_devices(use, "GPU")
+        for gpu in use:
+            # Several sweep trials may share a node: take memory as needed, not all of it.
+            tf.config.experimental.set_memory_growth(gpu, True)
+    except RuntimeError as err:  # the runtime already started (e.g. a second run in one process)
+        if "initialized" not in str(err):
+            raise
 
 
 _MIRRORED = {}
@@ -195,16 +180,19 @@ def mirrored_strategy(device_names):
 
 
 def split_cpu(tf, k):
-    """Split the CPU into k logical devices (before the runtime starts); a no-op if already so."""
+    """Split the CPU into k logical devices (before the runtime starts); return how many there are.
+
+    A no-op if there are enough already (replicas use the first k; a split never
+    shrinks). Once the runtime has started the split cannot change: fewer than k
+    devices are then returned, for `bench.config.check_setup` to refuse.
+    """
     cpu = tf.config.list_physical_devices("CPU")[0]
     current = tf.config.get_logical_device_configuration(cpu)
-    if (current is None and k == 1) or (current is not None and len(current) >= k):
-        return  # enough devices already (replicas use the first k; never shrink a split)
+    have = 1 if current is None else len(current)
+    if have >= k:
+        return have
     try:
         tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * k)
-    except RuntimeError as err:
-        have = len(tf.config.list_logical_devices("CPU"))
-        if have < k:
-            raise ConfigError(
-                f"--cpu_replicas={k}: this process already started TensorFlow with {have} CPU device(s)"
-            ) from err
+    except RuntimeError:
+        return len(tf.config.list_logical_devices("CPU"))
+    return k

@@ -24,7 +24,7 @@ import filelock
 SCHEMA = (
     "run_id",
     "timestamp_utc",
-    "status",  # ok | diverged | failed | stopped
+    "status",  # ok | diverged | failed | stopped | interrupted
     "error",
     "sweep",
     "trial_key",
@@ -77,7 +77,7 @@ SCHEMA = (
     "command",
 )
 
-STATUSES = ("ok", "diverged", "failed", "stopped")  # stopped: ended early by a sweep scheduler (ASHA)
+STATUSES = ("ok", "diverged", "failed", "stopped", "interrupted")  # stopped: by ASHA; interrupted: Ctrl-C, SIGTERM
 
 
 class ResultsError(ValueError):
@@ -93,14 +93,15 @@ def utc_now():
 
 
 def git_sha(path=None):
-    """HEAD of the checkout holding this code, with `-dirty` if tracked files changed; '' outside git."""
+    """HEAD of the checkout holding this code, `-dirty` if tracked files outside results/ changed; '' outside git."""
     where = path or os.path.dirname(os.path.abspath(__file__))
     try:
         sha = subprocess.run(
             ["git", "-C", where, "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10, check=True
         ).stdout.strip()
         dirty = subprocess.run(
-            ["git", "-C", where, "status", "--porcelain", "--untracked-files=no"],
+            # results/ holds data, not code: a user's rows or regenerated examples never make a run "dirty"
+            ["git", "-C", where, "status", "--porcelain", "--untracked-files=no", "--", ":/", ":(exclude,top)results"],
             capture_output=True,
             text=True,
             timeout=10,
@@ -139,25 +140,29 @@ def _older_schema(header):
     return positions == sorted(positions)
 
 
+def check_header(path):
+    """Raise ResultsError unless the file at `path` is empty or has this schema (or an earlier one)."""
+    header = _read_header(path)
+    if header is not None and header != SCHEMA and not _older_schema(header):
+        raise ResultsError(
+            f"results file {path} has a different header than this version's schema "
+            f"({len(header)} columns vs {len(SCHEMA)}); use a new --results file"
+        )
+
+
 def check_results_path(path):
-    """Raise ResultsError unless rows can be appended to `path` (nothing is written)."""
+    """Raise ResultsError unless rows can be appended to `path` (nothing is written).
+
+    The thorough check of a user's path, which creates a probe file, is
+    `bench.config.validate`; this one guards every append.
+    """
     path = os.path.abspath(path)
     if os.path.isdir(path):
         raise ResultsError(f"results path {path} is a folder; give a CSV file path")
     if os.path.exists(path):
         if not os.access(path, os.W_OK):
             raise ResultsError(f"results file {path} is not writable")
-        header = _read_header(path)
-        if header is not None and header != SCHEMA and not _older_schema(header):
-            raise ResultsError(
-                f"results file {path} has a different header than this version's schema "
-                f"({len(header)} columns vs {len(SCHEMA)}); use a new --results file"
-            )
-    parent = os.path.dirname(path)
-    while not os.path.exists(parent):
-        parent = os.path.dirname(parent)
-    if not os.path.isdir(parent) or not os.access(parent, os.W_OK):
-        raise ResultsError(f"cannot write results under {parent} (not a writable folder)")
+        check_header(path)
 
 
 def _format(value):

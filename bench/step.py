@@ -165,25 +165,17 @@ class Trainer:
 
 
 def make_optimizer(schedule, precision, momentum=0.9, weight_decay=None):
-    """SGD with momentum on the piecewise-constant schedule; loss-scaled for mixed_float16.
+    """SGD with momentum on `schedule` (a `bench.config.Schedule`); loss-scaled for mixed_float16.
 
     `weight_decay` here is Keras's decoupled optimizer decay (used by the fit baseline only;
     the custom loop adds L2 to the loss).
     """
-    boundaries, values = [], []
-    if schedule.warmup_lr is not None and schedule.warmup_lr_steps > 0:
-        boundaries.append(schedule.warmup_lr_steps)
-        values.append(schedule.warmup_lr)
-    values.append(schedule.base_lr)
-    for i, b in enumerate(schedule.boundaries, start=1):
-        if not boundaries or b > boundaries[-1]:
-            boundaries.append(b)
-            values.append(schedule.base_lr * 0.1**i)
-    lr = (
-        keras.optimizers.schedules.PiecewiseConstantDecay(boundaries, values) if boundaries else schedule.base_lr
-    )
+    # Keras's PiecewiseConstantDecay keeps values[i] while step <= boundaries[i] (0-based
+    # optimizer iterations), so a piece that starts at step s has the boundary s - 1.
+    boundaries = [start - 1 for start in schedule.starts[1:]]
+    values = list(schedule.values)
+    lr = keras.optimizers.schedules.PiecewiseConstantDecay(boundaries, values) if boundaries else values[0]
     opt = keras.optimizers.SGD(learning_rate=lr, momentum=momentum, weight_decay=weight_decay)
     if precision == "mixed_float16":
         opt = keras.optimizers.LossScaleOptimizer(opt)
     return opt
-

@@ -13,6 +13,7 @@ is already normalised); the projection of an original block is conv -> BN.
 
 from __future__ import annotations
 
+from resnet import spec
 from resnet.cost import needs_projection
 
 
@@ -48,9 +49,9 @@ def original_block(f, x, width, stride, shortcut, prefix):
     return f.relu(f"{prefix}_out_relu")(y)
 
 
-def bottleneck_block(f, x, width, stride, shortcut, prefix, expansion=4):
-    """Pre-activation bottleneck: BN-ReLU-conv1x1, BN-ReLU-conv3x3 (strided), BN-ReLU-conv1x1 (4x)."""
-    c_out = width * expansion
+def bottleneck_block(f, x, width, stride, shortcut, prefix):
+    """Pre-activation bottleneck: BN-ReLU-conv1x1, BN-ReLU-conv3x3 (strided), BN-ReLU-conv1x1 (expanded)."""
+    c_out = width * spec.BOTTLENECK_EXPANSION
     act = f.relu(f"{prefix}_preact_relu")(f.bn(f"{prefix}_preact_bn")(x))
     projects = needs_projection(shortcut, x.shape[-1], c_out, stride)
     short = _shortcut(f, act if projects else x, c_out, stride, shortcut, prefix, with_bn=False)

@@ -13,7 +13,7 @@ import sys
 import pandas as pd
 from absl import app, flags
 
-from bench import metrics
+from bench import metrics, results
 
 FLAGS = flags.FLAGS
 
@@ -36,10 +36,20 @@ REFERENCE_ERROR = {
 }
 CONFIG_COLUMNS = ["sweep", "device", "data", "strategy", "num_replicas", "block", "shortcut", "depth",
                   "precision", "xla", "global_batch_size"]
+# Columns that also change what was measured: rows differing in them are never averaged together.
+SETUP_COLUMNS = ["loop", "batch_norm", "onednn", "sync_bn", "recipe", "budget", "warmup_steps", "steps_per_loop",
+                 "tf_version", "keras_version"]
 
 
 def load(path, sweep=None, data=None, device=None):
+    """The rows of a results file (of this schema or an earlier one), filtered; numbers as numbers."""
+    results.check_header(path)  # another file's header: ResultsError, one line and exit 2 from main
     df = pd.read_csv(path, dtype=str, keep_default_na=False)
+    for col in results.SCHEMA:  # an earlier schema lacks the newer columns
+        if col not in df.columns:
+            df[col] = ""
+    # The step budget: the steps trained, unless a target accuracy ended runs at different steps.
+    df["budget"] = df["total_steps"].where(df["target_accuracy"] == "", "to " + df["target_accuracy"])
     if sweep:
         df = df[df["sweep"] == sweep]
     if data:
@@ -53,10 +63,11 @@ def load(path, sweep=None, data=None, device=None):
 
 def summarize(df):
     """One record per configuration: counts of statuses, mean ± CI of speed and (real data) accuracy."""
+    df = df.assign(**{c: "" for c in SETUP_COLUMNS if c not in df.columns})
     records = []
-    for key, group in df.groupby(CONFIG_COLUMNS, sort=True, dropna=False):
+    for key, group in df.groupby(CONFIG_COLUMNS + SETUP_COLUMNS, sort=True, dropna=False):
         ok = group[group["status"] == "ok"]
-        rec = dict(zip(CONFIG_COLUMNS, key))
+        rec = dict(zip(CONFIG_COLUMNS + SETUP_COLUMNS, key))
         rec["runs"] = len(group)
         rec["ok"] = len(ok)
         rec["not_ok"] = ", ".join(sorted(set(group.loc[group["status"] != "ok", "status"]))) or ""
@@ -68,6 +79,13 @@ def summarize(df):
         rec["acc"], rec["acc_ci"] = metrics.mean_ci95(acc) if len(acc) else (None, None)
         records.append(rec)
     return pd.DataFrame(records)
+
+
+def _setup(r):
+    """What else was held fixed, compactly: loop, BN kernel, oneDNN, step budget, TensorFlow."""
+    onednn = {"true": ", oneDNN", "false": ", no oneDNN"}.get(r.onednn, "")
+    steps = f"{r.budget} steps" if r.budget else "steps ?"
+    return f"{r.loop or 'ctl'}, {r.batch_norm or '?'} BN{onednn}, {steps}, TF {r.tf_version or '?'}"
 
 
 def _pm(value, ci, fmt):
@@ -86,8 +104,8 @@ def markdown(summary, source):
         "images/sec: mean over runs ± 95% CI (repeats); accuracy only from real data.",
         "",
         "| sweep | device | data | strategy × replicas | block | shortcut | depth | precision | XLA | batch | runs (ok) "
-        "| images/sec | MFU | test accuracy |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| images/sec | MFU | test accuracy | setup |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in summary.itertuples():
         status = f"{r.runs} ({r.ok})" + (f" {r.not_ok}" if r.not_ok else "")
@@ -95,7 +113,7 @@ def markdown(summary, source):
         lines.append(
             f"| {r.sweep or '–'} | {r.device} | {r.data} | {r.strategy} × {int(r.num_replicas)} | {r.block} | "
             f"{r.shortcut} | {int(r.depth)} | {r.precision} | {r.xla} | {int(r.global_batch_size)} | {status} | "
-            f"{_pm(r.ips, r.ips_ci, '.1f')} | {mfu} | {_pm(r.acc, r.acc_ci, '.4f')} |"
+            f"{_pm(r.ips, r.ips_ci, '.1f')} | {mfu} | {_pm(r.acc, r.acc_ci, '.4f')} | {_setup(r)} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -216,7 +234,11 @@ def main(argv):
         print(f"error: no results file {FLAGS.results}", file=sys.stderr)
         return 2
     out_dir = FLAGS.out_dir or os.path.dirname(os.path.abspath(FLAGS.results))
-    md, pngs = build(FLAGS.results, out_dir, FLAGS.sweep, FLAGS.data, FLAGS.device)
+    try:
+        md, pngs = build(FLAGS.results, out_dir, FLAGS.sweep, FLAGS.data, FLAGS.device)
+    except results.ResultsError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     print(f"wrote {md} and {len(pngs)} plots in {os.path.dirname(pngs[0])}")
     return 0
 

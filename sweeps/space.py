@@ -1,56 +1,25 @@
-"""The sweep's search space: comma lists of axis values -> validated trial configurations. No TensorFlow."""
+"""The sweep's search space: flags of RunConfig fields -> validated trial configurations. No TensorFlow.
+
+Any RunConfig field marked as an axis takes a comma list in `sweeps.tune`
+(`--n 3,5,9 --precision fp32,bf16 --steps_per_loop 5,20`); the trials are every
+combination, times `--repeats` seeds. Single-valued fields (paths) apply to
+every trial; output folders get one subfolder per trial.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import itertools
+import os
 
-from bench import config
+from bench import cli, config, rows
 from bench.config import ConfigError, RunConfig
 
-# Axes a sweep can vary, with how to read one comma-list item.
-AXES = {
-    "n": int,
-    "shortcut": str,
-    "block": str,
-    "precision": str,
-    "xla": lambda s: _bool(s),
-    "batch_size": int,
-    "strategy": str,
-}
+# The trial key always names these (stable keys over versions: --resume finds its trials);
+# any other field with more than one value in the sweep is appended.
 KEY_ORDER = ("n", "block", "shortcut", "precision", "xla", "batch_size", "strategy", "seed")
-
-
-def _bool(text):
-    value = text.strip().lower()
-    if value in ("1", "true", "yes", "on"):
-        return True
-    if value in ("0", "false", "no", "off"):
-        return False
-    raise ConfigError(f"--xla takes true/false values; got {text!r}")
-
-
-def parse_axis(name, text):
-    """`"3,5,7"` -> [3, 5, 7], with a one-line error naming the axis on a bad item."""
-    items = [t.strip() for t in str(text).split(",") if t.strip()]
-    if not items:
-        raise ConfigError(f"--{name} needs at least one value")
-    try:
-        values = [AXES[name](t) for t in items]
-    except ValueError:
-        raise ConfigError(f"--{name}={text!r}: every item must be {AXES[name].__name__}") from None
-    if name == "precision":
-        values = [config.canonical_precision(v) for v in values]
-    return list(dict.fromkeys(values))  # drop repeats, keep order
-
-
-def trial_key(overrides):
-    """A stable, readable key of a trial's configuration (and seed)."""
-    parts = []
-    for k in KEY_ORDER:
-        v = overrides[k]
-        parts.append(f"{k}={str(v).lower() if isinstance(v, bool) else v}")
-    return ",".join(parts)
+PER_TRIAL_FOLDERS = ("checkpoint_dir", "tensorboard_dir", "profile_dir")
+ABSOLUTE_PATHS = ("cifar_dir", "tfds_dir", "results") + PER_TRIAL_FOLDERS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,20 +28,43 @@ class Trial:
     config: RunConfig
 
 
-def build_trials(axes, base: RunConfig, repeats, sweep_name):
+def axes_from_flags(values):
+    """{field name: [values]} for every RunConfig flag of a parsed `sweeps.tune` command line."""
+    axes = {}
+    for f in config.flag_fields():
+        found = config.axis_values(f, values[f.name].value)
+        if f.name in ABSOLUTE_PATHS:
+            found = [os.path.abspath(os.path.expanduser(v)) if v else v for v in found]
+        axes[f.name] = found
+    return axes
+
+
+def trial_key(cfg: RunConfig, varying):
+    """A stable, readable key of a trial's configuration (and seed)."""
+    names = list(KEY_ORDER) + [n for n in varying if n not in KEY_ORDER]
+    return ",".join(f"{n}={cli.format_value(getattr(cfg, n))}" for n in names)
+
+
+def build_trials(axes, repeats, sweep_name):
     """Every combination of the axes x `repeats` seeds, each validated like a single run."""
     if repeats < 1:
         raise ConfigError(f"--repeats must be >= 1; got {repeats}")
     names = list(axes)
+    varying = [n for n in names if len(axes[n]) > 1]
     trials = []
     for combo in itertools.product(*(axes[n] for n in names)):
         for r in range(repeats):
-            overrides = dict(zip(names, combo))
-            overrides["seed"] = base.seed + r
-            full = {k: overrides.get(k, getattr(base, k)) for k in KEY_ORDER}
-            key = trial_key(full)
-            cfg = config.validate(base.replace(**overrides, sweep=sweep_name, trial_key=key))
-            if cfg.steps is not None:
-                config.check_steps(cfg, cfg.steps)
-            trials.append(Trial(key, cfg))
+            values = dict(zip(names, combo))
+            values["seed"] = values.get("seed", 0) + r
+            cfg = RunConfig(**values, sweep=sweep_name)
+            cfg = cfg.replace(trial_key=trial_key(config.validate(cfg.replace(checkpoint_dir=None)), varying))
+            cfg = _per_trial_folders(cfg)
+            trials.append(Trial(cfg.trial_key, config.validate(cfg)))
     return trials
+
+
+def _per_trial_folders(cfg):
+    """Trials never share an output folder: each gets `<folder>/<its stable run id>`."""
+    changes = {name: os.path.join(getattr(cfg, name), rows.stable_run_id(cfg))
+               for name in PER_TRIAL_FOLDERS if getattr(cfg, name)}
+    return cfg.replace(**changes)

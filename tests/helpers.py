@@ -14,7 +14,7 @@ def make_trainer(strategy, n=1, precision="float32", xla=False, sync_bn=False, b
     import keras
 
     keras.utils.set_random_seed(seed)
-    schedule = config.Schedule(base_lr=lr, boundaries=(), warmup_lr=None, warmup_lr_steps=0)
+    schedule = config.Schedule(starts=(0,), values=(lr,))
     with strategy.scope():
         model = build_resnet(n, precision=precision, sync_bn=sync_bn, batch_norm=batch_norm)
         opt = make_optimizer(schedule, precision)

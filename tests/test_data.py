@@ -7,14 +7,14 @@ import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from bench import data
+from bench import cifar, data
 from bench.config import RunConfig
 from cifar_files import known_image, write_cifar
 
 
 def test_binary_files_decode_exactly(tmp_path):
     folder, labels = write_cifar(str(tmp_path), train_per_file=(5, 4), test=3)
-    train_files, test_files = data.find_cifar_files(folder)
+    train_files, test_files = cifar.find_files(folder)
     assert [os.path.basename(f) for f in train_files] == ["data_batch_1.bin", "data_batch_2.bin"]
     decoded = list(data.files_dataset(train_files).as_numpy_iterator())
     assert len(decoded) == 9
@@ -31,7 +31,7 @@ def test_binary_files_decode_exactly(tmp_path):
 
 def test_nested_folder_is_found(tmp_path):
     folder, _ = write_cifar(str(tmp_path), nested=True)
-    train, test = data.find_cifar_files(folder)
+    train, test = cifar.find_files(folder)
     assert len(train) == 2 and test[0].endswith(os.path.join("cifar-10-batches-bin", "test_batch.bin"))
 
 
@@ -39,14 +39,14 @@ def test_bad_files_are_named(tmp_path):
     folder, _ = write_cifar(str(tmp_path))
     with open(os.path.join(folder, "data_batch_2.bin"), "ab") as fh:
         fh.write(b"\0" * 10)
-    with pytest.raises(data.DataError, match="data_batch_2.bin.*3073"):
-        data.find_cifar_files(folder)
+    with pytest.raises(cifar.CifarFilesError, match="data_batch_2.bin.*3073"):
+        cifar.find_files(folder)
     empty = tmp_path / "empty"
     empty.mkdir()
-    with pytest.raises(data.DataError, match="holds no CIFAR-10 binary files"):
-        data.find_cifar_files(str(empty))
-    with pytest.raises(data.DataError, match="not a folder"):
-        data.find_cifar_files(str(tmp_path / "missing"))
+    with pytest.raises(cifar.CifarFilesError, match="holds no CIFAR-10 binary files"):
+        cifar.find_files(str(empty))
+    with pytest.raises(cifar.CifarFilesError, match="not a folder"):
+        cifar.find_files(str(tmp_path / "missing"))
 
 
 def test_augmentation_keeps_shape_and_moves_pixels():
@@ -107,9 +107,12 @@ def test_tfds_offline_fails_fast_with_advice(tmp_path, monkeypatch):
 
     monkeypatch.setattr(data, "_download_host_reachable", lambda url, timeout=3.0: False)
     start = time.perf_counter()
-    with pytest.raises(data.DataError, match="--cifar_dir.*--data=synthetic"):
+    with pytest.raises(data.DataUnavailable, match="--cifar_dir.*--data=synthetic"):
         data.tfds_datasets(str(tmp_path))
     assert time.perf_counter() - start < 30  # not tfds' minutes of retries
+    # --data=tfds: resolve reports it, for config.check_setup to refuse (exit 2 through the CLI)
+    source = data.resolve(RunConfig(data="tfds", tfds_dir=str(tmp_path)))
+    assert source.kind == "unavailable" and "--data=synthetic" in source.problem
 
 
 def test_auto_falls_back_to_synthetic_loudly(tmp_path, monkeypatch, capsys):

@@ -101,13 +101,26 @@ def test_steps_from_epochs_recipe_and_warmup_check():
         config.check_steps(RunConfig(warmup_steps=20), 20)
 
 
-def test_paper_schedule():
+def _lr(optimizer, iteration):
+    """The learning rate the optimizer applies at a 0-based step (what trains, not a copy of the rule)."""
+    optimizer.iterations.assign(iteration)
+    return float(optimizer.learning_rate)
+
+
+def test_paper_schedule_is_the_optimizers():
+    from bench.step import make_optimizer
+
     s = config.lr_schedule(RunConfig(recipe="paper", n=18), 64000)
-    assert s.boundaries == (32000, 48000)
-    assert s.lr_at(0) == 0.01 and s.lr_at(399) == 0.01 and s.lr_at(400) == 0.1
-    assert s.lr_at(32000) == pytest.approx(0.01) and s.lr_at(48000) == pytest.approx(0.001)
+    assert s.starts == (0, 400, 32000, 48000)
+    opt = make_optimizer(s, "float32")
+    lrs = {step: _lr(opt, step) for step in (0, 399, 400, 31999, 32000, 47999, 48000, 63999)}
+    assert lrs[0] == lrs[399] == pytest.approx(0.01) and lrs[400] == lrs[31999] == pytest.approx(0.1)
+    assert lrs[32000] == lrs[47999] == pytest.approx(0.01) and lrs[48000] == lrs[63999] == pytest.approx(0.001)
     s20 = config.lr_schedule(RunConfig(recipe="paper", n=3, batch_size=256), 32000)
-    assert s20.warmup_lr is None and s20.base_lr == 0.2
+    assert s20.starts == (0, 16000, 24000) and s20.values == pytest.approx((0.2, 0.02, 0.002))
+    opt20 = make_optimizer(s20, "mixed_float16")  # the loss-scaled wrapper trains on the same schedule
+    assert _lr(opt20.inner_optimizer, 15999) == pytest.approx(0.2) and _lr(opt20.inner_optimizer, 16000) == \
+        pytest.approx(0.02)
 
 
 def test_profile_steps_parse():

@@ -91,12 +91,17 @@ def test_file_of_an_older_schema_is_upgraded_and_keeps_its_rows(tmp_path):
 
 
 def test_unwritable_places_are_refused(tmp_path):
+    from bench import config
+
     with pytest.raises(results.ResultsError, match="folder"):
         results.check_results_path(str(tmp_path))
     blocker = tmp_path / "file"
     blocker.write_text("")
-    with pytest.raises(results.ResultsError, match="not a writable folder"):
-        results.check_results_path(str(blocker / "summary.csv"))
+    # the up-front check creates a probe file: as root, os.access says yes to /proc
+    for bad in (blocker / "summary.csv", "/proc/newcomer.csv", "/proc/no/such/dir/s.csv"):
+        with pytest.raises(config.ConfigError, match="not a writable folder"):
+            config.validate(config.RunConfig(results=str(bad)))
+    assert not os.path.exists("/proc/newcomer.csv") and os.listdir(tmp_path) == ["file"]
 
 
 def test_rows_are_checked_against_the_schema():

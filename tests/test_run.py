@@ -109,6 +109,12 @@ def bad_inputs(tmp):
         "fused BN with sync BN": (["--batch_norm=fused", "--sync_bn"], "cannot synchronize"),
         "unwritable tensorboard dir": ([f"--tensorboard_dir={blocker}/tb"], "not a writable folder"),
         "checkpoint dir is a file": ([f"--checkpoint_dir={blocker}"], "not a writable folder"),
+        "fit with XLA over replicas": (["--loop=fit", "--xla", "--strategy=mirrored", "--cpu_replicas=2"],
+                                       "needs one replica"),
+        "results under a missing folder of /proc": (["--results=/proc/no/such/dir/s.csv"], "not a writable folder"),
+        "results in /proc (root may 'access' it)": (["--results=/proc/newcomer.csv"], "not a writable folder"),
+        "tfds not prepared, offline": (["--data=tfds", f"--tfds_dir={tmp}/tfds"], "cannot be downloaded"),
+        "not a number": (["--steps=ten"], "steps"),
     }
 
 
@@ -118,7 +124,9 @@ def test_every_bad_input_is_one_line_exit_2_nothing_written(tmp_path):
     failures = []
     for name, (args, expected) in cases.items():
         extra = [] if any(a.startswith("--results") for a in args) else [f"--results={results_file}"]
-        proc = cli(*args, *extra, "--data=synthetic" if "--data=files" not in args else "--steps=20")
+        data = [] if any(a.startswith("--data") for a in args) else ["--data=synthetic"]
+        steps = [] if any(a.startswith("--steps=") for a in args) else ["--steps=20"]
+        proc = cli(*args, *extra, *data, *steps)
         lines = proc.stderr.strip().splitlines()
         if proc.returncode != 2 or len(lines) != 1 or expected not in lines[0] or "Traceback" in proc.stderr:
             failures.append((name, proc.returncode, proc.stderr[-800:]))
@@ -188,6 +196,45 @@ def test_sigkilled_run_resumes_and_writes_exactly_one_row(tmp_path):
     third = cli(*args)
     assert third.returncode == 0 and "already finished" in third.stdout
     assert len(results.read_rows(path)) == 1
+
+
+def test_ctrl_c_stops_at_the_next_window_with_a_row_and_a_checkpoint(tmp_path):
+    ckpt, path = str(tmp_path / "ckpt"), str(tmp_path / "summary.csv")
+    args = ["--data=synthetic", "--n=1", "--batch_size=16", "--steps=100000", "--steps_per_loop=2",
+            "--warmup_steps=2", "--checkpoint_every_steps=6", f"--checkpoint_dir={ckpt}", f"--results={path}"]
+    proc = subprocess.Popen([sys.executable, "-m", "bench.run", *args], cwd=ROOT, env={**os.environ, "PYTHONPATH": ROOT},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert wait_for_checkpoint(ckpt, 6, proc), proc.communicate()[1][-2000:] if proc.poll() is not None else ""
+        os.kill(proc.pid, signal.SIGINT)
+        sent = time.time()
+        stdout, stderr = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, stderr[-2000:]
+    assert time.time() - sent < 30 and "Traceback" not in stderr
+    [row] = results.read_rows(path)
+    steps = int(row["total_steps"])
+    assert row["status"] == "interrupted" and "SIGINT" in row["error"] and 6 <= steps < 100000
+    assert int(row["timed_steps"]) > 0 and float(row["images_per_sec"]) > 0
+    assert "status" in stdout and "interrupted" in stdout  # the summary was printed
+    with open(os.path.join(ckpt, "checkpoint")) as fh:
+        assert f"ckpt-{steps}" in fh.read()  # saved where it stopped
+    # SIGTERM (a preempted job) the same way, exit 143; the run resumes from the checkpoint and is a new row
+    proc = subprocess.Popen([sys.executable, "-m", "bench.run", *args], cwd=ROOT, env={**os.environ, "PYTHONPATH": ROOT},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert wait_for_checkpoint(ckpt, steps + 6, proc)
+        os.kill(proc.pid, signal.SIGTERM)
+        stdout, _ = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 143 and f"resumed from step {steps}" in stdout
+    second = results.read_rows(path)
+    assert len(second) == 2 and second[1]["status"] == "interrupted" and second[1]["run_id"] != row["run_id"]
+    assert int(second[1]["total_steps"]) > steps
 
 
 @pytest.mark.parametrize("replicas", [1, 2])

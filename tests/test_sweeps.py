@@ -9,8 +9,8 @@ import time
 
 import pytest
 
-from bench import results
-from bench.config import ConfigError, RunConfig
+from bench import config, results
+from bench.config import ConfigError
 from sweeps import report, space
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -24,28 +24,38 @@ def sweep_cli(*args, timeout=600):
                           capture_output=True, text=True, timeout=timeout)
 
 
+FIELDS = {f.name: f for f in config.flag_fields()}
+
+
 def test_space_is_the_product_with_stable_keys():
-    axes = {"n": space.parse_axis("n", "3,5"), "shortcut": space.parse_axis("shortcut", "A,B")}
-    trials = space.build_trials(axes, RunConfig(steps=20), repeats=2, sweep_name="s")
+    axes = {"n": config.axis_values(FIELDS["n"], "3,5"), "shortcut": config.axis_values(FIELDS["shortcut"], "A,B"),
+            "steps": [20]}
+    trials = space.build_trials(axes, repeats=2, sweep_name="s")
     assert len(trials) == 8 and len({t.key for t in trials}) == 8
     assert trials[0].key == "n=3,block=preact,shortcut=A,precision=float32,xla=false,batch_size=128,strategy=default,seed=0"
     assert {t.config.seed for t in trials} == {0, 1} and all(t.config.sweep == "s" for t in trials)
     with pytest.raises(ConfigError, match="shortcut"):
-        space.build_trials({"shortcut": ["D"]}, RunConfig(), 1, "s")
+        space.build_trials({"shortcut": ["D"]}, 1, "s")
     with pytest.raises(ConfigError, match="repeats"):
-        space.build_trials(axes, RunConfig(), 0, "s")
+        space.build_trials(axes, 0, "s")
     with pytest.raises(ConfigError, match="--n"):
-        space.parse_axis("n", "3,x")
+        config.axis_values(FIELDS["n"], "3,x")
+    # output folders: one per trial, never shared
+    folders = space.build_trials({**axes, "tensorboard_dir": ["/tmp/tb"]}, 1, "s")
+    assert len({t.config.tensorboard_dir for t in folders}) == 4
 
 
 def test_two_by_two_sweep_leaves_four_ok_rows(tmp_path):
     path = tmp_path / "summary.csv"
-    proc = sweep_cli("--n=1,2", "--shortcut=A,B", *FAST, "--name=grid", f"--storage={tmp_path}/ray",
-                     f"--results={path}")
+    fast = [a for a in FAST if not a.startswith("--steps_per_loop")]
+    # any RunConfig field is an axis: steps_per_loop reaches the rows as the architecture does
+    proc = sweep_cli("--n=1,2", "--steps_per_loop=2,3", "--shortcut=A", *fast, "--name=grid",
+                     f"--storage={tmp_path}/ray", f"--results={path}")
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = results.read_rows(str(path))
     assert len(rows) == 4
-    assert sorted((r["n"], r["shortcut"]) for r in rows) == [("1", "A"), ("1", "B"), ("2", "A"), ("2", "B")]
+    assert sorted((r["n"], r["steps_per_loop"]) for r in rows) == [("1", "2"), ("1", "3"), ("2", "2"), ("2", "3")]
+    assert all("steps_per_loop=" in r["trial_key"] for r in rows)
     assert all(r["status"] == "ok" and r["sweep"] == "grid" and float(r["images_per_sec"]) > 0 for r in rows)
     assert {r["depth"] for r in rows} == {"8", "14"}
 
@@ -53,9 +63,9 @@ def test_two_by_two_sweep_leaves_four_ok_rows(tmp_path):
 def test_a_diverging_trial_gets_its_row_and_the_others_finish(tmp_path):
     from sweeps import tune as sweep
 
-    axes = {"n": [1], "shortcut": ["A", "B", "C"]}
-    base = RunConfig(data="synthetic", steps=6, warmup_steps=2, steps_per_loop=2, batch_size=16)
-    trials = space.build_trials(axes, base, 1, "faulty")
+    axes = {"n": [1], "shortcut": ["A", "B", "C"], "data": ["synthetic"], "steps": [6], "warmup_steps": [2],
+            "steps_per_loop": [2], "batch_size": [16]}
+    trials = space.build_trials(axes, 1, "faulty")
     bad = trials[1]
     trials[1] = space.Trial(bad.key, bad.config.replace(inject_nan_at_step=4))
     opts = sweep.SweepOptions(name="faulty", storage=str(tmp_path / "ray"), results=str(tmp_path / "s.csv"))
@@ -97,7 +107,9 @@ def test_killed_sweep_resumes_with_one_row_per_trial(tmp_path):
 @pytest.mark.parametrize("args,message", [
     (["--shortcut=A,Z"], "shortcut"),
     (["--repeats=0"], "repeats"),
-    (["--gpus_per_trial=1", "--strategy=mirrored"], "GPU"),
+    (["--num_gpus=1", "--strategy=mirrored"], "GPU"),
+    (["--strategy=default", "--cpu_replicas=2"], "needs --strategy=mirrored"),
+    (["--xla=maybe"], "true/false"),
     (["--n=3,x"], "--n"),
     (["--resume", "--name=never_ran"], "no sweep named"),
     (["--cpus_per_trial=0"], "cpus_per_trial"),
@@ -139,13 +151,29 @@ def test_report_from_mixed_rows(tmp_path):
     line20a = next(line for line in table if "| A | 20 |" in line and "files" in line)
     assert "2 (2)" in line20a and "890.0 ±" in line20a and "0.9125 ±" in line20a
     synthetic = next(line for line in table if "synthetic" in line)
-    assert synthetic.rstrip().endswith("| – |")  # no accuracy from synthetic data
+    assert synthetic.split("|")[-3].strip() == "–"  # no accuracy from synthetic data (the column before setup)
     assert any("failed" in line for line in table) and any("diverged" in line for line in table)
     assert len(pngs) == 3
     for png in pngs:
         with open(png, "rb") as fh:
             assert fh.read(8) == b"\x89PNG\r\n\x1a\n"
         assert os.path.getsize(png) > 5000
+
+
+def test_report_never_averages_runs_that_measured_different_things(tmp_path):
+    path = str(tmp_path / "summary.csv")
+    rows = write_mixed_results(path)
+    twin = {**rows[0], "run_id": "fit", "loop": "fit"}  # same configuration as r0/r1, through Keras fit
+    results.append_row(path, twin)
+    results.append_row(path, {**rows[0], "run_id": "old", "onednn": False})
+    summary = report.summarize(report.load(path))
+    same = summary[(summary["depth"] == 20) & (summary["shortcut"] == "A") & (summary["data"] == "files")]
+    assert sorted(same["runs"]) == [1, 1, 2] and set(same["loop"]) == {"", "fit"}
+    foreign = tmp_path / "foreign.csv"
+    foreign.write_text("a,b\n1,2\n")
+    proc = subprocess.run([sys.executable, "-m", "sweeps.report", f"--results={foreign}"], cwd=ROOT,
+                          env={**os.environ, "PYTHONPATH": ROOT}, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1 and "header" in proc.stderr
 
 
 def test_report_accuracy_excludes_synthetic():

@@ -104,7 +104,7 @@ def test_custom_loop_vs_keras_fit(benchmark, strategies, loop):
     """The same model, precision, batch and steps per call through the custom loop and Keras fit."""
     import keras
 
-    from bench.fitloop import Normalize
+    from bench.trainers import Normalize
 
     n, batch, k, rounds = sizes(benchmark, MODELS["resnet20"])
     strategy = strategies[1]

@@ -1,0 +1,254 @@
+"""The outer loop of a run, like orbit's Controller: windows, cadence, progress, the row.
+
+The controller decides what happens between training calls: which window comes
+next and whether it is timed (the first, compiling call and the warm-up never are),
+when to evaluate, checkpoint and profile, when to stop (end, target accuracy, a
+stop request from a signal), and what the progress line says. Trainers
+(`bench.trainers`) own the step and how steps are driven; the controller holds
+no framework state and no global state, so the same object runs in one process
+or in each worker of a multi-worker job.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import sys
+import time
+from typing import Optional
+
+from bench.timing import Chrono
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """The run's shape in steps (all counts are global optimizer steps)."""
+
+    total_steps: int
+    start_step: int = 0  # steps already trained (a resumed run)
+    warmup_steps: int = 10
+    steps_per_loop: int = 10
+    eval_every: Optional[int] = None
+    checkpoint_every: Optional[int] = None
+    profile_steps: Optional[tuple] = None  # (first, last)
+    fixed_window: Optional[int] = None  # every window has exactly this many steps (Keras fit's steps_per_execution)
+
+    def marks(self):
+        """Steps at which a window must end (warm-up end, evals, checkpoints, profile edges, the end)."""
+        total, start = self.total_steps, self.start_step
+        marks = {total, min(total, start + max(self.warmup_steps, 1)), start + 1}  # the first call is one step
+        for every in (self.eval_every, self.checkpoint_every):
+            if every:
+                marks.update(range(every, total, every))
+        if self.profile_steps:
+            first, last = self.profile_steps
+            marks.update({first - 1, last})
+        return sorted(m for m in marks if start < m <= total)
+
+
+@dataclasses.dataclass(frozen=True)
+class Window:
+    start: int  # steps done before it
+    steps: int
+    kind: str  # first | warmup | timed | untimed (see bench.timing.Chrono)
+
+    @property
+    def end(self):
+        return self.start + self.steps
+
+
+@dataclasses.dataclass
+class Progress:
+    """What survives restarts of a checkpointed run."""
+
+    train_seconds: float = 0.0  # training seconds of earlier processes
+    best_accuracy: float = -1.0
+    time_to_target: float = -1.0
+
+
+class Controller:
+    """Drives one run's windows through a trainer; see the module docstring."""
+
+    def __init__(self, plan: Plan, trainer, batch_size, *, out=sys.stdout, target_accuracy=None,
+                 checkpointer=None, summaries=None, profiler=None, on_eval=None, progress=None, clock=time.perf_counter):
+        self.plan, self.trainer, self.batch_size = plan, trainer, batch_size
+        self.out, self.target_accuracy = out, target_accuracy
+        self.checkpointer, self.summaries, self.profiler = checkpointer, summaries, profiler
+        self.on_eval = on_eval  # on_eval(step, accuracy): a sweep reports to its scheduler
+        self.progress = progress or Progress()
+        self.chrono = Chrono()
+        self.clock = clock
+        self.step = plan.start_step
+        self.final_loss = None
+        self.last_accuracy = None
+        self.first_step_at = None
+        self.stop_requested = None  # a reason (e.g. "SIGINT") set from a signal handler
+        self.status, self.error = "ok", ""
+        self.display = ProgressLine(out, plan.total_steps, batch_size)
+        self._profiling = False
+        self._saved_at = None
+        self._last_seconds = None
+
+    # -- the loop -------------------------------------------------------------
+
+    def run(self):
+        """Train to the end (or a stop); return (status, error). Status: ok | diverged | interrupted."""
+        if self.step:
+            print(f"resumed from step {self.step} of {self.plan.total_steps}", file=self.out, flush=True)
+        self.trainer.drive(self)
+        self.display.close()
+        if self.status == "ok" and self.stop_requested:
+            self.status, self.error = "interrupted", f"stopped by {self.stop_requested} at step {self.step}"
+        if self.status != "diverged" and self.last_accuracy is None and self.trainer.can_evaluate:
+            self.evaluate()
+        if self.checkpointer and self.status != "diverged" and self._saved_at != self.step:
+            self.save()
+        return self.status, self.error
+
+    def windows(self):
+        """The windows still to train, computed one at a time from the step reached."""
+        plan = self.plan
+        marks = plan.marks()
+        warm_end = min(plan.total_steps, plan.start_step + max(plan.warmup_steps, 1))
+        while self.step < self._last_step() and not self.stop_requested:
+            yield self._next_window(marks, warm_end)
+
+    def _last_step(self):
+        q = self.plan.fixed_window or 1
+        return self.plan.total_steps // q * q
+
+    def _next_window(self, marks, warm_end):
+        plan, step = self.plan, self.step
+        if plan.fixed_window:  # Keras fit: whole steps_per_execution chunks, no marks inside
+            steps = plan.fixed_window
+        else:
+            steps = min(plan.steps_per_loop, next(m for m in marks if m > step) - step)
+        if step == plan.start_step:
+            kind = "first"
+        elif step < warm_end:
+            kind = "warmup"
+        else:
+            kind = "untimed" if self._profiling or self._profile_starts(step) else "timed"
+        return Window(step, steps, kind)
+
+    def _profile_starts(self, step):
+        return bool(self.plan.profile_steps) and step + 1 == self.plan.profile_steps[0]
+
+    def train_window(self, window: Window, fn, *args):
+        """Run `fn(*args)` (one training call) as `window`, timed by the chrono; return its loss."""
+        self.begin_window(window)
+        loss = fn(*args)
+        return self.end_window(window, loss)
+
+    def begin_window(self, window: Window):
+        """Open a window (for trainers that are called back, such as Keras fit)."""
+        if self._profile_starts(window.start) and self.profiler:
+            self.profiler.start()
+            self._profiling = True
+        self.chrono.begin()
+
+    def end_window(self, window: Window, loss):
+        """Sync and close `window`; return its loss as a float."""
+        seconds = self.chrono.end(window.steps, window.kind, loss)
+        if window.kind == "first":
+            self.first_step_at = self.clock()
+        self._last_seconds = seconds
+        return float(loss)
+
+    def window_done(self, window: Window, loss):
+        """Bookkeeping after a window; True when training must end (diverged, target reached)."""
+        self.step = window.end
+        if self._profiling and self.step >= self.plan.profile_steps[1]:
+            self.profiler.stop()
+            self._profiling = False
+        self.final_loss = loss
+        if not math.isfinite(loss):
+            self.status = "diverged"
+            self.error = f"non-finite training loss ({loss}) in steps {window.start + 1}-{window.end}"
+            return True
+        rate = window.steps * self.batch_size / self._last_seconds
+        if self.summaries:
+            self.summaries.scalars(self.step, {"train/loss": loss, "train/images_per_sec": rate})
+        self.display.update(self.step, loss, self.chrono)
+        reached = self._maybe_evaluate()
+        if self.checkpointer and (self._due(self.plan.checkpoint_every) or reached):
+            self.save()
+        return reached
+
+    def _due(self, every):
+        return bool(every) and (self.step % every == 0 or self.step == self.plan.total_steps)
+
+    # -- evaluation and checkpoints -------------------------------------------
+
+    def _maybe_evaluate(self):
+        if not self._due(self.plan.eval_every) or not self.trainer.can_evaluate:
+            return False
+        return self.evaluate()
+
+    def evaluate(self):
+        """Test accuracy now; True when the target accuracy is reached for the first time."""
+        accuracy, loss, count = self.trainer.evaluate()
+        self.last_accuracy = accuracy
+        self.progress.best_accuracy = max(self.progress.best_accuracy, accuracy)
+        self.display.message(f"eval at step {self.step}: test accuracy {accuracy:.4f} (loss {loss:.4f}, "
+                             f"{count} images)")
+        if self.summaries:
+            self.summaries.scalars(self.step, {"eval/accuracy": accuracy})
+        if self.on_eval:
+            self.on_eval(self.step, accuracy)
+        target = self.target_accuracy
+        if target is not None and accuracy >= target and self.progress.time_to_target < 0:
+            self.progress.time_to_target = self.train_seconds()
+            self.display.message(f"target accuracy {target} reached after {self.train_seconds():.1f} s of training")
+            return True
+        return False
+
+    def save(self):
+        self.checkpointer.save(self.step, dataclasses.replace(self.progress, train_seconds=self.train_seconds()))
+        self._saved_at = self.step
+
+    def train_seconds(self):
+        """Training time over all restarts of this run (compile included, eval and checkpoints not)."""
+        return self.progress.train_seconds + self.chrono.train_seconds
+
+
+class ProgressLine:
+    """Progress on the console: a line rewritten after every window on a terminal, a few lines otherwise.
+
+    The ETA counts only windows after the first (compiling) call, so it is honest
+    from the first warm-up or timed window on.
+    """
+
+    def __init__(self, out, total_steps, batch_size, every_seconds=30.0):
+        self.out, self.total, self.batch_size = out, total_steps, batch_size
+        self.tty = hasattr(out, "isatty") and out.isatty()
+        self.every = every_seconds
+        self._last = None
+        self._dirty = False
+
+    def update(self, step, loss, chrono: Chrono):
+        parts = chrono.warmup + chrono.windows + chrono.untimed
+        steps, seconds = sum(s for s, _ in parts), sum(t for _, t in parts)
+        rate = f"{steps * self.batch_size / seconds:8.1f} img/s" if seconds else "      -- img/s"
+        eta = time.strftime("%H:%M:%S", time.gmtime((self.total - step) * seconds / steps)) if steps else "--:--:--"
+        width = len(str(self.total))
+        bar = "#" * int(20 * step / self.total)
+        text = f"step {step:>{width}}/{self.total} [{bar:<20}] loss {loss:7.4f} | {rate} | ETA {eta}"
+        now = time.monotonic()
+        if self.tty:
+            self.out.write("\r" + text)
+            self._dirty = True
+        elif self._last is None or now - self._last >= self.every or step == self.total:
+            self.out.write(text + "\n")
+            self._last = now
+        self.out.flush()
+
+    def message(self, text):
+        self.close()
+        print(f"  {text}", file=self.out, flush=True)
+
+    def close(self):
+        if self._dirty:
+            self.out.write("\n")
+            self.out.flush()
+            self._dirty = False

@@ -1,0 +1,133 @@
+"""A run's row: the columns known from the configuration, the setup's facts and the controller's measurements.
+
+No TensorFlow here: the sweep driver writes rows of trials that failed before
+any TensorFlow ran.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+
+from bench import config, metrics, results
+from bench.config import RunConfig
+from resnet import cost
+
+
+@dataclasses.dataclass(frozen=True)
+class RunFacts:
+    """What the setup of a run found, as plain values."""
+
+    run_id: str
+    command: str
+    tf_version: str
+    keras_version: str
+    device: str  # "GPU: <name>" or "CPU: <model>"
+    num_replicas: int
+    onednn: bool
+    batch_norm: str
+    params: int
+    data: str
+    train_images: int
+    peak_gflops: float
+    started: float  # perf_counter at the start of the run
+
+
+def stable_run_id(cfg: RunConfig):
+    """A sweep trial's run id: the same over driver restarts, so its row is written once."""
+    return hashlib.sha1(f"{cfg.sweep}|{cfg.trial_key}".encode()).hexdigest()[:12]
+
+
+def new_run_id(cfg: RunConfig):
+    return stable_run_id(cfg) if cfg.trial_key else results.new_run_id()
+
+
+def config_row(cfg: RunConfig, status, error=""):
+    """The row's columns known from the configuration alone (a trial that failed before running)."""
+    return {
+        **results.base_provenance(),
+        "run_id": new_run_id(cfg),
+        "timestamp_utc": results.utc_now(),
+        "status": status,
+        "error": error,
+        "sweep": cfg.sweep,
+        "trial_key": cfg.trial_key,
+        "strategy": cfg.strategy,
+        "loop": cfg.loop,
+        "n": cfg.n,
+        "depth": cfg.depth,
+        "block": cfg.block,
+        "shortcut": cfg.shortcut,
+        "sync_bn": cfg.sync_bn,
+        "flops_per_image": cost.cost(cfg.n, cfg.block, cfg.shortcut).train_flops,
+        "precision": config.canonical_precision(cfg.precision),
+        "xla": cfg.xla,
+        "global_batch_size": cfg.batch_size,
+        "steps_per_loop": cfg.steps_per_loop,
+        "warmup_steps": cfg.warmup_steps,
+        "recipe": cfg.recipe,
+        "target_accuracy": cfg.target_accuracy,
+        "seed": cfg.seed,
+        "deterministic": cfg.deterministic,
+    }
+
+
+def run_row(cfg: RunConfig, facts: RunFacts, controller, status, error):
+    """The whole row of a run that set up: configuration, setup facts, and what the controller measured."""
+    chrono = controller.chrono
+    timed = chrono.throughput(cfg.batch_size)
+    trained = chrono.first_call_s is not None
+    progress = controller.progress
+    row = {
+        **config_row(cfg, status, error),
+        **{k: getattr(facts, k) for k in ("run_id", "command", "tf_version", "keras_version", "device",
+                                          "num_replicas", "onednn", "batch_norm", "params", "data",
+                                          "peak_gflops")},
+        "timed_steps": timed.timed_steps if timed else 0,
+        "total_steps": controller.step,
+        "epochs": controller.step * cfg.batch_size / facts.train_images,
+        "compile_s": chrono.compile_seconds(),
+        "time_to_first_step_s": controller.first_step_at - facts.started if controller.first_step_at else None,
+        "train_time_s": controller.train_seconds() if trained else None,
+        "final_train_loss": controller.final_loss,
+        "test_accuracy": controller.last_accuracy,
+        "best_test_accuracy": progress.best_accuracy if progress.best_accuracy >= 0 else None,
+        "time_to_target_s": progress.time_to_target if progress.time_to_target >= 0 else None,
+    }
+    if timed:
+        row.update(
+            images_per_sec=timed.images_per_sec,
+            images_per_sec_stderr=timed.images_per_sec_stderr,
+            jitter=timed.jitter,
+            step_time_p50_ms=timed.step_time_p50_ms,
+            step_time_p90_ms=timed.step_time_p90_ms,
+            step_time_p99_ms=timed.step_time_p99_ms,
+            mfu=metrics.mfu(row["flops_per_image"], timed.images_per_sec, facts.peak_gflops * 1e9),
+        )
+    return row
+
+
+def summary_text(row, results_path):
+    """The console summary of a row, one aligned line per topic."""
+    def fmt(key, spec=""):
+        v = row.get(key)
+        return "-" if v in (None, "") else format(v, spec)
+
+    lines = [
+        ("status", fmt("status") + (f" ({row['error']})" if row.get("error") else "")),
+        ("model", f"ResNet-{row['depth']} {row['block']}/{row['shortcut']}, {row['params']:,} params, "
+                  f"{row['batch_norm']} BN"),
+        ("devices", f"{row['num_replicas']} x {row['device']} ({row['strategy']}, {row['precision']}"
+                    f"{', XLA' if row['xla'] else ''}{', oneDNN' if row['onednn'] else ''})"),
+        ("images/sec", f"{fmt('images_per_sec', '.1f')} ± {fmt('images_per_sec_stderr', '.1f')} "
+                       f"(jitter {fmt('jitter', '.1f')}, {row['timed_steps']} timed steps)"),
+        ("step time", f"p50 {fmt('step_time_p50_ms', '.1f')} / p90 {fmt('step_time_p90_ms', '.1f')} / "
+                      f"p99 {fmt('step_time_p99_ms', '.1f')} ms"),
+        ("compile", f"{fmt('compile_s', '.1f')} s (first step at {fmt('time_to_first_step_s', '.1f')} s)"),
+        ("MFU", f"{fmt('mfu', '.1%')} of {fmt('peak_gflops', '.0f')} GFLOP/s measured peak"),
+        ("test accuracy", f"{fmt('test_accuracy', '.4f')} (best {fmt('best_test_accuracy', '.4f')}, "
+                          f"data {row['data']})"),
+        ("results", f"{results_path} (run {row['run_id']})"),
+    ]
+    width = max(len(k) for k, _ in lines)
+    return "\n".join(f"{k:<{width}}  {v}" for k, v in lines)

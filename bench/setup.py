@@ -1,0 +1,50 @@
+"""Assemble a run from checked parts: trainer, outputs, restored progress, plan, controller, row facts."""
+
+from __future__ import annotations
+
+import keras
+import tensorflow as tf
+
+from bench import config, outputs, peak, trainers
+from bench.controller import Controller, Plan
+from bench.rows import RunFacts
+
+
+def controller_for(cfg, device_setup, source, run_id, command, started, out):
+    """(Controller ready to run, RunFacts for the row) of a run whose devices and data are set up."""
+    total = config.train_steps(cfg, source.train_images)
+    trainer = trainers.build(cfg, device_setup, source, config.lr_schedule(cfg, total))
+    checkpointer, summaries, profiler = outputs.make(cfg, trainer.checkpoint_objects())
+    progress = checkpointer.restore() if checkpointer else None
+    plan = _plan(cfg, source, total, trainer, start_step=trainer.steps_done())
+    controller = Controller(plan, trainer, cfg.batch_size, out=out, target_accuracy=cfg.target_accuracy,
+                            checkpointer=checkpointer, summaries=summaries, profiler=profiler, progress=progress)
+    facts = RunFacts(
+        run_id=run_id, command=command, tf_version=tf.__version__, keras_version=keras.__version__,
+        device=f"{device_setup.device_kind}: {device_setup.device_name}", num_replicas=device_setup.num_replicas,
+        onednn=device_setup.onednn,
+        batch_norm=trainer.batch_norm, params=trainer.params, data=source.kind, train_images=source.train_images,
+        peak_gflops=_peak(device_setup, cfg.precision), started=started,
+    )
+    return controller, facts
+
+
+def _plan(cfg, source, total, trainer, start_step):
+    steps_per_epoch = source.train_images / cfg.batch_size
+    eval_every = cfg.eval_every_epochs
+    if eval_every is None and cfg.target_accuracy is not None:
+        eval_every = 1.0
+    eval_steps = max(1, round(eval_every * steps_per_epoch)) if eval_every and trainer.can_evaluate else None
+    checkpoint_steps = None
+    if cfg.checkpoint_dir:
+        checkpoint_steps = cfg.checkpoint_every_steps or eval_steps or max(cfg.steps_per_loop, 50)
+    return Plan(total_steps=total, start_step=start_step, warmup_steps=cfg.warmup_steps,
+                steps_per_loop=cfg.steps_per_loop, eval_every=eval_steps, checkpoint_every=checkpoint_steps,
+                profile_steps=cfg.profile_steps, fixed_window=trainer.fixed_window)
+
+
+def _peak(device_setup, precision):
+    """The measured peak GFLOP/s of the devices used (cached per device, TF version, oneDNN state, dtype)."""
+    key = f"{device_setup.device_kind}:{device_setup.device_name}|tf{tf.__version__}" + (
+        "|onednn" if device_setup.onednn and device_setup.device_kind == "CPU" else "")
+    return peak.peak_gflops(device_setup.first_device, key, precision) * device_setup.physical_devices

@@ -1,0 +1,181 @@
+"""Trainers: what owns the step. The custom training loop and the Keras `fit` baseline, as siblings.
+
+Both are driven by `bench.controller.Controller` and offer the same small surface:
+`drive(controller)` trains window after window, `evaluate()` returns
+(accuracy, mean loss, images), `can_evaluate`, `checkpoint_objects()`, and the
+facts a row needs (`params`, `batch_norm`).
+
+`--loop fit` runs the same model, data, precision, strategy, batch and schedule
+through `model.fit`; the differences are Keras's own:
+- weight decay is the optimizer's (`SGD(weight_decay=...)`, decoupled): the same
+  cost as the custom loop's L2 term, a slightly different update;
+- normalisation is a layer in front of the model; synthetic batches come through
+  tf.data rather than living on the device;
+- each window is a whole `steps_per_execution` chunk (the first, compiling, one too),
+  and with several replicas `steps_per_execution` is 1 (Keras's multi-step function
+  fails there in TF 2.21);
+- with several replicas the BN moving statistics are not averaged (evaluation uses
+  replica 0's, as plain Keras does).
+"""
+
+from __future__ import annotations
+
+import math
+
+import keras
+import tensorflow as tf
+
+from bench import data
+from bench.config import resolve_batch_norm
+from bench.step import Trainer, make_optimizer
+from resnet import spec
+from resnet.model import build_resnet
+
+
+def build(cfg, device_setup, source, schedule):
+    """The trainer `cfg.loop` asks for, its model and optimizer built under the strategy."""
+    trainer_class = FitTrainer if cfg.loop == "fit" else CustomLoopTrainer
+    return trainer_class(cfg, device_setup, source, schedule)
+
+
+def _model_and_optimizer(cfg, device_setup, schedule, optimizer_weight_decay=None):
+    keras.utils.set_random_seed(cfg.seed)
+    batch_norm = resolve_batch_norm(cfg, device_setup.device_kind)
+    with device_setup.strategy.scope():
+        model = build_resnet(cfg.n, cfg.block, cfg.shortcut, precision=cfg.precision, sync_bn=cfg.sync_bn,
+                             batch_norm=batch_norm)
+        optimizer = make_optimizer(schedule, cfg.precision, weight_decay=optimizer_weight_decay)
+    return model, optimizer, batch_norm
+
+
+def _count_params(model):
+    return int(sum(math.prod(v.shape) for v in model.trainable_variables))
+
+
+class CustomLoopTrainer:
+    """The tf.function custom loop of `bench.step.Trainer` (weight decay added to the loss)."""
+
+    def __init__(self, cfg, device_setup, source, schedule):
+        self.cfg, self.device_setup, self.source = cfg, device_setup, source
+        self.model, self.optimizer, self.batch_norm = _model_and_optimizer(cfg, device_setup, schedule)
+        self.step_builder = Trainer(
+            self.model, self.optimizer, device_setup.strategy, cfg.batch_size, weight_decay=spec.DEFAULT_WEIGHT_DECAY,
+            xla=cfg.xla, sync_bn=cfg.sync_bn, inject_nan_at_step=cfg.inject_nan_at_step,
+        )
+        self.params = _count_params(self.model)
+        self.fixed_window = None  # the controller sizes each window
+        self.can_evaluate = source.test is not None and source.test_images > 0
+        self._eval = None
+
+    def checkpoint_objects(self):
+        return {"model": self.model, "optimizer": self.optimizer, "step": self.step_builder.step}
+
+    def steps_done(self):
+        return int(self.step_builder.step.numpy())
+
+    def drive(self, controller):
+        iterator = self._train_iterator(controller.step)
+        for window in controller.windows():
+            loss = controller.train_window(window, self.step_builder.train, iterator,
+                                           tf.constant(window.steps, tf.int32))
+            if controller.window_done(window, loss):
+                break
+
+    def _train_iterator(self, start_step):
+        """The input (created only when it trains: an iterator starts prefetching)."""
+        cfg, strategy = self.cfg, self.device_setup.strategy
+        if self.source.kind == "synthetic":
+            return data.SyntheticIterator(data.synthetic_batches(strategy, cfg.batch_size, cfg.seed))
+        # After a restart the order is reshuffled from a seed tied to the step reached.
+        return iter(data.distribute_train(strategy, self.source, cfg.batch_size, cfg.seed + start_step))
+
+    def evaluate(self):
+        if self._eval is None:
+            self._eval = data.distribute_eval(self.device_setup.strategy, self.source, self.cfg.batch_size)
+        dataset, batches = self._eval
+        correct, loss_sum, count = self.step_builder.eval_loop(iter(dataset), tf.constant(batches))
+        return float(correct) / float(count), float(loss_sum) / float(count), int(count)
+
+
+class FitTrainer:
+    """Keras `model.fit` over the same model; a callback reports each `steps_per_execution` chunk as a window."""
+
+    def __init__(self, cfg, device_setup, source, schedule):
+        self.cfg, self.device_setup, self.source = cfg, device_setup, source
+        core, self.optimizer, self.batch_norm = _model_and_optimizer(
+            cfg, device_setup, schedule, optimizer_weight_decay=spec.DEFAULT_WEIGHT_DECAY)
+        self.params = _count_params(core)
+        # Keras's multi-step train function fails under MirroredStrategy with >= 2 replicas in
+        # TF 2.21 (an unfed placeholder, like TF-STACK-NOTES trap 1): one step per call there.
+        self.fixed_window = cfg.steps_per_loop if device_setup.num_replicas == 1 else 1
+        self.can_evaluate = source.test is not None and source.test_images > 0
+        with device_setup.strategy.scope():
+            self.model = keras.Sequential([keras.Input((32, 32, 3), dtype="uint8"), Normalize(), core])
+            self.optimizer.build(self.model.trainable_variables)  # TF-STACK-NOTES trap 1, as in the custom loop
+            self.model.compile(
+                optimizer=self.optimizer,
+                loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                # weighted: evaluation's mask-0 fillers must not count (plain `metrics` ignore weights)
+                weighted_metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
+                steps_per_execution=self.fixed_window,
+                jit_compile=cfg.xla,
+            )
+
+    def checkpoint_objects(self):
+        return {"model": self.model, "optimizer": self.optimizer}
+
+    def steps_done(self):
+        return 0  # fit runs never resume (--checkpoint_dir is refused with --loop=fit)
+
+    def drive(self, controller):
+        windows = controller.windows()
+        steps = controller.plan.total_steps // self.fixed_window * self.fixed_window
+        callback = _WindowCallback(controller, windows)
+        self.model.fit(self._dataset(), steps_per_epoch=steps, epochs=1, callbacks=[callback], verbose=0,
+                       shuffle=False)
+
+    def _dataset(self):
+        cfg = self.cfg
+        if self.source.kind == "synthetic":
+            g = tf.random.Generator.from_seed(cfg.seed)
+            images = tf.cast(g.uniform((cfg.batch_size, 32, 32, 3), 0, 256, tf.int32), tf.uint8)
+            labels = g.uniform((cfg.batch_size,), 0, data.NUM_CLASSES, tf.int32)
+            return tf.data.Dataset.from_tensors((images, labels)).repeat()
+        ds = self.source.train.cache().shuffle(data.SHUFFLE_BUFFER, seed=cfg.seed).repeat()
+        ds = ds.map(data.augment, num_parallel_calls=tf.data.AUTOTUNE)
+        return ds.batch(cfg.batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+
+    def evaluate(self):
+        # mask-0 fillers make whole batches; Keras weighs loss and accuracy by the mask
+        examples, total = data.padded_test_examples(self.source, self.cfg.batch_size)
+        loss, accuracy = self.model.evaluate(examples.batch(self.cfg.batch_size, drop_remainder=True), verbose=0)
+        loss *= total / self.source.test_images  # Keras averages the weighted losses over every example
+        return float(accuracy), float(loss), self.source.test_images
+
+
+class _WindowCallback(keras.callbacks.Callback):
+    """Opens a controller window before each `fit` chunk and closes it after (loss: Keras's running mean)."""
+
+    def __init__(self, controller, windows):
+        super().__init__()
+        self.controller, self.windows = controller, windows
+        self.window = None
+
+    def on_train_batch_begin(self, batch, logs=None):
+        self.window = next(self.windows, None)
+        if self.window is None:  # cannot happen: fit runs exactly the planned steps
+            raise RuntimeError("Keras fit ran more chunks than the controller planned")
+        self.controller.begin_window(self.window)
+
+    def on_train_batch_end(self, batch, logs=None):
+        loss = self.controller.end_window(self.window, logs["loss"])
+        # Keras looks at stop_training after a chunk: a stop request ends fit before the next one.
+        if self.controller.window_done(self.window, loss) or self.controller.stop_requested:
+            self.model.stop_training = True
+
+
+class Normalize(keras.layers.Layer):
+    """uint8 images -> standardised float32 (bench.data.normalize as a layer)."""
+
+    def call(self, images):
+        return data.normalize(images)

@@ -1,0 +1,100 @@
+"""Flags are declared once (RunConfig fields) and both commands are built from them; checks live in config."""
+
+import ast
+import glob
+import os
+import subprocess
+import sys
+
+from absl import flags
+
+from bench import cli, config
+from bench.config import RunConfig
+from sweeps import space
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _flag_values(define):
+    values = flags.FlagValues()
+    define(values)
+    values(["prog"])
+    return values
+
+
+def test_every_field_is_a_flag_of_both_commands_with_the_same_default_and_help():
+    run_flags, sweep_flags = _flag_values(cli.define_run_flags), _flag_values(cli.define_sweep_flags)
+    fields = config.flag_fields()
+    assert {f.name for f in fields} >= {"n", "precision", "xla", "strategy", "results", "steps_per_loop"}
+    for f in fields:
+        run_flag, sweep_flag = run_flags[f.name], sweep_flags[f.name]
+        assert run_flag.help == sweep_flag.help and f.metadata["help"] in run_flag.help, f.name
+        assert run_flag.value == f.default, f.name
+        swept = config.axis_values(f, sweep_flag.value)
+        expected = [f.default] if not f.metadata["sweep_default"] else config.axis_values(f, f.metadata["sweep_default"])
+        assert swept == expected, f.name
+    # bench.run's config from its defaults is RunConfig()
+    assert cli.config_from_flags(run_flags) == RunConfig()
+
+
+def test_a_sweep_axis_over_any_field_reaches_the_trials_config():
+    two_values = {bool: "true,false", int: "2,3", float: "0.5,0.25", str: None}
+    sweep_flags = _flag_values(cli.define_sweep_flags)
+    axes = space.axes_from_flags(sweep_flags)
+    axes.update(n=[1], shortcut=["A"], block=["preact"], steps=[20])
+    checked = 0
+    for f in config.flag_fields():
+        if not f.metadata["axis"] or f.metadata["testing"] or f.name in ("steps", "epochs"):
+            continue
+        text = two_values[f.metadata["kind"]] if not f.metadata["choices"] else ",".join(f.metadata["choices"][:2])
+        if text is None:
+            continue
+        values = config.axis_values(f, text)
+        companions = {"strategy": ["mirrored"]} if f.name in ("cpu_replicas", "num_gpus") else {}
+        trials = space.build_trials({**axes, **companions, f.name: values}, 1, "s")
+        seen = [getattr(t.config, f.name) for t in trials]
+        assert seen == [config.canonical_precision(v) if f.name == "precision" else v for v in values], f.name
+        assert len({t.key for t in trials}) == 2 and all(f"{f.name}=" in t.key for t in trials), f.name
+        checked += 1
+    assert checked >= 15
+
+
+def _help(module):
+    proc = subprocess.run([sys.executable, "-m", module, "--help"], cwd=ROOT, capture_output=True, text=True,
+                          timeout=120, env={**os.environ, "PYTHONPATH": ROOT})
+    return proc
+
+
+def test_help_exits_0_lists_every_user_flag_and_flagfile_but_no_testing_flag():
+    for module in ("bench.run", "sweeps.tune"):
+        proc = _help(module)
+        assert proc.returncode == 0, proc.stderr[-1000:]
+        for f in config.flag_fields():
+            shown = f"--{f.name}" in proc.stdout.split()
+            assert shown != f.metadata["testing"], (module, f.name)
+        assert "--flagfile" in proc.stdout
+
+
+def _bench_sources():
+    return sorted(glob.glob(os.path.join(ROOT, "bench", "*.py")))
+
+
+def test_only_config_raises_config_error():
+    raisers = []
+    for path in _bench_sources():
+        tree = ast.parse(open(path).read())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Raise) and node.exc is not None and "ConfigError" in ast.unparse(node.exc):
+                raisers.append(os.path.basename(path))
+    assert set(raisers) == {"config.py"}, raisers
+
+
+def test_no_function_in_bench_is_over_60_lines():
+    long = []
+    for path in _bench_sources():
+        for node in ast.walk(ast.parse(open(path).read())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                lines = node.end_lineno - node.lineno + 1
+                if lines > 60:
+                    long.append((os.path.basename(path), node.name, lines))
+    assert not long, long
