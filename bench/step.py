@@ -29,6 +29,11 @@ Shape of a training call (`Trainer.train(iterator, num_steps)`):
   (resource on another device); one code path serves every replica count.
   Synchronized BN all-reduces inside the forward pass, which cannot run in a
   nested compiled function: sync_bn + XLA is refused with two or more replicas.
+* `augment_on_device=True`: the training batch (uint8, as it came from the
+  host) is zero-padded, randomly cropped and flipped inside the forward/backward
+  (`bench.augment`, XLA-compatible), seeded from (augment_seed, step, replica),
+  before normalisation. The input pipeline must then skip its own augmentation.
+  Evaluation never augments.
 * Keras 3 BatchNormalization keeps its moving statistics per replica. Without
   synchronized BN each replica updates its own copy from its own batch; the
   copies are averaged at the end of every training call. The moving average is
@@ -41,6 +46,7 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
+from bench import augment
 from bench.data import normalize
 from resnet.model import batch_norm_layers, decayed_kernels
 
@@ -52,7 +58,14 @@ SYNC_BN_XLA_ERROR = (
 
 
 class Trainer:
-    """Compiled training and evaluation loops over a model and optimizer built under `strategy`."""
+    """Compiled training and evaluation loops over a model and optimizer built under `strategy`.
+
+    `inject_nan_at_step` / `inject_inf_grad_at=(step, replica)` (replica None: all;
+    `inject_inf_grad_at_step=k` is `(k, None)`) are fault injection for tests.
+    `augment_on_device` pads, crops and flips each training batch inside the step,
+    seeded from `augment_seed`, the step and the replica (see `bench.augment`).
+    `skipped_steps` (int64 variable) counts steps the loss scaling skipped.
+    """
 
     def __init__(
         self,
@@ -66,6 +79,8 @@ class Trainer:
         inject_nan_at_step=None,
         inject_inf_grad_at_step=None,
         inject_inf_grad_at=None,
+        augment_on_device=False,
+        augment_seed=0,
     ):
         if xla and sync_bn and strategy.num_replicas_in_sync > 1:
             raise ValueError(SYNC_BN_XLA_ERROR)
@@ -81,6 +96,8 @@ class Trainer:
         ]
         self._average_bn = self.replicas > 1 and not sync_bn
         self._loss_scaled = isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
+        self._augment_on_device = augment_on_device
+        self._augment_seed = augment_seed
         self._inject_nan_at_step = inject_nan_at_step
         # (step, replica): the gradients of `replica` (None: every replica) are inf at `step`.
         if inject_inf_grad_at is None and inject_inf_grad_at_step is not None:
@@ -110,6 +127,8 @@ class Trainer:
 
     def _forward_backward(self, images, labels, step, replica):
         variables = self.model.trainable_variables
+        if self._augment_on_device:
+            images = augment.pad_crop_flip(images, augment.step_seed(self._augment_seed, step, replica))
         with tf.GradientTape() as tape:
             logits = self._logits(images, training=True)
             per_example = tf.nn.sparse_softmax_cross_entropy_with_logits(labels, logits)
