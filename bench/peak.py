@@ -32,6 +32,9 @@ def cache_path():
     return os.path.join(root, "peak.json")
 
 
+# Part of the cache key: readings cached by the earlier method (whole product copied to the
+# host) were too low on GPUs and must not be reused.
+METHOD = "scalar-sync"
 WINDOW_S = 0.02  # target length of one timed window
 MAX_PRODUCTS = 64  # per window
 
@@ -81,7 +84,7 @@ def peak_gflops(device, device_key, precision, tf32=False):
     """
     dtype = COMPUTE_DTYPE[precision]
     path = cache_path()
-    key = f"{device_key}|{dtype}" + ("|tf32" if tf32 else "")
+    key = f"{device_key}|{dtype}" + ("|tf32" if tf32 else "") + f"|{METHOD}"
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with filelock.FileLock(path + ".lock", timeout=600):
         cache = {}

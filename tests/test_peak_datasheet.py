@@ -105,7 +105,7 @@ def test_tf32_is_part_of_the_peak_cache_key(monkeypatch):
     assert peak.peak_gflops("/gpu:0", "GPU:test-tf32", "float32") == 100.0  # cached, not re-measured
     with open(peak.cache_path()) as fh:
         keys = set(json.load(fh))
-    assert {"GPU:test-tf32|float32", "GPU:test-tf32|float32|tf32"} <= keys
+    assert {"GPU:test-tf32|float32|scalar-sync", "GPU:test-tf32|float32|tf32|scalar-sync"} <= keys
 
 
 def test_measured_peak_bounds_a_training_run_mfu(strategies):
