@@ -16,11 +16,24 @@ Shape of a training call (`Trainer.train(iterator, num_steps)`):
 * mixed_float16 goes through `keras.optimizers.LossScaleOptimizer`:
   `scale_loss` before the gradient, `apply_gradients` unscales and skips steps
   whose gradients are not finite (the loss scale then halves).
+  Trap (Keras 3.15, TF 2.21): on the merge-call path MirroredStrategy takes on
+  CPUs and GPUs, the optimizer decides "finite" from replica 0's LOCAL,
+  not-yet-summed gradients. An overflow on another replica alone was summed
+  into every replica's weights (all NaN) and the scale stayed put. So the replica
+  step all-reduces a "this replica overflowed" flag first and, when any replica
+  did, hands the optimizer all-NaN gradients on every replica: each local check
+  then agrees, the step is skipped everywhere and the scale halves once.
+  `Trainer.skipped_steps` counts these steps.
 * XLA: only the forward/backward is jit-compiled. Compiling `apply_gradients`
   or the whole `strategy.run` fails with two or more replicas in TF 2.21
   (resource on another device); one code path serves every replica count.
   Synchronized BN all-reduces inside the forward pass, which cannot run in a
   nested compiled function: sync_bn + XLA is refused with two or more replicas.
+* `augment_on_device=True`: the training batch (uint8, as it came from the
+  host) is zero-padded, randomly cropped and flipped inside the forward/backward
+  (`bench.augment`, XLA-compatible), seeded from (augment_seed, step, replica),
+  before normalisation. The input pipeline must then skip its own augmentation.
+  Evaluation never augments.
 * Keras 3 BatchNormalization keeps its moving statistics per replica. Without
   synchronized BN each replica updates its own copy from its own batch; the
   copies are averaged at the end of every training call. The moving average is
@@ -33,6 +46,7 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
+from bench import augment
 from bench.data import normalize
 from resnet.model import batch_norm_layers, decayed_kernels
 
@@ -44,7 +58,14 @@ SYNC_BN_XLA_ERROR = (
 
 
 class Trainer:
-    """Compiled training and evaluation loops over a model and optimizer built under `strategy`."""
+    """Compiled training and evaluation loops over a model and optimizer built under `strategy`.
+
+    `inject_nan_at_step` / `inject_inf_grad_at=(step, replica)` (replica None: all;
+    `inject_inf_grad_at_step=k` is `(k, None)`) are fault injection for tests.
+    `augment_on_device` pads, crops and flips each training batch inside the step,
+    seeded from `augment_seed`, the step and the replica (see `bench.augment`).
+    `skipped_steps` (int64 variable) counts steps the loss scaling skipped.
+    """
 
     def __init__(
         self,
@@ -57,6 +78,9 @@ class Trainer:
         sync_bn=False,
         inject_nan_at_step=None,
         inject_inf_grad_at_step=None,
+        inject_inf_grad_at=None,
+        augment_on_device=False,
+        augment_seed=0,
     ):
         if xla and sync_bn and strategy.num_replicas_in_sync > 1:
             raise ValueError(SYNC_BN_XLA_ERROR)
@@ -71,14 +95,23 @@ class Trainer:
             v for layer in batch_norm_layers(model) for v in (layer.moving_mean, layer.moving_variance)
         ]
         self._average_bn = self.replicas > 1 and not sync_bn
+        self._loss_scaled = isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
+        self._augment_on_device = augment_on_device
+        self._augment_seed = augment_seed
         self._inject_nan_at_step = inject_nan_at_step
-        self._inject_inf_grad_at_step = inject_inf_grad_at_step
+        # (step, replica): the gradients of `replica` (None: every replica) are inf at `step`.
+        if inject_inf_grad_at is None and inject_inf_grad_at_step is not None:
+            inject_inf_grad_at = (inject_inf_grad_at_step, None)
+        self._inject_inf_grad_at = inject_inf_grad_at
         with strategy.scope():
             # Trap: under MirroredStrategy the optimizer's slots must exist before the first
             # traced step, or the first call fails with an unfed placeholder.
             optimizer.build(model.trainable_variables)
             self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="global_step",
                                     aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
+            # Steps the loss scaling skipped because some replica's gradients overflowed.
+            self.skipped_steps = tf.Variable(0, dtype=tf.int64, trainable=False, name="skipped_steps",
+                                             aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
         fb = self._forward_backward
         self._fb = tf.function(fb, jit_compile=True) if xla else fb
         fwd = self._logits
@@ -92,8 +125,10 @@ class Trainer:
     def _logits(self, images, training):
         return self.model(normalize(images), training=training)
 
-    def _forward_backward(self, images, labels, step):
+    def _forward_backward(self, images, labels, step, replica):
         variables = self.model.trainable_variables
+        if self._augment_on_device:
+            images = augment.pad_crop_flip(images, augment.step_seed(self._augment_seed, step, replica))
         with tf.GradientTape() as tape:
             logits = self._logits(images, training=True)
             per_example = tf.nn.sparse_softmax_cross_entropy_with_logits(labels, logits)
@@ -106,15 +141,44 @@ class Trainer:
                 poison = tf.where(step == self._inject_nan_at_step, float("nan"), 1.0)
                 loss, ce = loss * poison, ce * poison
             scaled = self.optimizer.scale_loss(loss)
-            if self._inject_inf_grad_at_step is not None:
-                scaled = scaled * tf.where(step == self._inject_inf_grad_at_step, float("inf"), 1.0)
+            if self._inject_inf_grad_at is not None:
+                at_step, at_replica = self._inject_inf_grad_at
+                hit = step == at_step
+                if at_replica is not None:
+                    hit = tf.logical_and(hit, replica == at_replica)
+                scaled = scaled * tf.where(hit, float("inf"), 1.0)
         grads = tape.gradient(scaled, variables)
         return ce, grads
 
     def _replica_step(self, images, labels, step):
-        ce, grads = self._fb(images, labels, step)
+        ctx = tf.distribute.get_replica_context()
+        # Passed in rather than read inside the (possibly XLA-compiled) forward/backward.
+        replica = ctx.replica_id_in_sync_group
+        ce, grads = self._fb(images, labels, step, replica)
+        skipped = tf.constant(0, tf.int64)
+        if self._loss_scaled:
+            grads, skipped = self._agree_on_overflow(ctx, grads)
         self.optimizer.apply_gradients(zip(grads, self.model.trainable_variables))
-        return ce
+        return ce, skipped
+
+    @staticmethod
+    def _agree_on_overflow(ctx, grads):
+        """(grads, 1 if skipped else 0): all-NaN gradients on every replica if any replica overflowed.
+
+        Runs outside the XLA-compiled forward/backward: the all-reduce cannot run
+        inside it with two or more replicas (see the module docstring).
+        """
+        local_finite = tf.reduce_all([tf.reduce_all(tf.math.is_finite(g)) for g in grads])
+        overflowed = ctx.all_reduce(tf.distribute.ReduceOp.SUM, tf.cast(tf.logical_not(local_finite), tf.float32))
+        finite = tf.equal(overflowed, 0.0)
+        # The optimizer's own (local) check then agrees on every replica. tf.cond, not an
+        # elementwise tf.where: the common finite case costs no pass over the gradients.
+        grads = tf.cond(
+            finite,
+            lambda: [tf.identity(g) for g in grads],
+            lambda: [tf.fill(tf.shape(g), tf.constant(float("nan"), g.dtype)) for g in grads],
+        )
+        return grads, tf.cast(tf.logical_not(finite), tf.int64)
 
     def _average_moving_statistics(self):
         def average():
@@ -133,8 +197,10 @@ class Trainer:
         for _ in tf.range(num_steps):
             self.step.assign_add(1)
             images, labels = next(iterator)
-            per_replica = self.strategy.run(self._replica_step, args=(images, labels, self.step.read_value()))
-            total += self.strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)
+            ce, skipped = self.strategy.run(self._replica_step, args=(images, labels, self.step.read_value()))
+            total += self.strategy.reduce(tf.distribute.ReduceOp.SUM, ce, axis=None)
+            # Every replica holds the same all-reduced value: take replica 0's, no collective.
+            self.skipped_steps.assign_add(self.strategy.experimental_local_results(skipped)[0])
         return total / tf.cast(num_steps, tf.float32)
 
     def train(self, iterator, num_steps):
