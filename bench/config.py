@@ -32,6 +32,7 @@ RECIPES = ("bench", "paper")
 LOOPS = ("ctl", "fit")
 BATCH_NORMS = ("auto",) + spec.BATCH_NORMS  # auto: fused on CPUs (measured faster), Keras's layer on GPUs
 ONEDNN = ("auto", "on", "off")  # oneDNN CPU kernels; auto: $TF_ENABLE_ONEDNN_OPTS if set, else on
+AUGMENT = ("auto", "host", "device")  # auto: device when training on GPUs, host on CPUs
 
 CIFAR_TRAIN_IMAGES = 50_000
 BENCH_STEPS = 200  # the `bench` recipe's default run length
@@ -60,6 +61,22 @@ def option(default, help, *, kind=None, choices=None, axis=True, sweep_default=N
     meta = dict(help=help, kind=kind or type(default), choices=choices, axis=axis, sweep_default=sweep_default,
                 parse=parse, testing=testing)
     return dataclasses.field(default=default, metadata=meta)
+
+
+def parse_fault_step(text):
+    """`"5"` -> (5, None) (every replica); `"5:1"` -> (5, 1) (replica 1 only). Empty -> None."""
+    if text in (None, ""):
+        return None
+    if isinstance(text, (tuple, list)):
+        return tuple(text)
+    step, _, replica = str(text).partition(":")
+    try:
+        parsed = (int(step), int(replica) if replica else None)
+    except ValueError:
+        raise ConfigError(f"--inject_inf_grad_at_step takes STEP or STEP:REPLICA (e.g. 5:1); got {text!r}") from None
+    if parsed[0] < 1 or (parsed[1] is not None and parsed[1] < 0):
+        raise ConfigError(f"--inject_inf_grad_at_step needs STEP >= 1 and REPLICA >= 0; got {text!r}")
+    return parsed
 
 
 def parse_profile_steps(text):
@@ -134,9 +151,16 @@ class RunConfig:
                                             kind=str, axis=False, parse=parse_profile_steps)
     profile_dir: Optional[str] = option(None, "Where the profiler trace goes (default: <tensorboard_dir>/profile).",
                                         kind=str, axis=False)
+    augment: str = option("auto", "Where the pad-crop-flip augmentation runs: host (tf.data, per image) or device "
+                                  "(batched inside the step; uint8 batches cross to the device). auto: device "
+                                  "on GPUs, host on CPUs.", choices=AUGMENT)
     # fault injection for tests
     inject_nan_at_step: Optional[int] = option(None, "Testing: make the loss non-finite at this step.", kind=int,
                                                axis=False, testing=True)
+    inject_inf_grad_at_step: Optional[tuple] = option(
+        None, "Testing: STEP[:REPLICA]: make that replica's (default: every replica's) gradients infinite at "
+              "this step (mixed_float16: the step must be skipped on every replica).",
+        kind=str, axis=False, parse=parse_fault_step, testing=True)
     # set by the sweep driver, not flags
     sweep: str = dataclasses.field(default="", metadata={"internal": True})
     trial_key: str = dataclasses.field(default="", metadata={"internal": True})
@@ -189,6 +213,20 @@ def canonical_precision(value):
     return PRECISION_ALIASES.get(value, value)
 
 
+def resolve_augment(cfg: RunConfig, device_kind, data_kind):
+    """Where augmentation runs: `device`, `host`, or `none` (synthetic data is never augmented).
+
+    auto is `device` on GPUs (a host pipeline of ~15k images/s on 2 cores would starve a GPU step of
+    ~50k+) and `host` on CPUs, where both compete for the same cores anyway; Keras fit always augments
+    on the host.
+    """
+    if data_kind == "synthetic":
+        return "none"
+    if cfg.augment != "auto":
+        return cfg.augment
+    return "device" if device_kind == "GPU" and cfg.loop == "ctl" else "host"
+
+
 def resolve_batch_norm(cfg: RunConfig, device_kind):
     """The BN implementation a run uses: `auto` is `fused` on CPUs and `keras` on GPUs or with sync_bn.
 
@@ -207,7 +245,8 @@ def resolve_batch_norm(cfg: RunConfig, device_kind):
 def validate(cfg: RunConfig) -> RunConfig:
     """Check everything that needs no TensorFlow; return the normalised config. Raises ConfigError."""
     _check_choices(cfg)
-    cfg = cfg.replace(precision=canonical_precision(cfg.precision), profile_steps=parse_profile_steps(cfg.profile_steps))
+    cfg = cfg.replace(precision=canonical_precision(cfg.precision), profile_steps=parse_profile_steps(cfg.profile_steps),
+                      inject_inf_grad_at_step=parse_fault_step(cfg.inject_inf_grad_at_step))
     _check_numbers(cfg)
     _check_combinations(cfg)
     _check_outputs(cfg)
@@ -291,6 +330,10 @@ def _check_fit(cfg):
         raise ConfigError(f"{', '.join(unsupported)}: supported with --loop=ctl only (fit is a baseline)")
     if cfg.xla and cfg.cpu_replicas > 1:
         raise ConfigError(FIT_XLA_ERROR)
+    if cfg.augment == "device":
+        raise ConfigError("--augment=device works with --loop=ctl only (fit augments in tf.data)")
+    if cfg.inject_inf_grad_at_step:
+        raise ConfigError("--inject_inf_grad_at_step works with --loop=ctl only")
 
 
 def _check_outputs(cfg):
@@ -426,6 +469,10 @@ def check_setup(cfg: RunConfig, facts: SetupFacts):
         raise ConfigError(FIT_XLA_ERROR)
     if facts.data_kind == "unavailable":
         raise ConfigError(facts.data_problem)
+    fault = cfg.inject_inf_grad_at_step
+    if fault and fault[1] is not None and fault[1] >= facts.num_replicas:
+        raise ConfigError(f"--inject_inf_grad_at_step={fault[0]}:{fault[1]}: there are only {facts.num_replicas} "
+                          f"replicas (0..{facts.num_replicas - 1})")
     if cfg.target_accuracy is not None and facts.data_kind == "synthetic":
         raise ConfigError("--target_accuracy needs real data, but only synthetic data is available")
     check_steps(cfg, train_steps(cfg, facts.train_images))

@@ -187,8 +187,11 @@ def _tfds_source(cfg):
     return DataSource("tfds", train, test, n_train, n_test)
 
 
-def distribute_train(strategy, source, global_batch, seed):
-    """A distributed dataset of augmented training batches: shuffled, repeated, per-replica, prefetched."""
+def distribute_train(strategy, source, global_batch, seed, on_host=True):
+    """A distributed dataset of training batches: shuffled, repeated, per-replica, prefetched.
+
+    `on_host`: augmented here per image; otherwise raw uint8 batches for the step to augment on the device.
+    """
     import tensorflow as tf
 
     def dataset_fn(ctx):
@@ -196,7 +199,8 @@ def distribute_train(strategy, source, global_batch, seed):
         ds = source.train.shard(ctx.num_input_pipelines, ctx.input_pipeline_id)
         ds = ds.cache() if source.kind != "tfds" else ds
         ds = ds.shuffle(SHUFFLE_BUFFER, seed=seed, reshuffle_each_iteration=True).repeat()
-        ds = ds.map(augment, num_parallel_calls=tf.data.AUTOTUNE, deterministic=seed is not None)
+        if on_host:
+            ds = ds.map(augment, num_parallel_calls=tf.data.AUTOTUNE, deterministic=seed is not None)
         ds = ds.batch(per_replica, drop_remainder=True)  # static shapes (XLA, no retracing)
         return ds.prefetch(tf.data.AUTOTUNE)
 

@@ -75,6 +75,13 @@ SCHEMA = (
     "seed",
     "deterministic",
     "command",
+    # added later (older files are upgraded in place: these stay empty in their rows)
+    "augment",  # device | host | none (synthetic data)
+    "skipped_steps",  # mixed_float16: steps the loss scaling skipped (an overflow on any replica)
+    "tf32",  # float32 matmuls/convs ran as TF32 (TensorFlow's default on Ampere and later GPUs)
+    "peak_source",  # where the datasheet peak comes from, or why there is none
+    "datasheet_tflops",  # dense datasheet peak of the devices used for this precision
+    "mfu_datasheet",  # MFU against that datasheet peak (how the field reports MFU)
 )
 
 STATUSES = ("ok", "diverged", "failed", "stopped", "interrupted")  # stopped: by ASHA; interrupted: Ctrl-C, SIGTERM

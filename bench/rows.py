@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 
-from bench import config, metrics, results
+from bench import config, datasheet, metrics, results
 from bench.config import RunConfig
 from resnet import cost
 
@@ -31,6 +31,10 @@ class RunFacts:
     train_images: int
     peak_gflops: float
     started: float  # perf_counter at the start of the run
+    augment: str = ""  # device | host | none
+    tf32: bool = False
+    device_name: str = ""  # as the device reports it (the datasheet table's key)
+    physical_devices: int = 1
 
 
 def stable_run_id(cfg: RunConfig):
@@ -82,7 +86,7 @@ def run_row(cfg: RunConfig, facts: RunFacts, controller, status, error):
         **config_row(cfg, status, error),
         **{k: getattr(facts, k) for k in ("run_id", "command", "tf_version", "keras_version", "device",
                                           "num_replicas", "onednn", "batch_norm", "params", "data",
-                                          "peak_gflops")},
+                                          "peak_gflops", "augment", "tf32")},
         "timed_steps": timed.timed_steps if timed else 0,
         "total_steps": controller.step,
         "epochs": controller.step * cfg.batch_size / facts.train_images,
@@ -93,7 +97,10 @@ def run_row(cfg: RunConfig, facts: RunFacts, controller, status, error):
         "test_accuracy": controller.last_accuracy,
         "best_test_accuracy": progress.best_accuracy if progress.best_accuracy >= 0 else None,
         "time_to_target_s": progress.time_to_target if progress.time_to_target >= 0 else None,
+        "skipped_steps": controller.trainer.skipped_steps(),
     }
+    tflops, row["peak_source"] = datasheet.lookup(facts.device_name, row["precision"], facts.tf32)
+    row["datasheet_tflops"] = tflops * facts.physical_devices if tflops else None
     if timed:
         row.update(
             images_per_sec=timed.images_per_sec,
@@ -103,6 +110,8 @@ def run_row(cfg: RunConfig, facts: RunFacts, controller, status, error):
             step_time_p90_ms=timed.step_time_p90_ms,
             step_time_p99_ms=timed.step_time_p99_ms,
             mfu=metrics.mfu(row["flops_per_image"], timed.images_per_sec, facts.peak_gflops * 1e9),
+            mfu_datasheet=datasheet.mfu_datasheet(row["flops_per_image"], timed.images_per_sec, facts.device_name,
+                                                  facts.physical_devices, row["precision"], facts.tf32)[0],
         )
     return row
 
@@ -124,7 +133,10 @@ def summary_text(row, results_path):
         ("step time", f"p50 {fmt('step_time_p50_ms', '.1f')} / p90 {fmt('step_time_p90_ms', '.1f')} / "
                       f"p99 {fmt('step_time_p99_ms', '.1f')} ms"),
         ("compile", f"{fmt('compile_s', '.1f')} s (first step at {fmt('time_to_first_step_s', '.1f')} s)"),
-        ("MFU", f"{fmt('mfu', '.1%')} of {fmt('peak_gflops', '.0f')} GFLOP/s measured peak"),
+        ("MFU", f"{fmt('mfu', '.1%')} of {fmt('peak_gflops', '.0f')} GFLOP/s measured peak; "
+                f"{fmt('mfu_datasheet', '.1%')} of the datasheet's {fmt('datasheet_tflops', '.1f')} TFLOP/s"
+                f"{' (TF32)' if row.get('tf32') else ''}"),
+        ("augment", f"{fmt('augment')}; skipped steps (fp16 overflow): {fmt('skipped_steps')}"),
         ("test accuracy", f"{fmt('test_accuracy', '.4f')} (best {fmt('best_test_accuracy', '.4f')}, "
                           f"data {row['data']})"),
         ("results", f"{results_path} (run {row['run_id']})"),

@@ -13,6 +13,7 @@ from bench.rows import RunFacts
 def controller_for(cfg, device_setup, source, run_id, command, started, out):
     """(Controller ready to run, RunFacts for the row) of a run whose devices and data are set up."""
     total = config.train_steps(cfg, source.train_images)
+    tf32 = peak.tf32_in_effect(cfg.precision)
     trainer = trainers.build(cfg, device_setup, source, config.lr_schedule(cfg, total))
     checkpointer, summaries, profiler = outputs.make(cfg, trainer.checkpoint_objects())
     progress = checkpointer.restore() if checkpointer else None
@@ -24,7 +25,8 @@ def controller_for(cfg, device_setup, source, run_id, command, started, out):
         device=f"{device_setup.device_kind}: {device_setup.device_name}", num_replicas=device_setup.num_replicas,
         onednn=device_setup.onednn,
         batch_norm=trainer.batch_norm, params=trainer.params, data=source.kind, train_images=source.train_images,
-        peak_gflops=_peak(device_setup, cfg.precision), started=started,
+        peak_gflops=_peak(device_setup, cfg.precision, tf32), started=started, augment=trainer.augment, tf32=tf32,
+        device_name=device_setup.device_name, physical_devices=device_setup.physical_devices,
     )
     return controller, facts
 
@@ -43,8 +45,8 @@ def _plan(cfg, source, total, trainer, start_step):
                 profile_steps=cfg.profile_steps, fixed_window=trainer.fixed_window)
 
 
-def _peak(device_setup, precision):
+def _peak(device_setup, precision, tf32):
     """The measured peak GFLOP/s of the devices used (cached per device, TF version, oneDNN state, dtype)."""
     key = f"{device_setup.device_kind}:{device_setup.device_name}|tf{tf.__version__}" + (
         "|onednn" if device_setup.onednn and device_setup.device_kind == "CPU" else "")
-    return peak.peak_gflops(device_setup.first_device, key, precision) * device_setup.physical_devices
+    return peak.peak_gflops(device_setup.first_device, key, precision, tf32=tf32) * device_setup.physical_devices

@@ -26,7 +26,7 @@ import keras
 import tensorflow as tf
 
 from bench import data
-from bench.config import resolve_batch_norm
+from bench.config import resolve_augment, resolve_batch_norm
 from bench.step import Trainer, make_optimizer
 from resnet import spec
 from resnet.model import build_resnet
@@ -58,9 +58,12 @@ class CustomLoopTrainer:
     def __init__(self, cfg, device_setup, source, schedule):
         self.cfg, self.device_setup, self.source = cfg, device_setup, source
         self.model, self.optimizer, self.batch_norm = _model_and_optimizer(cfg, device_setup, schedule)
+        self.augment = resolve_augment(cfg, device_setup.device_kind, source.kind)
         self.step_builder = Trainer(
             self.model, self.optimizer, device_setup.strategy, cfg.batch_size, weight_decay=spec.DEFAULT_WEIGHT_DECAY,
             xla=cfg.xla, sync_bn=cfg.sync_bn, inject_nan_at_step=cfg.inject_nan_at_step,
+            inject_inf_grad_at=cfg.inject_inf_grad_at_step, augment_on_device=self.augment == "device",
+            augment_seed=cfg.seed,
         )
         self.params = _count_params(self.model)
         self.fixed_window = None  # the controller sizes each window
@@ -68,18 +71,32 @@ class CustomLoopTrainer:
         self._eval = None
 
     def checkpoint_objects(self):
-        return {"model": self.model, "optimizer": self.optimizer, "step": self.step_builder.step}
+        return {"model": self.model, "optimizer": self.optimizer, "step": self.step_builder.step,
+                "skipped_steps": self.step_builder.skipped_steps}
+
+    def skipped_steps(self):
+        return int(self.step_builder.skipped_steps.numpy())
 
     def steps_done(self):
         return int(self.step_builder.step.numpy())
 
     def drive(self, controller):
+        self._skipped_seen = self.skipped_steps()  # a resumed run restored its count
         iterator = self._train_iterator(controller.step)
         for window in controller.windows():
             loss = controller.train_window(window, self.step_builder.train, iterator,
                                            tf.constant(window.steps, tf.int32))
             if controller.window_done(window, loss):
                 break
+            self._report_skipped(controller)
+
+    def _report_skipped(self, controller):
+        """A log line when mixed_float16's loss scaling skipped steps in the window (read after it closed)."""
+        skipped = self.skipped_steps()
+        if skipped > self._skipped_seen:
+            controller.display.message(f"by step {controller.step}: {skipped - self._skipped_seen} step(s) "
+                                       f"skipped (non-finite gradients on a replica; loss scale lowered)")
+            self._skipped_seen = skipped
 
     def _train_iterator(self, start_step):
         """The input (created only when it trains: an iterator starts prefetching)."""
@@ -87,7 +104,8 @@ class CustomLoopTrainer:
         if self.source.kind == "synthetic":
             return data.SyntheticIterator(data.synthetic_batches(strategy, cfg.batch_size, cfg.seed))
         # After a restart the order is reshuffled from a seed tied to the step reached.
-        return iter(data.distribute_train(strategy, self.source, cfg.batch_size, cfg.seed + start_step))
+        return iter(data.distribute_train(strategy, self.source, cfg.batch_size, cfg.seed + start_step,
+                                          on_host=self.augment == "host"))
 
     def evaluate(self):
         if self._eval is None:
@@ -108,6 +126,7 @@ class FitTrainer:
         # Keras's multi-step train function fails under MirroredStrategy with >= 2 replicas in
         # TF 2.21 (an unfed placeholder, like TF-STACK-NOTES trap 1): one step per call there.
         self.fixed_window = cfg.steps_per_loop if device_setup.num_replicas == 1 else 1
+        self.augment = resolve_augment(cfg, device_setup.device_kind, source.kind)  # host (or none): tf.data
         self.can_evaluate = source.test is not None and source.test_images > 0
         with device_setup.strategy.scope():
             self.model = keras.Sequential([keras.Input((32, 32, 3), dtype="uint8"), Normalize(), core])
@@ -126,6 +145,9 @@ class FitTrainer:
 
     def steps_done(self):
         return 0  # fit runs never resume (--checkpoint_dir is refused with --loop=fit)
+
+    def skipped_steps(self):
+        return None  # Keras fit does not count the steps its loss scaling skips
 
     def drive(self, controller):
         windows = controller.windows()

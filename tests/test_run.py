@@ -115,6 +115,8 @@ def bad_inputs(tmp):
         "results in /proc (root may 'access' it)": (["--results=/proc/newcomer.csv"], "not a writable folder"),
         "tfds not prepared, offline": (["--data=tfds", f"--tfds_dir={tmp}/tfds"], "cannot be downloaded"),
         "not a number": (["--steps=ten"], "steps"),
+        "fault on a replica that does not exist": (["--inject_inf_grad_at_step=5:3"], "only 1 replicas"),
+        "device augmentation with fit": (["--loop=fit", "--augment=device"], "--loop=ctl only"),
     }
 
 
@@ -196,6 +198,19 @@ def test_sigkilled_run_resumes_and_writes_exactly_one_row(tmp_path):
     third = cli(*args)
     assert third.returncode == 0 and "already finished" in third.stdout
     assert len(results.read_rows(path)) == 1
+
+
+@pytest.mark.parametrize("xla", [False, True], ids=["plain", "xla"])
+def test_fp16_overflow_on_one_replica_is_skipped_everywhere_through_the_cli(tmp_path, xla):
+    path = str(tmp_path / "summary.csv")
+    proc = cli("--strategy=mirrored", "--cpu_replicas=2", "--precision=mixed_float16", "--inject_inf_grad_at_step=5:1",
+               "--steps=12", "--data=synthetic", "--n=1", "--batch_size=16", "--steps_per_loop=2", "--warmup_steps=2",
+               f"--results={path}", *(["--xla"] if xla else []))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    [row] = results.read_rows(path)
+    assert row["status"] == "ok" and row["skipped_steps"] == "1" and row["augment"] == "none"
+    assert float(row["final_train_loss"]) == float(row["final_train_loss"])  # finite, not NaN
+    assert "1 step(s) skipped" in proc.stdout
 
 
 def test_ctrl_c_stops_at_the_next_window_with_a_row_and_a_checkpoint(tmp_path):
