@@ -102,7 +102,7 @@ def _row_of(result):
     return None
 
 
-def _make_row_writer(results_path, runs, out=sys.stdout):
+def _make_row_writer(results_path, runs):
     from ray import tune
 
     class RowWriter(tune.Callback):
@@ -127,8 +127,8 @@ def _make_row_writer(results_path, runs, out=sys.stdout):
             self.done += 1
             speed = f"{float(row['images_per_sec']):.1f} img/s" if row.get("images_per_sec") else ""
             accuracy = f", accuracy {float(row['test_accuracy']):.4f}" if row.get("test_accuracy") else ""
-            print(f"[{self.done}/{len(self.runs)}] {trial_name(trial)}: {row['status']} {speed}{accuracy}",
-                  file=out, flush=True)
+            # sys.stdout looked up now: Ray pickles the callback, and a stream object does not pickle
+            print(f"[{self.done}/{len(self.runs)}] {trial_name(trial)}: {row['status']} {speed}{accuracy}", flush=True)
 
         def on_trial_error(self, iteration, trials, trial, **info):
             error = "trial process failed"
