@@ -32,7 +32,8 @@ RECIPES = ("bench", "paper")
 LOOPS = ("ctl", "fit")
 BATCH_NORMS = ("auto",) + spec.BATCH_NORMS  # auto: fused on CPUs (measured faster), Keras's layer on GPUs
 ONEDNN = ("auto", "on", "off")  # oneDNN CPU kernels; auto: $TF_ENABLE_ONEDNN_OPTS if set, else on
-AUGMENT = ("auto", "host", "device")  # auto: device when training on GPUs, host on CPUs
+AUGMENT = ("auto", "host", "device")
+MODES = ("train", "inference")  # auto: device when training on GPUs, host on CPUs
 
 CIFAR_TRAIN_IMAGES = 50_000
 BENCH_STEPS = 200  # the `bench` recipe's default run length
@@ -97,6 +98,8 @@ def parse_profile_steps(text):
 
 @dataclasses.dataclass(frozen=True)
 class RunConfig:
+    mode: str = option("train", "train: training throughput and accuracy; inference: forward passes only "
+                                "(images/sec and per-batch latency, each batch its own timed window).", choices=MODES)
     # devices and strategy
     strategy: str = option("default", "tf.distribute strategy (multi_worker is not supported yet).",
                            choices=STRATEGIES + UNSUPPORTED_STRATEGIES)
@@ -116,6 +119,10 @@ class RunConfig:
     precision: str = option("float32", "Keras dtype policy (fp32, fp16 and bf16 are accepted too).",
                             choices=spec.PRECISIONS + tuple(PRECISION_ALIASES))
     xla: bool = option(False, "XLA-compile the forward/backward pass.")
+    intra_op_threads: Optional[int] = option(None, "TensorFlow intra-op threads (default: TensorFlow's choice).",
+                                             kind=int)
+    inter_op_threads: Optional[int] = option(None, "TensorFlow inter-op threads (default: TensorFlow's choice).",
+                                             kind=int)
     onednn: str = option("auto", "oneDNN CPU kernels (TF_ENABLE_ONEDNN_OPTS). auto: the environment variable if "
                                  "set, else on. TensorFlow turns them on by itself only on CPUs with AVX-512 "
                                  "VNNI/BF16 or AMX.", choices=ONEDNN)
@@ -281,7 +288,7 @@ def _check_numbers(cfg):
     _at_least(cfg, "n", 1, " (depth 6n+2)")
     for name in ("batch_size", "cpu_replicas", "steps", "steps_per_loop", "checkpoint_every_steps"):
         _at_least(cfg, name, 1)
-    for name in ("num_gpus", "warmup_steps"):
+    for name in ("num_gpus", "warmup_steps", "intra_op_threads", "inter_op_threads"):
         _at_least(cfg, name, 0)
     for name in ("epochs", "eval_every_epochs"):
         value = getattr(cfg, name)
@@ -313,6 +320,8 @@ def _check_combinations(cfg):
         raise ConfigError(SYNC_BN_XLA_ERROR)
     if cfg.loop == "fit":
         _check_fit(cfg)
+    if cfg.mode == "inference":
+        _check_inference(cfg)
 
 
 SYNC_BN_XLA_ERROR = (
@@ -334,6 +343,16 @@ def _check_fit(cfg):
         raise ConfigError("--augment=device works with --loop=ctl only (fit augments in tf.data)")
     if cfg.inject_inf_grad_at_step:
         raise ConfigError("--inject_inf_grad_at_step works with --loop=ctl only")
+
+
+def _check_inference(cfg):
+    training_only = [name for name, on in (
+        ("--loop=fit", cfg.loop == "fit"), ("--checkpoint_dir", cfg.checkpoint_dir),
+        ("--target_accuracy", cfg.target_accuracy is not None), ("--eval_every_epochs", cfg.eval_every_epochs),
+        ("--sync_bn", cfg.sync_bn), ("--inject_inf_grad_at_step", cfg.inject_inf_grad_at_step),
+        ("--augment=device", cfg.augment == "device")) if on]
+    if training_only:
+        raise ConfigError(f"{', '.join(training_only)}: training options, not for --mode=inference")
 
 
 def _check_outputs(cfg):

@@ -225,6 +225,18 @@ def distribute_eval(strategy, source, global_batch):
     return strategy.distribute_datasets_from_function(dataset_fn), total // global_batch
 
 
+def distribute_inference(strategy, source, global_batch):
+    """The test images, repeated, in per-replica batches (`--mode inference` on real data)."""
+    import tensorflow as tf
+
+    def dataset_fn(ctx):
+        per_replica = ctx.get_per_replica_batch_size(global_batch)
+        ds = source.test.shard(ctx.num_input_pipelines, ctx.input_pipeline_id).cache().repeat()
+        return ds.batch(per_replica, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+
+    return strategy.distribute_datasets_from_function(dataset_fn)
+
+
 def padded_test_examples(source, global_batch):
     """(dataset of (image, label, mask), its length): the test set, then mask-0 fillers up to whole batches.
 

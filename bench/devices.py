@@ -118,6 +118,7 @@ def setup(cfg: RunConfig) -> Devices:
     facts (`Devices.facts`), which `bench.config.check_setup` judges before any work.
     """
     tf = import_tensorflow(cfg.onednn)
+    _set_threads(tf, cfg)
     gpus = tf.config.list_physical_devices("GPU")
     if gpus and cfg.num_gpus != 0 and cfg.cpu_replicas == 1:
         wanted = len(gpus) if cfg.num_gpus is None else min(cfg.num_gpus, len(gpus))
@@ -148,6 +149,25 @@ def setup(cfg: RunConfig) -> Devices:
     facts = dict(gpus_visible=len(gpus), cpu_devices=len(tf.config.list_logical_devices("CPU")) if kind == "CPU"
                  else 1, num_replicas=replicas, onednn=onednn_enabled())
     return Devices(strategy, replicas, kind, device_name, physical, names[0], onednn_enabled(), facts)
+
+
+def _set_threads(tf, cfg):
+    """Thread pools as asked (before the runtime starts; a runtime already started keeps its own)."""
+    try:
+        if cfg.intra_op_threads is not None:
+            tf.config.threading.set_intra_op_parallelism_threads(cfg.intra_op_threads)
+        if cfg.inter_op_threads is not None:
+            tf.config.threading.set_inter_op_parallelism_threads(cfg.inter_op_threads)
+    except RuntimeError:
+        pass  # reported: the row records the setting in effect (threads_in_effect)
+
+
+def threads_in_effect():
+    """(intra, inter) op threads TensorFlow uses; 0 means TensorFlow's own default."""
+    import tensorflow as tf
+
+    return (tf.config.threading.get_intra_op_parallelism_threads(),
+            tf.config.threading.get_inter_op_parallelism_threads())
 
 
 def _use_gpus(tf, use):

@@ -82,6 +82,9 @@ SCHEMA = (
     "peak_source",  # where the datasheet peak comes from, or why there is none
     "datasheet_tflops",  # dense datasheet peak of the devices used for this precision
     "mfu_datasheet",  # MFU against that datasheet peak (how the field reports MFU)
+    "mode",  # train | inference (forward passes only; flops_per_image is then the forward pass's)
+    "intra_op_threads",  # TensorFlow's thread pools in effect (0: TensorFlow's default)
+    "inter_op_threads",
 )
 
 STATUSES = ("ok", "diverged", "failed", "stopped", "interrupted")  # stopped: by ASHA; interrupted: Ctrl-C, SIGTERM

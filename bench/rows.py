@@ -35,6 +35,8 @@ class RunFacts:
     tf32: bool = False
     device_name: str = ""  # as the device reports it (the datasheet table's key)
     physical_devices: int = 1
+    intra_op_threads: int = 0  # in effect (0: TensorFlow's default)
+    inter_op_threads: int = 0
 
 
 def stable_run_id(cfg: RunConfig):
@@ -44,6 +46,12 @@ def stable_run_id(cfg: RunConfig):
 
 def new_run_id(cfg: RunConfig):
     return stable_run_id(cfg) if cfg.trial_key else results.new_run_id()
+
+
+def _flops_per_image(cfg: RunConfig):
+    """Training FLOPs per image (forward + backward ≈ 3 × forward), or the forward pass's in inference mode."""
+    model_cost = cost.cost(cfg.n, cfg.block, cfg.shortcut)
+    return model_cost.forward_flops if cfg.mode == "inference" else model_cost.train_flops
 
 
 def config_row(cfg: RunConfig, status, error=""):
@@ -63,7 +71,8 @@ def config_row(cfg: RunConfig, status, error=""):
         "block": cfg.block,
         "shortcut": cfg.shortcut,
         "sync_bn": cfg.sync_bn,
-        "flops_per_image": cost.cost(cfg.n, cfg.block, cfg.shortcut).train_flops,
+        "flops_per_image": _flops_per_image(cfg),
+        "mode": cfg.mode,
         "precision": config.canonical_precision(cfg.precision),
         "xla": cfg.xla,
         "global_batch_size": cfg.batch_size,
@@ -86,14 +95,15 @@ def run_row(cfg: RunConfig, facts: RunFacts, controller, status, error):
         **config_row(cfg, status, error),
         **{k: getattr(facts, k) for k in ("run_id", "command", "tf_version", "keras_version", "device",
                                           "num_replicas", "onednn", "batch_norm", "params", "data",
-                                          "peak_gflops", "augment", "tf32")},
+                                          "peak_gflops", "augment", "tf32", "intra_op_threads",
+                                          "inter_op_threads")},
         "timed_steps": timed.timed_steps if timed else 0,
         "total_steps": controller.step,
         "epochs": controller.step * cfg.batch_size / facts.train_images,
         "compile_s": chrono.compile_seconds(),
         "time_to_first_step_s": controller.first_step_at - facts.started if controller.first_step_at else None,
         "train_time_s": controller.train_seconds() if trained else None,
-        "final_train_loss": controller.final_loss,
+        "final_train_loss": controller.final_loss if cfg.mode == "train" else None,
         "test_accuracy": controller.last_accuracy,
         "best_test_accuracy": progress.best_accuracy if progress.best_accuracy >= 0 else None,
         "time_to_target_s": progress.time_to_target if progress.time_to_target >= 0 else None,
@@ -133,9 +143,9 @@ def summary_text(row, results_path):
         ("step time", f"p50 {fmt('step_time_p50_ms', '.1f')} / p90 {fmt('step_time_p90_ms', '.1f')} / "
                       f"p99 {fmt('step_time_p99_ms', '.1f')} ms"),
         ("compile", f"{fmt('compile_s', '.1f')} s (first step at {fmt('time_to_first_step_s', '.1f')} s)"),
-        ("MFU", f"{fmt('mfu', '.1%')} of {fmt('peak_gflops', '.0f')} GFLOP/s measured peak; "
-                f"{fmt('mfu_datasheet', '.1%')} of the datasheet's {fmt('datasheet_tflops', '.1f')} TFLOP/s"
-                f"{' (TF32)' if row.get('tf32') else ''}"),
+        ("MFU", f"{fmt('mfu', '.1%')} of {fmt('peak_gflops', '.0f')} GFLOP/s measured peak" + (
+            f"; {fmt('mfu_datasheet', '.1%')} of the datasheet's {fmt('datasheet_tflops', '.1f')} TFLOP/s"
+            f"{' (TF32)' if row.get('tf32') else ''}" if row.get("datasheet_tflops") else "")),
         ("augment", f"{fmt('augment')}; skipped steps (fp16 overflow): {fmt('skipped_steps')}"),
         ("test accuracy", f"{fmt('test_accuracy', '.4f')} (best {fmt('best_test_accuracy', '.4f')}, "
                           f"data {row['data']})"),

@@ -5,7 +5,7 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
-from bench import config, outputs, peak, trainers
+from bench import config, devices, outputs, peak, trainers
 from bench.controller import Controller, Plan
 from bench.rows import RunFacts
 
@@ -14,6 +14,7 @@ def controller_for(cfg, device_setup, source, run_id, command, started, out):
     """(Controller ready to run, RunFacts for the row) of a run whose devices and data are set up."""
     total = config.train_steps(cfg, source.train_images)
     tf32 = peak.tf32_in_effect(cfg.precision)
+    intra, inter = devices.threads_in_effect()
     trainer = trainers.build(cfg, device_setup, source, config.lr_schedule(cfg, total))
     checkpointer, summaries, profiler = outputs.make(cfg, trainer.checkpoint_objects())
     progress = checkpointer.restore() if checkpointer else None
@@ -27,6 +28,7 @@ def controller_for(cfg, device_setup, source, run_id, command, started, out):
         batch_norm=trainer.batch_norm, params=trainer.params, data=source.kind, train_images=source.train_images,
         peak_gflops=_peak(device_setup, cfg.precision, tf32), started=started, augment=trainer.augment, tf32=tf32,
         device_name=device_setup.device_name, physical_devices=device_setup.physical_devices,
+        intra_op_threads=intra, inter_op_threads=inter,
     )
     return controller, facts
 

@@ -34,6 +34,8 @@ from resnet.model import build_resnet
 
 def build(cfg, device_setup, source, schedule):
     """The trainer `cfg.loop` asks for, its model and optimizer built under the strategy."""
+    if cfg.mode == "inference":
+        return InferenceTrainer(cfg, device_setup, source, schedule)
     trainer_class = FitTrainer if cfg.loop == "fit" else CustomLoopTrainer
     return trainer_class(cfg, device_setup, source, schedule)
 
@@ -201,3 +203,60 @@ class Normalize(keras.layers.Layer):
 
     def call(self, images):
         return data.normalize(images)
+
+
+class InferenceTrainer:
+    """`--mode inference`: forward passes only, one batch per step, each step its own window (its latency).
+
+    Input: the test set, repeated (real data), or one batch made on each device (synthetic). The
+    step's value is the mean logit, read back at the window's end (that read is part of a request's
+    latency, and a non-finite one marks the run diverged).
+    """
+
+    def __init__(self, cfg, device_setup, source, schedule):
+        self.cfg, self.device_setup, self.source = cfg, device_setup, source
+        self.model, _, self.batch_norm = _model_and_optimizer(cfg, device_setup, schedule)
+        self.augment = "none"
+        self.params = _count_params(self.model)
+        self.fixed_window = 1  # true per-batch latency percentiles
+        self.can_evaluate = False
+        forward = tf.function(self._forward, jit_compile=True) if cfg.xla else self._forward
+        self._replica_forward = forward
+        self._loop = tf.function(self._infer)
+
+    def checkpoint_objects(self):
+        return {"model": self.model}
+
+    def steps_done(self):
+        return 0
+
+    def skipped_steps(self):
+        return None
+
+    def _forward(self, images):
+        return tf.reduce_mean(tf.cast(self.model(data.normalize(images), training=False), tf.float32))
+
+    def _infer(self, iterator, num_steps):
+        strategy = self.device_setup.strategy
+        total = tf.constant(0.0)
+        for _ in tf.range(num_steps):
+            images, _ = next(iterator)
+            per_replica = strategy.run(self._replica_forward, args=(images,))
+            total += strategy.reduce(tf.distribute.ReduceOp.MEAN, per_replica, axis=None)
+        return total / tf.cast(num_steps, tf.float32)
+
+    def drive(self, controller):
+        iterator = self._iterator()
+        for window in controller.windows():
+            value = controller.train_window(window, self._loop, iterator, tf.constant(window.steps, tf.int32))
+            if controller.window_done(window, value):
+                break
+
+    def _iterator(self):
+        cfg, strategy = self.cfg, self.device_setup.strategy
+        if self.source.kind == "synthetic" or not self.source.test_images:
+            return data.SyntheticIterator(data.synthetic_batches(strategy, cfg.batch_size, cfg.seed))
+        return iter(data.distribute_inference(strategy, self.source, cfg.batch_size))
+
+    def evaluate(self):
+        raise RuntimeError("inference runs have no evaluation (can_evaluate is False)")

@@ -117,6 +117,8 @@ def bad_inputs(tmp):
         "not a number": (["--steps=ten"], "steps"),
         "fault on a replica that does not exist": (["--inject_inf_grad_at_step=5:3"], "only 1 replicas"),
         "device augmentation with fit": (["--loop=fit", "--augment=device"], "--loop=ctl only"),
+        "inference with a training option": (["--mode=inference", "--loop=fit"], "not for --mode=inference"),
+        "negative thread count": (["--intra_op_threads=-1"], "intra_op_threads"),
     }
 
 
@@ -211,6 +213,23 @@ def test_fp16_overflow_on_one_replica_is_skipped_everywhere_through_the_cli(tmp_
     assert row["status"] == "ok" and row["skipped_steps"] == "1" and row["augment"] == "none"
     assert float(row["final_train_loss"]) == float(row["final_train_loss"])  # finite, not NaN
     assert "1 step(s) skipped" in proc.stdout
+
+
+def test_inference_mode_times_each_batch_with_threads_as_asked(tmp_path):
+    from resnet import cost
+
+    path = str(tmp_path / "summary.csv")
+    proc = cli("--mode=inference", "--batch_size=1", "--steps=30", "--warmup_steps=5", "--n=1", "--data=synthetic",
+               "--intra_op_threads=1", "--inter_op_threads=1", f"--results={path}")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    [row] = results.read_rows(path)
+    assert row["mode"] == "inference" and row["global_batch_size"] == "1"
+    assert row["intra_op_threads"] == "1" and row["inter_op_threads"] == "1"
+    assert int(row["timed_steps"]) == 30 - 5  # one batch per window: true per-batch latency percentiles
+    assert 0 < float(row["step_time_p50_ms"]) <= float(row["step_time_p99_ms"])
+    assert float(row["images_per_sec"]) == pytest.approx(1000 / float(row["step_time_p50_ms"]), rel=0.5)
+    assert int(row["flops_per_image"]) == cost.cost(1).forward_flops and row["final_train_loss"] == ""
+    assert row["command"].startswith("python -m bench.run --mode=inference")
 
 
 def test_ctrl_c_stops_at_the_next_window_with_a_row_and_a_checkpoint(tmp_path):
