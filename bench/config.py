@@ -113,12 +113,15 @@ class RunConfig:
                            sweep_default="A,B,C")
     sync_bn: bool = option(False, "Synchronized batch norm (batch statistics all-reduced over replicas).")
     batch_norm: str = option("auto", "BN implementation: keras (keras.layers.BatchNormalization) or fused (the "
-                                     "same layer on TF's fused kernel). auto: fused on CPUs, keras on GPUs and "
-                                     "with --sync_bn.", choices=BATCH_NORMS)
+                                     "same layer on TF's fused kernel: oneDNN on CPUs, cuDNN on GPUs). auto: fused, "
+                                     "keras with --sync_bn.", choices=BATCH_NORMS)
     # numerics
     precision: str = option("float32", "Keras dtype policy (fp32, fp16 and bf16 are accepted too).",
                             choices=spec.PRECISIONS + tuple(PRECISION_ALIASES))
-    xla: bool = option(False, "XLA-compile the forward/backward pass.")
+    xla: Optional[bool] = option(None, "XLA: on one replica the whole step is compiled, over several the "
+                                       "forward/backward. Unset: on GPUs where valid (not --sync_bn over replicas, "
+                                       "not --loop=fit over replicas), off on CPUs (measured slower there).",
+                                 kind=bool)
     intra_op_threads: Optional[int] = option(None, "TensorFlow intra-op threads (default: TensorFlow's choice).",
                                              kind=int)
     inter_op_threads: Optional[int] = option(None, "TensorFlow inter-op threads (default: TensorFlow's choice).",
@@ -131,7 +134,9 @@ class RunConfig:
     steps: Optional[int] = option(None, "Training steps (default: the recipe's).", kind=int)
     epochs: Optional[float] = option(None, "Training epochs instead of --steps.", kind=float)
     warmup_steps: int = option(10, "Steps excluded from timing (the first, compiling, step always is).")
-    steps_per_loop: int = option(10, "Steps run inside one tf.function call (one timed window).")
+    steps_per_loop: Optional[int] = option(None, "Steps run inside one tf.function call (one timed window). "
+                                                 "Unset: 10 on CPUs, 50 on GPUs (a GPU step is launch-bound).",
+                                           kind=int)
     recipe: str = option("bench", "bench: short throughput run; paper: He et al. schedule.", choices=RECIPES)
     loop: str = option("ctl", "ctl: the custom training loop; fit: Keras model.fit (a baseline).", choices=LOOPS)
     # data
@@ -220,6 +225,23 @@ def canonical_precision(value):
     return PRECISION_ALIASES.get(value, value)
 
 
+STEPS_PER_LOOP = {"CPU": 10, "GPU": 50}
+
+
+def resolve(cfg: RunConfig, device_kind, num_replicas) -> RunConfig:
+    """The config with every "unset = the device's default" field decided (what runs and what the row records).
+
+    GPU defaults (WORKSPACE.md, "GPU defaults"): XLA where it is valid, 50 steps per call, the fused BN
+    kernel; CPU defaults: no XLA (measured slower here), 10 steps per call, the fused BN kernel.
+    """
+    xla = cfg.xla
+    if xla is None:  # compiling fails for sync BN's and fit's all-reduces over replicas (TF-STACK-NOTES 3)
+        valid = num_replicas == 1 or (not cfg.sync_bn and cfg.loop == "ctl")
+        xla = device_kind == "GPU" and valid
+    return cfg.replace(xla=bool(xla), steps_per_loop=cfg.steps_per_loop or STEPS_PER_LOOP[device_kind],
+                       batch_norm=resolve_batch_norm(cfg, device_kind))
+
+
 def resolve_augment(cfg: RunConfig, device_kind, data_kind):
     """Where augmentation runs: `device`, `host`, or `none` (synthetic data is never augmented).
 
@@ -235,14 +257,16 @@ def resolve_augment(cfg: RunConfig, device_kind, data_kind):
 
 
 def resolve_batch_norm(cfg: RunConfig, device_kind):
-    """The BN implementation a run uses: `auto` is `fused` on CPUs and `keras` on GPUs or with sync_bn.
+    """The BN implementation a run uses: `auto` is `fused`, or `keras` with sync_bn.
 
-    The fused kernel was measured faster on the development CPU; on GPUs the Keras
-    layer stays the default until the fused one is measured there.
+    The fused kernel was measured faster on the development CPU; on GPUs it is cuDNN's
+    fused kernel, which tf.keras 2 used by default there (not measured here: no GPU).
+    Only the Keras layer can synchronize batch statistics.
     """
+    del device_kind  # the same choice on both kinds; kept for the call sites' clarity
     if cfg.batch_norm != "auto":
         return cfg.batch_norm
-    return "fused" if device_kind == "CPU" and not cfg.sync_bn else "keras"
+    return "keras" if cfg.sync_bn else "fused"
 
 
 # ---------------------------------------------------------------------------
@@ -318,6 +342,7 @@ def _check_combinations(cfg):
         raise ConfigError("--target_accuracy needs real data; --data=synthetic has no accuracy")
     if cfg.xla and cfg.sync_bn and cfg.cpu_replicas > 1:
         raise ConfigError(SYNC_BN_XLA_ERROR)
+
     if cfg.loop == "fit":
         _check_fit(cfg)
     if cfg.mode == "inference":

@@ -74,6 +74,7 @@ def run(cfg: RunConfig, command="", out=sys.stdout, write_row=True, on_eval=None
     source = data.resolve(cfg)
     config.check_setup(cfg, config.SetupFacts(**device_setup.facts, data_kind=source.kind, data_problem=source.problem,
                                               train_images=source.train_images))
+    cfg = config.resolve(cfg, device_setup.device_kind, device_setup.num_replicas)
     identity.save(finished=False)
     controller, facts = setup.controller_for(cfg, device_setup, source, identity.run_id, command, started, out)
     if on_eval:

@@ -85,6 +85,7 @@ SCHEMA = (
     "mode",  # train | inference (forward passes only; flops_per_image is then the forward pass's)
     "intra_op_threads",  # TensorFlow's thread pools in effect (0: TensorFlow's default)
     "inter_op_threads",
+    "xla_scope",  # none | step (one compiled executable per step) | forward_backward (over replicas) | forward
 )
 
 STATUSES = ("ok", "diverged", "failed", "stopped", "interrupted")  # stopped: by ASHA; interrupted: Ctrl-C, SIGTERM

@@ -108,6 +108,7 @@ def run_row(cfg: RunConfig, facts: RunFacts, controller, status, error):
         "best_test_accuracy": progress.best_accuracy if progress.best_accuracy >= 0 else None,
         "time_to_target_s": progress.time_to_target if progress.time_to_target >= 0 else None,
         "skipped_steps": controller.trainer.skipped_steps(),
+        "xla_scope": controller.trainer.xla_scope,
     }
     tflops, row["peak_source"] = datasheet.lookup(facts.device_name, row["precision"], facts.tf32)
     row["datasheet_tflops"] = tflops * facts.physical_devices if tflops else None

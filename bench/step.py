@@ -112,8 +112,14 @@ class Trainer:
             # Steps the loss scaling skipped because some replica's gradients overflowed.
             self.skipped_steps = tf.Variable(0, dtype=tf.int64, trainable=False, name="skipped_steps",
                                              aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
+        # XLA: on one replica the whole replica step (forward, backward, optimizer update) is one
+        # compiled executable; over several replicas only the forward/backward (TF-STACK-NOTES 3).
+        whole_step = xla and self.replicas == 1
+        self.xla_scope = "step" if whole_step else ("forward_backward" if xla else "none")
         fb = self._forward_backward
-        self._fb = tf.function(fb, jit_compile=True) if xla else fb
+        self._fb = tf.function(fb, jit_compile=True) if xla and not whole_step else fb
+        step_fn = self._replica_step
+        self._step_fn = tf.function(step_fn, jit_compile=True) if whole_step else step_fn
         fwd = self._logits
         self._fwd = tf.function(fwd, jit_compile=True) if xla else fwd
         self.train_loop = tf.function(self._train_loop)
@@ -197,7 +203,7 @@ class Trainer:
         for _ in tf.range(num_steps):
             self.step.assign_add(1)
             images, labels = next(iterator)
-            ce, skipped = self.strategy.run(self._replica_step, args=(images, labels, self.step.read_value()))
+            ce, skipped = self.strategy.run(self._step_fn, args=(images, labels, self.step.read_value()))
             total += self.strategy.reduce(tf.distribute.ReduceOp.SUM, ce, axis=None)
             # Every replica holds the same all-reduced value: take replica 0's, no collective.
             self.skipped_steps.assign_add(self.strategy.experimental_local_results(skipped)[0])

@@ -26,7 +26,7 @@ import keras
 import tensorflow as tf
 
 from bench import data
-from bench.config import resolve_augment, resolve_batch_norm
+from bench.config import resolve_augment
 from bench.step import Trainer, make_optimizer
 from resnet import spec
 from resnet.model import build_resnet
@@ -42,7 +42,7 @@ def build(cfg, device_setup, source, schedule):
 
 def _model_and_optimizer(cfg, device_setup, schedule, optimizer_weight_decay=None):
     keras.utils.set_random_seed(cfg.seed)
-    batch_norm = resolve_batch_norm(cfg, device_setup.device_kind)
+    batch_norm = cfg.batch_norm  # decided by config.resolve
     with device_setup.strategy.scope():
         model = build_resnet(cfg.n, cfg.block, cfg.shortcut, precision=cfg.precision, sync_bn=cfg.sync_bn,
                              batch_norm=batch_norm)
@@ -68,6 +68,7 @@ class CustomLoopTrainer:
             augment_seed=cfg.seed,
         )
         self.params = _count_params(self.model)
+        self.xla_scope = self.step_builder.xla_scope
         self.fixed_window = None  # the controller sizes each window
         self.can_evaluate = source.test is not None and source.test_images > 0
         self._eval = None
@@ -129,6 +130,7 @@ class FitTrainer:
         # TF 2.21 (an unfed placeholder, like TF-STACK-NOTES trap 1): one step per call there.
         self.fixed_window = cfg.steps_per_loop if device_setup.num_replicas == 1 else 1
         self.augment = resolve_augment(cfg, device_setup.device_kind, source.kind)  # host (or none): tf.data
+        self.xla_scope = "step" if cfg.xla else "none"  # Keras compiles its whole train step
         self.can_evaluate = source.test is not None and source.test_images > 0
         with device_setup.strategy.scope():
             self.model = keras.Sequential([keras.Input((32, 32, 3), dtype="uint8"), Normalize(), core])
@@ -217,6 +219,7 @@ class InferenceTrainer:
         self.cfg, self.device_setup, self.source = cfg, device_setup, source
         self.model, _, self.batch_norm = _model_and_optimizer(cfg, device_setup, schedule)
         self.augment = "none"
+        self.xla_scope = "forward" if cfg.xla else "none"
         self.params = _count_params(self.model)
         self.fixed_window = 1  # true per-batch latency percentiles
         self.can_evaluate = False

@@ -80,12 +80,23 @@ def test_validate_rejects_with_a_message(changes, message):
         config.validate(RunConfig(**changes))
 
 
-def test_batch_norm_auto_is_fused_on_cpus_only():
-    assert config.resolve_batch_norm(RunConfig(), "CPU") == "fused"
-    assert config.resolve_batch_norm(RunConfig(), "GPU") == "keras"
-    assert config.resolve_batch_norm(RunConfig(sync_bn=True), "CPU") == "keras"
-    assert config.resolve_batch_norm(RunConfig(batch_norm="keras"), "CPU") == "keras"
-    assert config.resolve_batch_norm(RunConfig(batch_norm="fused"), "GPU") == "fused"
+def test_device_defaults_are_decided_once_per_run():
+    cpu = config.resolve(RunConfig(), "CPU", 1)
+    assert (cpu.xla, cpu.steps_per_loop, cpu.batch_norm) == (False, 10, "fused")
+    gpu = config.resolve(RunConfig(strategy="mirrored"), "GPU", 8)
+    assert (gpu.xla, gpu.steps_per_loop, gpu.batch_norm) == (True, 50, "fused")
+    # XLA only where it is valid: not sync BN's nor fit's all-reduces over replicas; one replica: always
+    assert config.resolve(RunConfig(strategy="mirrored", sync_bn=True), "GPU", 2).xla is False
+    assert config.resolve(RunConfig(strategy="mirrored", sync_bn=True), "GPU", 2).batch_norm == "keras"
+    assert config.resolve(RunConfig(loop="fit", strategy="mirrored"), "GPU", 2).xla is False
+    assert config.resolve(RunConfig(loop="fit"), "GPU", 1).xla is True
+    # what the user set is kept
+    kept = config.resolve(RunConfig(xla=False, steps_per_loop=7, batch_norm="keras"), "GPU", 1)
+    assert (kept.xla, kept.steps_per_loop, kept.batch_norm) == (False, 7, "keras")
+    assert config.resolve_augment(RunConfig(), "GPU", "files") == "device"
+    assert config.resolve_augment(RunConfig(), "CPU", "files") == "host"
+    assert config.resolve_augment(RunConfig(loop="fit"), "GPU", "files") == "host"
+    assert config.resolve_augment(RunConfig(augment="device"), "CPU", "synthetic") == "none"
 
 
 def test_validate_normalises_precision_aliases():
