@@ -13,6 +13,7 @@ import platform
 import sys
 import tempfile
 
+from bench import config, cpu_features
 from bench.config import RunConfig
 
 
@@ -141,9 +142,9 @@ def setup(cfg: RunConfig) -> Devices:
         strategy = tf.distribute.OneDeviceStrategy(names[0])
     else:
         strategy = tf.distribute.get_strategy()
-    if cfg.precision == "mixed_float16" and kind == "CPU":
-        print("warning: mixed_float16 on a CPU is slow (float16 is emulated); bfloat16 is the CPU's "
-              "fast format (--precision=bf16)", file=sys.stderr)
+    emulated = cpu_features.emulated_precision(config.canonical_precision(cfg.precision), kind)
+    if emulated:
+        print(f"warning: {emulated}; expect it slower than float32 here", file=sys.stderr)
     if cfg.deterministic:
         tf.config.experimental.enable_op_determinism()
     facts = dict(gpus_visible=len(gpus), cpu_devices=len(tf.config.list_logical_devices("CPU")) if kind == "CPU"

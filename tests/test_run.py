@@ -69,7 +69,12 @@ def test_non_finite_loss_is_recorded_as_diverged(tmp_path):
 
 def test_mixed_float16_on_cpu_warns(capsys):
     devices.setup(RunConfig(precision="mixed_float16"))
-    assert "mixed_float16 on a CPU is slow" in capsys.readouterr().err
+    assert "mixed_float16 is emulated on x86 CPUs" in capsys.readouterr().err
+    from bench import cpu_features
+
+    devices.setup(RunConfig(precision="bf16"))  # warned exactly when this CPU lacks bfloat16 instructions
+    warned = "mixed_bfloat16 is emulated" in capsys.readouterr().err
+    assert warned == (cpu_features.emulated_precision("mixed_bfloat16") is not None)
 
 
 def cli(*args, timeout=300):
