@@ -5,6 +5,7 @@ modules and TensorFlow are already imported, so a collection takes about a secon
 at what a user would see. They are not benchmarks, so `--benchmark-only` skips them.
 """
 
+import itertools
 import json
 import os
 import re
@@ -31,18 +32,32 @@ class Selected:
                       for item in session.items}
 
 
-def run_pytest(*args, plugins=()):
-    """`pytest args` on the benchmark module, from the worktree's root and configuration; the exit code."""
-    return pytest.main(["-p", "no:cacheprovider", "--rootdir", ROOT, "-c", os.path.join(ROOT, "pyproject.toml"),
-                        os.path.join(ROOT, BENCHMARKS), *args], plugins=list(plugins))
+_inner_runs = itertools.count()
 
 
-def test_k_filters_select_what_the_ids_say():
+def run_pytest(tmp_path, *args, plugins=()):
+    """`pytest args` on the benchmark module, from the worktree's root and configuration; the exit code.
+
+    The inner session gets its own temporary directory (so its numbered-directory cleanup never
+    touches this session's) and the environment is restored afterwards (conftest's session fixture
+    points RESNET_BENCH_CACHE at the inner session's directory).
+    """
+    environ = dict(os.environ)
+    basetemp = tmp_path / f"inner-session-{next(_inner_runs)}"
+    try:
+        return pytest.main(["-p", "no:cacheprovider", "--rootdir", ROOT, "-c", os.path.join(ROOT, "pyproject.toml"),
+                            f"--basetemp={basetemp}", os.path.join(ROOT, BENCHMARKS), *args], plugins=list(plugins))
+    finally:
+        os.environ.clear()
+        os.environ.update(environ)
+
+
+def test_k_filters_select_what_the_ids_say(tmp_path):
     """`-k "not xla"`, `-k xla`, `-k bf16`, `-k "resnet20 and fp32"`, `-k 2rep` against the parameters."""
     selected = {}
     for expr in [None, "not xla", "xla", "bf16", "resnet20 and fp32", "2rep"]:
         plugin = Selected()
-        assert run_pytest("--collect-only", "-q", *(["-k", expr] if expr else []), plugins=[plugin]) == 0
+        assert run_pytest(tmp_path, "--collect-only", "-q", *(["-k", expr] if expr else []), plugins=[plugin]) == 0
         selected[expr] = plugin.items
     everything = selected[None]
 
@@ -88,7 +103,8 @@ def test_emulated_bf16_is_skipped_with_its_reason_in_the_summary(tmp_path, monke
     monkeypatch.setattr(cpu_features, "CPUINFO", str(fake))
     monkeypatch.delenv("BENCH_EMULATED", raising=False)
     capsys.readouterr()
-    code = run_pytest("--benchmark-only", "-k", "train_step and bf16", f"--benchmark-storage=file://{tmp_path}")
+    code = run_pytest(tmp_path, "--benchmark-only", "-k", "train_step and bf16",
+                      f"--benchmark-storage=file://{tmp_path / 'store'}")
     out = capsys.readouterr().out
     assert code == 0, out
     bf16_benchmarks = 5  # ResNet-20: XLA off/on x 1/2 replicas; ResNet-56: plain, 1 replica
@@ -101,10 +117,13 @@ def test_emulated_bf16_is_skipped_with_its_reason_in_the_summary(tmp_path, monke
 def test_measured_run_prints_and_saves_images_per_sec(tmp_path, capsys):
     """The console table and the saved JSON give images/sec, consistent with the round times."""
     capsys.readouterr()
-    code = run_pytest("--benchmark-only", "-k", "test_input_pipeline", f"--benchmark-storage=file://{tmp_path}")
+    store = tmp_path / "store"
+    cache = os.environ["RESNET_BENCH_CACHE"]
+    code = run_pytest(tmp_path, "--benchmark-only", "-k", "test_input_pipeline", f"--benchmark-storage=file://{store}")
     out = capsys.readouterr().out
     assert code == 0, out
-    saved = list(tmp_path.rglob("*.json"))
+    assert os.environ["RESNET_BENCH_CACHE"] == cache  # the inner session left this one's environment alone
+    saved = list(store.rglob("*.json"))
     assert len(saved) == 1, out
     (bench,) = json.loads(saved[0].read_text())["benchmarks"]
     info, stats = bench["extra_info"], bench["stats"]
