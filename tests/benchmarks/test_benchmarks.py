@@ -1,27 +1,50 @@
 """pytest-benchmark measurements of the library's own step builders (never copies).
 
 `pytest --benchmark-only` measures: ResNet-20/56 training steps (batch 128) in float32 and
-mixed_bfloat16, XLA off/on, 1 and 2 replicas; the eval step; the input pipeline from CIFAR files
-with augmentation; the custom loop against Keras `fit`. Each measured call ends with a device sync and
-`extra_info["images_per_sec"]` is computed from the measured mean. Under a plain `pytest`
-(benchmarks disabled) each runs once on a small batch and a one-block model: a smoke test of the path.
+mixed_bfloat16, XLA off/on, 1 and 2 replicas (ResNet-56: no XLA, 1 replica); the eval step; the input pipeline
+from CIFAR files with augmentation; the custom loop against Keras `fit`. Each measured call ends with a
+device sync, the trace/compile call and a warm-up round stay outside the measurement, and
+`extra_info["images_per_call"]` lets conftest turn the measured round times into images/sec (JSON and
+console table). Under a plain `pytest` (benchmarks disabled) each runs once on a small batch and a
+one-block model: a smoke test of the path.
+
+Test ids filter with `-k`: precision `fp32`/`bf16`, XLA `plain`/`xla`, replicas `1rep`/`2rep`
+(`-k "not xla"`, `-k "resnet20 and bf16"`). A precision this CPU only emulates is skipped when measured
+(BENCH_EMULATED=1 measures it anyway) and still smoke-run under a plain `pytest`.
 """
 
 import gc
+import os
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from bench import config, data
+from bench import config, cpu_features, data
 from bench.config import RunConfig
 from bench.timing import device_sync
 from cifar_files import write_cifar
 from helpers import make_trainer
 
 MODELS = {"resnet20": 3, "resnet56": 9}
+PRECISION_IDS = {"float32": "fp32", "mixed_bfloat16": "bf16"}  # bench.config's aliases for them
+XLA_IDS = {False: "plain", True: "xla"}  # never "noxla": `-k "not xla"` would drop it
+REPLICA_IDS = {1: "1rep", 2: "2rep"}
 STEPS_PER_CALL = 5
 BN = config.resolve_batch_norm(RunConfig(), "CPU")  # what bench.run uses on these (CPU) devices
+
+
+def train_cases():
+    """(model, precision, xla, replicas) of the training-step benchmarks, with ids that `-k` can filter.
+
+    ResNet-20 covers the whole grid. ResNet-56 (the depth comparison) runs without XLA on one replica:
+    its XLA rows alone took 320 s of a 15-minute suite on 2 shared cores (compilation of 56 layers
+    plus 7 slow calls each), and XLA and replica scaling are already measured on ResNet-20.
+    """
+    return [pytest.param(model, precision, xla, replicas,
+                         id=f"{model}-{PRECISION_IDS[precision]}-{XLA_IDS[xla]}-{REPLICA_IDS[replicas]}")
+            for model in MODELS for precision in PRECISION_IDS for xla in XLA_IDS for replicas in REPLICA_IDS
+            if model == "resnet20" or (not xla and replicas == 1)]
 
 
 def sizes(benchmark, n):
@@ -31,21 +54,32 @@ def sizes(benchmark, n):
     return n, 128, STEPS_PER_CALL, 5
 
 
+def emulated_skip_reason(precision, measuring, environ=os.environ, cpuinfo_text=None):
+    """Why a measured benchmark of `precision` is skipped on this CPU, or None to run it.
+
+    Emulated low precision is about ten times slower than float32 (hours for the suite) and measures
+    the emulation, not the harness. Smoke runs (`measuring` False) are tiny and still check the path.
+    """
+    if not measuring or environ.get("BENCH_EMULATED") == "1":
+        return None
+    reason = cpu_features.emulated_precision(precision, "CPU", cpuinfo_text=cpuinfo_text)
+    return reason and f"{reason}; set BENCH_EMULATED=1 to run it anyway"
+
+
 def synthetic_iterator(strategy, batch):
     return data.SyntheticIterator(data.synthetic_batches(strategy, batch, seed=0))
 
 
 def record(benchmark, images_per_call, **info):
-    benchmark.extra_info.update(info)
-    if not benchmark.disabled and benchmark.stats:
-        benchmark.extra_info["images_per_sec"] = images_per_call / benchmark.stats.stats.mean
+    """Describe the measurement; conftest derives images/sec from `images_per_call` and the round times."""
+    benchmark.extra_info.update(info, images_per_call=images_per_call)
 
 
-@pytest.mark.parametrize("replicas", [1, 2])
-@pytest.mark.parametrize("xla", [False, True], ids=["noxla", "xla"])
-@pytest.mark.parametrize("precision", ["float32", "mixed_bfloat16"])
-@pytest.mark.parametrize("model", list(MODELS))
+@pytest.mark.parametrize("model, precision, xla, replicas", train_cases())
 def test_train_step(benchmark, strategies, model, precision, xla, replicas):
+    reason = emulated_skip_reason(precision, measuring=not benchmark.disabled)
+    if reason:
+        pytest.skip(reason)
     n, batch, k, rounds = sizes(benchmark, MODELS[model])
     strategy = strategies[replicas]
     trainer = make_trainer(strategy, n=n, precision=precision, xla=xla, batch=batch, batch_norm=BN)
@@ -64,6 +98,10 @@ def test_batch_norm_kernels(benchmark, strategies, batch_norm):
 
 
 def measure_train_calls(benchmark, trainer, strategy, batch, k, rounds):
+    """Time `rounds` calls of `k` training steps each; every call ends with the device synced.
+
+    The first call (trace, compile, first steps) and one warm-up round are outside the measurement.
+    """
     it = synthetic_iterator(strategy, batch)
     steps = tf.constant(k)
 
@@ -77,7 +115,7 @@ def measure_train_calls(benchmark, trainer, strategy, batch, k, rounds):
     assert np.isfinite(float(loss))
 
 
-@pytest.mark.parametrize("replicas", [1, 2])
+@pytest.mark.parametrize("replicas", list(REPLICA_IDS), ids=list(REPLICA_IDS.values()))
 def test_eval_step(benchmark, strategies, replicas):
     n, batch, k, rounds = sizes(benchmark, MODELS["resnet20"])
     strategy = strategies[replicas]
