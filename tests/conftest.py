@@ -126,11 +126,13 @@ def throughput_table(rows) -> list[str]:
         rate = throughput(images, row)
         name = row["name"] + (f" ({row['source'][:4]})" if row.get("source") else "")
         spread = f"{rate['images_per_sec_slowest']:.0f}-{rate['images_per_sec_fastest']:.0f}"
+        cores = row["extra_info"].get("host_cores")  # host-side work (the input pipeline): per core too
+        per_core = f"{rate['images_per_sec'] / cores:.1f}" if cores else ""
         table.append((name, f"{rate['images_per_sec']:.1f}", f"{rate['images_per_sec_sd']:.1f}", spread,
-                      str(row["rounds"])))
+                      str(row["rounds"]), per_core))
     if not table:
         return []
-    header = ("benchmark", "images/sec", "± sd", "slowest-fastest", "rounds")
+    header = ("benchmark", "images/sec", "± sd", "slowest-fastest", "rounds", "per core")
     width = [max(len(r[i]) for r in [header, *table]) for i in range(len(header))]
 
     def line(cells):

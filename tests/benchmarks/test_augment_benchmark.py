@@ -14,7 +14,7 @@ from bench import augment
 from bench.timing import device_sync
 
 
-@pytest.mark.parametrize("xla", [False, True], ids=["noxla", "xla"])
+@pytest.mark.parametrize("xla", [False, True], ids=["plain", "xla"])
 @pytest.mark.parametrize("batch", [128, 2048])
 def test_device_augmentation(benchmark, batch, xla):
     if benchmark.disabled:
@@ -37,6 +37,6 @@ def test_device_augmentation(benchmark, batch, xla):
     out = benchmark.pedantic(call, rounds=1 if benchmark.disabled else 50, iterations=1,
                              warmup_rounds=0 if benchmark.disabled else 5)
     assert out.shape == (batch, 32, 32, 3) and out.dtype == tf.uint8
-    benchmark.extra_info.update(batch=batch, xla=xla, device="/cpu:0")
+    benchmark.extra_info.update(batch=batch, xla=xla, device="/cpu:0", images_per_call=batch)
     if not benchmark.disabled and benchmark.stats:
         benchmark.extra_info["us_per_image"] = benchmark.stats.stats.mean / batch * 1e6

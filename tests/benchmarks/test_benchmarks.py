@@ -198,6 +198,6 @@ def test_input_pipeline(benchmark, tmp_path, strategies):
     images = benchmark.pedantic(call, rounds=1 if benchmark.disabled else 5, iterations=1)
     parts = strategies[2].experimental_local_results(images)
     assert parts[0].shape == (batch // 2, 32, 32, 3)
-    record(benchmark, batches * batch, batch=batch, replicas=2)
+    record(benchmark, batches * batch, batch=batch, replicas=2, host_cores=os.cpu_count())
     it = images = parts = None  # stop the pipeline's threads before anything else is measured
     gc.collect()

@@ -135,8 +135,9 @@ def test_measured_run_prints_and_saves_images_per_sec(tmp_path, capsys):
     assert out.index("benchmark: 1 tests") < out.index("throughput: images/sec")
     header, row = out[out.index("throughput: images/sec"):].splitlines()[1:3]
     assert header.split()[:2] == ["benchmark", "images/sec"]
-    name, rate, sd, spread, rounds = row.split()
+    name, rate, sd, spread, rounds, per_core = row.split()
     assert name == "test_input_pipeline" and int(rounds) == stats["rounds"] == 5
+    assert float(per_core) == pytest.approx(info["images_per_sec"] / os.cpu_count(), abs=0.06)  # host work
     assert float(rate) == pytest.approx(info["images_per_sec"], abs=0.06)
     assert float(sd) == pytest.approx(info["images_per_sec_sd"], abs=0.06)
     assert spread == f"{info['images_per_sec_slowest']:.0f}-{info['images_per_sec_fastest']:.0f}"
