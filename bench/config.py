@@ -24,8 +24,9 @@ from typing import Optional
 from bench import cifar
 from resnet import spec
 
-STRATEGIES = ("default", "one_device", "mirrored")
-UNSUPPORTED_STRATEGIES = ("multi_worker",)
+STRATEGIES = ("default", "one_device", "mirrored", "multi_worker")
+MULTI_WORKER = "multi_worker"  # MultiWorkerMirroredStrategy over Ray Train workers (bench/multiworker.py)
+WORKER_FAULTS = ("exit", "stall")
 PRECISION_ALIASES = {"fp32": "float32", "fp16": "mixed_float16", "bf16": "mixed_bfloat16"}
 DATA_KINDS = ("auto", "tfds", "files", "synthetic")
 RECIPES = ("bench", "paper")
@@ -101,11 +102,26 @@ class RunConfig:
     mode: str = option("train", "train: training throughput and accuracy; inference: forward passes only "
                                 "(images/sec and per-batch latency, each batch its own timed window).", choices=MODES)
     # devices and strategy
-    strategy: str = option("default", "tf.distribute strategy (multi_worker is not supported yet).",
-                           choices=STRATEGIES + UNSUPPORTED_STRATEGIES)
+    strategy: str = option("default", "tf.distribute strategy (multi_worker: MultiWorkerMirroredStrategy over "
+                                      "--workers processes launched by Ray Train, on one node or many).",
+                           choices=STRATEGIES)
     num_gpus: Optional[int] = option(None, "GPUs to use with --strategy=mirrored (default: all visible; in a "
                                            "sweep: the GPUs Ray reserves for each trial).", kind=int)
     cpu_replicas: int = option(1, "Without GPUs: split the CPU into this many logical devices (replicas).")
+    workers: Optional[int] = option(None, "--strategy=multi_worker: number of worker processes K (>= 1), placed by "
+                                          "Ray on one node or many.", kind=int)
+    gpus_per_worker: Optional[int] = option(None, "--strategy=multi_worker: GPUs per worker (default 0: each worker "
+                                                  "is one CPU replica).", kind=int)
+    cpus_per_worker: float = option(1.0, "--strategy=multi_worker: CPUs Ray reserves per worker; the worker runs "
+                                         "that many TensorFlow intra-op threads (rounded up) unless "
+                                         "--intra_op_threads says otherwise.")
+    address: Optional[str] = option(None, "Ray cluster address (auto, ray://host:port or host:port) for "
+                                          "--strategy=multi_worker and for sweeps; default: start a local Ray for "
+                                          "the run and stop it after.", kind=str, axis=False)
+    max_failures: int = option(0, "--strategy=multi_worker: worker-group restarts Ray Train may make (each "
+                                  "resumes from --checkpoint_dir).")
+    collective_timeout_s: float = option(600.0, "--strategy=multi_worker: a collective (all-reduce) that waits "
+                                                "longer than this fails the run instead of hanging.")
     # model
     n: int = option(3, "Blocks per stage: depth 6n+2 (9n+2 for bottleneck).", sweep_default="3,5,7,9,18")
     block: str = option("preact", "Residual block type.", choices=spec.BLOCKS, sweep_default="preact,original")
@@ -169,6 +185,10 @@ class RunConfig:
     # fault injection for tests
     inject_nan_at_step: Optional[int] = option(None, "Testing: make the loss non-finite at this step.", kind=int,
                                                axis=False, testing=True)
+    fail_worker_at_step: Optional[str] = option(
+        None, "Testing: 'RANK:STEP' makes that worker exit abruptly (os._exit) the first time the run reaches STEP, "
+              "'RANK:STEP:stall' makes it stop responding; once per run, restarts included.",
+        kind=str, axis=False, testing=True)
     inject_inf_grad_at_step: Optional[tuple] = option(
         None, "Testing: STEP[:REPLICA]: make that replica's (default: every replica's) gradients infinite at "
               "this step (mixed_float16: the step must be skipped on every replica).",
@@ -291,10 +311,6 @@ def validate(cfg: RunConfig) -> RunConfig:
 
 
 def _check_choices(cfg):
-    if cfg.strategy in UNSUPPORTED_STRATEGIES:
-        raise ConfigError(
-            f"--strategy={cfg.strategy} is not supported yet; choose one of: {', '.join(STRATEGIES)}"
-        )
     for f in flag_fields():
         allowed = f.metadata["choices"]
         value = getattr(cfg, f.name)
@@ -347,6 +363,7 @@ def _check_combinations(cfg):
         _check_fit(cfg)
     if cfg.mode == "inference":
         _check_inference(cfg)
+    _check_multi_worker(cfg)
 
 
 SYNC_BN_XLA_ERROR = (
@@ -368,6 +385,102 @@ def _check_fit(cfg):
         raise ConfigError("--augment=device works with --loop=ctl only (fit augments in tf.data)")
     if cfg.inject_inf_grad_at_step:
         raise ConfigError("--inject_inf_grad_at_step works with --loop=ctl only")
+
+
+def parse_worker_fault(text):
+    """`"1:6"` -> (1, 6, "exit"); `"1:6:stall"` -> (1, 6, "stall")."""
+    parts = str(text).split(":")
+    try:
+        rank, step = int(parts[0]), int(parts[1])
+        mode = parts[2] if len(parts) == 3 else "exit"
+        if len(parts) not in (2, 3) or mode not in WORKER_FAULTS:
+            raise ValueError
+    except (ValueError, IndexError):
+        raise ConfigError(f"--fail_worker_at_step takes RANK:STEP or RANK:STEP:stall; got {text!r}") from None
+    if rank < 0 or step < 1:
+        raise ConfigError(f"--fail_worker_at_step takes RANK:STEP[:stall] with RANK >= 0 and STEP >= 1; got {text!r}")
+    return rank, step, mode
+
+
+def global_replicas(cfg: RunConfig):
+    """Replicas in sync over all workers of a multi-worker run: one per GPU, or one per CPU-only worker."""
+    return cfg.workers * max(cfg.gpus_per_worker or 0, 1)
+
+
+def _check_multi_worker(cfg):
+    if cfg.strategy != MULTI_WORKER:
+        given = [name for name, on in (
+            ("--workers", cfg.workers is not None), ("--gpus_per_worker", cfg.gpus_per_worker is not None),
+            ("--max_failures", cfg.max_failures != 0), ("--fail_worker_at_step", cfg.fail_worker_at_step is not None),
+            ("--address", cfg.address is not None and not cfg.sweep)) if on]
+        if given:
+            raise ConfigError(f"{', '.join(given)}: only with --strategy=multi_worker (got {cfg.strategy})")
+        return
+    if cfg.workers is None:
+        raise ConfigError("--strategy=multi_worker needs --workers K (worker processes, K >= 1)")
+    _at_least(cfg, "workers", 1)
+    for name in ("gpus_per_worker", "max_failures"):
+        _at_least(cfg, name, 0)
+    for name in ("cpus_per_worker", "collective_timeout_s"):
+        if not getattr(cfg, name) > 0:
+            raise ConfigError(f"--{name} must be > 0; got {getattr(cfg, name)}")
+    if cfg.num_gpus is not None or cfg.cpu_replicas != 1:
+        raise ConfigError("--num_gpus and --cpu_replicas are for --strategy=mirrored; with multi_worker use "
+                          "--workers and --gpus_per_worker")
+    if cfg.loop != "ctl" or cfg.mode != "train":
+        raise ConfigError("--strategy=multi_worker runs the custom loop only (--loop=ctl, --mode=train)")
+    if cfg.batch_size % global_replicas(cfg):
+        raise ConfigError(f"--batch_size={cfg.batch_size} is global and must divide evenly over "
+                          f"{global_replicas(cfg)} replicas ({cfg.workers} workers x {max(cfg.gpus_per_worker or 0, 1)})")
+    if cfg.address is not None:
+        _check_address(cfg.address)
+    if cfg.fail_worker_at_step is not None:
+        rank, _, _ = parse_worker_fault(cfg.fail_worker_at_step)
+        if rank >= cfg.workers:
+            raise ConfigError(f"--fail_worker_at_step: rank {rank} but there are {cfg.workers} workers")
+
+
+def _check_address(address):
+    host, _, port = address.split("://", 1)[-1].rpartition(":")
+    if address != "auto" and (not host or not port.isdigit()):
+        raise ConfigError(f"--address={address!r}: give auto, ray://host:port or host:port")
+
+
+def check_ray_request(cfg: RunConfig, cluster, nodes=None):
+    """A multi-worker run's request against what the Ray cluster has (Ray would wait forever for the impossible).
+
+    `cluster`: `ray.cluster_resources()`; `nodes`: each alive node's resources
+    (every worker's bundle must fit on one node).
+    """
+    gpus = cfg.gpus_per_worker or 0
+    need_cpu, need_gpu = cfg.workers * cfg.cpus_per_worker, cfg.workers * gpus
+    have_cpu, have_gpu = cluster.get("CPU", 0), cluster.get("GPU", 0)
+    if need_cpu > have_cpu or need_gpu > have_gpu:
+        raise ConfigError(
+            f"{cfg.workers} workers x ({cfg.cpus_per_worker:g} CPU, {gpus} GPU) need {need_cpu:g} CPUs and "
+            f"{need_gpu} GPUs; the Ray cluster has {have_cpu:g} CPUs and {have_gpu:g} GPUs")
+    if nodes is not None:
+        free = sorted(([n.get("CPU", 0), n.get("GPU", 0)] for n in nodes), reverse=True)  # first fit, largest first
+        for _ in range(cfg.workers):
+            node = next((f for f in free if f[0] >= cfg.cpus_per_worker and f[1] >= gpus), None)
+            if node is None:
+                raise ConfigError(
+                    f"{cfg.workers} workers x ({cfg.cpus_per_worker:g} CPU, {gpus} GPU) do not fit on the "
+                    f"Ray cluster's nodes (each worker must fit on one node)")
+            node[0] -= cfg.cpus_per_worker
+            node[1] -= gpus
+
+
+def check_ray_connection(address, problem):
+    """Refuse a Ray address that did not answer (`problem`: what went wrong, or None)."""
+    if problem:
+        raise ConfigError(f"--address={address}: {problem}")
+
+
+def check_worker_setup(problem):
+    """A multi-worker run's workers ran `check_setup` themselves: the driver refuses with the first one's reason."""
+    if problem:
+        raise ConfigError(problem)
 
 
 def _check_inference(cfg):
@@ -437,7 +550,9 @@ def _check_results_file(path):
 # ---------------------------------------------------------------------------
 # Resuming from a checkpoint folder
 
-_UNFINGERPRINTED = ("results", "tensorboard_dir", "profile_steps", "profile_dir", "checkpoint_every_steps")
+_UNFINGERPRINTED = ("results", "tensorboard_dir", "profile_steps", "profile_dir", "checkpoint_every_steps",
+                    # how a multi-worker run reaches its result does not change which run it is
+                    "address", "max_failures", "collective_timeout_s", "fail_worker_at_step")
 RUN_FILE = "run.json"
 
 
@@ -511,6 +626,11 @@ def check_setup(cfg: RunConfig, facts: SetupFacts):
         raise ConfigError(SYNC_BN_XLA_ERROR)
     if cfg.loop == "fit" and cfg.xla and facts.num_replicas > 1:
         raise ConfigError(FIT_XLA_ERROR)
+    if cfg.strategy == MULTI_WORKER and (cfg.gpus_per_worker or 0) > facts.gpus_visible:
+        raise ConfigError(f"--gpus_per_worker={cfg.gpus_per_worker} but this worker sees {facts.gpus_visible} GPU(s)")
+    if cfg.strategy == MULTI_WORKER and facts.num_replicas != global_replicas(cfg):
+        raise ConfigError(f"MultiWorkerMirroredStrategy has {facts.num_replicas} replicas in sync, expected "
+                          f"{global_replicas(cfg)} ({cfg.workers} workers); TF_CONFIG does not match --workers")
     if facts.data_kind == "unavailable":
         raise ConfigError(facts.data_problem)
     fault = cfg.inject_inf_grad_at_step

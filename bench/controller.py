@@ -32,11 +32,13 @@ class Plan:
     checkpoint_every: Optional[int] = None
     profile_steps: Optional[tuple] = None  # (first, last)
     fixed_window: Optional[int] = None  # every window has exactly this many steps (Keras fit's steps_per_execution)
+    extra_marks: tuple = ()  # more steps a window must end at (multi-worker fault injection)
 
     def marks(self):
         """Steps at which a window must end (warm-up end, evals, checkpoints, profile edges, the end)."""
         total, start = self.total_steps, self.start_step
         marks = {total, min(total, start + max(self.warmup_steps, 1)), start + 1}  # the first call is one step
+        marks.update(self.extra_marks)
         for every in (self.eval_every, self.checkpoint_every):
             if every:
                 marks.update(range(every, total, every))
@@ -70,11 +72,13 @@ class Controller:
     """Drives one run's windows through a trainer; see the module docstring."""
 
     def __init__(self, plan: Plan, trainer, batch_size, *, out=sys.stdout, target_accuracy=None,
-                 checkpointer=None, summaries=None, profiler=None, on_eval=None, progress=None, clock=time.perf_counter):
+                 checkpointer=None, summaries=None, profiler=None, on_eval=None, progress=None, on_step=None,
+                 clock=time.perf_counter):
         self.plan, self.trainer, self.batch_size = plan, trainer, batch_size
         self.out, self.target_accuracy = out, target_accuracy
         self.checkpointer, self.summaries, self.profiler = checkpointer, summaries, profiler
         self.on_eval = on_eval  # on_eval(step, accuracy): a sweep reports to its scheduler
+        self.on_step = on_step  # on_step(step) after each window (multi-worker fault injection)
         self.progress = progress or Progress()
         self.chrono = Chrono()
         self.clock = clock
@@ -158,6 +162,8 @@ class Controller:
     def window_done(self, window: Window, loss):
         """Bookkeeping after a window; True when training must end (diverged, target reached)."""
         self.step = window.end
+        if self.on_step:
+            self.on_step(self.step)
         if self._profiling and self.step >= self.plan.profile_steps[1]:
             self.profiler.stop()
             self._profiling = False

@@ -267,7 +267,8 @@ def synthetic_batches(strategy, global_batch, seed):
     def make(ctx):
         replica = ctx.replica_id_in_sync_group
         # distribute_values_from_function does not place values; put each on its replica's device
-        with tf.device(placement[replica] if placement else None):
+        # MWMS replica ids are global; this worker's devices are indexed locally
+        with tf.device(placement[replica % len(placement)] if placement else None):
             g = tf.random.Generator.from_seed(seed + replica)
             images = tf.cast(g.uniform((per_replica,) + IMAGE_SHAPE, 0, 256, tf.int32), tf.uint8)
             labels = g.uniform((per_replica,), 0, NUM_CLASSES, tf.int32)

@@ -118,6 +118,10 @@ def setup(cfg: RunConfig) -> Devices:
     Raises nothing for impossible requests: it sets up what it can and reports the
     facts (`Devices.facts`), which `bench.config.check_setup` judges before any work.
     """
+    if cfg.strategy == config.MULTI_WORKER:  # MWMS must exist before any TensorFlow op
+        from bench import multiworker
+
+        return multiworker.setup_devices(cfg)
     tf = import_tensorflow(cfg.onednn)
     _set_threads(tf, cfg)
     gpus = tf.config.list_physical_devices("GPU")

@@ -17,7 +17,7 @@ import threading
 import time
 import traceback
 
-from bench import config, results, rows
+from bench import config, multiworker, results, rows
 from bench.config import RunConfig
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_DIVERGED = 0, 1, 2, 3
@@ -36,7 +36,9 @@ class RunIdentity:
     """`run.json` in the checkpoint folder: one run id for all restarts of the same configuration."""
 
     def __init__(self, cfg: RunConfig):
-        self.path = os.path.join(cfg.checkpoint_dir, config.RUN_FILE) if cfg.checkpoint_dir else None
+        # only the chief of a multi-worker run writes run.json (every single-process run is its own chief)
+        chief = multiworker.is_chief(cfg)
+        self.path = os.path.join(cfg.checkpoint_dir, config.RUN_FILE) if cfg.checkpoint_dir and chief else None
         self.fingerprint = config.fingerprint(cfg)
         saved = config.saved_run(cfg)  # validate() made sure it is this configuration's
         self.run_id = saved["run_id"] if saved else rows.new_run_id(cfg)
@@ -87,7 +89,8 @@ def run(cfg: RunConfig, command="", out=sys.stdout, write_row=True, on_eval=None
         results.append_row(cfg.results, row)
     if status == "interrupted":  # the row is written: a resumed run is a new measurement with its own id
         identity.run_id = results.new_run_id()
-    identity.save(finished=status != "interrupted")
+    # a multi-worker attempt may be retried by Ray: its driver marks the run finished after the row
+    identity.save(finished=status != "interrupted" and cfg.strategy != config.MULTI_WORKER)
     print(rows.summary_text(row, cfg.results), file=out, flush=True)
     return Outcome(status, row, code, controller.chrono)
 

@@ -15,7 +15,8 @@ from bench.controller import Progress
 class Checkpointer:
     """Model, optimizer, global step and the run's progress through `tf.train.CheckpointManager`."""
 
-    def __init__(self, folder, objects, max_to_keep=2):
+    def __init__(self, folder, objects, max_to_keep=2, manager=None):
+        """`manager(checkpoint)`: another manager with `latest_checkpoint` and `save` (multi-worker rule)."""
         import tensorflow as tf
 
         # Progress lives in variables so that it is saved and restored with the weights.
@@ -24,7 +25,7 @@ class Checkpointer:
         self._target = tf.Variable(-1.0, dtype=tf.float64, trainable=False)
         ckpt = tf.train.Checkpoint(**objects, train_seconds=self._seconds, best_accuracy=self._best,
                                    time_to_target=self._target)
-        self.manager = tf.train.CheckpointManager(ckpt, folder, max_to_keep=max_to_keep)
+        self.manager = manager(ckpt) if manager else tf.train.CheckpointManager(ckpt, folder, max_to_keep=max_to_keep)
         self._ckpt = ckpt
 
     def restore(self) -> Progress:
@@ -72,9 +73,14 @@ class Profiler:
         tf.profiler.experimental.stop()
 
 
-def make(cfg, objects):
+def make(cfg, objects, strategy=None):
     """(checkpointer, summaries, profiler) for `cfg`, each None where the run asks for none."""
-    checkpointer = Checkpointer(cfg.checkpoint_dir, objects) if cfg.checkpoint_dir else None
+    manager = None
+    if cfg.strategy == "multi_worker":  # every worker saves; all restore the chief's (TF's multi-worker rule)
+        from bench import multiworker
+
+        manager = lambda ckpt: multiworker.WorkerCheckpoints(ckpt, cfg, strategy, max_to_keep=2)  # noqa: E731
+    checkpointer = Checkpointer(cfg.checkpoint_dir, objects, manager=manager) if cfg.checkpoint_dir else None
     summaries = Summaries(cfg.tensorboard_dir) if cfg.tensorboard_dir else None
     profiler = None
     if cfg.profile_steps:

@@ -86,6 +86,8 @@ SCHEMA = (
     "intra_op_threads",  # TensorFlow's thread pools in effect (0: TensorFlow's default)
     "inter_op_threads",
     "xla_scope",  # none | step (one compiled executable per step) | forward_backward (over replicas) | forward
+    "num_workers",  # worker processes of a multi-worker run (empty otherwise)
+    "restarts",  # worker-group restarts of a multi-worker run (empty otherwise)
 )
 
 STATUSES = ("ok", "diverged", "failed", "stopped", "interrupted")  # stopped: by ASHA; interrupted: Ctrl-C, SIGTERM

@@ -24,10 +24,12 @@ def usage():
 
 def main(argv):
     del argv
-    from bench import loop
+    from bench import loop, multiworker
 
     try:
-        outcome = loop.run(cli.config_from_flags(FLAGS), command=cli.typed_command("bench.run"))
+        cfg = cli.config_from_flags(FLAGS)
+        runner = multiworker.run if cfg.strategy == config.MULTI_WORKER else loop.run  # Ray Train drives the workers
+        outcome = runner(cfg, command=cli.typed_command("bench.run"))
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

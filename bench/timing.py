@@ -20,7 +20,25 @@ def device_sync(value=None):
 
     if value is not None:
         tf.nest.map_structure(lambda t: t.numpy() if hasattr(t, "numpy") else t, value)
-    tf.test.experimental.sync_devices()
+    names = [d.name for d in tf.config.list_logical_devices()]
+    if not any(n.startswith("/job:") for n in names):
+        tf.test.experimental.sync_devices()
+        return
+    _sync_this_worker(tf, names)
+
+
+def _sync_this_worker(tf, names):
+    """Under MultiWorkerMirroredStrategy the device list also holds the other
+    workers' devices, which `sync_devices` cannot reach; drain this worker's own (the same op)."""
+    from tensorflow.python.eager import context
+    from tensorflow.python.ops import gen_sync_ops
+
+    here = tf.constant(0).device.rsplit("/device:", 1)[0]  # e.g. /job:worker/replica:0/task:1
+    for name in names:
+        if name.startswith(here + "/"):
+            with tf.device(name):
+                gen_sync_ops.SyncDevice()
+    context.async_wait()
 
 
 class Chrono:

@@ -225,7 +225,13 @@ def build(results_path, out_dir, sweep=None, data=None, device=None):
     md_path = os.path.join(out_dir, "summary.md")
     with open(md_path, "w") as fh:
         fh.write(markdown(summary, results_path))
-    return md_path, plots(summary, os.path.join(out_dir, "plots"))
+    pngs = plots(summary, os.path.join(out_dir, "plots"))
+    from sweeps import scaling  # scaling.md + plots/scaling.png when a configuration ran at several replica counts
+
+    scaled = scaling.build_scaling(df, out_dir)
+    if scaled:
+        pngs.append(scaled[1])
+    return md_path, pngs
 
 
 def main(argv):
@@ -240,6 +246,8 @@ def main(argv):
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(f"wrote {md} and {len(pngs)} plots in {os.path.dirname(pngs[0])}")
+    if any(p.endswith("scaling.png") for p in pngs):
+        print(f"wrote {os.path.join(out_dir, 'scaling.md')}")
     return 0
 
 

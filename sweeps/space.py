@@ -19,6 +19,8 @@ from bench.config import ConfigError, RunConfig
 # any other field with more than one value in the sweep is appended.
 KEY_ORDER = ("n", "block", "shortcut", "precision", "xla", "batch_size", "strategy", "seed")
 PER_TRIAL_FOLDERS = ("checkpoint_dir", "tensorboard_dir", "profile_dir")
+MULTI_WORKER_FIELDS = ("workers", "gpus_per_worker", "cpus_per_worker", "max_failures", "collective_timeout_s",
+                       "fail_worker_at_step")
 ABSOLUTE_PATHS = ("cifar_dir", "tfds_dir", "results") + PER_TRIAL_FOLDERS
 
 
@@ -42,7 +44,13 @@ def axes_from_flags(values):
 def trial_key(cfg: RunConfig, varying):
     """A stable, readable key of a trial's configuration (and seed)."""
     names = list(KEY_ORDER) + [n for n in varying if n not in KEY_ORDER]
-    return ",".join(f"{n}={cli.format_value(getattr(cfg, n))}" for n in names)
+    return ",".join(f"{n}={_key_value(n, getattr(cfg, n))}" for n in names)
+
+
+def _key_value(name, value):
+    if value is None:  # unset: xla and steps_per_loop then follow the device (config.resolve)
+        return "auto" if name in ("xla", "steps_per_loop") else "none"
+    return cli.format_value(value)
 
 
 def build_trials(axes, repeats, sweep_name):
@@ -51,16 +59,27 @@ def build_trials(axes, repeats, sweep_name):
         raise ConfigError(f"--repeats must be >= 1; got {repeats}")
     names = list(axes)
     varying = [n for n in names if len(axes[n]) > 1]
-    trials = []
+    trials, keys = [], set()
     for combo in itertools.product(*(axes[n] for n in names)):
         for r in range(repeats):
             values = dict(zip(names, combo))
             values["seed"] = values.get("seed", 0) + r
-            cfg = RunConfig(**values, sweep=sweep_name)
+            cfg = _single_process_fields(RunConfig(**values, sweep=sweep_name))
             cfg = cfg.replace(trial_key=trial_key(config.validate(cfg.replace(checkpoint_dir=None)), varying))
+            if cfg.trial_key in keys:  # e.g. a --workers axis collapses for single-process strategies
+                continue
+            keys.add(cfg.trial_key)
             cfg = _per_trial_folders(cfg)
             trials.append(Trial(cfg.trial_key, config.validate(cfg)))
     return trials
+
+
+def _single_process_fields(cfg):
+    """A sweep's multi-worker fields apply to its multi_worker trials only; the GPU/CPU split to the others."""
+    if cfg.strategy == config.MULTI_WORKER:
+        return cfg.replace(num_gpus=None, cpu_replicas=1)
+    defaults = {f.name: f.default for f in dataclasses.fields(RunConfig)}
+    return cfg.replace(**{name: defaults[name] for name in MULTI_WORKER_FIELDS})
 
 
 def _per_trial_folders(cfg):

@@ -23,14 +23,13 @@ from sweeps import space
 
 FLAGS = flags.FLAGS
 cli.define_sweep_flags(FLAGS)  # every RunConfig field: axes take comma lists (--n 3,5,9)
-SWEEP_FLAGS = ("repeats", "scheduler", "cpus_per_trial", "max_concurrent", "address", "name", "storage", "resume",
-               "report", "report_dir")
+SWEEP_FLAGS = ("repeats", "scheduler", "cpus_per_trial", "max_concurrent", "name", "storage", "resume", "report",
+               "report_dir")  # --address is RunConfig's: the cluster of the sweep (and of multi-worker trials)
 flags.DEFINE_integer("repeats", 1, "Seeds per configuration (seed, seed+1, ...).")
 flags.DEFINE_enum("scheduler", "none", ["none", "asha"], "asha: stop weak trials early on test accuracy.")
 # resources (GPUs per trial: --num_gpus, which each trial's MirroredStrategy then uses)
 flags.DEFINE_float("cpus_per_trial", None, "CPUs per trial (default: all of a CPU-only node, so timings stay honest).")
 flags.DEFINE_integer("max_concurrent", 1, "Trials at once (1 keeps throughput numbers free of interference).")
-flags.DEFINE_string("address", None, "Address of an existing Ray cluster (default: start a local one).")
 # storage and output
 flags.DEFINE_string("name", "cifar_resnet", "Sweep name: storage folder and the rows' `sweep` column.")
 flags.DEFINE_string("storage", None, "Ray Tune storage root: the sweep lives in <storage>/<name> (default: ray/ "
@@ -68,15 +67,16 @@ def run_trial(params, runs=None):
     """
     from ray import tune
 
-    from bench import loop
+    from bench import loop, multiworker
 
     cfg = run_config_from_dict(runs[params["trial"]])
+    runner = multiworker.run if cfg.strategy == config.MULTI_WORKER else loop.run  # one multi-worker run per trial
 
     def on_eval(step, accuracy, partial_row):
         tune.report({"test_accuracy": accuracy, "step": step, "final": False, "row": json.dumps(partial_row)})
 
     try:
-        row = loop.run(cfg, command=params.get("command", ""), write_row=False, on_eval=on_eval).row
+        row = runner(cfg, command=params.get("command", ""), write_row=False, on_eval=on_eval).row
     except Exception as exc:  # noqa: BLE001 - any failure becomes the trial's row
         row = rows.config_row(cfg, "failed", f"{type(exc).__name__}: {exc}".splitlines()[0][:500])
         row["command"] = params.get("command", "")
@@ -90,7 +90,7 @@ def run_trial(params, runs=None):
 def trial_name(trial):
     """Short, readable trial names for Ray's table: `n3-preact-A-float32-noxla-b128-default-s0`."""
     parts = dict(p.split("=", 1) for p in trial.config["trial"].split(","))
-    xla = "xla" if parts["xla"] == "true" else "noxla"
+    xla = {"true": "xla", "false": "noxla"}.get(parts["xla"], "xla-auto")
     extra = "".join(f"-{k}{v}" for k, v in parts.items() if k not in space.KEY_ORDER)  # other swept fields
     return (f"n{parts['n']}-{parts['block']}-{parts['shortcut']}-{parts['precision']}-{xla}-"
             f"b{parts['batch_size']}-{parts['strategy']}-s{parts['seed']}{extra}")
@@ -194,8 +194,12 @@ def run_sweep(trials, opts: SweepOptions):
             os.makedirs(path)
             with open(plan, "w") as fh:
                 json.dump({"command": opts.command, "runs": runs}, fh, indent=1)
+        from sweeps import multiworker_trials  # per-trial resources, checked before any trial starts
+
+        multiworker_trials.check_cluster(runs, ray)
         trainable = tune.with_resources(
-            tune.with_parameters(run_trial, runs=runs), {"cpu": cpus, "gpu": opts.gpus_per_trial}
+            tune.with_parameters(run_trial, runs=runs),
+            multiworker_trials.trial_resources(runs, {"cpu": cpus, "gpu": opts.gpus_per_trial}),
         )
         writer = _make_row_writer(os.path.abspath(opts.results), runs)
         if opts.resume:
@@ -234,6 +238,9 @@ def run_sweep(trials, opts: SweepOptions):
 
 def trials_from_flags(values):
     """The sweep's trials from parsed flags (every one validated like a single run)."""
+    if "multi_worker" in (values.strategy or "") and values.scheduler == "asha":
+        raise ConfigError("--scheduler=asha ranks trials by their evaluations, which multi_worker trials do not "
+                          "report while they run; use --scheduler=none")
     if values.scheduler == "asha" and (values.data == "synthetic" or not values.eval_every_epochs):
         raise ConfigError("--scheduler=asha needs real data and --eval_every_epochs (it ranks trials by accuracy)")
     if values.max_concurrent < 1:

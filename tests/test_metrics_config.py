@@ -59,7 +59,7 @@ def test_chrono_keeps_compile_and_warmup_out_of_the_windows():
 
 
 @pytest.mark.parametrize("changes,message", [
-    ({"strategy": "multi_worker"}, "not supported yet"),
+    ({"strategy": "multi_worker"}, "needs --workers"),
     ({"strategy": "tpu"}, "choose one of"),
     ({"n": 0}, "--n must be >= 1"),
     ({"precision": "fp64"}, "precision"),

@@ -95,7 +95,7 @@ def bad_inputs(tmp):
     open(blocker, "w").close()
     return {
         "unknown strategy": (["--strategy=tpu"], "strategy"),
-        "multi_worker": (["--strategy=multi_worker"], "not supported yet"),
+        "multi_worker without --workers": (["--strategy=multi_worker"], "needs --workers"),
         "unknown block": (["--block=wide"], "block"),
         "unknown precision": (["--precision=fp64"], "precision"),
         "n < 1": (["--n=0"], "--n must be >= 1"),

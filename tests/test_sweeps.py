@@ -32,7 +32,7 @@ def test_space_is_the_product_with_stable_keys():
             "steps": [20]}
     trials = space.build_trials(axes, repeats=2, sweep_name="s")
     assert len(trials) == 8 and len({t.key for t in trials}) == 8
-    assert trials[0].key == "n=3,block=preact,shortcut=A,precision=float32,xla=false,batch_size=128,strategy=default,seed=0"
+    assert trials[0].key == "n=3,block=preact,shortcut=A,precision=float32,xla=auto,batch_size=128,strategy=default,seed=0"
     assert {t.config.seed for t in trials} == {0, 1} and all(t.config.sweep == "s" for t in trials)
     with pytest.raises(ConfigError, match="shortcut"):
         space.build_trials({"shortcut": ["D"]}, 1, "s")

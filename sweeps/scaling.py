@@ -1,0 +1,144 @@
+"""Scaling table: the same configuration at two or more replica counts -> speedup and efficiency.
+
+`build_scaling(df, out_dir)` takes the report's DataFrame (`sweeps.report.load`) and, when some
+configuration was run at two or more replica counts by one strategy, writes `<out_dir>/scaling.md`
+and `<out_dir>/plots/scaling.png`. Two kinds of series, each labelled:
+
+- strong scaling: the same **global** batch at every replica count (each replica gets less work);
+- weak scaling: the same **per-replica** batch (global batch = per-replica batch x replicas).
+
+One line per strategy (`mirrored`, `multi_worker`) and configuration. Speedup is images/sec over
+the series' smallest replica count (normally 1); efficiency is speedup / (replicas / smallest).
+Only `ok` rows count; repeats are averaged (mean ± 95% CI). The hosts that ran each point are
+listed, so a "2 workers" point from one box is never mistaken for two nodes. No TensorFlow.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pandas as pd
+
+from bench import metrics
+
+STRATEGIES = ("mirrored", "multi_worker")  # strategies whose replica count varies
+CONFIG = ["device", "data", "loop", "mode", "block", "shortcut", "depth", "precision", "xla", "batch_norm", "sync_bn",
+          "onednn", "augment", "tf_version"]
+MODES = (("strong", "global_batch_size"), ("weak", "per_replica_batch"))
+
+
+def scaling_points(df):
+    """One record per (mode, series, replica count): images/sec mean ± CI, speedup, efficiency, hosts."""
+    cols = [c for c in CONFIG if c in df.columns]
+    ok = df[df["status"] == "ok"].copy()
+    for col in ("images_per_sec", "num_replicas", "global_batch_size", "num_workers"):
+        if col in ok.columns:
+            ok[col] = pd.to_numeric(ok[col], errors="coerce")
+    ok = ok.dropna(subset=["images_per_sec", "num_replicas", "global_batch_size"])
+    ok = ok[ok["strategy"].isin(STRATEGIES)]
+    if ok.empty:
+        return pd.DataFrame()
+    ok["per_replica_batch"] = ok["global_batch_size"] / ok["num_replicas"]
+    records = []
+    for mode, batch_col in MODES:
+        for key, series in ok.groupby(cols + ["strategy", batch_col], sort=True, dropna=False):
+            if series["num_replicas"].nunique() < 2:
+                continue
+            config = dict(zip(cols + ["strategy", batch_col], key))
+            points = []
+            for replicas, group in series.groupby("num_replicas", sort=True):
+                mean, ci = metrics.mean_ci95(group["images_per_sec"])
+                workers = sorted({int(w) for w in group.get("num_workers", pd.Series(dtype=float)).dropna()})
+                hosts = sorted({h for h in group.get("host", pd.Series(dtype=str)) if h})
+                points.append((int(replicas), mean, ci, len(group), workers, hosts,
+                               sorted({int(b) for b in group["global_batch_size"]})))
+            base_replicas, base_ips = points[0][0], points[0][1]
+            for replicas, mean, ci, runs, workers, hosts, batches in points:
+                speedup = mean / base_ips
+                records.append({
+                    **config, "mode": mode, "batch": config[batch_col], "replicas": replicas,
+                    "base_replicas": base_replicas, "workers": ", ".join(map(str, workers)) or "",
+                    "hosts": "; ".join(hosts), "global_batch": ", ".join(map(str, batches)),
+                    "ips": mean, "ips_ci": ci, "runs": runs, "speedup": speedup,
+                    "efficiency": speedup / (replicas / base_replicas),
+                })
+    return pd.DataFrame(records)
+
+
+def _series_label(r):
+    batch = f"global batch {int(r['batch'])}" if r["mode"] == "strong" else f"{int(r['batch'])} per replica"
+    return f"{r['strategy']}, {r['mode']} ({batch}), ResNet-{int(r['depth'])} {r['block']}/{r['shortcut']} {r['precision']}"
+
+
+def markdown(points):
+    lines = [
+        "# Scaling",
+        "",
+        "The same configuration at several replica counts. **strong**: the same global batch at every count; "
+        "**weak**: the same per-replica batch. Speedup is over the series' smallest replica count; efficiency = "
+        "speedup / (replicas / smallest). images/sec: mean ± 95% CI over runs. `hosts` says which machines ran "
+        "each point: workers on one host share its CPU or GPUs, so such points measure overhead, not scaling "
+        "across nodes.",
+        "",
+        "| mode | strategy | configuration | device | data | batch | replicas | workers | hosts | runs "
+        "| images/sec | speedup | efficiency |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in points.to_dict("records"):
+        config = f"ResNet-{int(r['depth'])} {r['block']}/{r['shortcut']}, {r['precision']}" + (
+            ", XLA" if str(r.get("xla")).lower() == "true" else "")
+        batch = f"{int(r['batch'])} global" if r["mode"] == "strong" else f"{int(r['batch'])} per replica"
+        ips = f"{r['ips']:.1f}" + (f" ± {r['ips_ci']:.1f}" if r["ips_ci"] else "")
+        lines.append(
+            f"| {r['mode']} | {r['strategy']} | {config} | {r['device']} | {r['data']} | {batch} | {r['replicas']} "
+            f"| {r['workers'] or '–'} | {r['hosts'] or '–'} | {r['runs']} | {ips} | {r['speedup']:.2f}× "
+            f"| {r['efficiency']:.0%} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def plot(points, path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.5))
+    styles = {"strong": "-", "weak": "--"}
+    markers = {"mirrored": "o", "multi_worker": "s"}
+    series_cols = [c for c in CONFIG if c in points.columns] + ["strategy", "mode", "batch"]
+    for _, s in points.groupby(series_cols, sort=True, dropna=False):
+        s = s.sort_values("replicas")
+        first = s.iloc[0]
+        label = _series_label(first)
+        kw = dict(linestyle=styles[first["mode"]], marker=markers.get(first["strategy"], "o"), label=label)
+        left.errorbar(s["replicas"], s["ips"], yerr=s["ips_ci"].fillna(0), capsize=3, **kw)
+        right.plot(s["replicas"], s["efficiency"], **kw)
+    counts = sorted(points["replicas"].unique())
+    right.axhline(1.0, color="0.6", linewidth=1, label="ideal")
+    for ax, ylabel, title in ((left, "training images/sec", "Throughput vs replicas"),
+                              (right, "efficiency (speedup / replica ratio)", "Scaling efficiency")):
+        ax.set(xlabel="replicas in sync", ylabel=ylabel, title=title)
+        ax.set_xticks(counts, [str(c) for c in counts])
+        ax.grid(alpha=0.3)
+    right.set_ylim(bottom=0)
+    hosts = sorted({h for hs in points["hosts"] for h in hs.split("; ") if h})
+    fig.suptitle(f"{', '.join(sorted(set(points['device'])))} — hosts: {', '.join(hosts) or 'unknown'}", fontsize=9)
+    right.legend(fontsize=7, loc="lower left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def build_scaling(df, out_dir):
+    """Write `<out_dir>/scaling.md` and `<out_dir>/plots/scaling.png` if any configuration ran at
+    two or more replica counts; return (markdown path, plot path), or None when there is nothing to compare."""
+    points = scaling_points(df)
+    if points.empty:
+        return None
+    os.makedirs(os.path.join(out_dir, "plots"), exist_ok=True)
+    md_path = os.path.join(out_dir, "scaling.md")
+    with open(md_path, "w") as fh:
+        fh.write(markdown(points))
+    return md_path, plot(points, os.path.join(out_dir, "plots", "scaling.png"))

@@ -1,0 +1,68 @@
+"""sweeps/scaling.py: strong and weak scaling series from a results table (synthetic rows, no runs)."""
+
+import os
+
+import pytest
+
+from bench import results
+from sweeps import report, scaling
+
+BASE = {"device": "CPU: test", "data": "synthetic", "loop": "ctl", "block": "preact", "shortcut": "B", "depth": 20,
+        "n": 3, "precision": "float32", "xla": False, "batch_norm": "fused", "sync_bn": False, "onednn": True,
+        "timestamp_utc": "t"}
+
+
+def write_rows(path):
+    rows = [
+        # strategy, replicas, workers, global batch, images/sec, status, host
+        ("mirrored", 1, None, 128, 300.0, "ok", "vm"),
+        ("mirrored", 1, None, 128, 310.0, "ok", "vm"),  # a repeat: averaged
+        ("mirrored", 2, None, 128, 330.0, "ok", "vm"),  # strong: same global batch
+        ("mirrored", 2, None, 256, 560.0, "ok", "vm"),  # weak: same 128 images per replica
+        ("mirrored", 4, None, 128, None, "failed", "vm"),  # not ok: left out
+        ("multi_worker", 1, 1, 128, 280.0, "ok", "vm (1 host)"),
+        ("multi_worker", 2, 2, 128, 250.0, "ok", "vm (1 host)"),
+        ("default", 1, None, 128, 320.0, "ok", "vm"),  # one replica only: no series of its own
+    ]
+    for i, (strategy, replicas, workers, batch, ips, status, host) in enumerate(rows):
+        results.append_row(path, {**BASE, "run_id": f"s{i}", "strategy": strategy, "num_replicas": replicas,
+                                  "num_workers": workers, "global_batch_size": batch, "images_per_sec": ips,
+                                  "status": status, "host": host})
+
+
+def test_strong_and_weak_series_with_speedup_and_efficiency(tmp_path):
+    path = str(tmp_path / "summary.csv")
+    write_rows(path)
+    points = scaling.scaling_points(report.load(path))
+    by = {(r["mode"], r["strategy"], r["batch"], r["replicas"]): r for r in points.to_dict("records")}
+    assert set(by) == {("strong", "mirrored", 128, 1), ("strong", "mirrored", 128, 2),
+                       ("strong", "multi_worker", 128, 1), ("strong", "multi_worker", 128, 2),
+                       ("weak", "mirrored", 128, 1), ("weak", "mirrored", 128, 2)}
+    base = by[("strong", "mirrored", 128, 1)]
+    assert base["ips"] == 305.0 and base["runs"] == 2 and base["speedup"] == 1.0 and base["efficiency"] == 1.0
+    strong = by[("strong", "mirrored", 128, 2)]
+    assert strong["speedup"] == pytest.approx(330 / 305) and strong["efficiency"] == pytest.approx(330 / 305 / 2)
+    weak = by[("weak", "mirrored", 128, 2)]
+    assert weak["speedup"] == pytest.approx(560 / 305) and weak["global_batch"] == "256"
+    mw = by[("strong", "multi_worker", 128, 2)]
+    assert mw["speedup"] == pytest.approx(250 / 280) and mw["workers"] == "2" and mw["hosts"] == "vm (1 host)"
+
+
+def test_report_writes_scaling_only_when_replica_counts_vary(tmp_path):
+    path = str(tmp_path / "summary.csv")
+    write_rows(path)
+    out = tmp_path / "out"
+    md, pngs = report.build(path, str(out))
+    assert os.path.exists(out / "scaling.md") and str(out / "plots" / "scaling.png") in pngs
+    text = (out / "scaling.md").read_text()
+    table = [line for line in text.splitlines() if line.startswith("| strong") or line.startswith("| weak")]
+    assert len(table) == 6
+    assert any("| multi_worker |" in line and "| vm (1 host) |" in line and "0.89×" in line for line in table)
+    with open(out / "plots" / "scaling.png", "rb") as fh:
+        assert fh.read(8) == b"\x89PNG\r\n\x1a\n"
+    # one replica count per configuration: no scaling files
+    single = str(tmp_path / "single.csv")
+    results.append_row(single, {**BASE, "run_id": "x", "strategy": "mirrored", "num_replicas": 2,
+                                "global_batch_size": 128, "images_per_sec": 1.0, "status": "ok"})
+    assert scaling.build_scaling(report.load(single), str(tmp_path / "none")) is None
+    assert not os.path.exists(tmp_path / "none" / "scaling.md")
