@@ -532,19 +532,13 @@ def _can_create_in(path):
 def _check_results_file(path):
     from bench import results  # no TensorFlow; results imports nothing of config
 
-    path = os.path.abspath(path)
-    if os.path.isdir(path):
-        raise ConfigError(f"--results={path} is a folder; give a CSV file path")
-    if os.path.exists(path):
-        if not os.access(path, os.W_OK):
-            raise ConfigError(f"results file {path} is not writable")
-        try:
-            results.check_header(path)
-        except results.ResultsError as err:
-            raise ConfigError(str(err)) from None
-    if not _can_create_in(os.path.dirname(path)):
-        raise ConfigError(f"cannot write results under {_nearest_existing(os.path.dirname(path))} "
-                          f"(not a writable folder)")
+    try:
+        results.check_results_path(path)  # a folder, not writable, another header
+    except results.ResultsError as err:
+        raise ConfigError(str(err)) from None
+    folder = os.path.dirname(os.path.abspath(path))
+    if not _can_create_in(folder):
+        raise ConfigError(f"cannot write results under {_nearest_existing(folder)} (not a writable folder)")
 
 
 # ---------------------------------------------------------------------------

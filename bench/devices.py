@@ -30,6 +30,16 @@ def _native_stderr_quieted():
         return
     os.environ["TF_CPP_MIN_LOG_LEVEL"] = "2"
     os.environ["_BENCH_QUIET_TF"] = "1"
+    with native_stderr_captured(replay_on_error=True):
+        yield
+
+
+@contextlib.contextmanager
+def native_stderr_captured(replay_on_error=False):
+    """Point file descriptor 2 at a temporary file meanwhile (native libraries write there directly).
+
+    `replay_on_error`: if the block raises, what was captured is written to stderr.
+    """
     sys.stderr.flush()
     saved = os.dup(2)
     with tempfile.TemporaryFile() as sink:
@@ -38,8 +48,9 @@ def _native_stderr_quieted():
             yield
         except BaseException:
             os.dup2(saved, 2)
-            sink.seek(0)
-            sys.stderr.write(sink.read().decode(errors="replace"))
+            if replay_on_error:
+                sink.seek(0)
+                sys.stderr.write(sink.read().decode(errors="replace"))
             raise
         finally:
             os.dup2(saved, 2)

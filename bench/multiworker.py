@@ -24,7 +24,6 @@ and the worker's devices is `bench.config`'s (this module reports facts and prob
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import hashlib
 import io
@@ -355,19 +354,6 @@ def _probe(address):
     return None
 
 
-@contextlib.contextmanager
-def _native_stderr_to_file():
-    sys.stderr.flush()
-    saved = os.dup(2)
-    with tempfile.TemporaryFile() as sink:
-        os.dup2(sink.fileno(), 2)
-        try:
-            yield
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
-
-
 def connect(address):
     """Connect this driver to Ray: (True if it started a local Ray to stop after the run, problem or None).
 
@@ -398,7 +384,9 @@ def connect(address):
             outcome["error"] = exc
 
     thread = threading.Thread(target=attempt, daemon=True)
-    with _native_stderr_to_file():  # Ray's C++ client logs each failed GCS attempt straight to fd 2
+    from bench import devices
+
+    with devices.native_stderr_captured():  # Ray's C++ client logs each failed GCS attempt straight to fd 2
         thread.start()
         thread.join(max(1.0, deadline - time.monotonic()))
     if thread.is_alive():
@@ -451,7 +439,7 @@ def run(cfg: RunConfig, command="", out=sys.stdout, write_row=True, on_eval=None
     `write_row=False`), statuses ok / failed / diverged, exit codes 0 / 1 / 3.
     `on_eval` is not supported here (the workers evaluate; the driver sees the result).
     """
-    from bench import loop, results
+    from bench import loop, results, rows
 
     del on_eval
     started = time.perf_counter()
@@ -487,7 +475,7 @@ def run(cfg: RunConfig, command="", out=sys.stdout, write_row=True, on_eval=None
         finished = loop.RunIdentity(cfg)  # the chief's run.json: the same command again now says "finished"
         finished.run_id = row["run_id"]
         finished.save(finished=True)
-    print_summary(row, cfg.results, out)
+    print(rows.summary_text(row, cfg.results), file=out, flush=True)
     code = {"ok": loop.EXIT_OK, "diverged": loop.EXIT_DIVERGED}.get(row["status"], loop.EXIT_FAILED)
     return MultiWorkerOutcome(row["status"], row, code, reports=reports, fired=state.get("fired", {}),
                               ended_at=ended_at)
@@ -624,22 +612,3 @@ def assemble_row(cfg: RunConfig, command, state, error=None):
     row["timestamp_utc"] = results.utc_now()
     row["command"] = command
     return row
-
-
-def print_summary(row, results_path, out):
-    def fmt(key, spec=""):
-        v = row.get(key)
-        return "-" if v in (None, "") else format(v, spec)
-
-    lines = [
-        ("status", fmt("status") + (f" ({row['error']})" if row.get("error") else "")),
-        ("devices", f"{fmt('num_replicas')} replicas in sync over {row['num_workers']} workers, {row['host']} "
-                    f"({fmt('device')}, {fmt('precision')})"),
-        ("images/sec", f"{fmt('images_per_sec', '.1f')} ± {fmt('images_per_sec_stderr', '.1f')} "
-                       f"(chief's windows, {fmt('timed_steps')} timed steps)"),
-        ("MFU", f"{fmt('mfu', '.1%')} of {fmt('peak_gflops', '.0f')} GFLOP/s (all workers' measured peaks)"),
-        ("test accuracy", f"{fmt('test_accuracy', '.4f')} (data {fmt('data')})"),
-        ("results", f"{results_path} (run {fmt('run_id')})"),
-    ]
-    width = max(len(k) for k, _ in lines)
-    print("\n".join(f"{k:<{width}}  {v}" for k, v in lines), file=out, flush=True)

@@ -133,14 +133,17 @@ def summary_text(row, results_path):
         v = row.get(key)
         return "-" if v in (None, "") else format(v, spec)
 
+    workers = (f", {row['num_workers']} workers on {row.get('host')}, restarts {fmt('restarts')}"
+               if row.get("num_workers") else "")
     lines = [
         ("status", fmt("status") + (f" ({row['error']})" if row.get("error") else "")),
-        ("model", f"ResNet-{row['depth']} {row['block']}/{row['shortcut']}, {row['params']:,} params, "
-                  f"{row['batch_norm']} BN"),
-        ("devices", f"{row['num_replicas']} x {row['device']} ({row['strategy']}, {row['precision']}"
-                    f"{', XLA' if row['xla'] else ''}{', oneDNN' if row['onednn'] else ''})"),
+        ("model", f"ResNet-{row['depth']} {row['block']}/{row['shortcut']}, {fmt('params', ',')} params, "
+                  f"{fmt('batch_norm')} BN"),
+        ("devices", f"{fmt('num_replicas')} x {fmt('device')} ({row['strategy']}, {row['precision']}"
+                    f"{', XLA' if row['xla'] else ''}{', oneDNN' if row.get('onednn') else ''}{workers})"),
         ("images/sec", f"{fmt('images_per_sec', '.1f')} ± {fmt('images_per_sec_stderr', '.1f')} "
-                       f"(jitter {fmt('jitter', '.1f')}, {row['timed_steps']} timed steps)"),
+                       f"(jitter {fmt('jitter', '.1f')}, {fmt('timed_steps')} timed steps"
+                       f"{', the chief' + chr(39) + 's windows' if workers else ''})"),
         ("step time", f"p50 {fmt('step_time_p50_ms', '.1f')} / p90 {fmt('step_time_p90_ms', '.1f')} / "
                       f"p99 {fmt('step_time_p99_ms', '.1f')} ms"),
         ("compile", f"{fmt('compile_s', '.1f')} s (first step at {fmt('time_to_first_step_s', '.1f')} s)"),
@@ -149,7 +152,7 @@ def summary_text(row, results_path):
             f"{' (TF32)' if row.get('tf32') else ''}" if row.get("datasheet_tflops") else "")),
         ("augment", f"{fmt('augment')}; skipped steps (fp16 overflow): {fmt('skipped_steps')}"),
         ("test accuracy", f"{fmt('test_accuracy', '.4f')} (best {fmt('best_test_accuracy', '.4f')}, "
-                          f"data {row['data']})"),
+                          f"data {fmt('data')})"),
         ("results", f"{results_path} (run {row['run_id']})"),
     ]
     width = max(len(k) for k, _ in lines)
