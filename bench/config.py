@@ -33,8 +33,8 @@ RECIPES = ("bench", "paper")
 LOOPS = ("ctl", "fit")
 BATCH_NORMS = ("auto",) + spec.BATCH_NORMS  # auto: fused on CPUs (measured faster), Keras's layer on GPUs
 ONEDNN = ("auto", "on", "off")  # oneDNN CPU kernels; auto: $TF_ENABLE_ONEDNN_OPTS if set, else on
-AUGMENT = ("auto", "host", "device")
-MODES = ("train", "inference")  # auto: device when training on GPUs, host on CPUs
+AUGMENT = ("auto", "host", "device")  # auto: device when training on GPUs, host on CPUs
+MODES = ("train", "inference")
 
 CIFAR_TRAIN_IMAGES = 50_000
 BENCH_STEPS = 200  # the `bench` recipe's default run length
@@ -205,6 +205,15 @@ class RunConfig:
         return dataclasses.replace(self, **changes)
 
 
+def from_dict(d) -> RunConfig:
+    """A RunConfig from `dataclasses.asdict` of one that went through JSON (sweep plans, Ray workers)."""
+    d = dict(d)
+    for name in ("profile_steps", "inject_inf_grad_at_step"):  # JSON turned these tuples into lists
+        if d.get(name) is not None:
+            d[name] = tuple(d[name])
+    return RunConfig(**d)
+
+
 def flag_fields():
     """The RunConfig fields that are flags (every field but the sweep driver's bookkeeping)."""
     return [f for f in dataclasses.fields(RunConfig) if not f.metadata.get("internal")]
@@ -251,14 +260,15 @@ STEPS_PER_LOOP = {"CPU": 10, "GPU": 50}
 def resolve(cfg: RunConfig, device_kind, num_replicas) -> RunConfig:
     """The config with every "unset = the device's default" field decided (what runs and what the row records).
 
-    GPU defaults (WORKSPACE.md, "GPU defaults"): XLA where it is valid, 50 steps per call, the fused BN
+    GPU defaults (WORKSPACE.md, "Device defaults"): XLA where it is valid, 50 steps per call, the fused BN
     kernel; CPU defaults: no XLA (measured slower here), 10 steps per call, the fused BN kernel.
     """
     xla = cfg.xla
     if xla is None:  # compiling fails for sync BN's and fit's all-reduces over replicas (TF-STACK-NOTES 3)
         valid = num_replicas == 1 or (not cfg.sync_bn and cfg.loop == "ctl")
         xla = device_kind == "GPU" and valid
-    return cfg.replace(xla=bool(xla), steps_per_loop=cfg.steps_per_loop or STEPS_PER_LOOP[device_kind],
+    steps_per_loop = 1 if cfg.mode == "inference" else cfg.steps_per_loop or STEPS_PER_LOOP[device_kind]
+    return cfg.replace(xla=bool(xla), steps_per_loop=steps_per_loop,  # inference: one batch per window
                        batch_norm=resolve_batch_norm(cfg, device_kind))
 
 
@@ -381,6 +391,8 @@ def _check_fit(cfg):
         raise ConfigError(f"{', '.join(unsupported)}: supported with --loop=ctl only (fit is a baseline)")
     if cfg.xla and cfg.cpu_replicas > 1:
         raise ConfigError(FIT_XLA_ERROR)
+    if cfg.inject_nan_at_step is not None:
+        raise ConfigError("--inject_nan_at_step works with --loop=ctl only")
     if cfg.augment == "device":
         raise ConfigError("--augment=device works with --loop=ctl only (fit augments in tf.data)")
     if cfg.inject_inf_grad_at_step:
@@ -471,6 +483,32 @@ def check_ray_request(cfg: RunConfig, cluster, nodes=None):
             node[1] -= gpus
 
 
+def check_sweep_options(name="sweep", repeats=1, max_concurrent=1, cpus_per_trial=None, scheduler="none",
+                        strategies="", data="auto", eval_every_epochs=None):
+    """The sweep-only flags of `sweeps.tune` (the trials' own are checked by `validate`)."""
+    if repeats < 1:
+        raise ConfigError(f"--repeats must be >= 1; got {repeats}")
+    if scheduler == "asha" and MULTI_WORKER in (strategies or ""):
+        raise ConfigError("--scheduler=asha ranks trials by their evaluations, which multi_worker trials do not "
+                          "report while they run; use --scheduler=none")
+    if scheduler == "asha" and (data == "synthetic" or not eval_every_epochs):
+        raise ConfigError("--scheduler=asha needs real data and --eval_every_epochs (it ranks trials by accuracy)")
+    if max_concurrent < 1:
+        raise ConfigError(f"--max_concurrent must be >= 1; got {max_concurrent}")
+    if cpus_per_trial is not None and not cpus_per_trial > 0:
+        raise ConfigError(f"--cpus_per_trial must be > 0; got {cpus_per_trial}")
+    if not name or os.sep in name or name in (".", ".."):
+        raise ConfigError(f"--name must be a plain folder name; got {name!r}")
+
+
+def check_sweep_storage(name, storage, resume, exists, is_folder):
+    """--resume needs the sweep's folder; a new sweep must not reuse one."""
+    if resume and not is_folder:
+        raise ConfigError(f"--resume: no sweep named {name!r} under {storage}")
+    if not resume and exists:
+        raise ConfigError(f"a sweep named {name!r} exists under {storage}; pass --resume or a new --name")
+
+
 def check_ray_connection(address, problem):
     """Refuse a Ray address that did not answer (`problem`: what went wrong, or None)."""
     if problem:
@@ -488,7 +526,7 @@ def _check_inference(cfg):
         ("--loop=fit", cfg.loop == "fit"), ("--checkpoint_dir", cfg.checkpoint_dir),
         ("--target_accuracy", cfg.target_accuracy is not None), ("--eval_every_epochs", cfg.eval_every_epochs),
         ("--sync_bn", cfg.sync_bn), ("--inject_inf_grad_at_step", cfg.inject_inf_grad_at_step),
-        ("--augment=device", cfg.augment == "device")) if on]
+        ("--augment=device", cfg.augment == "device"), ("--inject_nan_at_step", cfg.inject_nan_at_step)) if on]
     if training_only:
         raise ConfigError(f"{', '.join(training_only)}: training options, not for --mode=inference")
 
@@ -590,6 +628,7 @@ class SetupFacts:
     """What device setup and data resolution found, for `check_setup`."""
 
     gpus_visible: int
+    device_kind: str  # "GPU" or "CPU": what the run trains on
     cpu_devices: int  # logical CPU devices the runtime has (or will have)
     num_replicas: int
     onednn: bool
@@ -633,7 +672,13 @@ def check_setup(cfg: RunConfig, facts: SetupFacts):
                           f"replicas (0..{facts.num_replicas - 1})")
     if cfg.target_accuracy is not None and facts.data_kind == "synthetic":
         raise ConfigError("--target_accuracy needs real data, but only synthetic data is available")
-    check_steps(cfg, train_steps(cfg, facts.train_images))
+    total = train_steps(cfg, facts.train_images)
+    check_steps(cfg, total)
+    if cfg.loop == "fit":  # Keras fit runs whole steps_per_execution chunks: one must be timed after the warm-up
+        chunk = (cfg.steps_per_loop or STEPS_PER_LOOP[facts.device_kind]) if facts.num_replicas == 1 else 1
+        if total // chunk * chunk <= max(cfg.warmup_steps, chunk):
+            raise ConfigError(f"--loop=fit runs chunks of {chunk} steps: {total} steps leave none to time after "
+                              f"the warm-up ({cfg.warmup_steps}); give more --steps or a smaller --steps_per_loop")
 
 
 def check_cluster(requested, available, what):

@@ -218,6 +218,13 @@ class Controller:
         return self.progress.train_seconds + self.chrono.train_seconds
 
 
+def _clock_text(seconds):
+    """H:MM:SS, hours unbounded (a paper-recipe run on a CPU takes days)."""
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours:02d}:{minutes:02d}:{secs:02d}"
+
+
 class ProgressLine:
     """Progress on the console: a line rewritten after every window on a terminal, a few lines otherwise.
 
@@ -236,7 +243,7 @@ class ProgressLine:
         parts = chrono.warmup + chrono.windows + chrono.untimed
         steps, seconds = sum(s for s, _ in parts), sum(t for _, t in parts)
         rate = f"{steps * self.batch_size / seconds:8.1f} img/s" if seconds else "      -- img/s"
-        eta = time.strftime("%H:%M:%S", time.gmtime((self.total - step) * seconds / steps)) if steps else "--:--:--"
+        eta = _clock_text((self.total - step) * seconds / steps) if steps else "--:--:--"
         width = len(str(self.total))
         bar = "#" * int(20 * step / self.total)
         text = f"step {step:>{width}}/{self.total} [{bar:<20}] loss {loss:7.4f} | {rate} | ETA {eta}"

@@ -130,9 +130,9 @@ def setup(cfg: RunConfig) -> Devices:
     facts (`Devices.facts`), which `bench.config.check_setup` judges before any work.
     """
     if cfg.strategy == config.MULTI_WORKER:  # MWMS must exist before any TensorFlow op
-        from bench import multiworker
+        from bench import workers
 
-        return multiworker.setup_devices(cfg)
+        return workers.setup_devices(cfg)
     tf = import_tensorflow(cfg.onednn)
     _set_threads(tf, cfg)
     gpus = tf.config.list_physical_devices("GPU")
@@ -157,14 +157,19 @@ def setup(cfg: RunConfig) -> Devices:
         strategy = tf.distribute.OneDeviceStrategy(names[0])
     else:
         strategy = tf.distribute.get_strategy()
-    emulated = cpu_features.emulated_precision(config.canonical_precision(cfg.precision), kind)
-    if emulated:
-        print(f"warning: {emulated}; expect it slower than float32 here", file=sys.stderr)
     if cfg.deterministic:
         tf.config.experimental.enable_op_determinism()
-    facts = dict(gpus_visible=len(gpus), cpu_devices=len(tf.config.list_logical_devices("CPU")) if kind == "CPU"
-                 else 1, num_replicas=replicas, onednn=onednn_enabled())
+    cpu_devices = len(tf.config.list_logical_devices("CPU")) if kind == "CPU" else 1
+    facts = dict(gpus_visible=len(gpus), device_kind=kind, cpu_devices=cpu_devices, num_replicas=replicas,
+                 onednn=onednn_enabled())
     return Devices(strategy, replicas, kind, device_name, physical, names[0], onednn_enabled(), facts)
+
+
+def warn_if_emulated(cfg: RunConfig, device_kind):
+    """One warning line when this CPU only emulates the run's precision (after the run's checks passed)."""
+    emulated = cpu_features.emulated_precision(config.canonical_precision(cfg.precision), device_kind)
+    if emulated:
+        print(f"warning: {emulated}; expect it slower than float32 here", file=sys.stderr)
 
 
 def _set_threads(tf, cfg):

@@ -17,7 +17,7 @@ import threading
 import time
 import traceback
 
-from bench import config, multiworker, results, rows
+from bench import config, results, rows, workers
 from bench.config import RunConfig
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_DIVERGED = 0, 1, 2, 3
@@ -37,12 +37,19 @@ class RunIdentity:
 
     def __init__(self, cfg: RunConfig):
         # only the chief of a multi-worker run writes run.json (every single-process run is its own chief)
-        chief = multiworker.is_chief(cfg)
+        chief = workers.is_chief(cfg)
         self.path = os.path.join(cfg.checkpoint_dir, config.RUN_FILE) if cfg.checkpoint_dir and chief else None
         self.fingerprint = config.fingerprint(cfg)
         saved = config.saved_run(cfg)  # validate() made sure it is this configuration's
         self.run_id = saved["run_id"] if saved else rows.new_run_id(cfg)
         self.finished = bool(saved and saved.get("finished"))
+
+    def conclude(self, row_run_id, status):
+        """After the row: ok/diverged runs are finished; a failed or interrupted one may be run again,
+        which resumes from its checkpoint as a new measurement with a new run id (its row is written)."""
+        done = status in ("ok", "diverged")
+        self.run_id = row_run_id if done else results.new_run_id()
+        self.save(finished=done)
 
     def save(self, finished=False):
         if not self.path:
@@ -76,6 +83,7 @@ def run(cfg: RunConfig, command="", out=sys.stdout, write_row=True, on_eval=None
     source = data.resolve(cfg)
     config.check_setup(cfg, config.SetupFacts(**device_setup.facts, data_kind=source.kind, data_problem=source.problem,
                                               train_images=source.train_images))
+    devices.warn_if_emulated(cfg, device_setup.device_kind)
     cfg = config.resolve(cfg, device_setup.device_kind, device_setup.num_replicas)
     identity.save(finished=False)
     controller, facts = setup.controller_for(cfg, device_setup, source, identity.run_id, command, started, out)
@@ -87,10 +95,8 @@ def run(cfg: RunConfig, command="", out=sys.stdout, write_row=True, on_eval=None
     row = rows.run_row(cfg, facts, controller, status, error)
     if write_row:
         results.append_row(cfg.results, row)
-    if status == "interrupted":  # the row is written: a resumed run is a new measurement with its own id
-        identity.run_id = results.new_run_id()
-    # a multi-worker attempt may be retried by Ray: its driver marks the run finished after the row
-    identity.save(finished=status != "interrupted" and cfg.strategy != config.MULTI_WORKER)
+    if cfg.strategy != config.MULTI_WORKER:  # a worker's attempt may be retried by Ray: its driver concludes
+        identity.conclude(row["run_id"], status)
     print(rows.summary_text(row, cfg.results), file=out, flush=True)
     return Outcome(status, row, code, controller.chrono)
 

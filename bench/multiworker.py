@@ -25,10 +25,8 @@ and the worker's devices is `bench.config`'s (this module reports facts and prob
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import io
 import json
-import math
 import os
 import shutil
 import socket
@@ -37,185 +35,11 @@ import tempfile
 import threading
 import time
 
-from bench import config
+from bench import config, workers
 from bench.config import ConfigError, RunConfig
 
-STRATEGY = "multi_worker"
 CONNECT_TIMEOUT_S = 30  # an --address that does not answer fails within this
 _TCP_PROBE_S = 5
-
-
-def gpus(cfg):
-    return cfg.gpus_per_worker or 0
-
-
-def parse_fault(text):
-    """`"1:6"` -> (1, 6, "exit"); `"1:6:stall"` -> (1, 6, "stall") (checked by `bench.config.validate`)."""
-    return config.parse_worker_fault(text)
-
-
-# ---------------------------------------------------------------------------
-# Worker side: devices, checkpoints, fault injection
-
-
-def task_index():
-    """This process's worker index from TF_CONFIG (set by Ray Train), 0 without one."""
-    try:
-        task = json.loads(os.environ.get("TF_CONFIG") or "{}").get("task", {})
-    except ValueError:
-        return 0
-    return int(task.get("index", 0))
-
-
-def is_chief(cfg: RunConfig):
-    """True where a run's own files are written: every single-process run, worker 0 of a multi-worker run."""
-    return cfg.strategy != STRATEGY or task_index() == 0
-
-
-def setup_devices(cfg: RunConfig):
-    """This worker's runtime and the MWMS (reached through `bench.devices.setup`); facts for `config.check_setup`.
-
-    Order matters: any eager TensorFlow op before the strategy exists fails with
-    "Collective ops must be configured at program startup". Only configuration
-    (threads, visible GPUs, memory growth) happens before it.
-    """
-    from bench import devices
-
-    tf = devices.import_tensorflow(cfg.onednn)
-    # Ray reserves --cpus_per_worker CPUs; TensorFlow would otherwise use every core of the node.
-    threads = cfg.intra_op_threads or max(1, math.ceil(cfg.cpus_per_worker))
-    tf.config.threading.set_intra_op_parallelism_threads(threads)
-    if cfg.inter_op_threads is not None:
-        tf.config.threading.set_inter_op_parallelism_threads(cfg.inter_op_threads)
-    physical = tf.config.list_physical_devices("GPU")
-    use = physical[:gpus(cfg)]
-    tf.config.set_visible_devices(use, "GPU")
-    for gpu in use:
-        tf.config.experimental.set_memory_growth(gpu, True)
-    options = tf.distribute.experimental.CommunicationOptions(timeout_seconds=cfg.collective_timeout_s)
-    strategy = tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
-    replicas = strategy.num_replicas_in_sync
-    if cfg.deterministic:
-        tf.config.experimental.enable_op_determinism()
-    if use:
-        kind, physical_count, first = "GPU", len(use), "/gpu:0"
-        name = tf.config.experimental.get_device_details(use[0]).get("device_name", "GPU")
-    else:
-        kind, physical_count, first = "CPU", 1, "/cpu:0"
-        name = devices.cpu_model_name()
-        # This worker's peak is read with its thread budget: keep it apart from full-CPU readings.
-        root = os.path.dirname(_peak_cache_path())
-        os.environ["RESNET_BENCH_CACHE"] = os.path.join(root, f"intra-op-threads-{threads}")
-    facts = dict(gpus_visible=len(physical), cpu_devices=1, num_replicas=replicas, onednn=devices.onednn_enabled())
-    return devices.Devices(strategy, replicas, kind, name, physical_count, first, devices.onednn_enabled(), facts)
-
-
-def _peak_cache_path():
-    from bench import peak
-
-    return peak.cache_path()
-
-
-def _barrier(strategy):
-    """Every worker reaches this point before any goes on (a tiny all-reduce)."""
-    import tensorflow as tf
-
-    one = strategy.experimental_distribute_values_from_function(lambda ctx: tf.constant(1.0))
-    strategy.reduce(tf.distribute.ReduceOp.SUM, one, axis=None).numpy()
-
-
-_LAST_DIGEST = {}  # the state digest of this worker's last checkpoint save
-
-
-def state_digest(checkpoint):
-    """sha256 (12 hex digits) of this worker's local copy of the weights, BN moving statistics and optimizer state."""
-    import numpy as np
-
-    def sha(variables):
-        h = hashlib.sha256()
-        for v in variables:
-            h.update(np.ascontiguousarray(np.asarray(v.numpy())).tobytes())
-        return h.hexdigest()[:12]
-
-    model, optimizer = checkpoint.model, checkpoint.optimizer
-    return {"trainable": sha(model.trainable_variables), "bn_moving": sha(model.non_trainable_variables),
-            "optimizer": sha(optimizer.variables)}
-
-
-class WorkerCheckpoints:
-    """TF's multi-worker checkpoint rule, with a CheckpointManager's `latest_checkpoint` and `save`.
-
-    Every worker saves (saving reads variables, which may start collectives that every
-    worker must join): the chief into --checkpoint_dir, the others into a temporary folder
-    emptied after each save. Every worker restores the chief's latest checkpoint, after a
-    barrier. With workers on several nodes, --checkpoint_dir must be storage they all see.
-    """
-
-    def __init__(self, checkpoint, cfg: RunConfig, strategy, max_to_keep=2):
-        import tensorflow as tf
-
-        self._checkpoint, self._strategy = checkpoint, strategy
-        self.chief = is_chief(cfg)
-        self._dir = cfg.checkpoint_dir if self.chief else tempfile.mkdtemp(prefix="bench-worker-ckpt-")
-        if not self.chief:
-            _SCRATCH.append(self._dir)
-        self._manager = tf.train.CheckpointManager(checkpoint, self._dir, max_to_keep=max_to_keep if self.chief else 1)
-        _barrier(strategy)  # the chief's files of an earlier attempt are what everyone reads
-        self.latest_checkpoint = tf.train.latest_checkpoint(cfg.checkpoint_dir)
-
-    def save(self, checkpoint_number=None):
-        path = self._manager.save(checkpoint_number=checkpoint_number)
-        _LAST_DIGEST.clear()
-        _LAST_DIGEST.update(state_digest(self._checkpoint))
-        if not self.chief:
-            shutil.rmtree(self._dir, ignore_errors=True)
-            os.makedirs(self._dir, exist_ok=True)
-        _barrier(self._strategy)  # nobody reads or moves on before the chief's files are complete
-        return path
-
-
-_COLLECTOR = None  # the run's collector actor handle, inside a Ray Train worker
-_SCRATCH = []  # this worker's temporary folders, removed when its run ends
-_FAULT_DONE = False
-
-
-def fault_marks(cfg: RunConfig):
-    """Window boundaries the fault injection needs (the step it fires at)."""
-    if cfg.fail_worker_at_step is None:
-        return set()
-    return {parse_fault(cfg.fail_worker_at_step)[1]}
-
-
-def fault_injection(cfg: RunConfig):
-    """The controller's `on_step` hook for --fail_worker_at_step, or None."""
-    if cfg.fail_worker_at_step is None:
-        return None
-    return lambda step: at_step(cfg, step)
-
-
-def at_step(cfg: RunConfig, step):
-    """Testing only: the worker named by --fail_worker_at_step exits (or stalls) the first time it reaches STEP.
-
-    "The first time" is per run, not per process: the collector actor outlives
-    worker-group restarts, so a restarted worker passes the step.
-    """
-    global _FAULT_DONE
-    if cfg.fail_worker_at_step is None or _FAULT_DONE or _COLLECTOR is None:
-        return
-    rank, fault_step, mode = parse_fault(cfg.fail_worker_at_step)
-    if task_index() != rank or step < fault_step:
-        return
-    import ray
-
-    _FAULT_DONE = True
-    if not ray.get(_COLLECTOR.fire_once.remote(cfg.fail_worker_at_step)):
-        return
-    print(f"fault injection: worker {rank} {'exits' if mode == 'exit' else 'stalls'} at step {step}",
-          file=sys.stderr, flush=True)
-    if mode == "exit":
-        os._exit(17)
-    while True:  # stall: stop responding until Ray ends the worker group
-        time.sleep(3600)
 
 
 class _LineForwarder(io.TextIOBase):
@@ -250,30 +74,29 @@ class _LineForwarder(io.TextIOBase):
 def worker_config(cfg: RunConfig, rank):
     """The configuration one worker runs: only the chief keeps the run's own outputs."""
     scratch = tempfile.mkdtemp(prefix=f"bench-worker{rank}-")
-    _SCRATCH.append(scratch)
+    workers.SCRATCH.append(scratch)
     changes = {"results": os.path.join(scratch, "unused.csv")}  # rows are the driver's
     if rank != 0:
         changes.update(tensorboard_dir=None, profile_dir=os.path.join(scratch, "profile"))
     return cfg.replace(**changes)
 
 
-def _train_worker(config):
+def _train_worker(loop_config):
     """The Ray Train worker function: one `bench.loop.run` per worker, reported to the collector."""
-    global _COLLECTOR
     import ray
     import ray.train
 
     from bench import loop
 
-    collector = config["collector"]
-    _COLLECTOR = collector
+    collector = loop_config["collector"]
+    workers.attach(collector)
     rank = ray.train.get_context().get_world_rank()
     attempt = ray.get(collector.start.remote(rank))
-    cfg = worker_config(RunConfig(**config_from_dict(config["cfg"])), rank)
+    cfg = worker_config(config.from_dict(loop_config["cfg"]), rank)
     out = _LineForwarder(collector, sys.stdout) if rank == 0 else sys.stdout
     info = {"rank": rank, "attempt": attempt, "host": socket.gethostname()}
     try:
-        outcome = loop.run(cfg, command=config["command"], out=out, write_row=False)
+        outcome = loop.run(cfg, command=loop_config["command"], out=out, write_row=False)
     except ConfigError as err:
         ray.get(collector.report.remote(rank, attempt, {**info, "config_error": str(err)}))
         raise
@@ -281,9 +104,9 @@ def _train_worker(config):
         ray.get(collector.report.remote(rank, attempt, {**info, "error": _first_line(exc)}))
         raise
     finally:
-        for folder in _SCRATCH:
+        for folder in workers.SCRATCH:
             shutil.rmtree(folder, ignore_errors=True)
-    info.update(status=outcome.status, row=outcome.row, digest=dict(_LAST_DIGEST))
+    info.update(status=outcome.status, row=outcome.row, digest=dict(workers.LAST_DIGEST))
     ray.get(collector.report.remote(rank, attempt, info))
     if outcome.status == "failed":  # a failed worker fails the group: Ray restarts it or the run ends
         raise RuntimeError(outcome.row.get("error") or "failed")
@@ -292,13 +115,6 @@ def _train_worker(config):
 
 def _first_line(exc):
     return f"{type(exc).__name__}: {exc}".splitlines()[0][:500]
-
-
-def config_from_dict(d):
-    d = dict(d)
-    if d.get("profile_steps") is not None:
-        d["profile_steps"] = tuple(d["profile_steps"])
-    return d
 
 
 class _Collector:
@@ -471,10 +287,8 @@ def run(cfg: RunConfig, command="", out=sys.stdout, write_row=True, on_eval=None
           f"{time.perf_counter() - started:.0f} s in all", file=out, flush=True)
     if write_row:
         results.append_row(cfg.results, row)
-    if row.get("run_id"):
-        finished = loop.RunIdentity(cfg)  # the chief's run.json: the same command again now says "finished"
-        finished.run_id = row["run_id"]
-        finished.save(finished=True)
+    if row.get("run_id"):  # the chief's run.json: the same command again says "finished", or resumes
+        loop.RunIdentity(cfg).conclude(row["run_id"], row["status"])
     print(rows.summary_text(row, cfg.results), file=out, flush=True)
     code = {"ok": loop.EXIT_OK, "diverged": loop.EXIT_DIVERGED}.get(row["status"], loop.EXIT_FAILED)
     return MultiWorkerOutcome(row["status"], row, code, reports=reports, fired=state.get("fired", {}),
@@ -493,13 +307,13 @@ def _launch(cfg: RunConfig, command, out):
     collector = ray.remote(num_cpus=0)(_Collector).remote()
     storage = tempfile.mkdtemp(prefix="bench-ray-train-")
     resources = {"CPU": cfg.cpus_per_worker}
-    if gpus(cfg):
-        resources["GPU"] = gpus(cfg)
+    if workers.gpus(cfg):
+        resources["GPU"] = workers.gpus(cfg)
     trainer = TensorflowTrainer(
         _train_worker,
         train_loop_config={"cfg": json.loads(json.dumps(dataclasses.asdict(cfg))), "collector": collector,
                            "command": command},
-        scaling_config=ScalingConfig(num_workers=cfg.workers, use_gpu=bool(gpus(cfg)),
+        scaling_config=ScalingConfig(num_workers=cfg.workers, use_gpu=bool(workers.gpus(cfg)),
                                      resources_per_worker=resources),
         run_config=RayRunConfig(
             name=f"bench-multi-worker-{os.getpid()}", storage_path=storage,
@@ -603,8 +417,12 @@ def assemble_row(cfg: RunConfig, command, state, error=None):
         row["peak_gflops"] = float(sum(peaks))
         ips = row.get("images_per_sec")
         row["mfu"] = metrics.mfu(row["flops_per_image"], ips, row["peak_gflops"] * 1e9) if ips else None
-    else:
-        row["peak_gflops"], row["mfu"] = None, None
+    if row.get("datasheet_tflops"):  # the chief's figure covers its own devices: every worker has as many
+        row["datasheet_tflops"] = float(row["datasheet_tflops"]) * cfg.workers
+        ips = row.get("images_per_sec")
+        row["mfu_datasheet"] = metrics.mfu(row["flops_per_image"], ips, row["datasheet_tflops"] * 1e12) if ips else None
+    if not (len(worker_rows) == cfg.workers and all(p not in (None, "") for p in peaks)):
+        row["peak_gflops"], row["mfu"] = None, None  # some worker never reported its peak
     chief_host = chief.get("host") or row.get("host") or socket.gethostname()
     row["host"] = host_label([r["host"] for r in reports.values() if r.get("host")], chief_host)
     row["num_workers"] = cfg.workers

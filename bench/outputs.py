@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 
+from bench import config
 from bench.controller import Progress
 
 
@@ -76,10 +77,10 @@ class Profiler:
 def make(cfg, objects, strategy=None):
     """(checkpointer, summaries, profiler) for `cfg`, each None where the run asks for none."""
     manager = None
-    if cfg.strategy == "multi_worker":  # every worker saves; all restore the chief's (TF's multi-worker rule)
-        from bench import multiworker
+    if cfg.strategy == config.MULTI_WORKER:  # every worker saves; all restore the chief's (TF's multi-worker rule)
+        from bench import workers
 
-        manager = lambda ckpt: multiworker.WorkerCheckpoints(ckpt, cfg, strategy, max_to_keep=2)  # noqa: E731
+        manager = lambda ckpt: workers.WorkerCheckpoints(ckpt, cfg, strategy, max_to_keep=2)  # noqa: E731
     checkpointer = Checkpointer(cfg.checkpoint_dir, objects, manager=manager) if cfg.checkpoint_dir else None
     summaries = Summaries(cfg.tensorboard_dir) if cfg.tensorboard_dir else None
     profiler = None

@@ -5,7 +5,7 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
-from bench import config, devices, multiworker, outputs, peak, trainers
+from bench import config, devices, outputs, peak, trainers, workers
 from bench.controller import Controller, Plan
 from bench.rows import RunFacts
 
@@ -13,7 +13,7 @@ from bench.rows import RunFacts
 def controller_for(cfg, device_setup, source, run_id, command, started, out):
     """(Controller ready to run, RunFacts for the row) of a run whose devices and data are set up."""
     total = config.train_steps(cfg, source.train_images)
-    tf32 = peak.tf32_in_effect(cfg.precision)
+    tf32 = device_setup.device_kind == "GPU" and peak.tf32_in_effect(cfg.precision)  # a CPU run never is
     intra, inter = devices.threads_in_effect()
     trainer = trainers.build(cfg, device_setup, source, config.lr_schedule(cfg, total))
     checkpointer, summaries, profiler = outputs.make(cfg, trainer.checkpoint_objects(), device_setup.strategy)
@@ -21,7 +21,7 @@ def controller_for(cfg, device_setup, source, run_id, command, started, out):
     plan = _plan(cfg, source, total, trainer, start_step=trainer.steps_done())
     controller = Controller(plan, trainer, cfg.batch_size, out=out, target_accuracy=cfg.target_accuracy,
                             checkpointer=checkpointer, summaries=summaries, profiler=profiler, progress=progress,
-                            on_step=multiworker.fault_injection(cfg))
+                            on_step=workers.fault_injection(cfg))
     facts = RunFacts(
         run_id=run_id, command=command, tf_version=tf.__version__, keras_version=keras.__version__,
         device=f"{device_setup.device_kind}: {device_setup.device_name}", num_replicas=device_setup.num_replicas,
@@ -46,7 +46,7 @@ def _plan(cfg, source, total, trainer, start_step):
     return Plan(total_steps=total, start_step=start_step, warmup_steps=cfg.warmup_steps,
                 steps_per_loop=cfg.steps_per_loop, eval_every=eval_steps, checkpoint_every=checkpoint_steps,
                 profile_steps=cfg.profile_steps, fixed_window=trainer.fixed_window,
-                extra_marks=tuple(multiworker.fault_marks(cfg)))
+                extra_marks=tuple(workers.fault_marks(cfg)))
 
 
 def _peak(device_setup, precision, tf32):

@@ -24,9 +24,11 @@ Shape of a training call (`Trainer.train(iterator, num_steps)`):
   did, hands the optimizer all-NaN gradients on every replica: each local check
   then agrees, the step is skipped everywhere and the scale halves once.
   `Trainer.skipped_steps` counts these steps.
-* XLA: only the forward/backward is jit-compiled. Compiling `apply_gradients`
-  or the whole `strategy.run` fails with two or more replicas in TF 2.21
-  (resource on another device); one code path serves every replica count.
+* XLA: with one replica the whole replica step (forward, backward, overflow
+  agreement, optimizer update) is one compiled executable (`xla_scope="step"`).
+  With two or more only the forward/backward is jit-compiled: compiling
+  `apply_gradients` or the whole `strategy.run` fails there in TF 2.21
+  (resource on another device), and the overflow all-reduce stays outside it.
   Synchronized BN all-reduces inside the forward pass, which cannot run in a
   nested compiled function: sync_bn + XLA is refused with two or more replicas.
 * `augment_on_device=True`: the training batch (uint8, as it came from the
@@ -47,14 +49,11 @@ import keras
 import tensorflow as tf
 
 from bench import augment
+from bench.config import SYNC_BN_XLA_ERROR
 from bench.data import normalize
 from resnet.model import batch_norm_layers, decayed_kernels
 
 
-SYNC_BN_XLA_ERROR = (
-    "--sync_bn with --xla works on one replica only: TF 2.21 cannot all-reduce batch statistics inside "
-    "the XLA-compiled forward pass; drop one of them"
-)
 
 
 class Trainer:
@@ -171,7 +170,7 @@ class Trainer:
     def _agree_on_overflow(ctx, grads):
         """(grads, 1 if skipped else 0): all-NaN gradients on every replica if any replica overflowed.
 
-        Runs outside the XLA-compiled forward/backward: the all-reduce cannot run
+        Over replicas it runs outside the XLA-compiled forward/backward: the all-reduce cannot run
         inside it with two or more replicas (see the module docstring).
         """
         local_finite = tf.reduce_all([tf.reduce_all(tf.math.is_finite(g)) for g in grads])

@@ -17,10 +17,9 @@ DRIVER_MEMORY = 512 * 2**20  # bytes reserved for a multi-worker trial's driver 
 
 
 def _multi_worker(runs):
-    from bench.config import RunConfig
-    from bench.multiworker import config_from_dict
+    from bench import config
 
-    return {key: RunConfig(**config_from_dict(cfg)) for key, cfg in runs.items() if cfg.get("strategy") == "multi_worker"}
+    return {key: config.from_dict(cfg) for key, cfg in runs.items() if cfg.get("strategy") == config.MULTI_WORKER}
 
 
 def check_cluster(runs, ray):

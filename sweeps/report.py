@@ -37,7 +37,8 @@ REFERENCE_ERROR = {
 CONFIG_COLUMNS = ["sweep", "device", "data", "strategy", "num_replicas", "block", "shortcut", "depth",
                   "precision", "xla", "global_batch_size"]
 # Columns that also change what was measured: rows differing in them are never averaged together.
-SETUP_COLUMNS = ["loop", "batch_norm", "onednn", "sync_bn", "recipe", "budget", "warmup_steps", "steps_per_loop",
+SETUP_COLUMNS = ["mode", "loop", "batch_norm", "onednn", "sync_bn", "recipe", "budget", "warmup_steps",
+                 "steps_per_loop", "augment", "xla_scope", "intra_op_threads", "inter_op_threads", "num_workers",
                  "tf_version", "keras_version"]
 
 
@@ -85,7 +86,9 @@ def _setup(r):
     """What else was held fixed, compactly: loop, BN kernel, oneDNN, step budget, TensorFlow."""
     onednn = {"true": ", oneDNN", "false": ", no oneDNN"}.get(r.onednn, "")
     steps = f"{r.budget} steps" if r.budget else "steps ?"
-    return f"{r.loop or 'ctl'}, {r.batch_norm or '?'} BN{onednn}, {steps}, TF {r.tf_version or '?'}"
+    mode = "inference, " if r.mode == "inference" else ""
+    workers = f", {r.num_workers} workers" if r.num_workers else ""
+    return f"{mode}{r.loop or 'ctl'}, {r.batch_norm or '?'} BN{onednn}{workers}, {steps}, TF {r.tf_version or '?'}"
 
 
 def _pm(value, ci, fmt):

@@ -24,11 +24,11 @@ from bench import metrics
 STRATEGIES = ("mirrored", "multi_worker")  # strategies whose replica count varies
 CONFIG = ["device", "data", "loop", "mode", "block", "shortcut", "depth", "precision", "xla", "batch_norm", "sync_bn",
           "onednn", "augment", "tf_version"]
-MODES = (("strong", "global_batch_size"), ("weak", "per_replica_batch"))
+KINDS = (("strong", "global_batch_size"), ("weak", "per_replica_batch"))  # `mode` is the run's train/inference
 
 
 def scaling_points(df):
-    """One record per (mode, series, replica count): images/sec mean ± CI, speedup, efficiency, hosts."""
+    """One record per (scaling kind, series, replica count): images/sec mean ± CI, speedup, efficiency, hosts."""
     cols = [c for c in CONFIG if c in df.columns]
     ok = df[df["status"] == "ok"].copy()
     for col in ("images_per_sec", "num_replicas", "global_batch_size", "num_workers"):
@@ -40,7 +40,7 @@ def scaling_points(df):
         return pd.DataFrame()
     ok["per_replica_batch"] = ok["global_batch_size"] / ok["num_replicas"]
     records = []
-    for mode, batch_col in MODES:
+    for kind, batch_col in KINDS:
         for key, series in ok.groupby(cols + ["strategy", batch_col], sort=True, dropna=False):
             if series["num_replicas"].nunique() < 2:
                 continue
@@ -56,7 +56,7 @@ def scaling_points(df):
             for replicas, mean, ci, runs, workers, hosts, batches in points:
                 speedup = mean / base_ips
                 records.append({
-                    **config, "mode": mode, "batch": config[batch_col], "replicas": replicas,
+                    **config, "scaling": kind, "batch": config[batch_col], "replicas": replicas,
                     "base_replicas": base_replicas, "workers": ", ".join(map(str, workers)) or "",
                     "hosts": "; ".join(hosts), "global_batch": ", ".join(map(str, batches)),
                     "ips": mean, "ips_ci": ci, "runs": runs, "speedup": speedup,
@@ -66,8 +66,8 @@ def scaling_points(df):
 
 
 def _series_label(r):
-    batch = f"global batch {int(r['batch'])}" if r["mode"] == "strong" else f"{int(r['batch'])} per replica"
-    return f"{r['strategy']}, {r['mode']} ({batch}), ResNet-{int(r['depth'])} {r['block']}/{r['shortcut']} {r['precision']}"
+    batch = f"global batch {int(r['batch'])}" if r["scaling"] == "strong" else f"{int(r['batch'])} per replica"
+    return f"{r['strategy']}, {r['scaling']} ({batch}), ResNet-{int(r['depth'])} {r['block']}/{r['shortcut']} {r['precision']}"
 
 
 def markdown(points):
@@ -80,17 +80,17 @@ def markdown(points):
         "each point: workers on one host share its CPU or GPUs, so such points measure overhead, not scaling "
         "across nodes.",
         "",
-        "| mode | strategy | configuration | device | data | batch | replicas | workers | hosts | runs "
+        "| scaling | strategy | configuration | device | data | batch | replicas | workers | hosts | runs "
         "| images/sec | speedup | efficiency |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in points.to_dict("records"):
         config = f"ResNet-{int(r['depth'])} {r['block']}/{r['shortcut']}, {r['precision']}" + (
             ", XLA" if str(r.get("xla")).lower() == "true" else "")
-        batch = f"{int(r['batch'])} global" if r["mode"] == "strong" else f"{int(r['batch'])} per replica"
+        batch = f"{int(r['batch'])} global" if r["scaling"] == "strong" else f"{int(r['batch'])} per replica"
         ips = f"{r['ips']:.1f}" + (f" ± {r['ips_ci']:.1f}" if r["ips_ci"] else "")
         lines.append(
-            f"| {r['mode']} | {r['strategy']} | {config} | {r['device']} | {r['data']} | {batch} | {r['replicas']} "
+            f"| {r['scaling']} | {r['strategy']} | {config} | {r['device']} | {r['data']} | {batch} | {r['replicas']} "
             f"| {r['workers'] or '–'} | {r['hosts'] or '–'} | {r['runs']} | {ips} | {r['speedup']:.2f}× "
             f"| {r['efficiency']:.0%} |"
         )
@@ -106,12 +106,12 @@ def plot(points, path):
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.5))
     styles = {"strong": "-", "weak": "--"}
     markers = {"mirrored": "o", "multi_worker": "s"}
-    series_cols = [c for c in CONFIG if c in points.columns] + ["strategy", "mode", "batch"]
+    series_cols = [c for c in CONFIG if c in points.columns] + ["strategy", "scaling", "batch"]
     for _, s in points.groupby(series_cols, sort=True, dropna=False):
         s = s.sort_values("replicas")
         first = s.iloc[0]
         label = _series_label(first)
-        kw = dict(linestyle=styles[first["mode"]], marker=markers.get(first["strategy"], "o"), label=label)
+        kw = dict(linestyle=styles[first["scaling"]], marker=markers.get(first["strategy"], "o"), label=label)
         left.errorbar(s["replicas"], s["ips"], yerr=s["ips_ci"].fillna(0), capsize=3, **kw)
         right.plot(s["replicas"], s["efficiency"], **kw)
     counts = sorted(points["replicas"].unique())

@@ -13,7 +13,7 @@ import itertools
 import os
 
 from bench import cli, config, rows
-from bench.config import ConfigError, RunConfig
+from bench.config import RunConfig
 
 # The trial key always names these (stable keys over versions: --resume finds its trials);
 # any other field with more than one value in the sweep is appended.
@@ -55,8 +55,7 @@ def _key_value(name, value):
 
 def build_trials(axes, repeats, sweep_name):
     """Every combination of the axes x `repeats` seeds, each validated like a single run."""
-    if repeats < 1:
-        raise ConfigError(f"--repeats must be >= 1; got {repeats}")
+    config.check_sweep_options(repeats=repeats)
     names = list(axes)
     varying = [n for n in names if len(axes[n]) > 1]
     trials, keys = [], set()

@@ -18,7 +18,7 @@ import sys
 from absl import app, flags
 
 from bench import cli, config, results, rows
-from bench.config import ConfigError, RunConfig
+from bench.config import ConfigError
 from sweeps import space
 
 FLAGS = flags.FLAGS
@@ -53,13 +53,6 @@ class SweepOptions:
     command: str = ""
 
 
-def run_config_from_dict(d):
-    d = dict(d)
-    if d.get("profile_steps") is not None:
-        d["profile_steps"] = tuple(d["profile_steps"])
-    return RunConfig(**d)
-
-
 def run_trial(params, runs=None):
     """The Ray Tune function trainable: one bench run, its row reported (never written) here.
 
@@ -69,7 +62,7 @@ def run_trial(params, runs=None):
 
     from bench import loop, multiworker
 
-    cfg = run_config_from_dict(runs[params["trial"]])
+    cfg = config.from_dict(runs[params["trial"]])
     runner = multiworker.run if cfg.strategy == config.MULTI_WORKER else loop.run  # one multi-worker run per trial
 
     def on_eval(step, accuracy, partial_row):
@@ -142,7 +135,7 @@ def _make_row_writer(results_path, runs):
 
 
 def _failed_row(runs, trial, error):
-    cfg = run_config_from_dict(runs[trial.config["trial"]])
+    cfg = config.from_dict(runs[trial.config["trial"]])
     row = rows.config_row(cfg, "failed", error)
     row["command"] = trial.config.get("command", "")
     return row
@@ -150,23 +143,18 @@ def _failed_row(runs, trial, error):
 
 def check_storage(opts: SweepOptions):
     path = os.path.join(opts.storage, opts.name)
-    if opts.resume and not os.path.isdir(path):
-        raise ConfigError(f"--resume: no sweep named {opts.name!r} under {opts.storage}")
-    if not opts.resume and os.path.exists(path):
-        raise ConfigError(f"a sweep named {opts.name!r} exists under {opts.storage}; pass --resume or a new --name")
+    config.check_sweep_storage(opts.name, opts.storage, opts.resume, exists=os.path.exists(path),
+                               is_folder=os.path.isdir(path))
     return path
 
 
 def start_ray(opts: SweepOptions):
     import ray
 
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
-    kwargs = dict(include_dashboard=False, log_to_driver=False, configure_logging=True, logging_level="ERROR")
-    if opts.address:
-        ray.init(address=opts.address, **kwargs)
-    else:
-        ray.init(**kwargs)
+    from bench import multiworker
+
+    _, problem = multiworker.connect(opts.address)  # an address that does not answer: refused within 30 s
+    config.check_ray_connection(opts.address, problem)
     try:
         config.check_cluster({"GPU": opts.gpus_per_trial}, ray.cluster_resources(), "--num_gpus (per trial)")
     except ConfigError:
@@ -238,17 +226,8 @@ def run_sweep(trials, opts: SweepOptions):
 
 def trials_from_flags(values):
     """The sweep's trials from parsed flags (every one validated like a single run)."""
-    if "multi_worker" in (values.strategy or "") and values.scheduler == "asha":
-        raise ConfigError("--scheduler=asha ranks trials by their evaluations, which multi_worker trials do not "
-                          "report while they run; use --scheduler=none")
-    if values.scheduler == "asha" and (values.data == "synthetic" or not values.eval_every_epochs):
-        raise ConfigError("--scheduler=asha needs real data and --eval_every_epochs (it ranks trials by accuracy)")
-    if values.max_concurrent < 1:
-        raise ConfigError(f"--max_concurrent must be >= 1; got {values.max_concurrent}")
-    if values.cpus_per_trial is not None and not values.cpus_per_trial > 0:
-        raise ConfigError(f"--cpus_per_trial must be > 0; got {values.cpus_per_trial}")
-    if not values.name or os.sep in values.name or values.name in (".", ".."):
-        raise ConfigError(f"--name must be a plain folder name; got {values.name!r}")
+    config.check_sweep_options(values.name, 1, values.max_concurrent, values.cpus_per_trial,  # repeats: space's
+                               values.scheduler, values.strategy, values.data, values.eval_every_epochs)
     return space.build_trials(space.axes_from_flags(values), values.repeats, values.name)
 
 

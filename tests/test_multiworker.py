@@ -16,7 +16,7 @@ import time
 
 import pytest
 
-from bench import config, loop, multiworker, results
+from bench import config, loop, multiworker, results, workers
 from bench.config import ConfigError, RunConfig
 from cifar_files import write_cifar
 
@@ -51,9 +51,9 @@ def test_multi_worker_fields_are_validated(changes, message):
 
 
 def test_fault_spec_parses():
-    assert multiworker.parse_fault("1:6") == (1, 6, "exit")
-    assert multiworker.parse_fault("0:2:stall") == (0, 2, "stall")
-    assert multiworker.fault_marks(RunConfig(**MW, fail_worker_at_step="1:7")) == {7}
+    assert config.parse_worker_fault("1:6") == (1, 6, "exit")
+    assert config.parse_worker_fault("0:2:stall") == (0, 2, "stall")
+    assert workers.fault_marks(RunConfig(**MW, fail_worker_at_step="1:7")) == {7}
 
 
 def test_resource_check_refuses_what_the_cluster_cannot_hold():
@@ -228,7 +228,7 @@ def test_stalled_worker_fails_within_the_timeout_and_matches_mirrored(ray_addres
     cache = tmp_path / "cache"
     monkeypatch.setenv("RESNET_BENCH_CACHE", str(cache))
     key = f"CPU:{devices.cpu_model_name()}|tf{devices.import_tensorflow().__version__}" + (
-        "|onednn" if devices.onednn_enabled() else "") + "|float32"
+        "|onednn" if devices.onednn_enabled() else "") + f"|float32|{peak.METHOD}"  # peak.peak_gflops's key
     os.makedirs(cache / "intra-op-threads-1")
     (cache / "intra-op-threads-1" / "peak.json").write_text(json.dumps({key: 100.0}))
     assert os.path.dirname(peak.cache_path()) == str(cache)
@@ -305,7 +305,8 @@ def test_sweep_of_worker_counts_writes_one_row_per_trial(tmp_path):
     bad = subprocess.run([sys.executable, "-m", "sweeps.tune", "--strategy=multi_worker", "--workers=2",
                           "--scheduler=asha", "--name=bad", f"--storage={tmp_path}/ray", f"--results={path}"],
                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
-    assert bad.returncode == 2 and "multi_worker" in bad.stderr.strip().splitlines()[-1], bad.stderr[-2000:]
+    lines = bad.stderr.strip().splitlines()
+    assert bad.returncode == 2 and len(lines) == 1 and "multi_worker" in lines[0], bad.stderr[-2000:]
     proc = subprocess.run([sys.executable, "-m", "sweeps.tune", "--strategy=multi_worker", "--workers=1,2", "--n=1",
                            "--shortcut=B", "--block=preact", "--data=synthetic", "--steps=6", "--warmup_steps=2",
                            "--steps_per_loop=2", "--batch_size=16", "--name=mw", f"--storage={tmp_path}/ray",

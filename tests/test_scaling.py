@@ -34,7 +34,7 @@ def test_strong_and_weak_series_with_speedup_and_efficiency(tmp_path):
     path = str(tmp_path / "summary.csv")
     write_rows(path)
     points = scaling.scaling_points(report.load(path))
-    by = {(r["mode"], r["strategy"], r["batch"], r["replicas"]): r for r in points.to_dict("records")}
+    by = {(r["scaling"], r["strategy"], r["batch"], r["replicas"]): r for r in points.to_dict("records")}
     assert set(by) == {("strong", "mirrored", 128, 1), ("strong", "mirrored", 128, 2),
                        ("strong", "multi_worker", 128, 1), ("strong", "multi_worker", 128, 2),
                        ("weak", "mirrored", 128, 1), ("weak", "mirrored", 128, 2)}
@@ -46,6 +46,16 @@ def test_strong_and_weak_series_with_speedup_and_efficiency(tmp_path):
     assert weak["speedup"] == pytest.approx(560 / 305) and weak["global_batch"] == "256"
     mw = by[("strong", "multi_worker", 128, 2)]
     assert mw["speedup"] == pytest.approx(250 / 280) and mw["workers"] == "2" and mw["hosts"] == "vm (1 host)"
+    # inference rows of the same configuration are a series of their own, never mixed with training
+    for replicas, ips in ((1, 1000.0), (2, 1900.0)):
+        results.append_row(path, {"run_id": f"inf{replicas}", "status": "ok", "strategy": "mirrored", "mode": "inference",
+                                  "num_replicas": replicas, "global_batch_size": 128, "images_per_sec": ips,
+                                  "device": "CPU: test", "data": "synthetic", "depth": 20, "block": "preact",
+                                  "shortcut": "B", "precision": "float32", "host": "vm"})
+    points = scaling.scaling_points(report.load(path))
+    train = points[(points["mode"] != "inference") & (points["scaling"] == "strong") & (points["strategy"] == "mirrored")]
+    inference = points[(points["mode"] == "inference") & (points["scaling"] == "strong")]
+    assert sorted(train["ips"]) == [305.0, 330.0] and sorted(inference["ips"]) == [1000.0, 1900.0]
 
 
 def test_report_writes_scaling_only_when_replica_counts_vary(tmp_path):
