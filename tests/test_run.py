@@ -125,6 +125,9 @@ def bad_inputs(tmp):
         "device augmentation with fit": (["--loop=fit", "--augment=device"], "--loop=ctl only"),
         "inference with a training option": (["--mode=inference", "--loop=fit"], "not for --mode=inference"),
         "negative thread count": (["--intra_op_threads=-1"], "intra_op_threads"),
+        "fit whose chunks leave nothing to time": (["--loop=fit", "--steps=15"], "none to time"),
+        "NaN injection where nothing would inject it": (["--mode=inference", "--inject_nan_at_step=3"],
+                                                        "not for --mode=inference"),
     }
 
 
@@ -231,7 +234,7 @@ def test_inference_mode_times_each_batch_with_threads_as_asked(tmp_path):
     [row] = results.read_rows(path)
     assert row["mode"] == "inference" and row["global_batch_size"] == "1"
     assert row["intra_op_threads"] == "1" and row["inter_op_threads"] == "1"
-    assert int(row["timed_steps"]) == 30 - 5  # one batch per window: true per-batch latency percentiles
+    assert int(row["timed_steps"]) == 30 - 5 and row["steps_per_loop"] == "1"  # one batch per window: latency
     assert 0 < float(row["step_time_p50_ms"]) <= float(row["step_time_p99_ms"])
     assert float(row["images_per_sec"]) == pytest.approx(1000 / float(row["step_time_p50_ms"]), rel=0.5)
     assert int(row["flops_per_image"]) == cost.cost(1).forward_flops and row["final_train_loss"] == ""

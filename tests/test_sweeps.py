@@ -166,9 +166,11 @@ def test_report_never_averages_runs_that_measured_different_things(tmp_path):
     twin = {**rows[0], "run_id": "fit", "loop": "fit"}  # same configuration as r0/r1, through Keras fit
     results.append_row(path, twin)
     results.append_row(path, {**rows[0], "run_id": "old", "onednn": False})
+    results.append_row(path, {**rows[0], "run_id": "infer", "mode": "inference"})
     summary = report.summarize(report.load(path))
     same = summary[(summary["depth"] == 20) & (summary["shortcut"] == "A") & (summary["data"] == "files")]
-    assert sorted(same["runs"]) == [1, 1, 2] and set(same["loop"]) == {"", "fit"}
+    assert sorted(same["runs"]) == [1, 1, 1, 2] and set(same["loop"]) == {"", "fit"}
+    assert set(same["mode"]) == {"", "inference"}
     foreign = tmp_path / "foreign.csv"
     foreign.write_text("a,b\n1,2\n")
     proc = subprocess.run([sys.executable, "-m", "sweeps.report", f"--results={foreign}"], cwd=ROOT,
