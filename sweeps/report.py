@@ -121,16 +121,26 @@ def markdown(summary, source):
     return "\n".join(lines) + "\n"
 
 
+# A line joins depths of one block/shortcut only when nothing else that changes a measurement differs.
+LINE_COLUMNS = ["block", "shortcut", "strategy", "num_replicas", "precision", "xla", "global_batch_size", "mode",
+                "loop", "budget"]
+
+
 def _plot_by_shortcut(ax, summary, value, ci, label_fmt):
     markers = {"A": "o", "B": "s", "C": "^"}
     styles = {"preact": "-", "original": "--", "bottleneck": ":"}
+    cols = [c for c in LINE_COLUMNS if c in summary.columns]
+    varying = [c for c in cols[2:] if summary[c].nunique(dropna=False) > 1]  # named in the label
     plotted = False
-    for (block, shortcut), g in summary.groupby(["block", "shortcut"]):
+    for key, g in summary.groupby(cols, dropna=False):
         g = g.dropna(subset=[value]).sort_values("depth")
         if g.empty:
             continue
-        ax.errorbar(g["depth"], g[value], yerr=g[ci].fillna(0), marker=markers.get(shortcut, "o"),
-                    linestyle=styles.get(block, "-"), capsize=3, label=label_fmt.format(block=block, shortcut=shortcut))
+        parts = dict(zip(cols, key))
+        label = label_fmt.format(block=parts["block"], shortcut=parts["shortcut"])
+        label += "".join(f", {c} {parts[c]}" for c in varying)
+        ax.errorbar(g["depth"], g[value], yerr=g[ci].fillna(0), marker=markers.get(parts["shortcut"], "o"),
+                    linestyle=styles.get(parts["block"], "-"), capsize=3, label=label)
         plotted = True
     return plotted
 
