@@ -88,7 +88,7 @@ class Controller:
         self.first_step_at = None
         self.stop_requested = None  # a reason (e.g. "SIGINT") set from a signal handler
         self.status, self.error = "ok", ""
-        self.display = ProgressLine(out, plan.total_steps, batch_size)
+        self.display = ProgressLine(out, plan.total_steps, batch_size, getattr(trainer, "value_name", "loss"))
         self._profiling = False
         self._saved_at = None
         self._last_seconds = None
@@ -232,8 +232,8 @@ class ProgressLine:
     from the first warm-up or timed window on.
     """
 
-    def __init__(self, out, total_steps, batch_size, every_seconds=30.0):
-        self.out, self.total, self.batch_size = out, total_steps, batch_size
+    def __init__(self, out, total_steps, batch_size, label="loss", every_seconds=30.0):
+        self.out, self.total, self.batch_size, self.label = out, total_steps, batch_size, label
         self.tty = hasattr(out, "isatty") and out.isatty()
         self.every = every_seconds
         self._last = None
@@ -246,7 +246,7 @@ class ProgressLine:
         eta = _clock_text((self.total - step) * seconds / steps) if steps else "--:--:--"
         width = len(str(self.total))
         bar = "#" * int(20 * step / self.total)
-        text = f"step {step:>{width}}/{self.total} [{bar:<20}] loss {loss:7.4f} | {rate} | ETA {eta}"
+        text = f"step {step:>{width}}/{self.total} [{bar:<20}] {self.label} {loss:7.4f} | {rate} | ETA {eta}"
         now = time.monotonic()
         if self.tty:
             self.out.write("\r" + text)

@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import socket
-import sys
 import urllib.parse
 
 from bench import cifar
@@ -142,6 +141,7 @@ class DataSource:
     train_images: int
     test_images: int
     problem: str = ""  # kind "unavailable": why
+    warning: str = ""  # printed once the run's checks passed (bad input stays one line)
 
 
 def resolve(cfg):
@@ -159,12 +159,9 @@ def resolve(cfg):
         except DataUnavailable as err:
             if kind == "tfds":
                 return DataSource("unavailable", None, None, 0, 0, problem=str(err))
-            print(
-                f"WARNING: {err}.\nWARNING: --data=auto falls back to SYNTHETIC data: the row measures "
-                f"model speed only and has no accuracy.",
-                file=sys.stderr,
-            )
-            kind = "synthetic"
+            warning = (f"WARNING: {err}.\nWARNING: --data=auto falls back to SYNTHETIC data: the row measures "
+                       f"model speed only and has no accuracy.")
+            return DataSource("synthetic", None, None, 50_000, 0, warning=warning)
     if kind == "files":
         train_files, test_files = cifar.find_files(cfg.cifar_dir)
         return DataSource(

@@ -84,6 +84,8 @@ def run(cfg: RunConfig, command="", out=sys.stdout, write_row=True, on_eval=None
     config.check_setup(cfg, config.SetupFacts(**device_setup.facts, data_kind=source.kind, data_problem=source.problem,
                                               train_images=source.train_images))
     devices.warn_if_emulated(cfg, device_setup.device_kind)
+    if source.warning:
+        print(source.warning, file=sys.stderr, flush=True)
     cfg = config.resolve(cfg, device_setup.device_kind, device_setup.num_replicas)
     identity.save(finished=False)
     controller, facts = setup.controller_for(cfg, device_setup, source, identity.run_id, command, started, out)
@@ -92,6 +94,7 @@ def run(cfg: RunConfig, command="", out=sys.stdout, write_row=True, on_eval=None
             cfg, facts, controller, "stopped", "stopped by the sweep's scheduler"))
     with _stop_on_signals(controller):
         status, error, code = _train(controller)
+    facts = setup.checked_peak(cfg, device_setup, facts, controller)
     row = rows.run_row(cfg, facts, controller, status, error)
     if write_row:
         results.append_row(cfg.results, row)

@@ -76,11 +76,13 @@ def measure(device, dtype, max_size=8192):
     return best_rate
 
 
-def peak_gflops(device, device_key, precision, tf32=False):
+def peak_gflops(device, device_key, precision, tf32=False, at_least=None):
     """Cached peak GFLOP/s of one device for `precision` (measured on first use).
 
     `tf32` (see `tf32_in_effect`) is part of the cache key: a float32 peak measured
-    with TF32 on is several times the one with it off.
+    with TF32 on is several times the one with it off. `at_least`: a rate the device
+    was just seen doing; a cached reading below it was taken under load (it would
+    give an MFU above 100%), so the peak is measured again and the higher one kept.
     """
     dtype = COMPUTE_DTYPE[precision]
     path = cache_path()
@@ -94,8 +96,8 @@ def peak_gflops(device, device_key, precision, tf32=False):
                     cache = json.load(fh)
             except (OSError, ValueError):
                 cache = {}
-        if key not in cache:
-            cache[key] = measure(device, dtype)
+        if key not in cache or (at_least is not None and cache[key] < at_least):
+            cache[key] = max(measure(device, dtype), cache.get(key, 0.0))
             tmp = path + ".tmp"
             with open(tmp, "w") as fh:
                 json.dump(cache, fh, indent=1, sort_keys=True)

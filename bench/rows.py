@@ -143,13 +143,14 @@ def summary_text(row, results_path):
         ("images/sec", f"{fmt('images_per_sec', '.1f')} ± {fmt('images_per_sec_stderr', '.1f')} "
                        f"(jitter {fmt('jitter', '.1f')}, {fmt('timed_steps')} timed steps"
                        f"{', the chief' + chr(39) + 's windows' if workers else ''})"),
-        ("step time", f"p50 {fmt('step_time_p50_ms', '.1f')} / p90 {fmt('step_time_p90_ms', '.1f')} / "
+        ("latency" if row.get("mode") == "inference" else "step time", f"p50 {fmt('step_time_p50_ms', '.1f')} / p90 {fmt('step_time_p90_ms', '.1f')} / "
                       f"p99 {fmt('step_time_p99_ms', '.1f')} ms"),
         ("compile", f"{fmt('compile_s', '.1f')} s (first step at {fmt('time_to_first_step_s', '.1f')} s)"),
         ("MFU", f"{fmt('mfu', '.1%')} of {fmt('peak_gflops', '.0f')} GFLOP/s measured peak" + (
             f"; {fmt('mfu_datasheet', '.1%')} of the datasheet's {fmt('datasheet_tflops', '.1f')} TFLOP/s"
             f"{' (TF32)' if row.get('tf32') else ''}" if row.get("datasheet_tflops") else "")),
-        ("augment", f"{fmt('augment')}; skipped steps (fp16 overflow): {fmt('skipped_steps')}"),
+        *([("augment", f"{fmt('augment')}; skipped steps (fp16 overflow): {fmt('skipped_steps')}")]
+          if row.get("mode") != "inference" else []),
         ("test accuracy", f"{fmt('test_accuracy', '.4f')} (best {fmt('best_test_accuracy', '.4f')}, "
                           f"data {fmt('data')})"),
         ("results", f"{results_path} (run {row['run_id']})"),

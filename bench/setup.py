@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import keras
 import tensorflow as tf
 
-from bench import config, devices, outputs, peak, trainers, workers
+from bench import config, devices, outputs, peak, rows, trainers, workers
 from bench.controller import Controller, Plan
 from bench.rows import RunFacts
 
@@ -49,8 +51,31 @@ def _plan(cfg, source, total, trainer, start_step):
                 extra_marks=tuple(workers.fault_marks(cfg)))
 
 
-def _peak(device_setup, precision, tf32):
+def checked_peak(cfg, device_setup, facts, controller):
+    """`facts` with a peak no lower than what the run achieved (a low cached reading is measured again)."""
+    timed = controller.chrono.throughput(cfg.batch_size)
+    # a worker of a multi-worker run measured its own share of the host; its row's peak is re-summed by the driver
+    if not timed or not facts.peak_gflops or cfg.strategy == config.MULTI_WORKER:
+        return facts
+    flops = rows.config_row(cfg, "ok")["flops_per_image"]
+    achieved = flops * timed.images_per_sec / 1e9 / device_setup.physical_devices
+    per_device = facts.peak_gflops / device_setup.physical_devices
+    if achieved <= per_device:
+        return facts
+    try:
+        peak_now = _peak(device_setup, cfg.precision, facts.tf32, at_least=achieved)
+    except Exception as exc:  # noqa: BLE001 - the row matters more than a better peak
+        print(f"note: measuring the peak again failed ({type(exc).__name__}); MFU may read above 100%",
+              file=controller.out, flush=True)
+        return facts
+    print(f"note: the cached peak ({per_device:.0f} GFLOP/s) was below this run's {achieved:.0f} GFLOP/s; "
+          f"measured again: {peak_now / device_setup.physical_devices:.0f}", file=controller.out, flush=True)
+    return dataclasses.replace(facts, peak_gflops=peak_now)
+
+
+def _peak(device_setup, precision, tf32, at_least=None):
     """The measured peak GFLOP/s of the devices used (cached per device, TF version, oneDNN state, dtype)."""
     key = f"{device_setup.device_kind}:{device_setup.device_name}|tf{tf.__version__}" + (
         "|onednn" if device_setup.onednn and device_setup.device_kind == "CPU" else "")
-    return peak.peak_gflops(device_setup.first_device, key, precision, tf32=tf32) * device_setup.physical_devices
+    return peak.peak_gflops(device_setup.first_device, key, precision, tf32=tf32,
+                            at_least=at_least) * device_setup.physical_devices

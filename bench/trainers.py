@@ -220,6 +220,7 @@ class InferenceTrainer:
         self.model, _, self.batch_norm = _model_and_optimizer(cfg, device_setup, schedule)
         self.augment = "none"
         self.xla_scope = "forward" if cfg.xla else "none"
+        self.value_name = "mean logit"  # what each window returns (the progress line shows it)
         self.params = _count_params(self.model)
         self.fixed_window = 1  # true per-batch latency percentiles
         self.can_evaluate = False

@@ -68,6 +68,21 @@ def test_non_finite_loss_is_recorded_as_diverged(tmp_path):
     assert row["status"] == "diverged" and "non-finite" in row["error"]
 
 
+def test_a_cached_peak_below_the_achieved_rate_is_measured_again(tmp_path, monkeypatch):
+    import json
+
+    from bench import peak
+
+    monkeypatch.setenv("RESNET_BENCH_CACHE", str(tmp_path / "cache"))
+    key = f"CPU:{devices.cpu_model_name()}|tf{devices.import_tensorflow().__version__}" + (
+        "|onednn" if devices.onednn_enabled() else "") + f"|float32|{peak.METHOD}"  # setup._peak's key
+    os.makedirs(tmp_path / "cache")
+    (tmp_path / "cache" / "peak.json").write_text(json.dumps({key: 1.0}))  # a reading taken under load
+    out = loop.run(RunConfig(data="synthetic", steps=8, results=str(tmp_path / "s.csv"), **SMALL))
+    assert 0 < float(out.row["mfu"]) <= 1 and out.row["peak_gflops"] > 1.0
+    assert json.loads((tmp_path / "cache" / "peak.json").read_text())[key] == out.row["peak_gflops"]
+
+
 def test_mixed_float16_on_cpu_warns(capsys):
     devices.warn_if_emulated(RunConfig(precision="mixed_float16"), "CPU")
     assert "mixed_float16 is emulated on x86 CPUs" in capsys.readouterr().err
