@@ -48,7 +48,7 @@ def new_run_id(cfg: RunConfig):
     return stable_run_id(cfg) if cfg.trial_key else results.new_run_id()
 
 
-def _flops_per_image(cfg: RunConfig):
+def flops_per_image(cfg: RunConfig):
     """Training FLOPs per image (forward + backward ≈ 3 × forward), or the forward pass's in inference mode."""
     model_cost = cost.cost(cfg.n, cfg.block, cfg.shortcut)
     return model_cost.forward_flops if cfg.mode == "inference" else model_cost.train_flops
@@ -71,7 +71,7 @@ def config_row(cfg: RunConfig, status, error=""):
         "block": cfg.block,
         "shortcut": cfg.shortcut,
         "sync_bn": cfg.sync_bn,
-        "flops_per_image": _flops_per_image(cfg),
+        "flops_per_image": flops_per_image(cfg),
         "mode": cfg.mode,
         "precision": config.canonical_precision(cfg.precision),
         "xla": cfg.xla,

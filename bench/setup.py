@@ -57,7 +57,7 @@ def checked_peak(cfg, device_setup, facts, controller):
     # a worker of a multi-worker run measured its own share of the host; its row's peak is re-summed by the driver
     if not timed or not facts.peak_gflops or cfg.strategy == config.MULTI_WORKER:
         return facts
-    flops = rows.config_row(cfg, "ok")["flops_per_image"]
+    flops = rows.flops_per_image(cfg)
     achieved = flops * timed.images_per_sec / 1e9 / device_setup.physical_devices
     per_device = facts.peak_gflops / device_setup.physical_devices
     if achieved <= per_device:
