@@ -1,0 +1,13 @@
+"""The benchmark harness: one configuration trained, timed and recorded as one row.
+
+Packages, top down (a package imports only from those below it; `lint-imports` checks it):
+
+    bench.run, bench.check   entry points: flags -> config -> one call
+    bench.distributed        --strategy multi_worker: the driver, the worker side, the Ray connection
+    bench.runner             run(cfg): assembly, the controller (owns the window loop), timing, outputs
+    bench.selfcheck          the checks of `python -m bench.check`
+    bench.training           data, augmentation, compiled step functions, trainers
+    bench.hardware           devices and strategies, CPU features, measured peak, datasheet
+    bench.results            the row, the results table, statistics
+    bench.config             options, defaults, validation, recipe, run identity, flags (no TensorFlow)
+"""

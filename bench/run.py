@@ -11,24 +11,25 @@ import sys
 
 from absl import app, flags
 
-from bench import cli, config
-from bench.config import ConfigError
+from bench.config import cli, options
+from bench.config.options import ConfigError
 
 FLAGS = flags.FLAGS
 cli.define_run_flags(FLAGS)
 
 
 def usage():
-    return cli.usage_text(__doc__, [f.name for f in config.flag_fields()])
+    return cli.usage_text(__doc__, [f.name for f in options.flag_fields()])
 
 
 def main(argv):
     del argv
-    from bench import loop, multiworker
+    from bench.distributed import driver
+    from bench.runner import loop
 
     try:
         cfg = cli.config_from_flags(FLAGS)
-        runner = multiworker.run if cfg.strategy == config.MULTI_WORKER else loop.run  # Ray Train drives the workers
+        runner = driver.run if cfg.strategy == options.MULTI_WORKER else loop.run  # Ray Train drives the workers
         outcome = runner(cfg, command=cli.typed_command("bench.run"))
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 BLOCKS = ("preact", "original", "bottleneck")
 SHORTCUTS = ("A", "B", "C")
-PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
+PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")  # Keras dtype policies: the one list of precisions
+PRECISION_ALIASES = {"fp32": "float32", "fp16": "mixed_float16", "bf16": "mixed_bfloat16"}  # accepted on command lines
+COMPUTE_DTYPE = {"float32": "float32", "mixed_float16": "float16", "mixed_bfloat16": "bfloat16"}
 BATCH_NORMS = ("keras", "fused")  # keras.layers.BatchNormalization, or the same layer on the fused kernel
 
 STEM_FILTERS = 16
@@ -41,6 +43,11 @@ def check_architecture(n, block, shortcut, input_shape=(32, 32, 3), num_classes=
         )
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
         raise ValueError(f"num_classes must be an integer >= 1; got num_classes={num_classes!r}")
+
+
+def canonical_precision(value):
+    """`fp32`/`fp16`/`bf16` -> the Keras policy name; other values unchanged."""
+    return PRECISION_ALIASES.get(value, value)
 
 
 def depth(n, block="preact"):

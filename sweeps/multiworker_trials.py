@@ -13,22 +13,20 @@ never hold is refused here, before any trial starts (Ray would wait for it forev
 
 from __future__ import annotations
 
+from bench.config import options, setup_checks
+
 DRIVER_MEMORY = 512 * 2**20  # bytes reserved for a multi-worker trial's driver (Ray's "memory" resource)
 
 
 def _multi_worker(runs):
-    from bench import config
-
-    return {key: config.from_dict(cfg) for key, cfg in runs.items() if cfg.get("strategy") == config.MULTI_WORKER}
+    return {key: options.from_dict(cfg) for key, cfg in runs.items() if cfg.get("strategy") == options.MULTI_WORKER}
 
 
 def check_cluster(runs, ray):
     """ConfigError unless every multi-worker trial's workers fit on the connected cluster."""
-    from bench import config
-
     alive = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
     for cfg in _multi_worker(runs).values():
-        config.check_ray_request(cfg, ray.cluster_resources(), alive)
+        setup_checks.check_ray_request(cfg, ray.cluster_resources(), alive)
 
 
 def trial_resources(runs, single):

@@ -13,7 +13,10 @@ import sys
 import pandas as pd
 from absl import app, flags
 
-from bench import metrics, results
+from bench.config import cli
+from bench.results import metrics, table
+from sweeps import scaling
+
 
 FLAGS = flags.FLAGS
 
@@ -44,9 +47,9 @@ SETUP_COLUMNS = ["mode", "loop", "batch_norm", "onednn", "sync_bn", "recipe", "b
 
 def load(path, sweep=None, data=None, device=None):
     """The rows of a results file (of this schema or an earlier one), filtered; numbers as numbers."""
-    results.check_header(path)  # another file's header: ResultsError, one line and exit 2 from main
+    table.check_header(path)  # another file's header: ResultsError, one line and exit 2 from main
     df = pd.read_csv(path, dtype=str, keep_default_na=False)
-    for col in results.SCHEMA:  # an earlier schema lacks the newer columns
+    for col in table.SCHEMA:  # an earlier schema lacks the newer columns
         if col not in df.columns:
             df[col] = ""
     # The step budget: the steps trained, unless a target accuracy ended runs at different steps.
@@ -239,7 +242,6 @@ def build(results_path, out_dir, sweep=None, data=None, device=None):
     with open(md_path, "w") as fh:
         fh.write(markdown(summary, results_path))
     pngs = plots(summary, os.path.join(out_dir, "plots"))
-    from sweeps import scaling  # scaling.md + plots/scaling.png when a configuration ran at several replica counts
 
     scaled = scaling.build_scaling(df, out_dir)
     if scaled:
@@ -255,7 +257,7 @@ def main(argv):
     out_dir = FLAGS.out_dir or os.path.dirname(os.path.abspath(FLAGS.results))
     try:
         md, pngs = build(FLAGS.results, out_dir, FLAGS.sweep, FLAGS.data, FLAGS.device)
-    except results.ResultsError as err:
+    except table.ResultsError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(f"wrote {md} and {len(pngs)} plots in {os.path.dirname(pngs[0])}")
@@ -265,7 +267,6 @@ def main(argv):
 
 
 def entry():
-    from bench import cli
 
     define_flags()
     app.run(main, flags_parser=cli.parse_flags)

@@ -19,7 +19,8 @@ import os
 
 import pandas as pd
 
-from bench import metrics
+from bench.results import metrics
+
 
 STRATEGIES = ("mirrored", "multi_worker")  # strategies whose replica count varies
 CONFIG = ["device", "data", "loop", "mode", "block", "shortcut", "depth", "precision", "xla", "batch_norm", "sync_bn",

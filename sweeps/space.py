@@ -12,8 +12,8 @@ import dataclasses
 import itertools
 import os
 
-from bench import cli, config, rows
-from bench.config import RunConfig
+from bench.config import cli, identity, options, validation
+from bench.config.options import RunConfig
 
 # The trial key always names these (stable keys over versions: --resume finds its trials);
 # any other field with more than one value in the sweep is appended.
@@ -33,8 +33,8 @@ class Trial:
 def axes_from_flags(values):
     """{field name: [values]} for every RunConfig flag of a parsed `sweeps.tune` command line."""
     axes = {}
-    for f in config.flag_fields():
-        found = config.axis_values(f, values[f.name].value)
+    for f in options.flag_fields():
+        found = options.axis_values(f, values[f.name].value)
         if f.name in ABSOLUTE_PATHS:
             found = [os.path.abspath(os.path.expanduser(v)) if v else v for v in found]
         axes[f.name] = found
@@ -48,14 +48,14 @@ def trial_key(cfg: RunConfig, varying):
 
 
 def _key_value(name, value):
-    if value is None:  # unset: xla and steps_per_loop then follow the device (config.resolve)
+    if value is None:  # unset: xla and steps_per_loop then follow the device (defaults.resolve)
         return "auto" if name in ("xla", "steps_per_loop") else "none"
     return cli.format_value(value)
 
 
 def build_trials(axes, repeats, sweep_name):
     """Every combination of the axes x `repeats` seeds, each validated like a single run."""
-    config.check_sweep_options(repeats=repeats)
+    validation.check_sweep_options(repeats=repeats)
     names = list(axes)
     varying = [n for n in names if len(axes[n]) > 1]
     trials, keys = [], set()
@@ -64,18 +64,18 @@ def build_trials(axes, repeats, sweep_name):
             values = dict(zip(names, combo))
             values["seed"] = values.get("seed", 0) + r
             cfg = _single_process_fields(RunConfig(**values, sweep=sweep_name))
-            cfg = cfg.replace(trial_key=trial_key(config.validate(cfg.replace(checkpoint_dir=None)), varying))
+            cfg = cfg.replace(trial_key=trial_key(validation.validate(cfg.replace(checkpoint_dir=None)), varying))
             if cfg.trial_key in keys:  # e.g. a --workers axis collapses for single-process strategies
                 continue
             keys.add(cfg.trial_key)
             cfg = _per_trial_folders(cfg)
-            trials.append(Trial(cfg.trial_key, config.validate(cfg)))
+            trials.append(Trial(cfg.trial_key, validation.validate(cfg)))
     return trials
 
 
 def _single_process_fields(cfg):
     """A sweep's multi-worker fields apply to its multi_worker trials only; the GPU/CPU split to the others."""
-    if cfg.strategy == config.MULTI_WORKER:
+    if cfg.strategy == options.MULTI_WORKER:
         return cfg.replace(num_gpus=None, cpu_replicas=1)
     defaults = {f.name: f.default for f in dataclasses.fields(RunConfig)}
     return cfg.replace(**{name: defaults[name] for name in MULTI_WORKER_FIELDS})
@@ -83,6 +83,6 @@ def _single_process_fields(cfg):
 
 def _per_trial_folders(cfg):
     """Trials never share an output folder: each gets `<folder>/<its stable run id>`."""
-    changes = {name: os.path.join(getattr(cfg, name), rows.stable_run_id(cfg))
+    changes = {name: os.path.join(getattr(cfg, name), identity.stable_run_id(cfg))
                for name in PER_TRIAL_FOLDERS if getattr(cfg, name)}
     return cfg.replace(**changes)

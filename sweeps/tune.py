@@ -17,9 +17,12 @@ import sys
 
 from absl import app, flags
 
-from bench import cli, config, results, rows
-from bench.config import ConfigError
-from sweeps import space
+from bench.config import cli, options, setup_checks, validation
+from bench.config.options import ConfigError
+from bench.distributed import driver, ray_connection
+from bench.results import rows, table
+from bench.runner import loop
+from sweeps import multiworker_trials, report, space
 
 FLAGS = flags.FLAGS
 cli.define_sweep_flags(FLAGS)  # every RunConfig field: axes take comma lists (--n 3,5,9)
@@ -60,10 +63,8 @@ def run_trial(params, runs=None):
     """
     from ray import tune
 
-    from bench import loop, multiworker
-
-    cfg = config.from_dict(runs[params["trial"]])
-    runner = multiworker.run if cfg.strategy == config.MULTI_WORKER else loop.run  # one multi-worker run per trial
+    cfg = options.from_dict(runs[params["trial"]])
+    runner = driver.run if cfg.strategy == options.MULTI_WORKER else loop.run  # one multi-worker run per trial
 
     def on_eval(step, accuracy, partial_row):
         tune.report({"test_accuracy": accuracy, "step": step, "final": False, "row": json.dumps(partial_row)})
@@ -116,7 +117,7 @@ def _make_row_writer(results_path, runs):
             self._write(trial, row)
 
         def _write(self, trial, row):
-            results.append_row(self.path, row)
+            table.append_row(self.path, row)
             self.done += 1
             speed = f"{float(row['images_per_sec']):.1f} img/s" if row.get("images_per_sec") else ""
             accuracy = f", accuracy {float(row['test_accuracy']):.4f}" if row.get("test_accuracy") else ""
@@ -135,7 +136,7 @@ def _make_row_writer(results_path, runs):
 
 
 def _failed_row(runs, trial, error):
-    cfg = config.from_dict(runs[trial.config["trial"]])
+    cfg = options.from_dict(runs[trial.config["trial"]])
     row = rows.config_row(cfg, "failed", error)
     row["command"] = trial.config.get("command", "")
     return row
@@ -143,7 +144,7 @@ def _failed_row(runs, trial, error):
 
 def check_storage(opts: SweepOptions):
     path = os.path.join(opts.storage, opts.name)
-    config.check_sweep_storage(opts.name, opts.storage, opts.resume, exists=os.path.exists(path),
+    validation.check_sweep_storage(opts.name, opts.storage, opts.resume, exists=os.path.exists(path),
                                is_folder=os.path.isdir(path))
     return path
 
@@ -151,12 +152,9 @@ def check_storage(opts: SweepOptions):
 def start_ray(opts: SweepOptions):
     import ray
 
-    from bench import multiworker
-
-    _, problem = multiworker.connect(opts.address)  # an address that does not answer: refused within 30 s
-    config.check_ray_connection(opts.address, problem)
+    ray_connection.connect(opts.address)  # an address that does not answer: refused within 30 s
     try:
-        config.check_cluster({"GPU": opts.gpus_per_trial}, ray.cluster_resources(), "--num_gpus (per trial)")
+        setup_checks.check_cluster({"GPU": opts.gpus_per_trial}, ray.cluster_resources(), "--num_gpus (per trial)")
     except ConfigError:
         ray.shutdown()
         raise
@@ -182,7 +180,6 @@ def run_sweep(trials, opts: SweepOptions):
             os.makedirs(path)
             with open(plan, "w") as fh:
                 json.dump({"command": opts.command, "runs": runs}, fh, indent=1)
-        from sweeps import multiworker_trials  # per-trial resources, checked before any trial starts
 
         multiworker_trials.check_cluster(runs, ray)
         trainable = tune.with_resources(
@@ -218,15 +215,15 @@ def run_sweep(trials, opts: SweepOptions):
         for result in grid:
             row = _row_of(result.metrics)
             if row is not None and result.metrics.get("final", True):
-                results.append_row(os.path.abspath(opts.results), row)
+                table.append_row(os.path.abspath(opts.results), row)
     finally:
         ray.shutdown()
-    return [r for r in results.read_rows(opts.results) if r["sweep"] == opts.name and r["trial_key"] in runs]
+    return [r for r in table.read_rows(opts.results) if r["sweep"] == opts.name and r["trial_key"] in runs]
 
 
 def trials_from_flags(values):
     """The sweep's trials from parsed flags (every one validated like a single run)."""
-    config.check_sweep_options(values.name, 1, values.max_concurrent, values.cpus_per_trial,  # repeats: space's
+    validation.check_sweep_options(values.name, 1, values.max_concurrent, values.cpus_per_trial,  # repeats: space's
                                values.scheduler, values.strategy, values.data, values.eval_every_epochs)
     return space.build_trials(space.axes_from_flags(values), values.repeats, values.name)
 
@@ -243,7 +240,7 @@ def options_from_flags(values, trials):
 
 
 def usage():
-    return cli.usage_text(__doc__, [f.name for f in config.flag_fields()] + list(SWEEP_FLAGS))
+    return cli.usage_text(__doc__, [f.name for f in options.flag_fields()] + list(SWEEP_FLAGS))
 
 
 def main(argv):
@@ -259,8 +256,6 @@ def main(argv):
     bad = [r for r in trial_rows if r["status"] != "ok"]
     print(f"sweep {opts.name}: {len(trial_rows)} trial rows in {opts.results} ({len(bad)} not ok)")
     if FLAGS.report:
-        from sweeps import report
-
         out_dir = FLAGS.report_dir or os.path.dirname(opts.results)
         report.build(opts.results, out_dir, sweep=opts.name)
         print(f"report: {os.path.join(out_dir, 'summary.md')} and {os.path.join(out_dir, 'plots')}/")

@@ -15,7 +15,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
-from bench import devices  # noqa: E402
+from bench.hardware import devices
 
 tf = devices.import_tensorflow()
 devices.split_cpu(tf, 2)

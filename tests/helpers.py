@@ -3,22 +3,22 @@
 import numpy as np
 import tensorflow as tf
 
-from bench import config
-from bench.step import Trainer, make_optimizer
+from bench.config import recipe
+from bench.training.steps import StepFunctions, make_optimizer
 from resnet.model import build_resnet
 
 
 def make_trainer(strategy, n=1, precision="float32", xla=False, sync_bn=False, batch=16, lr=0.05, seed=0,
                  weight_decay=1e-4, batch_norm="keras", **inject):
-    """A Trainer over a small ResNet built (with `seed`) under `strategy`."""
+    """StepFunctions over a small ResNet built (with `seed`) under `strategy`."""
     import keras
 
     keras.utils.set_random_seed(seed)
-    schedule = config.Schedule(starts=(0,), values=(lr,))
+    schedule = recipe.Schedule(starts=(0,), values=(lr,))
     with strategy.scope():
         model = build_resnet(n, precision=precision, sync_bn=sync_bn, batch_norm=batch_norm)
         opt = make_optimizer(schedule, precision)
-    return Trainer(model, opt, strategy, batch, weight_decay, xla=xla, sync_bn=sync_bn, **inject)
+    return StepFunctions(model, opt, strategy, batch, weight_decay, xla=xla, sync_bn=sync_bn, **inject)
 
 
 def fixed_batch(batch=16, seed=1):

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from bench import augment
+from bench.training import augment
 from helpers import distributed_iterator, fixed_batch, make_trainer
 
 PER_CELL = 200

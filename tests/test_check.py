@@ -8,7 +8,10 @@ import sys
 
 import tensorflow as tf
 
-from bench import check, peak, step
+from bench import check
+from bench.hardware import peak
+from bench.training import steps
+
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -60,7 +63,7 @@ def test_without_the_overflow_agreement_the_fp16_check_fails_and_the_tool_exits_
     """Bypass the replicas' agreement on overflow (the Keras 3.15 behaviour): replica 0's finite local
     gradients let the step through, the inf from replica 1 is summed into every replica's weights."""
     no_agreement = staticmethod(lambda ctx, grads: (grads, tf.constant(0, tf.int64)))
-    monkeypatch.setattr(step.Trainer, "_agree_on_overflow", no_agreement)
+    monkeypatch.setattr(steps.StepFunctions, "_agree_on_overflow", no_agreement)
     out = io.StringIO()
     assert check.run(["fp16_overflow_skipped"], cpu_replicas=2, out=out) == 1
     text = out.getvalue()

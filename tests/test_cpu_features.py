@@ -5,8 +5,8 @@ import sys
 
 import pytest
 
-from bench import cpu_features
-from bench.cpu_features import cpu_flags, emulated_precision
+from bench.hardware import cpu_features
+from bench.hardware.cpu_features import cpu_flags, emulated_precision
 
 # Trimmed from real /proc/cpuinfo files: two processors each, as the kernel prints them.
 X86_AVX2 = """processor\t: 0

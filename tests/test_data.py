@@ -7,14 +7,15 @@ import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from bench import cifar, data
-from bench.config import RunConfig
+from bench.config import cifar_files
+from bench.training import data
+from bench.config.options import RunConfig
 from cifar_files import known_image, write_cifar
 
 
 def test_binary_files_decode_exactly(tmp_path):
     folder, labels = write_cifar(str(tmp_path), train_per_file=(5, 4), test=3)
-    train_files, test_files = cifar.find_files(folder)
+    train_files, test_files = cifar_files.find_files(folder)
     assert [os.path.basename(f) for f in train_files] == ["data_batch_1.bin", "data_batch_2.bin"]
     decoded = list(data.files_dataset(train_files).as_numpy_iterator())
     assert len(decoded) == 9
@@ -31,7 +32,7 @@ def test_binary_files_decode_exactly(tmp_path):
 
 def test_nested_folder_is_found(tmp_path):
     folder, _ = write_cifar(str(tmp_path), nested=True)
-    train, test = cifar.find_files(folder)
+    train, test = cifar_files.find_files(folder)
     assert len(train) == 2 and test[0].endswith(os.path.join("cifar-10-batches-bin", "test_batch.bin"))
 
 
@@ -39,14 +40,14 @@ def test_bad_files_are_named(tmp_path):
     folder, _ = write_cifar(str(tmp_path))
     with open(os.path.join(folder, "data_batch_2.bin"), "ab") as fh:
         fh.write(b"\0" * 10)
-    with pytest.raises(cifar.CifarFilesError, match="data_batch_2.bin.*3073"):
-        cifar.find_files(folder)
+    with pytest.raises(cifar_files.CifarFilesError, match="data_batch_2.bin.*3073"):
+        cifar_files.find_files(folder)
     empty = tmp_path / "empty"
     empty.mkdir()
-    with pytest.raises(cifar.CifarFilesError, match="holds no CIFAR-10 binary files"):
-        cifar.find_files(str(empty))
-    with pytest.raises(cifar.CifarFilesError, match="not a folder"):
-        cifar.find_files(str(tmp_path / "missing"))
+    with pytest.raises(cifar_files.CifarFilesError, match="holds no CIFAR-10 binary files"):
+        cifar_files.find_files(str(empty))
+    with pytest.raises(cifar_files.CifarFilesError, match="not a folder"):
+        cifar_files.find_files(str(tmp_path / "missing"))
 
 
 def test_augmentation_keeps_shape_and_moves_pixels():
@@ -110,7 +111,7 @@ def test_tfds_offline_fails_fast_with_advice(tmp_path, monkeypatch):
     with pytest.raises(data.DataUnavailable, match="--cifar_dir.*--data=synthetic"):
         data.tfds_datasets(str(tmp_path))
     assert time.perf_counter() - start < 30  # not tfds' minutes of retries
-    # --data=tfds: resolve reports it, for config.check_setup to refuse (exit 2 through the CLI)
+    # --data=tfds: resolve reports it, for setup_checks.check_setup to refuse (exit 2 through the CLI)
     source = data.resolve(RunConfig(data="tfds", tfds_dir=str(tmp_path)))
     assert source.kind == "unavailable" and "--data=synthetic" in source.problem
 

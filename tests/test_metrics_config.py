@@ -4,8 +4,10 @@ import math
 
 import pytest
 
-from bench import config, metrics, timing
-from bench.config import ConfigError, RunConfig
+from bench.config import defaults, options, recipe, validation
+from bench.results import metrics
+from bench.runner import timing
+from bench.config.options import ConfigError, RunConfig
 
 
 def test_summarize_agrees_with_the_clock():
@@ -77,39 +79,39 @@ def test_chrono_keeps_compile_and_warmup_out_of_the_windows():
 ])
 def test_validate_rejects_with_a_message(changes, message):
     with pytest.raises(ConfigError, match=message):
-        config.validate(RunConfig(**changes))
+        validation.validate(RunConfig(**changes))
 
 
 def test_device_defaults_are_decided_once_per_run():
-    cpu = config.resolve(RunConfig(), "CPU", 1)
+    cpu = defaults.resolve(RunConfig(), "CPU", 1)
     assert (cpu.xla, cpu.steps_per_loop, cpu.batch_norm) == (False, 10, "fused")
-    gpu = config.resolve(RunConfig(strategy="mirrored"), "GPU", 8)
+    gpu = defaults.resolve(RunConfig(strategy="mirrored"), "GPU", 8)
     assert (gpu.xla, gpu.steps_per_loop, gpu.batch_norm) == (True, 50, "fused")
     # XLA only where it is valid: not sync BN's nor fit's all-reduces over replicas; one replica: always
-    assert config.resolve(RunConfig(strategy="mirrored", sync_bn=True), "GPU", 2).xla is False
-    assert config.resolve(RunConfig(strategy="mirrored", sync_bn=True), "GPU", 2).batch_norm == "keras"
-    assert config.resolve(RunConfig(loop="fit", strategy="mirrored"), "GPU", 2).xla is False
-    assert config.resolve(RunConfig(loop="fit"), "GPU", 1).xla is True
+    assert defaults.resolve(RunConfig(strategy="mirrored", sync_bn=True), "GPU", 2).xla is False
+    assert defaults.resolve(RunConfig(strategy="mirrored", sync_bn=True), "GPU", 2).batch_norm == "keras"
+    assert defaults.resolve(RunConfig(loop="fit", strategy="mirrored"), "GPU", 2).xla is False
+    assert defaults.resolve(RunConfig(loop="fit"), "GPU", 1).xla is True
     # what the user set is kept
-    kept = config.resolve(RunConfig(xla=False, steps_per_loop=7, batch_norm="keras"), "GPU", 1)
+    kept = defaults.resolve(RunConfig(xla=False, steps_per_loop=7, batch_norm="keras"), "GPU", 1)
     assert (kept.xla, kept.steps_per_loop, kept.batch_norm) == (False, 7, "keras")
-    assert config.resolve_augment(RunConfig(), "GPU", "files") == "device"
-    assert config.resolve_augment(RunConfig(), "CPU", "files") == "host"
-    assert config.resolve_augment(RunConfig(loop="fit"), "GPU", "files") == "host"
-    assert config.resolve_augment(RunConfig(augment="device"), "CPU", "synthetic") == "none"
+    assert defaults.resolve_augment(RunConfig(), "GPU", "files") == "device"
+    assert defaults.resolve_augment(RunConfig(), "CPU", "files") == "host"
+    assert defaults.resolve_augment(RunConfig(loop="fit"), "GPU", "files") == "host"
+    assert defaults.resolve_augment(RunConfig(augment="device"), "CPU", "synthetic") == "none"
 
 
 def test_validate_normalises_precision_aliases():
-    assert config.validate(RunConfig(precision="bf16")).precision == "mixed_bfloat16"
-    assert config.validate(RunConfig(precision="fp16")).precision == "mixed_float16"
+    assert validation.validate(RunConfig(precision="bf16")).precision == "mixed_bfloat16"
+    assert validation.validate(RunConfig(precision="fp16")).precision == "mixed_float16"
 
 
 def test_steps_from_epochs_recipe_and_warmup_check():
-    assert config.train_steps(RunConfig(epochs=2.0, batch_size=100)) == 1000
-    assert config.train_steps(RunConfig(recipe="paper")) == 64000
-    assert config.train_steps(RunConfig(recipe="paper", batch_size=256)) == 32000
+    assert recipe.train_steps(RunConfig(epochs=2.0, batch_size=100)) == 1000
+    assert recipe.train_steps(RunConfig(recipe="paper")) == 64000
+    assert recipe.train_steps(RunConfig(recipe="paper", batch_size=256)) == 32000
     with pytest.raises(ConfigError, match="warm-up"):
-        config.check_steps(RunConfig(warmup_steps=20), 20)
+        validation.check_steps(RunConfig(warmup_steps=20), 20)
 
 
 def _lr(optimizer, iteration):
@@ -119,15 +121,15 @@ def _lr(optimizer, iteration):
 
 
 def test_paper_schedule_is_the_optimizers():
-    from bench.step import make_optimizer
+    from bench.training.steps import make_optimizer
 
-    s = config.lr_schedule(RunConfig(recipe="paper", n=18), 64000)
+    s = recipe.lr_schedule(RunConfig(recipe="paper", n=18), 64000)
     assert s.starts == (0, 400, 32000, 48000)
     opt = make_optimizer(s, "float32")
     lrs = {step: _lr(opt, step) for step in (0, 399, 400, 31999, 32000, 47999, 48000, 63999)}
     assert lrs[0] == lrs[399] == pytest.approx(0.01) and lrs[400] == lrs[31999] == pytest.approx(0.1)
     assert lrs[32000] == lrs[47999] == pytest.approx(0.01) and lrs[48000] == lrs[63999] == pytest.approx(0.001)
-    s20 = config.lr_schedule(RunConfig(recipe="paper", n=3, batch_size=256), 32000)
+    s20 = recipe.lr_schedule(RunConfig(recipe="paper", n=3, batch_size=256), 32000)
     assert s20.starts == (0, 16000, 24000) and s20.values == pytest.approx((0.2, 0.02, 0.002))
     opt20 = make_optimizer(s20, "mixed_float16")  # the loss-scaled wrapper trains on the same schedule
     assert _lr(opt20.inner_optimizer, 15999) == pytest.approx(0.2) and _lr(opt20.inner_optimizer, 16000) == \
@@ -135,7 +137,7 @@ def test_paper_schedule_is_the_optimizers():
 
 
 def test_profile_steps_parse():
-    assert config.parse_profile_steps("20,25") == (20, 25)
+    assert options.parse_profile_steps("20,25") == (20, 25)
     for bad in ("20", "a,b", "25,20", "0,3"):
         with pytest.raises(ConfigError, match="profile_steps"):
-            config.parse_profile_steps(bad)
+            options.parse_profile_steps(bad)

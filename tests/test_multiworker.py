@@ -16,8 +16,11 @@ import time
 
 import pytest
 
-from bench import config, loop, multiworker, results, workers
-from bench.config import ConfigError, RunConfig
+from bench.config import options, setup_checks, validation
+from bench.distributed import driver, worker
+from bench.results import table
+from bench.runner import loop
+from bench.config.options import ConfigError, RunConfig
 from cifar_files import write_cifar
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -47,24 +50,24 @@ MW = dict(strategy="multi_worker", workers=2, n=1, batch_size=16)
 ])
 def test_multi_worker_fields_are_validated(changes, message):
     with pytest.raises(ConfigError, match=message):
-        config.validate(RunConfig(**changes))
+        validation.validate(RunConfig(**changes))
 
 
 def test_fault_spec_parses():
-    assert config.parse_worker_fault("1:6") == (1, 6, "exit")
-    assert config.parse_worker_fault("0:2:stall") == (0, 2, "stall")
-    assert workers.fault_marks(RunConfig(**MW, fail_worker_at_step="1:7")) == {7}
+    assert options.parse_worker_fault("1:6") == (1, 6, "exit")
+    assert options.parse_worker_fault("0:2:stall") == (0, 2, "stall")
+    assert worker.fault_marks(RunConfig(**MW, fail_worker_at_step="1:7")) == {7}
 
 
 def test_resource_check_refuses_what_the_cluster_cannot_hold():
     cfg = RunConfig(**MW, cpus_per_worker=2)
-    config.check_ray_request(cfg, {"CPU": 4.0}, [{"CPU": 2.0}, {"CPU": 2.0}])
+    setup_checks.check_ray_request(cfg, {"CPU": 4.0}, [{"CPU": 2.0}, {"CPU": 2.0}])
     with pytest.raises(ConfigError, match="need 4 CPUs and 0 GPUs; the Ray cluster has 2 CPUs"):
-        config.check_ray_request(cfg, {"CPU": 2.0}, [{"CPU": 2.0}])
+        setup_checks.check_ray_request(cfg, {"CPU": 2.0}, [{"CPU": 2.0}])
     with pytest.raises(ConfigError, match="need 2 CPUs and 2 GPUs"):
-        config.check_ray_request(RunConfig(**MW, gpus_per_worker=1), {"CPU": 8.0, "GPU": 1.0})
+        setup_checks.check_ray_request(RunConfig(**MW, gpus_per_worker=1), {"CPU": 8.0, "GPU": 1.0})
     with pytest.raises(ConfigError, match="each worker must fit on one node"):  # 3 + 1 CPUs, 2 per worker
-        config.check_ray_request(cfg, {"CPU": 4.0}, [{"CPU": 3.0}, {"CPU": 1.0}])
+        setup_checks.check_ray_request(cfg, {"CPU": 4.0}, [{"CPU": 3.0}, {"CPU": 1.0}])
 
 
 def _report(rank, host, peak, attempt=1, **row):
@@ -76,32 +79,32 @@ def _report(rank, host, peak, attempt=1, **row):
 def test_row_assembly_sums_peaks_and_names_the_hosts():
     cfg = RunConfig(**MW)
     state = {"starts": {0: 2, 1: 2}, "reports": {0: _report(0, "node1", 100.0, 2), 1: _report(1, "node2", 60.0, 2)}}
-    row = multiworker.assemble_row(cfg, "cmd", state)
+    row = driver.assemble_row(cfg, "cmd", state)
     assert row["peak_gflops"] == 160.0 and row["mfu"] == pytest.approx(1e9 * 50 / 160e9)
     assert row["host"] == "node1 (+1 host)" and row["num_workers"] == 2 and row["restarts"] == 1
     assert row["command"] == "cmd" and row["num_replicas"] == 2
-    results.format_row(row)  # every column is in the schema
+    table.format_row(row)  # every column is in the schema
     # a report left from an earlier attempt does not count
     stale = {"starts": {0: 2, 1: 2}, "reports": {0: _report(0, "node1", 100.0, 2), 1: _report(1, "node2", 60.0, 1)}}
-    assert multiworker.assemble_row(cfg, "", stale)["peak_gflops"] is None
+    assert driver.assemble_row(cfg, "", stale)["peak_gflops"] is None
     one_host = {"starts": {0: 1}, "reports": {0: _report(0, "vm", 100.0), 1: _report(1, "vm", 100.0)}}
-    assert multiworker.assemble_row(cfg, "", one_host)["host"] == "vm (1 host)"
+    assert driver.assemble_row(cfg, "", one_host)["host"] == "vm (1 host)"
     # the chief finished but the worker group failed: the row says failed
-    failed = multiworker.assemble_row(cfg, "", one_host, error="worker 1: died")
+    failed = driver.assemble_row(cfg, "", one_host, error="worker 1: died")
     assert failed["status"] == "failed" and failed["error"] == "worker 1: died"
     # no report at all: a failed row from the configuration
-    empty = multiworker.assemble_row(cfg, "", {"starts": {}, "reports": {}}, error="worker 0: gone")
+    empty = driver.assemble_row(cfg, "", {"starts": {}, "reports": {}}, error="worker 0: gone")
     assert empty["status"] == "failed" and empty["num_replicas"] == 2 and empty["peak_gflops"] is None
-    results.format_row(empty)
+    table.format_row(empty)
 
 
 def test_older_results_files_take_the_new_columns(tmp_path):
     path = tmp_path / "summary.csv"
-    old = [c for c in results.SCHEMA if c not in ("num_workers", "restarts")]
+    old = [c for c in table.SCHEMA if c not in ("num_workers", "restarts")]
     path.write_text(",".join(old) + "\nold1,t,ok" + "," * (len(old) - 3) + "\n")
-    assert results.append_row(str(path), {"run_id": "new1", "status": "ok", "num_workers": 2, "restarts": 0})
-    rows = results.read_rows(str(path))
-    assert tuple(rows[0]) == results.SCHEMA and rows[0]["num_workers"] == "" and rows[1]["num_workers"] == "2"
+    assert table.append_row(str(path), {"run_id": "new1", "status": "ok", "num_workers": 2, "restarts": 0})
+    rows = table.read_rows(str(path))
+    assert tuple(rows[0]) == table.SCHEMA and rows[0]["num_workers"] == "" and rows[1]["num_workers"] == "2"
 
 
 def cli(*args, timeout=120):
@@ -194,9 +197,9 @@ def test_killed_worker_restarts_from_the_checkpoint_and_workers_agree(ray_addres
                     eval_every_epochs=0.5, checkpoint_dir=str(tmp_path / "ckpt"), checkpoint_every_steps=4,
                     max_failures=1, fail_worker_at_step="1:6", results=path)
     out = io.StringIO()
-    outcome = multiworker.run(cfg, command="test", out=out)
+    outcome = driver.run(cfg, command="test", out=out)
     text = out.getvalue()
-    rows = results.read_rows(path)
+    rows = table.read_rows(path)
     assert outcome.status == "ok" and outcome.exit_code == 0, text
     assert len(rows) == 1
     row = rows[0]
@@ -216,15 +219,14 @@ def test_killed_worker_restarts_from_the_checkpoint_and_workers_agree(ray_addres
     assert float(row["peak_gflops"]) == pytest.approx(sum(peaks), rel=1e-5)
     assert row["host"].endswith("(1 host)") and float(row["images_per_sec"]) > 0
     assert json.load(open(tmp_path / "ckpt" / "run.json"))["finished"] is True
-    again = multiworker.run(cfg, out=io.StringIO())  # the same command again: nothing runs, nothing written
-    assert again.status == "skipped" and len(results.read_rows(path)) == 1
+    again = driver.run(cfg, out=io.StringIO())  # the same command again: nothing runs, nothing written
+    assert again.status == "skipped" and len(table.read_rows(path)) == 1
 
 
 @pytest.mark.slow
 def test_stalled_worker_fails_within_the_timeout_and_matches_mirrored(ray_address, tmp_path, monkeypatch):
-    from bench import devices, peak
+    from bench.hardware import devices, peak
 
-    # A short collective timeout must not race a worker's first peak measurement: fill the cache.
     cache = tmp_path / "cache"
     monkeypatch.setenv("RESNET_BENCH_CACHE", str(cache))
     key = f"CPU:{devices.cpu_model_name()}|tf{devices.import_tensorflow().__version__}" + (
@@ -236,8 +238,8 @@ def test_stalled_worker_fails_within_the_timeout_and_matches_mirrored(ray_addres
     timeout = 15
     cfg = RunConfig(**MW, data="synthetic", steps=6, steps_per_loop=1, warmup_steps=1, collective_timeout_s=timeout,
                     fail_worker_at_step="1:2:stall", results=path)
-    outcome = multiworker.run(cfg, out=io.StringIO())
-    rows = results.read_rows(path)
+    outcome = driver.run(cfg, out=io.StringIO())
+    rows = table.read_rows(path)
     assert outcome.status == "failed" and outcome.exit_code == loop.EXIT_FAILED
     assert len(rows) == 1 and rows[0]["status"] == "failed" and rows[0]["error"], rows
     stalled_for = outcome.ended_at - outcome.fired["1:2:stall"]
@@ -260,7 +262,7 @@ def test_crash_without_restarts_is_a_failed_row_exit_1_through_the_cli(ray_addre
                "--batch_size=16", "--steps=8", "--steps_per_loop=1", "--warmup_steps=1", "--fail_worker_at_step=1:3",
                f"--results={path}", timeout=300)
     assert proc.returncode == 1, proc.stderr[-3000:]
-    rows = results.read_rows(str(path))
+    rows = table.read_rows(str(path))
     assert len(rows) == 1 and rows[0]["status"] == "failed" and rows[0]["restarts"] == "0"
     assert rows[0]["num_workers"] == "2" and rows[0]["command"].endswith(f"--results={path}")
     assert time.perf_counter() - start < 240
@@ -313,6 +315,6 @@ def test_sweep_of_worker_counts_writes_one_row_per_trial(tmp_path):
                            f"--results={path}", "--noreport"], cwd=ROOT, env=env, capture_output=True, text=True,
                           timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    rows = results.read_rows(str(path))
+    rows = table.read_rows(str(path))
     assert sorted((r["num_workers"], r["num_replicas"]) for r in rows) == [("1", "1"), ("2", "2")]
     assert all(r["status"] == "ok" and r["sweep"] == "mw" and r["strategy"] == "multi_worker" for r in rows)

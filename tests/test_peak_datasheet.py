@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from bench import datasheet, metrics, peak
-from bench.timing import device_sync
+from bench.hardware import datasheet, peak
+from bench.results import metrics
+from bench.runner.timing import device_sync
 from helpers import distributed_iterator, fixed_batch, make_trainer
 from resnet import cost
 

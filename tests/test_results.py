@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from bench import results
+from bench.results import table
 
 
 def row(i, **extra):
@@ -16,28 +16,28 @@ def row(i, **extra):
 
 def _writer(path, start, count):
     for i in range(start, start + count):
-        results.append_row(path, row(i))
+        table.append_row(path, row(i))
 
 
 def test_header_once_and_values_round_trip(tmp_path):
     path = str(tmp_path / "sub" / "summary.csv")
-    assert results.append_row(path, row(1, xla=True, error="line one\nline two"))
-    assert results.append_row(path, row(2))
+    assert table.append_row(path, row(1, xla=True, error="line one\nline two"))
+    assert table.append_row(path, row(2))
     with open(path) as fh:
         text = fh.read()
     assert text.count("run_id,timestamp_utc") == 1
-    rows = results.read_rows(path)
+    rows = table.read_rows(path)
     assert [r["run_id"] for r in rows] == ["run0001", "run0002"]
-    assert tuple(rows[0]) == results.SCHEMA
+    assert tuple(rows[0]) == table.SCHEMA
     assert rows[0]["xla"] == "true" and rows[0]["error"] == "line one\nline two"
     assert rows[0]["command"].endswith('"quoted, with comma"')
 
 
 def test_same_run_id_is_written_once(tmp_path):
     path = str(tmp_path / "summary.csv")
-    assert results.append_row(path, row(1))
-    assert not results.append_row(path, row(1))
-    assert len(results.read_rows(path)) == 1
+    assert table.append_row(path, row(1))
+    assert not table.append_row(path, row(1))
+    assert len(table.read_rows(path)) == 1
 
 
 def test_concurrent_writers_keep_every_row_whole(tmp_path):
@@ -49,36 +49,36 @@ def test_concurrent_writers_keep_every_row_whole(tmp_path):
     for p in procs:
         p.join(120)
         assert p.exitcode == 0
-    rows = results.read_rows(path)
+    rows = table.read_rows(path)
     assert sorted(r["run_id"] for r in rows) == sorted(f"run{k * 100 + i:04d}" for k in range(4) for i in range(15))
     with open(path, newline="") as fh:
         raw = list(csv.reader(fh))
-    assert all(len(r) == len(results.SCHEMA) for r in raw)
+    assert all(len(r) == len(table.SCHEMA) for r in raw)
     assert not [f for f in os.listdir(tmp_path) if f.endswith(".tmp")]
 
 
 def test_foreign_header_is_refused_and_left_alone(tmp_path):
     path = tmp_path / "summary.csv"
     path.write_text("run_id,speed\nx,1\n")
-    with pytest.raises(results.ResultsError, match="different header"):
-        results.check_results_path(str(path))
-    with pytest.raises(results.ResultsError):
-        results.append_row(str(path), row(1))
+    with pytest.raises(table.ResultsError, match="different header"):
+        table.check_results_path(str(path))
+    with pytest.raises(table.ResultsError):
+        table.append_row(str(path), row(1))
     assert path.read_text() == "run_id,speed\nx,1\n"
 
 
 def test_file_of_an_older_schema_is_upgraded_and_keeps_its_rows(tmp_path):
     path = tmp_path / "summary.csv"
-    old_schema = [c for c in results.SCHEMA if c != "onednn"]
+    old_schema = [c for c in table.SCHEMA if c != "onednn"]
     with open(path, "w", newline="") as fh:
         writer = csv.DictWriter(fh, old_schema, lineterminator="\n")
         writer.writeheader()
         writer.writerow({"run_id": "old1", "status": "ok", "xla": "true", "images_per_sec": "151.2",
                          "command": "python -m bench.run --x, y"})
-    results.check_results_path(str(path))  # accepted
-    assert results.append_row(str(path), row(2, onednn=True))
-    rows = results.read_rows(str(path))
-    assert tuple(rows[0]) == results.SCHEMA
+    table.check_results_path(str(path))  # accepted
+    assert table.append_row(str(path), row(2, onednn=True))
+    rows = table.read_rows(str(path))
+    assert tuple(rows[0]) == table.SCHEMA
     assert [r["run_id"] for r in rows] == ["old1", "run0002"]
     assert rows[0]["onednn"] == "" and rows[1]["onednn"] == "true"
     assert rows[0]["xla"] == "true" and rows[0]["images_per_sec"] == "151.2"
@@ -86,27 +86,27 @@ def test_file_of_an_older_schema_is_upgraded_and_keeps_its_rows(tmp_path):
     # columns in another order, or unknown ones, are not an older schema
     reordered = tmp_path / "reordered.csv"
     reordered.write_text(",".join(reversed(old_schema)) + "\n")
-    with pytest.raises(results.ResultsError, match="different header"):
-        results.check_results_path(str(reordered))
+    with pytest.raises(table.ResultsError, match="different header"):
+        table.check_results_path(str(reordered))
 
 
 def test_unwritable_places_are_refused(tmp_path):
-    from bench import config
+    from bench.config import options, validation
 
-    with pytest.raises(results.ResultsError, match="folder"):
-        results.check_results_path(str(tmp_path))
+    with pytest.raises(table.ResultsError, match="folder"):
+        table.check_results_path(str(tmp_path))
     blocker = tmp_path / "file"
     blocker.write_text("")
     # the up-front check creates a probe file: as root, os.access says yes to /proc
     for bad in (blocker / "summary.csv", "/proc/newcomer.csv", "/proc/no/such/dir/s.csv"):
-        with pytest.raises(config.ConfigError, match="not a writable folder"):
-            config.validate(config.RunConfig(results=str(bad)))
+        with pytest.raises(options.ConfigError, match="not a writable folder"):
+            validation.validate(options.RunConfig(results=str(bad)))
     assert not os.path.exists("/proc/newcomer.csv") and os.listdir(tmp_path) == ["file"]
 
 
 def test_rows_are_checked_against_the_schema():
     with pytest.raises(KeyError, match="speed"):
-        results.format_row({"run_id": "x", "status": "ok", "speed": 1})
+        table.format_row({"run_id": "x", "status": "ok", "speed": 1})
     with pytest.raises(ValueError, match="status"):
-        results.format_row({"run_id": "x", "status": "great"})
-    assert results.format_row({"run_id": "x", "status": "ok"}).endswith("\n")
+        table.format_row({"run_id": "x", "status": "great"})
+    assert table.format_row({"run_id": "x", "status": "ok"}).endswith("\n")

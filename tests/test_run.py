@@ -9,8 +9,10 @@ import time
 
 import pytest
 
-from bench import devices, loop, results
-from bench.config import ConfigError, RunConfig
+from bench.hardware import devices
+from bench.results import table
+from bench.runner import loop
+from bench.config.options import ConfigError, RunConfig
 from cifar_files import write_cifar
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -22,7 +24,7 @@ def test_mirrored_synthetic_run_writes_one_true_row(tmp_path):
     cfg = RunConfig(strategy="mirrored", cpu_replicas=2, data="synthetic", steps=14, results=path, **SMALL)
     out = loop.run(cfg, command="test")
     assert out.status == "ok" and out.exit_code == 0
-    rows = results.read_rows(path)
+    rows = table.read_rows(path)
     assert len(rows) == 1
     row = rows[0]
     assert row["status"] == "ok" and row["num_replicas"] == "2" and row["strategy"] == "mirrored"
@@ -49,7 +51,7 @@ def test_files_run_evaluates_and_stops_at_the_target(tmp_path):
     cfg = RunConfig(data="files", cifar_dir=folder, steps=40, results=path, target_accuracy=0.01,
                     eval_every_epochs=1.0, tensorboard_dir=str(tmp_path / "tb"), **SMALL)
     out = loop.run(cfg)
-    row = results.read_rows(path)[0]
+    row = table.read_rows(path)[0]
     assert out.status == "ok" and row["data"] == "files"
     acc = float(row["test_accuracy"])
     assert 0.01 <= acc <= 1 and float(row["best_test_accuracy"]) >= acc
@@ -64,14 +66,14 @@ def test_non_finite_loss_is_recorded_as_diverged(tmp_path):
     path = str(tmp_path / "summary.csv")
     out = loop.run(RunConfig(data="synthetic", steps=12, results=path, inject_nan_at_step=6, **SMALL))
     assert out.status == "diverged" and out.exit_code == loop.EXIT_DIVERGED
-    row = results.read_rows(path)[0]
+    row = table.read_rows(path)[0]
     assert row["status"] == "diverged" and "non-finite" in row["error"]
 
 
 def test_a_cached_peak_below_the_achieved_rate_is_measured_again(tmp_path, monkeypatch):
     import json
 
-    from bench import peak
+    from bench.hardware import peak
 
     monkeypatch.setenv("RESNET_BENCH_CACHE", str(tmp_path / "cache"))
     key = f"CPU:{devices.cpu_model_name()}|tf{devices.import_tensorflow().__version__}" + (
@@ -86,7 +88,7 @@ def test_a_cached_peak_below_the_achieved_rate_is_measured_again(tmp_path, monke
 def test_mixed_float16_on_cpu_warns(capsys):
     devices.warn_if_emulated(RunConfig(precision="mixed_float16"), "CPU")
     assert "mixed_float16 is emulated on x86 CPUs" in capsys.readouterr().err
-    from bench import cpu_features
+    from bench.hardware import cpu_features
 
     devices.warn_if_emulated(RunConfig(precision="bf16"), "CPU")  # warned exactly when the CPU lacks bf16
     warned = "mixed_bfloat16 is emulated" in capsys.readouterr().err
@@ -172,13 +174,13 @@ def test_onednn_setting_takes_effect_and_is_recorded(tmp_path):
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "oneDNN" not in proc.stdout.split("devices", 1)[1].splitlines()[0]
-    assert [r["onednn"] for r in results.read_rows(path)] == ["false"]
+    assert [r["onednn"] for r in table.read_rows(path)] == ["false"]
     # In this process TensorFlow is loaded already: the other setting is refused, nothing written.
     other = "off" if devices.onednn_enabled() else "on"
     cfg = RunConfig(data="synthetic", steps=4, onednn=other, results=path, **SMALL)
     with pytest.raises(ConfigError, match="cannot take effect"):
         loop.run(cfg)
-    assert len(results.read_rows(path)) == 1
+    assert len(table.read_rows(path)) == 1
 
 
 def wait_for_checkpoint(folder, at_least, proc, timeout=240):
@@ -219,11 +221,11 @@ def test_sigkilled_run_resumes_and_writes_exactly_one_row(tmp_path):
     assert "resumed from step" in again.stdout
     resumed_at = int(again.stdout.split("resumed from step ")[1].split()[0])
     assert 8 <= resumed_at < 60
-    rows = results.read_rows(path)
+    rows = table.read_rows(path)
     assert len(rows) == 1 and rows[0]["status"] == "ok" and rows[0]["total_steps"] == "60"
     third = cli(*args)
     assert third.returncode == 0 and "already finished" in third.stdout
-    assert len(results.read_rows(path)) == 1
+    assert len(table.read_rows(path)) == 1
 
 
 @pytest.mark.parametrize("xla", [False, True], ids=["plain", "xla"])
@@ -233,7 +235,7 @@ def test_fp16_overflow_on_one_replica_is_skipped_everywhere_through_the_cli(tmp_
                "--steps=12", "--data=synthetic", "--n=1", "--batch_size=16", "--steps_per_loop=2", "--warmup_steps=2",
                f"--results={path}", *(["--xla"] if xla else []))
     assert proc.returncode == 0, proc.stderr[-2000:]
-    [row] = results.read_rows(path)
+    [row] = table.read_rows(path)
     assert row["status"] == "ok" and row["skipped_steps"] == "1" and row["augment"] == "none"
     assert math.isfinite(float(row["final_train_loss"]))
     assert "1 step(s) skipped" in proc.stdout
@@ -246,7 +248,7 @@ def test_inference_mode_times_each_batch_with_threads_as_asked(tmp_path):
     proc = cli("--mode=inference", "--batch_size=1", "--steps=30", "--warmup_steps=5", "--n=1", "--data=synthetic",
                "--intra_op_threads=1", "--inter_op_threads=1", f"--results={path}")
     assert proc.returncode == 0, proc.stderr[-2000:]
-    [row] = results.read_rows(path)
+    [row] = table.read_rows(path)
     assert row["mode"] == "inference" and row["global_batch_size"] == "1"
     assert row["intra_op_threads"] == "1" and row["inter_op_threads"] == "1"
     assert int(row["timed_steps"]) == 30 - 5 and row["steps_per_loop"] == "1"  # one batch per window: latency
@@ -272,7 +274,7 @@ def test_ctrl_c_stops_at_the_next_window_with_a_row_and_a_checkpoint(tmp_path):
             proc.kill()
     assert proc.returncode == 130, stderr[-2000:]
     assert time.time() - sent < 30 and "Traceback" not in stderr
-    [row] = results.read_rows(path)
+    [row] = table.read_rows(path)
     steps = int(row["total_steps"])
     assert row["status"] == "interrupted" and "SIGINT" in row["error"] and 6 <= steps < 100000
     assert int(row["timed_steps"]) > 0 and float(row["images_per_sec"]) > 0
@@ -290,7 +292,7 @@ def test_ctrl_c_stops_at_the_next_window_with_a_row_and_a_checkpoint(tmp_path):
         if proc.poll() is None:
             proc.kill()
     assert proc.returncode == 143 and f"resumed from step {steps}" in stdout
-    second = results.read_rows(path)
+    second = table.read_rows(path)
     assert len(second) == 2 and second[1]["status"] == "interrupted" and second[1]["run_id"] != row["run_id"]
     assert int(second[1]["total_steps"]) > steps
 
@@ -303,7 +305,7 @@ def test_fit_baseline_writes_a_fit_row(tmp_path, replicas):
     cfg = RunConfig(loop="fit", strategy=strategy, cpu_replicas=replicas, data="files", cifar_dir=folder,
                     steps=12, results=path, n=1, batch_size=16, steps_per_loop=3, warmup_steps=3)
     out = loop.run(cfg)
-    row = results.read_rows(path)[0]
+    row = table.read_rows(path)[0]
     assert out.status == "ok" and row["loop"] == "fit" and row["num_replicas"] == str(replicas)
     assert int(row["timed_steps"]) > 0 and float(row["images_per_sec"]) > 0
     hits = float(row["test_accuracy"]) * 20  # over the 20 test images; the batch-filling fillers do not count
@@ -311,7 +313,7 @@ def test_fit_baseline_writes_a_fit_row(tmp_path, replicas):
 
 
 def test_fit_refuses_what_only_the_custom_loop_does(tmp_path):
-    from bench.config import ConfigError
+    from bench.config.options import ConfigError
 
     with pytest.raises(ConfigError, match="--loop=ctl only"):
         loop.run(RunConfig(loop="fit", checkpoint_dir=str(tmp_path), results=str(tmp_path / "s.csv")))

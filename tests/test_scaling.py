@@ -4,7 +4,7 @@ import os
 
 import pytest
 
-from bench import results
+from bench.results import table
 from sweeps import report, scaling
 
 BASE = {"device": "CPU: test", "data": "synthetic", "loop": "ctl", "block": "preact", "shortcut": "B", "depth": 20,
@@ -25,7 +25,7 @@ def write_rows(path):
         ("default", 1, None, 128, 320.0, "ok", "vm"),  # one replica only: no series of its own
     ]
     for i, (strategy, replicas, workers, batch, ips, status, host) in enumerate(rows):
-        results.append_row(path, {**BASE, "run_id": f"s{i}", "strategy": strategy, "num_replicas": replicas,
+        table.append_row(path, {**BASE, "run_id": f"s{i}", "strategy": strategy, "num_replicas": replicas,
                                   "num_workers": workers, "global_batch_size": batch, "images_per_sec": ips,
                                   "status": status, "host": host})
 
@@ -48,7 +48,7 @@ def test_strong_and_weak_series_with_speedup_and_efficiency(tmp_path):
     assert mw["speedup"] == pytest.approx(250 / 280) and mw["workers"] == "2" and mw["hosts"] == "vm (1 host)"
     # inference rows of the same configuration are a series of their own, never mixed with training
     for replicas, ips in ((1, 1000.0), (2, 1900.0)):
-        results.append_row(path, {"run_id": f"inf{replicas}", "status": "ok", "strategy": "mirrored", "mode": "inference",
+        table.append_row(path, {"run_id": f"inf{replicas}", "status": "ok", "strategy": "mirrored", "mode": "inference",
                                   "num_replicas": replicas, "global_batch_size": 128, "images_per_sec": ips,
                                   "device": "CPU: test", "data": "synthetic", "depth": 20, "block": "preact",
                                   "shortcut": "B", "precision": "float32", "host": "vm"})
@@ -72,7 +72,7 @@ def test_report_writes_scaling_only_when_replica_counts_vary(tmp_path):
         assert fh.read(8) == b"\x89PNG\r\n\x1a\n"
     # one replica count per configuration: no scaling files
     single = str(tmp_path / "single.csv")
-    results.append_row(single, {**BASE, "run_id": "x", "strategy": "mirrored", "num_replicas": 2,
+    table.append_row(single, {**BASE, "run_id": "x", "strategy": "mirrored", "num_replicas": 2,
                                 "global_batch_size": 128, "images_per_sec": 1.0, "status": "ok"})
     assert scaling.build_scaling(report.load(single), str(tmp_path / "none")) is None
     assert not os.path.exists(tmp_path / "none" / "scaling.md")

@@ -9,8 +9,9 @@ import time
 
 import pytest
 
-from bench import config, results
-from bench.config import ConfigError
+from bench.config import options
+from bench.results import table
+from bench.config.options import ConfigError
 from sweeps import report, space
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -24,11 +25,11 @@ def sweep_cli(*args, timeout=600):
                           capture_output=True, text=True, timeout=timeout)
 
 
-FIELDS = {f.name: f for f in config.flag_fields()}
+FIELDS = {f.name: f for f in options.flag_fields()}
 
 
 def test_space_is_the_product_with_stable_keys():
-    axes = {"n": config.axis_values(FIELDS["n"], "3,5"), "shortcut": config.axis_values(FIELDS["shortcut"], "A,B"),
+    axes = {"n": options.axis_values(FIELDS["n"], "3,5"), "shortcut": options.axis_values(FIELDS["shortcut"], "A,B"),
             "steps": [20]}
     trials = space.build_trials(axes, repeats=2, sweep_name="s")
     assert len(trials) == 8 and len({t.key for t in trials}) == 8
@@ -39,7 +40,7 @@ def test_space_is_the_product_with_stable_keys():
     with pytest.raises(ConfigError, match="repeats"):
         space.build_trials(axes, 0, "s")
     with pytest.raises(ConfigError, match="--n"):
-        config.axis_values(FIELDS["n"], "3,x")
+        options.axis_values(FIELDS["n"], "3,x")
     # output folders: one per trial, never shared
     folders = space.build_trials({**axes, "tensorboard_dir": ["/tmp/tb"]}, 1, "s")
     assert len({t.config.tensorboard_dir for t in folders}) == 4
@@ -52,7 +53,7 @@ def test_two_by_two_sweep_leaves_four_ok_rows(tmp_path):
     proc = sweep_cli("--n=1,2", "--steps_per_loop=2,3", "--shortcut=A", *fast, "--name=grid",
                      f"--storage={tmp_path}/ray", f"--results={path}")
     assert proc.returncode == 0, proc.stderr[-3000:]
-    rows = results.read_rows(str(path))
+    rows = table.read_rows(str(path))
     assert len(rows) == 4
     assert sorted((r["n"], r["steps_per_loop"]) for r in rows) == [("1", "2"), ("1", "3"), ("2", "2"), ("2", "3")]
     assert all("steps_per_loop=" in r["trial_key"] for r in rows)
@@ -99,7 +100,7 @@ def test_killed_sweep_resumes_with_one_row_per_trial(tmp_path):
     assert 1 <= done_before < 4
     again = sweep_cli(*args, "--resume")
     assert again.returncode == 0, again.stderr[-3000:]
-    rows = results.read_rows(path)
+    rows = table.read_rows(path)
     assert len(rows) == 4 and len({r["trial_key"] for r in rows}) == 4
     assert all(r["status"] == "ok" for r in rows)
 
@@ -137,7 +138,7 @@ def write_mixed_results(path):
         rows.append({**base, "run_id": f"r{i}", "depth": depth, "n": (depth - 2) // 6, "shortcut": shortcut,
                      "data": data, "status": status, "images_per_sec": ips, "test_accuracy": acc})
     for r in rows:
-        results.append_row(path, r)
+        table.append_row(path, r)
     return rows
 
 
@@ -164,9 +165,9 @@ def test_report_never_averages_runs_that_measured_different_things(tmp_path):
     path = str(tmp_path / "summary.csv")
     rows = write_mixed_results(path)
     twin = {**rows[0], "run_id": "fit", "loop": "fit"}  # same configuration as r0/r1, through Keras fit
-    results.append_row(path, twin)
-    results.append_row(path, {**rows[0], "run_id": "old", "onednn": False})
-    results.append_row(path, {**rows[0], "run_id": "infer", "mode": "inference"})
+    table.append_row(path, twin)
+    table.append_row(path, {**rows[0], "run_id": "old", "onednn": False})
+    table.append_row(path, {**rows[0], "run_id": "infer", "mode": "inference"})
     summary = report.summarize(report.load(path))
     same = summary[(summary["depth"] == 20) & (summary["shortcut"] == "A") & (summary["data"] == "files")]
     assert sorted(same["runs"]) == [1, 1, 1, 2] and set(same["loop"]) == {"", "fit"}

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from bench import augment
-from bench.timing import device_sync
+from bench.training import augment
+from bench.runner.timing import device_sync
 
 
 @pytest.mark.parametrize("xla", [False, True], ids=["plain", "xla"])

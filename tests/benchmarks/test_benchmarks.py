@@ -20,9 +20,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from bench import config, cpu_features, data
-from bench.config import RunConfig
-from bench.timing import device_sync
+from bench.config import defaults
+from bench.hardware import cpu_features
+from bench.training import data
+from bench.config.options import RunConfig
+from bench.runner.timing import device_sync
 from cifar_files import write_cifar
 from helpers import make_trainer
 
@@ -31,7 +33,7 @@ PRECISION_IDS = {"float32": "fp32", "mixed_bfloat16": "bf16"}  # bench.config's 
 XLA_IDS = {False: "plain", True: "xla"}  # never "noxla": `-k "not xla"` would drop it
 REPLICA_IDS = {1: "1rep", 2: "2rep"}
 STEPS_PER_CALL = 5
-BN = config.resolve_batch_norm(RunConfig(), "CPU")  # what bench.run uses on these (CPU) devices
+BN = defaults.resolve_batch_norm(RunConfig(), "CPU")  # what bench.run uses on these (CPU) devices
 
 
 def train_cases():
@@ -142,7 +144,7 @@ def test_custom_loop_vs_keras_fit(benchmark, strategies, loop):
     """The same model, precision, batch and steps per call through the custom loop and Keras fit."""
     import keras
 
-    from bench.trainers import Normalize
+    from bench.training.trainers import Normalize
 
     n, batch, k, rounds = sizes(benchmark, MODELS["resnet20"])
     strategy = strategies[1]

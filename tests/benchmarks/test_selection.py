@@ -12,7 +12,7 @@ import re
 
 import pytest
 
-from bench import cpu_features
+from bench.hardware import cpu_features
 from test_benchmarks import PRECISION_IDS, emulated_skip_reason
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

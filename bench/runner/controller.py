@@ -1,12 +1,15 @@
 """The outer loop of a run, like orbit's Controller: windows, cadence, progress, the row.
 
-The controller decides what happens between training calls: which window comes
-next and whether it is timed (the first, compiling call and the warm-up never are),
-when to evaluate, checkpoint and profile, when to stop (end, target accuracy, a
-stop request from a signal), and what the progress line says. Trainers
-(`bench.trainers`) own the step and how steps are driven; the controller holds
-no framework state and no global state, so the same object runs in one process
-or in each worker of a multi-worker job.
+The controller owns the loop: it calls `trainer.train(num_steps)` window after
+window and decides which window comes next and whether it is timed (the first,
+compiling call and the warm-up never are), when to evaluate, checkpoint and profile,
+when to stop (end, target accuracy, a stop request from a signal), and what the
+progress line says. Trainers (`bench.training.trainers`) own only the step and its
+input. One exception, as in Keras itself: `model.fit` cannot be called window by
+window, so a trainer with a `drive(controller)` method (the fit baseline) runs once
+and calls the controller back around each chunk. The controller holds no framework
+state and no global state, so the same object runs in one process or in each worker
+of a multi-worker job.
 """
 
 from __future__ import annotations
@@ -15,9 +18,18 @@ import dataclasses
 import math
 import sys
 import time
-from typing import Optional
+from typing import Callable, Optional
 
-from bench.timing import Chrono
+from bench.runner.timing import Chrono
+
+
+@dataclasses.dataclass(frozen=True)
+class RunHooks:
+    """What a caller of `bench.runner.loop.run` adds to a run (a multi-worker worker's own rules)."""
+
+    checkpoint_manager: Optional[Callable] = None  # (tf.train.Checkpoint, strategy) -> manager
+    on_step: Optional[Callable] = None  # on_step(step) after each window
+    extra_marks: tuple = ()  # more steps a window must end at
 
 
 @dataclasses.dataclass(frozen=True)
@@ -92,6 +104,7 @@ class Controller:
         self._profiling = False
         self._saved_at = None
         self._last_seconds = None
+        self._skipped_seen = None
 
     # -- the loop -------------------------------------------------------------
 
@@ -99,7 +112,13 @@ class Controller:
         """Train to the end (or a stop); return (status, error). Status: ok | diverged | interrupted."""
         if self.step:
             print(f"resumed from step {self.step} of {self.plan.total_steps}", file=self.out, flush=True)
-        self.trainer.drive(self)
+        self._skipped_seen = self.trainer.skipped_steps()  # a resumed run restored its count
+        if hasattr(self.trainer, "drive"):  # Keras fit: the trainer calls back (see the module docstring)
+            self.trainer.drive(self)
+        else:
+            for window in self.windows():
+                if self.window_done(window, self.train_window(window)):
+                    break
         self.display.close()
         if self.status == "ok" and self.stop_requested:
             self.status, self.error = "interrupted", f"stopped by {self.stop_requested} at step {self.step}"
@@ -138,10 +157,10 @@ class Controller:
     def _profile_starts(self, step):
         return bool(self.plan.profile_steps) and step + 1 == self.plan.profile_steps[0]
 
-    def train_window(self, window: Window, fn, *args):
-        """Run `fn(*args)` (one training call) as `window`, timed by the chrono; return its loss."""
+    def train_window(self, window: Window):
+        """One training call of `window.steps` steps, timed by the chrono; return its loss."""
         self.begin_window(window)
-        loss = fn(*args)
+        loss = self.trainer.train(window.steps)
         return self.end_window(window, loss)
 
     def begin_window(self, window: Window):
@@ -176,10 +195,19 @@ class Controller:
         if self.summaries:
             self.summaries.scalars(self.step, {"train/loss": loss, "train/images_per_sec": rate})
         self.display.update(self.step, loss, self.chrono)
+        self._report_skipped()
         reached = self._maybe_evaluate()
         if self.checkpointer and (self._due(self.plan.checkpoint_every) or reached):
             self.save()
         return reached
+
+    def _report_skipped(self):
+        """A log line when mixed_float16's loss scaling skipped steps in the window (read after it closed)."""
+        skipped = self.trainer.skipped_steps()
+        if skipped is not None and skipped > self._skipped_seen:
+            self.display.message(f"by step {self.step}: {skipped - self._skipped_seen} step(s) skipped "
+                                 f"(non-finite gradients on a replica; loss scale lowered)")
+            self._skipped_seen = skipped
 
     def _due(self, every):
         return bool(every) and (self.step % every == 0 or self.step == self.plan.total_steps)

@@ -17,9 +17,10 @@ import platform
 import socket
 import subprocess
 import tempfile
-import uuid
 
 import filelock
+
+from bench.config.options import ConfigError
 
 SCHEMA = (
     "run_id",
@@ -93,12 +94,8 @@ SCHEMA = (
 STATUSES = ("ok", "diverged", "failed", "stopped", "interrupted")  # stopped: by ASHA; interrupted: Ctrl-C, SIGTERM
 
 
-class ResultsError(ValueError):
-    """The results file cannot take rows (foreign header, not writable)."""
-
-
-def new_run_id():
-    return uuid.uuid4().hex[:12]
+class ResultsError(ConfigError):
+    """The results file cannot take rows (foreign header, not writable): bad input when found up front."""
 
 
 def utc_now():

@@ -19,8 +19,9 @@ precisions are reported as emulated, because a false "native" is what costs hour
 
 from __future__ import annotations
 
+from resnet.spec import PRECISIONS
+
 CPUINFO = "/proc/cpuinfo"  # module-level so a test can point it at a fake file
-PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
 
 X86_BF16_FLAGS = ("avx512_bf16", "amx_bf16")  # either one gives TF's oneDNN kernels native bfloat16
 ARM_BF16_FLAGS = ("bf16",)

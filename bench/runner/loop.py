@@ -1,15 +1,17 @@
 """One benchmark run, from a validated config to its row: `run(cfg)`.
 
-Order: `config.validate` (no TensorFlow; bad input raises ConfigError and
-nothing is written) → devices → data → `config.check_setup` (what only they can
+Order: `validation.validate` (no TensorFlow; bad input raises ConfigError and
+nothing is written) → devices → data → `setup_checks.check_setup` (what only they can
 tell) → trainer → `Controller.run` → one row appended to the results table.
+
+TensorFlow is imported only once the checks that need none have passed, so bad input is
+refused in a fraction of a second.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import os
 import signal
 import sys
@@ -17,8 +19,10 @@ import threading
 import time
 import traceback
 
-from bench import config, results, rows, workers
-from bench.config import RunConfig
+from bench.config import defaults, options, setup_checks, validation
+from bench.config.identity import RunIdentity
+from bench.config.options import RunConfig
+from bench.results import rows, table
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_DIVERGED = 0, 1, 2, 3
 EXIT_SIGNAL = {"SIGINT": 130, "SIGTERM": 143}  # 128 + the signal's number, as shells report it
@@ -32,73 +36,51 @@ class Outcome:
     chrono: object = None  # the run's bench.timing.Chrono (for inspection)
 
 
-class RunIdentity:
-    """`run.json` in the checkpoint folder: one run id for all restarts of the same configuration."""
-
-    def __init__(self, cfg: RunConfig):
-        # only the chief of a multi-worker run writes run.json (every single-process run is its own chief)
-        chief = workers.is_chief(cfg)
-        self.path = os.path.join(cfg.checkpoint_dir, config.RUN_FILE) if cfg.checkpoint_dir and chief else None
-        self.fingerprint = config.fingerprint(cfg)
-        saved = config.saved_run(cfg)  # validate() made sure it is this configuration's
-        self.run_id = saved["run_id"] if saved else rows.new_run_id(cfg)
-        self.finished = bool(saved and saved.get("finished"))
-
-    def conclude(self, row_run_id, status):
-        """After the row: ok/diverged runs are finished; a failed or interrupted one may be run again,
-        which resumes from its checkpoint as a new measurement with a new run id (its row is written)."""
-        done = status in ("ok", "diverged")
-        self.run_id = row_run_id if done else results.new_run_id()
-        self.save(finished=done)
-
-    def save(self, finished=False):
-        if not self.path:
-            return
-        os.makedirs(os.path.dirname(self.path), exist_ok=True)
-        tmp = self.path + ".tmp"
-        with open(tmp, "w") as fh:
-            json.dump({"run_id": self.run_id, "config": self.fingerprint, "finished": finished}, fh, indent=1)
-        os.replace(tmp, self.path)
-
-
-def run(cfg: RunConfig, command="", out=sys.stdout, write_row=True, on_eval=None) -> Outcome:
+def run(cfg: RunConfig, command="", out=sys.stdout, write_row=True, on_eval=None, hooks=None) -> Outcome:
     """One benchmark run. Raises ConfigError for bad input before any work is done.
 
     `write_row=False` leaves the row to the caller (a sweep's driver writes every
     trial's row itself). `on_eval(step, accuracy, partial_row)` is called after each
-    evaluation (a sweep reports it to its scheduler).
+    evaluation (a sweep reports it to its scheduler). `hooks`: a
+    `bench.runner.controller.RunHooks` from the caller (a multi-worker worker's checkpoint
+    rule and fault injection); this module knows nothing of multi-worker runs.
     """
     started = time.perf_counter()
-    cfg = config.validate(cfg)
+    cfg = validation.validate(cfg)
+    table.check_results_path(cfg.results)
     identity = RunIdentity(cfg)
     if identity.finished:
         print(f"run {identity.run_id} in {cfg.checkpoint_dir} already finished; its row is in the results",
               file=out)
         return Outcome("skipped", {}, EXIT_OK)
-    from bench import devices
+    # TensorFlow is imported here, by the device setup, which makes the oneDNN choice first (it is fixed at
+    # TensorFlow's import); the modules that use TensorFlow are imported only after it.
+    from bench.hardware import devices
 
     device_setup = devices.setup(cfg)
-    from bench import data, setup
+    from bench.runner import assembly
+    from bench.training import data
 
     source = data.resolve(cfg)
-    config.check_setup(cfg, config.SetupFacts(**device_setup.facts, data_kind=source.kind, data_problem=source.problem,
-                                              train_images=source.train_images))
+    setup_checks.check_setup(cfg, setup_checks.SetupFacts(
+        **device_setup.facts, data_kind=source.kind, data_problem=source.problem, train_images=source.train_images))
     devices.warn_if_emulated(cfg, device_setup.device_kind)
     if source.warning:
         print(source.warning, file=sys.stderr, flush=True)
-    cfg = config.resolve(cfg, device_setup.device_kind, device_setup.num_replicas)
+    cfg = defaults.resolve(cfg, device_setup.device_kind, device_setup.num_replicas)
     identity.save(finished=False)
-    controller, facts = setup.controller_for(cfg, device_setup, source, identity.run_id, command, started, out)
+    controller, facts = assembly.controller_for(cfg, device_setup, source, identity.run_id, command, started, out,
+                                                hooks)
     if on_eval:
         controller.on_eval = lambda step, acc: on_eval(step, acc, rows.run_row(
             cfg, facts, controller, "stopped", "stopped by the sweep's scheduler"))
     with _stop_on_signals(controller):
         status, error, code = _train(controller)
-    facts = setup.checked_peak(cfg, device_setup, facts, controller)
+    facts = assembly.checked_peak(cfg, device_setup, facts, controller)
     row = rows.run_row(cfg, facts, controller, status, error)
     if write_row:
-        results.append_row(cfg.results, row)
-    if cfg.strategy != config.MULTI_WORKER:  # a worker's attempt may be retried by Ray: its driver concludes
+        table.append_row(cfg.results, row)
+    if cfg.strategy != options.MULTI_WORKER:  # a worker's attempt may be retried by Ray: its driver concludes
         identity.conclude(row["run_id"], status)
     print(rows.summary_text(row, cfg.results), file=out, flush=True)
     return Outcome(status, row, code, controller.chrono)

@@ -1,6 +1,6 @@
 """Command lines built from `RunConfig`'s fields: the flags of `bench.run` and `sweeps.tune`, strict parsing, help.
 
-Each field declares its flag once (`bench.config.option`); here it becomes
+Each field declares its flag once (`bench.config.options.option`); here it becomes
 - for `python -m bench.run`: a typed absl flag (enum, integer, float, boolean, string);
 - for `python -m sweeps.tune`: the same flag, with the same default and help, where
   axis fields take a comma list of values (`--n 3,5,9`) and the others one value.
@@ -8,21 +8,23 @@ Each field declares its flag once (`bench.config.option`); here it becomes
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shlex
 import sys
 
 from absl import flags
 
-from bench import config
-from bench.config import RunConfig
+from bench.config import options
+from bench.config.options import RunConfig
 
 FLAGFILE_HELP = "Read flags from this file, one --flag=value per line (absl)."
 
 
-def _define_typed(f, flag_values):
-    meta, name, default = f.metadata, f.name, f.default
-    kwargs = dict(flag_values=flag_values)
+def _define_typed(f, flag_values, default=dataclasses.MISSING, **extra):
+    meta, name = f.metadata, f.name
+    default = f.default if default is dataclasses.MISSING else default
+    kwargs = dict(flag_values=flag_values, **extra)
     if meta["parse"] is not None or (meta["kind"] is str and not meta["choices"]):
         flags.DEFINE_string(name, default, meta["help"], **kwargs)
     elif meta["choices"]:
@@ -39,8 +41,18 @@ def _define_typed(f, flag_values):
 
 def define_run_flags(flag_values=flags.FLAGS):
     """Every RunConfig field as a typed flag (for `bench.run`)."""
-    for f in config.flag_fields():
+    for f in options.flag_fields():
         _define_typed(f, flag_values)
+
+
+def define_field_flags(overrides, flag_values=flags.FLAGS):
+    """Some RunConfig fields as typed flags of another command (`bench.check`), the same help and choices.
+
+    `overrides`: field name -> keyword arguments for its flag (e.g. another `default`, `lower_bound`).
+    """
+    fields = {f.name: f for f in options.flag_fields()}
+    for name, extra in overrides.items():
+        _define_typed(fields[name], flag_values, **extra)
 
 
 def format_value(value):
@@ -52,7 +64,7 @@ def format_value(value):
 
 def define_sweep_flags(flag_values=flags.FLAGS):
     """Every RunConfig field as a flag of `sweeps.tune`: axis fields as comma lists, the rest as in bench.run."""
-    for f in config.flag_fields():
+    for f in options.flag_fields():
         if f.metadata["axis"]:
             default = f.metadata["sweep_default"] or format_value(f.default)
             choices = f.metadata["choices"]
@@ -64,7 +76,7 @@ def define_sweep_flags(flag_values=flags.FLAGS):
 
 def config_from_flags(values) -> RunConfig:
     """A RunConfig from parsed `bench.run` flags (validation is `config.validate`'s)."""
-    return RunConfig(**{f.name: values[f.name].value for f in config.flag_fields()})
+    return RunConfig(**{f.name: values[f.name].value for f in options.flag_fields()})
 
 
 def parse_flags(argv, usage=None):
@@ -88,7 +100,7 @@ def parse_flags(argv, usage=None):
 
 def usage_text(doc, names, flag_values=flags.FLAGS, width=100):
     """Help for the named flags (testing-only RunConfig fields left out), then --flagfile."""
-    testing = {f.name for f in config.flag_fields() if f.metadata["testing"]}
+    testing = {f.name for f in options.flag_fields() if f.metadata["testing"]}
     lines = [doc.strip(), "", "flags:"]
     for name in names:
         if name in testing:

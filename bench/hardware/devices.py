@@ -8,17 +8,20 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
+import math
 import os
 import platform
 import sys
 import tempfile
 
-from bench import config, cpu_features
-from bench.config import RunConfig
+from bench.config import options
+from bench.hardware import cpu_features
+from bench.config.options import RunConfig
 
 
 @contextlib.contextmanager
-def _native_stderr_quieted():
+def native_stderr_quieted():
     """Hide TF's native start-up chatter (CUDA stub probing) unless the user set TF_CPP_MIN_LOG_LEVEL.
 
     It is printed by C++ code straight to file descriptor 2, before any log
@@ -91,7 +94,7 @@ def import_tensorflow(onednn="auto"):
     """
     if "tensorflow" not in sys.modules:
         _request_onednn(onednn)
-    with _native_stderr_quieted():
+    with native_stderr_quieted():
         import tensorflow as tf
 
         tf.config.list_physical_devices("GPU")  # the CUDA probe also prints here
@@ -109,7 +112,9 @@ class Devices:
     physical_devices: int  # GPUs used, or 1 for the (possibly split) CPU
     first_device: str  # e.g. "/gpu:0": where the peak FLOP/s is measured
     onednn: bool = False  # oneDNN CPU kernels in use (on GPUs: for the ops left on the CPU)
-    facts: dict = dataclasses.field(default_factory=dict)  # for bench.config.SetupFacts
+    facts: dict = dataclasses.field(default_factory=dict)  # for bench.config.setup_checks.SetupFacts
+    names: tuple = ()  # this process's replica devices, e.g. ("/cpu:0", "/cpu:1")
+    device_names: tuple = ()  # the model name of each
 
 
 def cpu_model_name():
@@ -127,47 +132,65 @@ def setup(cfg: RunConfig) -> Devices:
     """Configure the runtime for `cfg` and build its strategy.
 
     Raises nothing for impossible requests: it sets up what it can and reports the
-    facts (`Devices.facts`), which `bench.config.check_setup` judges before any work.
+    facts (`Devices.facts`), which `bench.config.setup_checks.check_setup` judges before any work.
     """
-    if cfg.strategy == config.MULTI_WORKER:  # MWMS must exist before any TensorFlow op
-        from bench import workers
-
-        return workers.setup_devices(cfg)
     tf = import_tensorflow(cfg.onednn)
+    multi_worker = cfg.strategy == options.MULTI_WORKER
+    if multi_worker and cfg.intra_op_threads is None:
+        # Ray reserves --cpus_per_worker CPUs; TensorFlow would otherwise use every core of the node.
+        cfg = cfg.replace(intra_op_threads=max(1, math.ceil(cfg.cpus_per_worker)))
     _set_threads(tf, cfg)
     gpus = tf.config.list_physical_devices("GPU")
-    if gpus and cfg.num_gpus != 0 and cfg.cpu_replicas == 1:
-        wanted = len(gpus) if cfg.num_gpus is None else min(cfg.num_gpus, len(gpus))
-        use = gpus[:wanted if cfg.strategy == "mirrored" else 1]
+    wanted = (cfg.gpus_per_worker or 0) if multi_worker else _gpus_wanted(cfg, len(gpus))
+    if gpus and wanted:
+        use = gpus[:wanted]
         _use_gpus(tf, use)
         names = [f"/gpu:{i}" for i in range(len(use))]
         kind, physical = "GPU", len(use)
-        device_name = tf.config.experimental.get_device_details(use[0]).get("device_name", "GPU")
+        device_names = tuple(tf.config.experimental.get_device_details(g).get("device_name", "GPU") for g in use)
     else:
         if gpus:
             tf.config.set_visible_devices([], "GPU")
-        available = split_cpu(tf, cfg.cpu_replicas)
+        available = 1 if multi_worker else split_cpu(tf, cfg.cpu_replicas)
         names = [f"/cpu:{i}" for i in range(min(cfg.cpu_replicas, available))]
         kind, physical = "CPU", 1  # logical CPU devices share one physical CPU
-        device_name = cpu_model_name()
-    replicas = len(names) if cfg.strategy == "mirrored" else 1
-    if cfg.strategy == "mirrored":
-        strategy = mirrored_strategy(names)
-    elif cfg.strategy == "one_device":
-        strategy = tf.distribute.OneDeviceStrategy(names[0])
-    else:
-        strategy = tf.distribute.get_strategy()
+        device_names = (cpu_model_name(),) * len(names)
+    strategy = _strategy(tf, cfg, names)
     if cfg.deterministic:
         tf.config.experimental.enable_op_determinism()
-    cpu_devices = len(tf.config.list_logical_devices("CPU")) if kind == "CPU" else 1
+    replicas = strategy.num_replicas_in_sync
+    cpu_devices = len(tf.config.list_logical_devices("CPU")) if kind == "CPU" and not multi_worker else 1
     facts = dict(gpus_visible=len(gpus), device_kind=kind, cpu_devices=cpu_devices, num_replicas=replicas,
                  onednn=onednn_enabled())
-    return Devices(strategy, replicas, kind, device_name, physical, names[0], onednn_enabled(), facts)
+    return Devices(strategy, replicas, kind, device_names[0], physical, names[0], onednn_enabled(), facts,
+                   tuple(names), device_names)
+
+
+def _gpus_wanted(cfg: RunConfig, visible):
+    """GPUs a single-process run uses: every visible one for mirrored (or --num_gpus), else one; none to split the CPU."""
+    if cfg.num_gpus == 0 or cfg.cpu_replicas > 1:
+        return 0
+    if cfg.strategy != "mirrored":
+        return 1
+    return visible if cfg.num_gpus is None else min(cfg.num_gpus, visible)
+
+
+def _strategy(tf, cfg: RunConfig, names):
+    if cfg.strategy == options.MULTI_WORKER:
+        # Built before any TensorFlow op runs: an op first fails with "Collective ops must be configured
+        # at program startup". Only configuration (threads, visible GPUs, memory growth) comes before it.
+        timeout = tf.distribute.experimental.CommunicationOptions(timeout_seconds=cfg.collective_timeout_s)
+        return tf.distribute.MultiWorkerMirroredStrategy(communication_options=timeout)
+    if cfg.strategy == "mirrored":
+        return mirrored_strategy(names)
+    if cfg.strategy == "one_device":
+        return tf.distribute.OneDeviceStrategy(names[0])
+    return tf.distribute.get_strategy()
 
 
 def warn_if_emulated(cfg: RunConfig, device_kind):
     """One warning line when this CPU only emulates the run's precision (after the run's checks passed)."""
-    emulated = cpu_features.emulated_precision(config.canonical_precision(cfg.precision), device_kind)
+    emulated = cpu_features.emulated_precision(cfg.precision, device_kind)
     if emulated:
         print(f"warning: {emulated}; expect it slower than float32 here", file=sys.stderr)
 
@@ -237,3 +260,39 @@ def split_cpu(tf, k):
     except RuntimeError:
         return len(tf.config.list_logical_devices("CPU"))
     return k
+
+
+def device_sync(value=None):
+    """Block until `value` is computed and every device of this process is idle."""
+    import tensorflow as tf
+
+    if value is not None:
+        tf.nest.map_structure(lambda t: t.numpy() if hasattr(t, "numpy") else t, value)
+    own = _this_workers_devices()
+    if own is None:
+        tf.test.experimental.sync_devices()
+        return
+    from tensorflow.python.eager import context
+    from tensorflow.python.ops import gen_sync_ops
+
+    for name in own:
+        with tf.device(name):
+            gen_sync_ops.SyncDevice()
+    context.async_wait()
+
+
+@functools.lru_cache(maxsize=None)
+def _this_workers_devices():
+    """None in a single process; under MultiWorkerMirroredStrategy this worker's own devices.
+
+    There the device list also holds the other workers' devices, which `sync_devices`
+    cannot reach. Looked up once (the devices are fixed once the runtime runs), so no
+    window pays for it.
+    """
+    import tensorflow as tf
+
+    names = [d.name for d in tf.config.list_logical_devices()]
+    if not any(n.startswith("/job:") for n in names):
+        return None
+    here = tf.constant(0).device.rsplit("/device:", 1)[0]  # e.g. /job:worker/replica:0/task:1
+    return tuple(n for n in names if n.startswith(here + "/"))

@@ -9,46 +9,10 @@ checkpoints, summaries and printing happen between windows and are never inside 
 
 from __future__ import annotations
 
-import functools
 import time
 
-from bench import metrics
-
-
-def device_sync(value=None):
-    """Block until `value` is computed and every device of this process is idle."""
-    import tensorflow as tf
-
-    if value is not None:
-        tf.nest.map_structure(lambda t: t.numpy() if hasattr(t, "numpy") else t, value)
-    own = _this_workers_devices()
-    if own is None:
-        tf.test.experimental.sync_devices()
-        return
-    from tensorflow.python.eager import context
-    from tensorflow.python.ops import gen_sync_ops
-
-    for name in own:
-        with tf.device(name):
-            gen_sync_ops.SyncDevice()
-    context.async_wait()
-
-
-@functools.lru_cache(maxsize=None)
-def _this_workers_devices():
-    """None in a single process; under MultiWorkerMirroredStrategy this worker's own devices.
-
-    There the device list also holds the other workers' devices, which `sync_devices`
-    cannot reach. Looked up once (the devices are fixed once the runtime runs), so no
-    window pays for it.
-    """
-    import tensorflow as tf
-
-    names = [d.name for d in tf.config.list_logical_devices()]
-    if not any(n.startswith("/job:") for n in names):
-        return None
-    here = tf.constant(0).device.rsplit("/device:", 1)[0]  # e.g. /job:worker/replica:0/task:1
-    return tuple(n for n in names if n.startswith(here + "/"))
+from bench.hardware.devices import device_sync
+from bench.results import metrics
 
 
 class Chrono:

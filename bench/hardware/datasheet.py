@@ -25,7 +25,8 @@ import dataclasses
 import re
 from typing import Optional
 
-from bench import metrics
+from bench.results import metrics
+from resnet.spec import COMPUTE_DTYPE, PRECISION_ALIASES
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,14 +80,9 @@ ACCELERATORS = (
                 "FP16 1,979* TFLOPS; " + _AMPERE_SPARSE),
 )
 
-# The precision names of the run config and the compute dtypes both work.
-_COLUMN = {
-    "float32": "fp32",
-    "mixed_float16": "fp16",
-    "float16": "fp16",
-    "mixed_bfloat16": "bf16",
-    "bfloat16": "bf16",
-}
+# The datasheet column of each precision: its command-line alias (fp32, fp16, bf16); compute dtypes work too.
+_COLUMN = {**{policy: alias for alias, policy in PRECISION_ALIASES.items()},
+           **{COMPUTE_DTYPE[policy]: alias for alias, policy in PRECISION_ALIASES.items()}}
 
 AMPERE = (8, 0)  # compute capability from which TF runs float32 matmuls/convs in TF32 by default
 

@@ -1,6 +1,6 @@
 """The one train/eval step builder for every strategy, precision and XLA setting.
 
-Shape of a training call (`Trainer.train(iterator, num_steps)`):
+Shape of a training call (`StepFunctions.train(iterator, num_steps)`):
 
     train_loop (one tf.function):
       for _ in tf.range(num_steps):               # steps_per_loop steps in-graph
@@ -23,17 +23,18 @@ Shape of a training call (`Trainer.train(iterator, num_steps)`):
   step all-reduces a "this replica overflowed" flag first and, when any replica
   did, hands the optimizer all-NaN gradients on every replica: each local check
   then agrees, the step is skipped everywhere and the scale halves once.
-  `Trainer.skipped_steps` counts these steps.
+  `StepFunctions.skipped_steps` counts these steps.
 * XLA: with one replica the whole replica step (forward, backward, overflow
   agreement, optimizer update) is one compiled executable (`xla_scope="step"`).
   With two or more only the forward/backward is jit-compiled: compiling
   `apply_gradients` or the whole `strategy.run` fails there in TF 2.21
   (resource on another device), and the overflow all-reduce stays outside it.
   Synchronized BN all-reduces inside the forward pass, which cannot run in a
-  nested compiled function: sync_bn + XLA is refused with two or more replicas.
+  nested compiled function: sync_bn + XLA is refused with two or more replicas
+  (`bench.config.validation.check_xla_over_replicas`).
 * `augment_on_device=True`: the training batch (uint8, as it came from the
   host) is zero-padded, randomly cropped and flipped inside the forward/backward
-  (`bench.augment`, XLA-compatible), seeded from (augment_seed, step, replica),
+  (`bench.training.augment`, XLA-compatible), seeded from (augment_seed, step, replica),
   before normalisation. The input pipeline must then skip its own augmentation.
   Evaluation never augments.
 * Keras 3 BatchNormalization keeps its moving statistics per replica. Without
@@ -48,15 +49,14 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
-from bench import augment
-from bench.config import SYNC_BN_XLA_ERROR
-from bench.data import normalize
+from bench.training import augment
+from bench.training.data import normalize
 from resnet.model import batch_norm_layers, decayed_kernels
 
 
 
 
-class Trainer:
+class StepFunctions:
     """Compiled training and evaluation loops over a model and optimizer built under `strategy`.
 
     `inject_nan_at_step` / `inject_inf_grad_at=(step, replica)` (replica None: all;
@@ -81,8 +81,6 @@ class Trainer:
         augment_on_device=False,
         augment_seed=0,
     ):
-        if xla and sync_bn and strategy.num_replicas_in_sync > 1:
-            raise ValueError(SYNC_BN_XLA_ERROR)
         self.model = model
         self.optimizer = optimizer
         self.strategy = strategy
@@ -236,7 +234,7 @@ class Trainer:
 
 
 def make_optimizer(schedule, precision, momentum=0.9, weight_decay=None):
-    """SGD with momentum on `schedule` (a `bench.config.Schedule`); loss-scaled for mixed_float16.
+    """SGD with momentum on `schedule` (a `bench.config.recipe.Schedule`); loss-scaled for mixed_float16.
 
     `weight_decay` here is Keras's decoupled optimizer decay (used by the fit baseline only;
     the custom loop adds L2 to the loss).

@@ -24,7 +24,12 @@ import time
 
 import filelock
 
-COMPUTE_DTYPE = {"float32": "float32", "mixed_float16": "float16", "mixed_bfloat16": "bfloat16"}
+from bench.hardware import datasheet
+from bench.hardware.devices import device_sync
+from resnet.spec import COMPUTE_DTYPE
+
+# TensorFlow is imported inside the functions: it must first be loaded by `devices.import_tensorflow`,
+# which makes the oneDNN choice (fixed at TensorFlow's import).
 
 
 def cache_path():
@@ -51,8 +56,6 @@ def _products(a, b, count):
 def measure(device, dtype, max_size=8192):
     """Measured matmul GFLOP/s of one device in `dtype` (square sizes 512 up to `max_size`)."""
     import tensorflow as tf
-
-    from bench.timing import device_sync
 
     best_rate = 0.0
     size = 512
@@ -123,8 +126,6 @@ def tf32_in_effect(precision):
     with `tf.config.experimental.enable_tensor_float_32_execution(False)`.
     """
     import tensorflow as tf
-
-    from bench import datasheet
 
     enabled = tf.config.experimental.tensor_float_32_execution_enabled()
     return datasheet.tf32_in_effect(precision, gpu_compute_capability(), enabled)

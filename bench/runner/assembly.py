@@ -1,29 +1,38 @@
-"""Assemble a run from checked parts: trainer, outputs, restored progress, plan, controller, row facts."""
+"""Assemble a run from checked parts: trainer, outputs, restored progress, plan, controller,
+and the facts its row records."""
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import keras
 import tensorflow as tf
 
-from bench import config, devices, outputs, peak, rows, trainers, workers
-from bench.controller import Controller, Plan
-from bench.rows import RunFacts
+from bench.config import options, recipe
+from bench.hardware import datasheet, devices, peak
+from bench.results import rows
+from bench.results.rows import RunFacts
+from bench.runner import outputs
+from bench.runner.controller import Controller, Plan, RunHooks
+from bench.training import trainers
 
 
-def controller_for(cfg, device_setup, source, run_id, command, started, out):
+def controller_for(cfg, device_setup, source, run_id, command, started, out, hooks=None):
     """(Controller ready to run, RunFacts for the row) of a run whose devices and data are set up."""
-    total = config.train_steps(cfg, source.train_images)
+    hooks = hooks or RunHooks()
+    total = recipe.train_steps(cfg, source.train_images)
     tf32 = device_setup.device_kind == "GPU" and peak.tf32_in_effect(cfg.precision)  # a CPU run never is
     intra, inter = devices.threads_in_effect()
-    trainer = trainers.build(cfg, device_setup, source, config.lr_schedule(cfg, total))
-    checkpointer, summaries, profiler = outputs.make(cfg, trainer.checkpoint_objects(), device_setup.strategy)
+    trainer = trainers.build(cfg, device_setup, source, recipe.lr_schedule(cfg, total))
+    manager = hooks.checkpoint_manager and functools.partial(hooks.checkpoint_manager, strategy=device_setup.strategy)
+    checkpointer, summaries, profiler = outputs.make(cfg, trainer.checkpoint_objects(), manager)
     progress = checkpointer.restore() if checkpointer else None
-    plan = _plan(cfg, source, total, trainer, start_step=trainer.steps_done())
+    plan = _plan(cfg, source, total, trainer, trainer.steps_done(), hooks.extra_marks)
     controller = Controller(plan, trainer, cfg.batch_size, out=out, target_accuracy=cfg.target_accuracy,
                             checkpointer=checkpointer, summaries=summaries, profiler=profiler, progress=progress,
-                            on_step=workers.fault_injection(cfg))
+                            on_step=hooks.on_step)
+    tflops, peak_source = datasheet.lookup(device_setup.device_name, cfg.precision, tf32)
     facts = RunFacts(
         run_id=run_id, command=command, tf_version=tf.__version__, keras_version=keras.__version__,
         device=f"{device_setup.device_kind}: {device_setup.device_name}", num_replicas=device_setup.num_replicas,
@@ -31,12 +40,13 @@ def controller_for(cfg, device_setup, source, run_id, command, started, out):
         batch_norm=trainer.batch_norm, params=trainer.params, data=source.kind, train_images=source.train_images,
         peak_gflops=_peak(device_setup, cfg.precision, tf32), started=started, augment=trainer.augment, tf32=tf32,
         device_name=device_setup.device_name, physical_devices=device_setup.physical_devices,
-        intra_op_threads=intra, inter_op_threads=inter,
+        intra_op_threads=intra, inter_op_threads=inter, peak_source=peak_source,
+        datasheet_tflops=tflops * device_setup.physical_devices if tflops else None,
     )
     return controller, facts
 
 
-def _plan(cfg, source, total, trainer, start_step):
+def _plan(cfg, source, total, trainer, start_step, extra_marks=()):
     steps_per_epoch = source.train_images / cfg.batch_size
     eval_every = cfg.eval_every_epochs
     if eval_every is None and cfg.target_accuracy is not None:
@@ -48,14 +58,14 @@ def _plan(cfg, source, total, trainer, start_step):
     return Plan(total_steps=total, start_step=start_step, warmup_steps=cfg.warmup_steps,
                 steps_per_loop=cfg.steps_per_loop, eval_every=eval_steps, checkpoint_every=checkpoint_steps,
                 profile_steps=cfg.profile_steps, fixed_window=trainer.fixed_window,
-                extra_marks=tuple(workers.fault_marks(cfg)))
+                extra_marks=tuple(extra_marks))
 
 
 def checked_peak(cfg, device_setup, facts, controller):
     """`facts` with a peak no lower than what the run achieved (a low cached reading is measured again)."""
     timed = controller.chrono.throughput(cfg.batch_size)
     # a worker of a multi-worker run measured its own share of the host; its row's peak is re-summed by the driver
-    if not timed or not facts.peak_gflops or cfg.strategy == config.MULTI_WORKER:
+    if not timed or not facts.peak_gflops or cfg.strategy == options.MULTI_WORKER:
         return facts
     flops = rows.flops_per_image(cfg)
     achieved = flops * timed.images_per_sec / 1e9 / device_setup.physical_devices
@@ -77,5 +87,8 @@ def _peak(device_setup, precision, tf32, at_least=None):
     """The measured peak GFLOP/s of the devices used (cached per device, TF version, oneDNN state, dtype)."""
     key = f"{device_setup.device_kind}:{device_setup.device_name}|tf{tf.__version__}" + (
         "|onednn" if device_setup.onednn and device_setup.device_kind == "CPU" else "")
+    intra = devices.threads_in_effect()[0]
+    if intra and device_setup.device_kind == "CPU":  # a reading with fewer threads is not the CPU's peak
+        key += f"|intra{intra}"
     return peak.peak_gflops(device_setup.first_device, key, precision, tf32=tf32,
                             at_least=at_least) * device_setup.physical_devices

@@ -14,7 +14,8 @@ import dataclasses
 import socket
 import urllib.parse
 
-from bench import cifar
+from bench.config import cifar_files
+
 
 IMAGE_SHAPE = (32, 32, 3)
 NUM_CLASSES = 10
@@ -43,7 +44,7 @@ def files_dataset(files):
         image = tf.transpose(tf.reshape(raw[1:], (3, 32, 32)), (1, 2, 0))  # CHW planes -> HWC
         return image, label
 
-    ds = tf.data.FixedLengthRecordDataset(files, cifar.RECORD_BYTES)
+    ds = tf.data.FixedLengthRecordDataset(files, cifar_files.RECORD_BYTES)
     return ds.map(decode, num_parallel_calls=tf.data.AUTOTUNE)
 
 
@@ -163,13 +164,13 @@ def resolve(cfg):
                        f"model speed only and has no accuracy.")
             return DataSource("synthetic", None, None, 50_000, 0, warning=warning)
     if kind == "files":
-        train_files, test_files = cifar.find_files(cfg.cifar_dir)
+        train_files, test_files = cifar_files.find_files(cfg.cifar_dir)
         return DataSource(
             "files",
             files_dataset(train_files),
             files_dataset(test_files),
-            cifar.count_records(train_files),
-            cifar.count_records(test_files),
+            cifar_files.count_records(train_files),
+            cifar_files.count_records(test_files),
         )
     return DataSource("synthetic", None, None, 50_000, 0)
 

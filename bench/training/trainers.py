@@ -1,9 +1,11 @@
-"""Trainers: what owns the step. The custom training loop and the Keras `fit` baseline, as siblings.
+"""Trainers: what owns the step and its input. The custom loop, the Keras `fit` baseline and inference, as siblings.
 
-Both are driven by `bench.controller.Controller` and offer the same small surface:
-`drive(controller)` trains window after window, `evaluate()` returns
-(accuracy, mean loss, images), `can_evaluate`, `checkpoint_objects()`, and the
-facts a row needs (`params`, `batch_norm`).
+Like orbit's trainers, they are called by `bench.runner.controller.Controller`, which
+owns the loop: `train(num_steps)` runs that many steps in one call and returns the
+loss, `evaluate()` returns (accuracy, mean loss, images); besides `can_evaluate`,
+`checkpoint_objects()`, `steps_done()`, `skipped_steps()` and the facts a row needs
+(`params`, `batch_norm`, `augment`, `xla_scope`). The fit baseline alone has
+`drive(controller)` instead of `train`: Keras runs the loop and calls the controller back.
 
 `--loop fit` runs the same model, data, precision, strategy, batch and schedule
 through `model.fit`; the differences are Keras's own:
@@ -25,9 +27,9 @@ import math
 import keras
 import tensorflow as tf
 
-from bench import data
-from bench.config import resolve_augment
-from bench.step import Trainer, make_optimizer
+from bench.config.defaults import resolve_augment
+from bench.training import data
+from bench.training.steps import StepFunctions, make_optimizer
 from resnet import spec
 from resnet.model import build_resnet
 
@@ -40,10 +42,11 @@ def build(cfg, device_setup, source, schedule):
     return trainer_class(cfg, device_setup, source, schedule)
 
 
-def _model_and_optimizer(cfg, device_setup, schedule, optimizer_weight_decay=None):
+def model_and_optimizer(cfg, strategy, schedule, optimizer_weight_decay=None):
+    """(model, optimizer, BN implementation) of `cfg`, built under `strategy` from `cfg.seed`."""
     keras.utils.set_random_seed(cfg.seed)
-    batch_norm = cfg.batch_norm  # decided by config.resolve
-    with device_setup.strategy.scope():
+    batch_norm = cfg.batch_norm  # decided by bench.config.defaults.resolve
+    with strategy.scope():
         model = build_resnet(cfg.n, cfg.block, cfg.shortcut, precision=cfg.precision, sync_bn=cfg.sync_bn,
                              batch_norm=batch_norm)
         optimizer = make_optimizer(schedule, cfg.precision, weight_decay=optimizer_weight_decay)
@@ -55,54 +58,43 @@ def _count_params(model):
 
 
 class CustomLoopTrainer:
-    """The tf.function custom loop of `bench.step.Trainer` (weight decay added to the loss)."""
+    """The tf.function custom loop of `bench.training.steps.StepFunctions` (weight decay added to the loss)."""
 
     def __init__(self, cfg, device_setup, source, schedule):
         self.cfg, self.device_setup, self.source = cfg, device_setup, source
-        self.model, self.optimizer, self.batch_norm = _model_and_optimizer(cfg, device_setup, schedule)
+        self.model, self.optimizer, self.batch_norm = model_and_optimizer(cfg, device_setup.strategy, schedule)
         self.augment = resolve_augment(cfg, device_setup.device_kind, source.kind)
-        self.step_builder = Trainer(
+        self.steps = StepFunctions(
             self.model, self.optimizer, device_setup.strategy, cfg.batch_size, weight_decay=spec.DEFAULT_WEIGHT_DECAY,
             xla=cfg.xla, sync_bn=cfg.sync_bn, inject_nan_at_step=cfg.inject_nan_at_step,
             inject_inf_grad_at=cfg.inject_inf_grad_at_step, augment_on_device=self.augment == "device",
             augment_seed=cfg.seed,
         )
         self.params = _count_params(self.model)
-        self.xla_scope = self.step_builder.xla_scope
+        self.xla_scope = self.steps.xla_scope
         self.fixed_window = None  # the controller sizes each window
         self.can_evaluate = source.test is not None and source.test_images > 0
         self._eval = None
+        self._iterator = None
 
     def checkpoint_objects(self):
-        return {"model": self.model, "optimizer": self.optimizer, "step": self.step_builder.step,
-                "skipped_steps": self.step_builder.skipped_steps}
+        return {"model": self.model, "optimizer": self.optimizer, "step": self.steps.step,
+                "skipped_steps": self.steps.skipped_steps}
 
     def skipped_steps(self):
-        return int(self.step_builder.skipped_steps.numpy())
+        return int(self.steps.skipped_steps.numpy())
 
     def steps_done(self):
-        return int(self.step_builder.step.numpy())
+        return int(self.steps.step.numpy())
 
-    def drive(self, controller):
-        self._skipped_seen = self.skipped_steps()  # a resumed run restored its count
-        iterator = self._train_iterator(controller.step)
-        for window in controller.windows():
-            loss = controller.train_window(window, self.step_builder.train, iterator,
-                                           tf.constant(window.steps, tf.int32))
-            if controller.window_done(window, loss):
-                break
-            self._report_skipped(controller)
-
-    def _report_skipped(self, controller):
-        """A log line when mixed_float16's loss scaling skipped steps in the window (read after it closed)."""
-        skipped = self.skipped_steps()
-        if skipped > self._skipped_seen:
-            controller.display.message(f"by step {controller.step}: {skipped - self._skipped_seen} step(s) "
-                                       f"skipped (non-finite gradients on a replica; loss scale lowered)")
-            self._skipped_seen = skipped
+    def train(self, num_steps):
+        """`num_steps` steps in one call (the input is created on the first: an iterator starts prefetching)."""
+        if self._iterator is None:
+            self._iterator = self._train_iterator(self.steps_done())
+        return self.steps.train(self._iterator, tf.constant(num_steps, tf.int32))
 
     def _train_iterator(self, start_step):
-        """The input (created only when it trains: an iterator starts prefetching)."""
+        """The training input from `start_step` on."""
         cfg, strategy = self.cfg, self.device_setup.strategy
         if self.source.kind == "synthetic":
             return data.SyntheticIterator(data.synthetic_batches(strategy, cfg.batch_size, cfg.seed))
@@ -114,7 +106,7 @@ class CustomLoopTrainer:
         if self._eval is None:
             self._eval = data.distribute_eval(self.device_setup.strategy, self.source, self.cfg.batch_size)
         dataset, batches = self._eval
-        correct, loss_sum, count = self.step_builder.eval_loop(iter(dataset), tf.constant(batches))
+        correct, loss_sum, count = self.steps.eval_loop(iter(dataset), tf.constant(batches))
         return float(correct) / float(count), float(loss_sum) / float(count), int(count)
 
 
@@ -123,8 +115,8 @@ class FitTrainer:
 
     def __init__(self, cfg, device_setup, source, schedule):
         self.cfg, self.device_setup, self.source = cfg, device_setup, source
-        core, self.optimizer, self.batch_norm = _model_and_optimizer(
-            cfg, device_setup, schedule, optimizer_weight_decay=spec.DEFAULT_WEIGHT_DECAY)
+        core, self.optimizer, self.batch_norm = model_and_optimizer(
+            cfg, device_setup.strategy, schedule, optimizer_weight_decay=spec.DEFAULT_WEIGHT_DECAY)
         self.params = _count_params(core)
         # Keras's multi-step train function fails under MirroredStrategy with >= 2 replicas in
         # TF 2.21 (an unfed placeholder, like TF-STACK-NOTES trap 1): one step per call there.
@@ -217,7 +209,7 @@ class InferenceTrainer:
 
     def __init__(self, cfg, device_setup, source, schedule):
         self.cfg, self.device_setup, self.source = cfg, device_setup, source
-        self.model, _, self.batch_norm = _model_and_optimizer(cfg, device_setup, schedule)
+        self.model, _, self.batch_norm = model_and_optimizer(cfg, device_setup.strategy, schedule)
         self.augment = "none"
         self.xla_scope = "forward" if cfg.xla else "none"
         self.value_name = "mean logit"  # what each window returns (the progress line shows it)
@@ -227,6 +219,7 @@ class InferenceTrainer:
         forward = tf.function(self._forward, jit_compile=True) if cfg.xla else self._forward
         self._replica_forward = forward
         self._loop = tf.function(self._infer)
+        self._iterator = None
 
     def checkpoint_objects(self):
         return {"model": self.model}
@@ -249,14 +242,13 @@ class InferenceTrainer:
             total += strategy.reduce(tf.distribute.ReduceOp.MEAN, per_replica, axis=None)
         return total / tf.cast(num_steps, tf.float32)
 
-    def drive(self, controller):
-        iterator = self._iterator()
-        for window in controller.windows():
-            value = controller.train_window(window, self._loop, iterator, tf.constant(window.steps, tf.int32))
-            if controller.window_done(window, value):
-                break
+    def train(self, num_steps):
+        """`num_steps` forward passes in one call; their mean logit (the controller calls every call training)."""
+        if self._iterator is None:
+            self._iterator = self._input()
+        return self._loop(self._iterator, tf.constant(num_steps, tf.int32))
 
-    def _iterator(self):
+    def _input(self):
         cfg, strategy = self.cfg, self.device_setup.strategy
         if self.source.kind == "synthetic" or not self.source.test_images:
             return data.SyntheticIterator(data.synthetic_batches(strategy, cfg.batch_size, cfg.seed))

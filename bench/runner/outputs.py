@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import os
 
-from bench import config
-from bench.controller import Progress
+from bench.runner.controller import Progress
 
 
 class Checkpointer:
@@ -74,13 +73,11 @@ class Profiler:
         tf.profiler.experimental.stop()
 
 
-def make(cfg, objects, strategy=None):
-    """(checkpointer, summaries, profiler) for `cfg`, each None where the run asks for none."""
-    manager = None
-    if cfg.strategy == config.MULTI_WORKER:  # every worker saves; all restore the chief's (TF's multi-worker rule)
-        from bench import workers
+def make(cfg, objects, manager=None):
+    """(checkpointer, summaries, profiler) for `cfg`, each None where the run asks for none.
 
-        manager = lambda ckpt: workers.WorkerCheckpoints(ckpt, cfg, strategy, max_to_keep=2)  # noqa: E731
+    `manager(checkpoint)`: a checkpoint manager other than TF's own (a multi-worker worker's rule).
+    """
     checkpointer = Checkpointer(cfg.checkpoint_dir, objects, manager=manager) if cfg.checkpoint_dir else None
     summaries = Summaries(cfg.tensorboard_dir) if cfg.tensorboard_dir else None
     profiler = None

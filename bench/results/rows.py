@@ -7,10 +7,11 @@ any TensorFlow ran.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
+import socket
 
-from bench import config, datasheet, metrics, results
-from bench.config import RunConfig
+from bench.config import identity
+from bench.config.options import RunConfig, global_replicas
+from bench.results import metrics, table
 from resnet import cost
 
 
@@ -37,15 +38,8 @@ class RunFacts:
     physical_devices: int = 1
     intra_op_threads: int = 0  # in effect (0: TensorFlow's default)
     inter_op_threads: int = 0
-
-
-def stable_run_id(cfg: RunConfig):
-    """A sweep trial's run id: the same over driver restarts, so its row is written once."""
-    return hashlib.sha1(f"{cfg.sweep}|{cfg.trial_key}".encode()).hexdigest()[:12]
-
-
-def new_run_id(cfg: RunConfig):
-    return stable_run_id(cfg) if cfg.trial_key else results.new_run_id()
+    peak_source: str = ""  # where the datasheet peak comes from, or why there is none
+    datasheet_tflops: float = None  # dense datasheet peak of the devices used, for the run's precision
 
 
 def flops_per_image(cfg: RunConfig):
@@ -57,9 +51,9 @@ def flops_per_image(cfg: RunConfig):
 def config_row(cfg: RunConfig, status, error=""):
     """The row's columns known from the configuration alone (a trial that failed before running)."""
     return {
-        **results.base_provenance(),
-        "run_id": new_run_id(cfg),
-        "timestamp_utc": results.utc_now(),
+        **table.base_provenance(),
+        "run_id": identity.run_id_for(cfg),
+        "timestamp_utc": table.utc_now(),
         "status": status,
         "error": error,
         "sweep": cfg.sweep,
@@ -73,7 +67,7 @@ def config_row(cfg: RunConfig, status, error=""):
         "sync_bn": cfg.sync_bn,
         "flops_per_image": flops_per_image(cfg),
         "mode": cfg.mode,
-        "precision": config.canonical_precision(cfg.precision),
+        "precision": cfg.precision,
         "xla": cfg.xla,
         "global_batch_size": cfg.batch_size,
         "steps_per_loop": cfg.steps_per_loop,
@@ -96,7 +90,7 @@ def run_row(cfg: RunConfig, facts: RunFacts, controller, status, error):
         **{k: getattr(facts, k) for k in ("run_id", "command", "tf_version", "keras_version", "device",
                                           "num_replicas", "onednn", "batch_norm", "params", "data",
                                           "peak_gflops", "augment", "tf32", "intra_op_threads",
-                                          "inter_op_threads")},
+                                          "inter_op_threads", "peak_source", "datasheet_tflops")},
         "timed_steps": timed.timed_steps if timed else 0,
         "total_steps": controller.step,
         "epochs": controller.step * cfg.batch_size / facts.train_images,
@@ -110,8 +104,6 @@ def run_row(cfg: RunConfig, facts: RunFacts, controller, status, error):
         "skipped_steps": controller.trainer.skipped_steps(),
         "xla_scope": controller.trainer.xla_scope,
     }
-    tflops, row["peak_source"] = datasheet.lookup(facts.device_name, row["precision"], facts.tf32)
-    row["datasheet_tflops"] = tflops * facts.physical_devices if tflops else None
     if timed:
         row.update(
             images_per_sec=timed.images_per_sec,
@@ -123,6 +115,57 @@ def run_row(cfg: RunConfig, facts: RunFacts, controller, status, error):
             mfu=metrics.mfu(row["flops_per_image"], timed.images_per_sec, facts.peak_gflops * 1e9),
             mfu_datasheet=metrics.mfu(row["flops_per_image"], timed.images_per_sec, (row["datasheet_tflops"] or 0) * 1e12),
         )
+    return row
+
+
+def host_label(hosts, chief_host):
+    """`node1 (1 host)`, `node1 (+1 host)`, `node1 (+3 hosts)`: the chief and how many hosts ran the workers."""
+    others = len(set(hosts) - {chief_host})
+    if not others:
+        return f"{chief_host} (1 host)"
+    return f"{chief_host} (+{others} host{'s' if others > 1 else ''})"
+
+
+def multi_worker_row(cfg: RunConfig, command, state, error=None):
+    """The run's one row from the workers' reports (pure: no Ray, no TensorFlow).
+
+    The chief's row carries the timing (its windows: the all-reduce keeps workers in
+    step) and the global replica count; the driver adds the number of workers, the
+    restarts, the hosts, and the peak summed over every worker's devices.
+    """
+    starts = state.get("starts", {})
+    # only the last attempt counts: a rank that did not report in it has no report
+    reports = {rank: r for rank, r in state.get("reports", {}).items() if r.get("attempt", 1) == starts.get(rank, 1)}
+    chief = reports.get(0, {})
+    if chief.get("row"):
+        row = dict(chief["row"])
+    else:
+        failure = error or chief.get("error") or next(
+            (r.get("error") for r in reports.values() if r.get("error")), "the workers reported no result")
+        row = config_row(cfg, "failed", failure)
+        row["num_replicas"] = global_replicas(cfg)
+        if cfg.checkpoint_dir:
+            row["run_id"] = identity.RunIdentity(cfg).run_id
+    if error:  # the group failed: its line names every failed worker (the chief's own row only itself)
+        row.update(status="failed", error=error)
+    worker_rows = [r.get("row") for r in reports.values() if r.get("row")]
+    peaks = [r.get("peak_gflops") for r in worker_rows]
+    if len(worker_rows) == cfg.workers and all(p not in (None, "") for p in peaks):
+        row["peak_gflops"] = float(sum(peaks))
+        ips = row.get("images_per_sec")
+        row["mfu"] = metrics.mfu(row["flops_per_image"], ips, row["peak_gflops"] * 1e9) if ips else None
+    if row.get("datasheet_tflops"):  # the chief's figure covers its own devices: every worker has as many
+        row["datasheet_tflops"] = float(row["datasheet_tflops"]) * cfg.workers
+        ips = row.get("images_per_sec")
+        row["mfu_datasheet"] = metrics.mfu(row["flops_per_image"], ips, row["datasheet_tflops"] * 1e12) if ips else None
+    if not (len(worker_rows) == cfg.workers and all(p not in (None, "") for p in peaks)):
+        row["peak_gflops"], row["mfu"] = None, None  # some worker never reported its peak
+    chief_host = chief.get("host") or row.get("host") or socket.gethostname()
+    row["host"] = host_label([r["host"] for r in reports.values() if r.get("host")], chief_host)
+    row["num_workers"] = cfg.workers
+    row["restarts"] = max(0, starts.get(0, 1) - 1)
+    row["timestamp_utc"] = table.utc_now()
+    row["command"] = command
     return row
 
 

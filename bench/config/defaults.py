@@ -1,0 +1,51 @@
+"""Device defaults: what an unset (`auto`/None) option becomes on GPUs and on CPUs, decided once per run."""
+
+from __future__ import annotations
+
+from bench.config.options import RunConfig
+
+STEPS_PER_LOOP = {"CPU": 10, "GPU": 50}
+
+
+def resolve(cfg: RunConfig, device_kind, num_replicas) -> RunConfig:
+    """The config with every "unset = the device's default" field decided (what runs and what the row records).
+
+    GPU defaults (WORKSPACE.md, "Device defaults"): XLA where it is valid, 50 steps per call, the fused BN
+    kernel; CPU defaults: no XLA (measured slower here), 10 steps per call, the fused BN kernel.
+    """
+    xla = cfg.xla
+    if xla is None:  # compiling fails for sync BN's and fit's all-reduces over replicas (TF-STACK-NOTES 3)
+        valid = num_replicas == 1 or (not cfg.sync_bn and cfg.loop == "ctl")
+        xla = device_kind == "GPU" and valid
+    steps_per_loop = 1 if cfg.mode == "inference" else cfg.steps_per_loop or STEPS_PER_LOOP[device_kind]
+    return cfg.replace(xla=bool(xla), steps_per_loop=steps_per_loop,  # inference: one batch per window
+                       batch_norm=resolve_batch_norm(cfg, device_kind))
+
+
+def resolve_augment(cfg: RunConfig, device_kind, data_kind):
+    """Where augmentation runs: `device`, `host`, or `none` (synthetic data is never augmented).
+
+    auto is `device` on GPUs (a host pipeline of ~15k images/s on 2 cores would starve a GPU step of
+    ~50k+) and `host` on CPUs, where both compete for the same cores anyway; Keras fit always augments
+    on the host.
+    """
+    if data_kind == "synthetic":
+        return "none"
+    if cfg.augment != "auto":
+        return cfg.augment
+    return "device" if device_kind == "GPU" and cfg.loop == "ctl" else "host"
+
+
+def resolve_batch_norm(cfg: RunConfig, device_kind):
+    """The BN implementation a run uses: `auto` is `fused`, or `keras` with sync_bn.
+
+    The fused kernel was measured faster on the development CPU; on GPUs it is cuDNN's
+    fused kernel, which tf.keras 2 used by default there (not measured here: no GPU).
+    Only the Keras layer can synchronize batch statistics.
+    """
+    del device_kind  # the same choice on both kinds; kept for the call sites' clarity
+    if cfg.batch_norm != "auto":
+        return cfg.batch_norm
+    return "keras" if cfg.sync_bn else "fused"
+
+

@@ -1,0 +1,91 @@
+"""A run's identity: its run id, and `run.json` in the checkpoint folder that ties the restarts of one run together."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import uuid
+
+from bench.config.options import MULTI_WORKER, RunConfig
+
+_UNFINGERPRINTED = ("results", "tensorboard_dir", "profile_steps", "profile_dir", "checkpoint_every_steps",
+                    # how a multi-worker run reaches its result does not change which run it is
+                    "address", "max_failures", "collective_timeout_s", "fail_worker_at_step")
+RUN_FILE = "run.json"
+
+
+def fingerprint(cfg: RunConfig):
+    """The fields that must not change between the restarts of one checkpointed run (JSON-safe)."""
+    kept = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in _UNFINGERPRINTED}
+    return json.loads(json.dumps(kept))
+
+
+def saved_run(cfg: RunConfig):
+    """The `run.json` of `cfg.checkpoint_dir` as a dict, or None."""
+    if not cfg.checkpoint_dir:
+        return None
+    path = os.path.join(cfg.checkpoint_dir, RUN_FILE)
+    if not os.path.exists(path):
+        return None
+    with open(path) as fh:
+        return json.load(fh)
+
+
+
+
+def new_run_id():
+    return uuid.uuid4().hex[:12]
+
+
+def stable_run_id(cfg: RunConfig):
+    """A sweep trial's run id: the same over driver restarts, so its row is written once."""
+    return hashlib.sha1(f"{cfg.sweep}|{cfg.trial_key}".encode()).hexdigest()[:12]
+
+
+def run_id_for(cfg: RunConfig):
+    """The run id of a new run: stable for a sweep's trial, random otherwise."""
+    return stable_run_id(cfg) if cfg.trial_key else new_run_id()
+
+
+def task_index():
+    """This process's worker index from TF_CONFIG (set by Ray Train for multi-worker runs), 0 without one."""
+    try:
+        task = json.loads(os.environ.get("TF_CONFIG") or "{}").get("task", {})
+    except ValueError:
+        return 0
+    return int(task.get("index", 0))
+
+
+def is_chief(cfg: RunConfig):
+    """True where a run's own files are written: every single-process run, worker 0 of a multi-worker run."""
+    return cfg.strategy != MULTI_WORKER or task_index() == 0
+
+
+class RunIdentity:
+    """`run.json` in the checkpoint folder: one run id for all restarts of the same configuration."""
+
+    def __init__(self, cfg: RunConfig):
+        # only the chief of a multi-worker run writes run.json (every single-process run is its own chief)
+        self.path = os.path.join(cfg.checkpoint_dir, RUN_FILE) if cfg.checkpoint_dir and is_chief(cfg) else None
+        self.fingerprint = fingerprint(cfg)
+        saved = saved_run(cfg)  # validate() made sure it is this configuration's
+        self.run_id = saved["run_id"] if saved else run_id_for(cfg)
+        self.finished = bool(saved and saved.get("finished"))
+
+    def conclude(self, row_run_id, status):
+        """After the row: ok/diverged runs are finished; a failed or interrupted one may be run again,
+        which resumes from its checkpoint as a new measurement with a new run id (its row is written)."""
+        done = status in ("ok", "diverged")
+        self.run_id = row_run_id if done else new_run_id()
+        self.save(finished=done)
+
+    def save(self, finished=False):
+        if not self.path:
+            return
+        os.makedirs(os.path.dirname(self.path), exist_ok=True)
+        tmp = self.path + ".tmp"
+        with open(tmp, "w") as fh:
+            json.dump({"run_id": self.run_id, "config": self.fingerprint, "finished": finished}, fh, indent=1)
+        os.replace(tmp, self.path)

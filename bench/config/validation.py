@@ -1,0 +1,260 @@
+"""Checks before any work: every field and combination that needs no TensorFlow (`validate`).
+
+Bad input raises `ConfigError`, which the entry points turn into one line on stderr and
+exit status 2 with nothing written. What only the devices, the data or the Ray cluster can tell
+is judged after they are set up, in `bench.config.setup_checks`.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+
+from bench.config import cifar_files
+from bench.config.identity import fingerprint, saved_run
+from bench.config.options import (MULTI_WORKER, ConfigError, RunConfig, flag_fields, global_replicas, parse_fault_step,
+                                  parse_profile_steps, parse_worker_fault)
+from resnet.spec import canonical_precision
+
+def validate(cfg: RunConfig) -> RunConfig:
+    """Check everything that needs no TensorFlow; return the normalised config. Raises ConfigError."""
+    _check_choices(cfg)
+    cfg = cfg.replace(precision=canonical_precision(cfg.precision), profile_steps=parse_profile_steps(cfg.profile_steps),
+                      inject_inf_grad_at_step=parse_fault_step(cfg.inject_inf_grad_at_step))
+    _check_numbers(cfg)
+    _check_combinations(cfg)
+    _check_outputs(cfg)
+    if cfg.cifar_dir and cfg.data in ("files", "auto"):
+        try:
+            cifar_files.find_files(cfg.cifar_dir)
+        except cifar_files.CifarFilesError as err:
+            raise ConfigError(str(err)) from None
+    check_resume(cfg)
+    return cfg
+
+
+def _check_choices(cfg):
+    for f in flag_fields():
+        allowed = f.metadata["choices"]
+        value = getattr(cfg, f.name)
+        if allowed and value not in allowed:
+            raise ConfigError(f"--{f.name}={value!r} is not allowed; choose one of: {', '.join(allowed)}")
+
+
+def _at_least(cfg, name, low, what=""):
+    value = getattr(cfg, name)
+    if value is not None and value < low:
+        raise ConfigError(f"--{name} must be >= {low}{what}; got {value}")
+
+
+def _check_numbers(cfg):
+    _at_least(cfg, "n", 1, " (depth 6n+2)")
+    for name in ("batch_size", "cpu_replicas", "steps", "steps_per_loop", "checkpoint_every_steps"):
+        _at_least(cfg, name, 1)
+    for name in ("num_gpus", "warmup_steps", "intra_op_threads", "inter_op_threads"):
+        _at_least(cfg, name, 0)
+    for name in ("epochs", "eval_every_epochs"):
+        value = getattr(cfg, name)
+        if value is not None and not value > 0:
+            raise ConfigError(f"--{name} must be > 0; got {value}")
+    if cfg.target_accuracy is not None and not 0 < cfg.target_accuracy <= 1:
+        raise ConfigError(f"--target_accuracy is a fraction in (0, 1], e.g. 0.91; got {cfg.target_accuracy}")
+    if cfg.steps is not None and cfg.epochs is not None:
+        raise ConfigError("give --steps or --epochs, not both")
+    if cfg.steps is not None:
+        check_steps(cfg, cfg.steps)
+
+
+def _check_combinations(cfg):
+    if cfg.batch_norm == "fused" and cfg.sync_bn:
+        raise ConfigError("--batch_norm=fused cannot synchronize batch statistics; use --batch_norm=keras or auto "
+                          "with --sync_bn")
+    if cfg.cpu_replicas > 1 and cfg.strategy != "mirrored":
+        raise ConfigError(f"--cpu_replicas={cfg.cpu_replicas} needs --strategy=mirrored (got {cfg.strategy})")
+    if cfg.num_gpus is not None and cfg.num_gpus > 1 and cfg.strategy != "mirrored":
+        raise ConfigError(f"--num_gpus={cfg.num_gpus} needs --strategy=mirrored (got {cfg.strategy})")
+    if cfg.data == "files" and not cfg.cifar_dir:
+        raise ConfigError("--data=files needs --cifar_dir (a folder with data_batch_*.bin and test_batch.bin)")
+    if cfg.data in ("tfds", "synthetic") and cfg.cifar_dir:
+        raise ConfigError(f"--cifar_dir is only read with --data=files or auto (got --data={cfg.data})")
+    if cfg.target_accuracy is not None and cfg.data == "synthetic":
+        raise ConfigError("--target_accuracy needs real data; --data=synthetic has no accuracy")
+    check_xla_over_replicas(cfg, cfg.cpu_replicas)  # judged again with the real count after setup
+
+    if cfg.loop == "fit":
+        _check_fit(cfg)
+    if cfg.mode == "inference":
+        _check_inference(cfg)
+    _check_multi_worker(cfg)
+
+
+def check_xla_over_replicas(cfg: RunConfig, replicas):
+    """XLA over two or more replicas fails for synchronized BN and for Keras fit in TF 2.21 (TF-STACK-NOTES 3)."""
+    if not cfg.xla or replicas < 2:
+        return
+    if cfg.sync_bn:
+        raise ConfigError("--sync_bn with --xla works on one replica only: TF 2.21 cannot all-reduce batch "
+                          "statistics inside the XLA-compiled forward pass; drop one of them")
+    if cfg.loop == "fit":
+        raise ConfigError("--loop=fit --xla needs one replica (Keras compiles the whole step, which fails over "
+                          "replicas)")
+
+
+def _check_fit(cfg):
+    unsupported = [name for name, on in (
+        ("--checkpoint_dir", cfg.checkpoint_dir), ("--target_accuracy", cfg.target_accuracy is not None),
+        ("--eval_every_epochs", cfg.eval_every_epochs is not None), ("--profile_steps", cfg.profile_steps)) if on]
+    if unsupported:
+        raise ConfigError(f"{', '.join(unsupported)}: supported with --loop=ctl only (fit is a baseline)")
+    if cfg.inject_nan_at_step is not None:
+        raise ConfigError("--inject_nan_at_step works with --loop=ctl only")
+    if cfg.augment == "device":
+        raise ConfigError("--augment=device works with --loop=ctl only (fit augments in tf.data)")
+    if cfg.inject_inf_grad_at_step:
+        raise ConfigError("--inject_inf_grad_at_step works with --loop=ctl only")
+
+
+def _check_multi_worker(cfg):
+    if cfg.strategy != MULTI_WORKER:
+        given = [name for name, on in (
+            ("--workers", cfg.workers is not None), ("--gpus_per_worker", cfg.gpus_per_worker is not None),
+            ("--max_failures", cfg.max_failures != 0), ("--fail_worker_at_step", cfg.fail_worker_at_step is not None),
+            ("--address", cfg.address is not None and not cfg.sweep)) if on]
+        if given:
+            raise ConfigError(f"{', '.join(given)}: only with --strategy=multi_worker (got {cfg.strategy})")
+        return
+    if cfg.workers is None:
+        raise ConfigError("--strategy=multi_worker needs --workers K (worker processes, K >= 1)")
+    _at_least(cfg, "workers", 1)
+    for name in ("gpus_per_worker", "max_failures"):
+        _at_least(cfg, name, 0)
+    for name in ("cpus_per_worker", "collective_timeout_s"):
+        if not getattr(cfg, name) > 0:
+            raise ConfigError(f"--{name} must be > 0; got {getattr(cfg, name)}")
+    if cfg.num_gpus is not None or cfg.cpu_replicas != 1:
+        raise ConfigError("--num_gpus and --cpu_replicas are for --strategy=mirrored; with multi_worker use "
+                          "--workers and --gpus_per_worker")
+    if cfg.loop != "ctl" or cfg.mode != "train":
+        raise ConfigError("--strategy=multi_worker runs the custom loop only (--loop=ctl, --mode=train)")
+    if cfg.batch_size % global_replicas(cfg):
+        raise ConfigError(f"--batch_size={cfg.batch_size} is global and must divide evenly over "
+                          f"{global_replicas(cfg)} replicas ({cfg.workers} workers x {max(cfg.gpus_per_worker or 0, 1)})")
+    if cfg.address is not None:
+        _check_address(cfg.address)
+    if cfg.fail_worker_at_step is not None:
+        rank, _, _ = parse_worker_fault(cfg.fail_worker_at_step)
+        if rank >= cfg.workers:
+            raise ConfigError(f"--fail_worker_at_step: rank {rank} but there are {cfg.workers} workers")
+
+
+def _check_address(address):
+    host, _, port = address.split("://", 1)[-1].rpartition(":")
+    if address != "auto" and (not host or not port.isdigit()):
+        raise ConfigError(f"--address={address!r}: give auto, ray://host:port or host:port")
+
+
+def check_sweep_options(name="sweep", repeats=1, max_concurrent=1, cpus_per_trial=None, scheduler="none",
+                        strategies="", data="auto", eval_every_epochs=None):
+    """The sweep-only flags of `sweeps.tune` (the trials' own are checked by `validate`)."""
+    if repeats < 1:
+        raise ConfigError(f"--repeats must be >= 1; got {repeats}")
+    if scheduler == "asha" and MULTI_WORKER in (strategies or ""):
+        raise ConfigError("--scheduler=asha ranks trials by their evaluations, which multi_worker trials do not "
+                          "report while they run; use --scheduler=none")
+    if scheduler == "asha" and (data == "synthetic" or not eval_every_epochs):
+        raise ConfigError("--scheduler=asha needs real data and --eval_every_epochs (it ranks trials by accuracy)")
+    if max_concurrent < 1:
+        raise ConfigError(f"--max_concurrent must be >= 1; got {max_concurrent}")
+    if cpus_per_trial is not None and not cpus_per_trial > 0:
+        raise ConfigError(f"--cpus_per_trial must be > 0; got {cpus_per_trial}")
+    if not name or os.sep in name or name in (".", ".."):
+        raise ConfigError(f"--name must be a plain folder name; got {name!r}")
+
+
+def check_sweep_storage(name, storage, resume, exists, is_folder):
+    """--resume needs the sweep's folder; a new sweep must not reuse one."""
+    if resume and not is_folder:
+        raise ConfigError(f"--resume: no sweep named {name!r} under {storage}")
+    if not resume and exists:
+        raise ConfigError(f"a sweep named {name!r} exists under {storage}; pass --resume or a new --name")
+
+
+def _check_inference(cfg):
+    training_only = [name for name, on in (
+        ("--loop=fit", cfg.loop == "fit"), ("--checkpoint_dir", cfg.checkpoint_dir),
+        ("--target_accuracy", cfg.target_accuracy is not None), ("--eval_every_epochs", cfg.eval_every_epochs),
+        ("--sync_bn", cfg.sync_bn), ("--inject_inf_grad_at_step", cfg.inject_inf_grad_at_step),
+        ("--augment=device", cfg.augment == "device"), ("--inject_nan_at_step", cfg.inject_nan_at_step)) if on]
+    if training_only:
+        raise ConfigError(f"{', '.join(training_only)}: training options, not for --mode=inference")
+
+
+def _check_outputs(cfg):
+    if not cfg.results:
+        raise ConfigError("--results must name a CSV file")
+    _check_results_file(cfg.results)
+    for name in ("checkpoint_dir", "tensorboard_dir", "profile_dir"):
+        path = getattr(cfg, name)
+        if path:
+            if os.path.exists(path) and not os.path.isdir(path):
+                raise ConfigError(f"--{name}={path} is not a writable folder (a file is there)")
+            if not _can_create_in(path):
+                raise ConfigError(f"--{name}={path} is not a writable folder")
+
+
+def _nearest_existing(path):
+    existing = os.path.abspath(path)
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    return existing
+
+
+def _can_create_in(path):
+    """Whether a file can really be created in `path` (or the nearest folder that exists above it).
+
+    Actually creating one (then removing it) is the only honest test: as root,
+    `os.access` says yes to read-only places such as /proc.
+    """
+    folder = path if os.path.isdir(path) else _nearest_existing(path)
+    if not os.path.isdir(folder):
+        return False
+    try:
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".bench-probe-"):
+            return True
+    except OSError:
+        return False
+
+
+def _check_results_file(path):
+    """The results path can be created; whether an existing file is a results table is
+    `bench.results.table.check_results_path`'s to say (run after `validate`)."""
+    if os.path.isdir(path):
+        raise ConfigError(f"results path {os.path.abspath(path)} is a folder; give a CSV file path")
+    folder = os.path.dirname(os.path.abspath(path))
+    if not _can_create_in(folder):
+        raise ConfigError(f"cannot write results under {_nearest_existing(folder)} (not a writable folder)")
+
+
+def check_resume(cfg: RunConfig):
+    """A checkpoint folder may only be resumed by the configuration that made it."""
+    saved = saved_run(cfg)
+    if saved is None:
+        return
+    mine = fingerprint(cfg)
+    if saved.get("config") != mine:
+        changed = sorted(k for k in mine if saved.get("config", {}).get(k) != mine[k])
+        raise ConfigError(
+            f"--checkpoint_dir={cfg.checkpoint_dir} holds a run with another configuration "
+            f"(differs in: {', '.join(changed) or 'format'}); use a new folder"
+        )
+
+
+def check_steps(cfg: RunConfig, total_steps: int):
+    """The timed window must be non-empty (the first, compiling, step is never timed)."""
+    if total_steps <= max(cfg.warmup_steps, 1):
+        raise ConfigError(
+            f"the run has {total_steps} steps but --warmup_steps={cfg.warmup_steps}: "
+            f"steps must exceed the warm-up so something is timed"
+        )
+
+

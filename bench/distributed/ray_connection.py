@@ -1,0 +1,79 @@
+"""The connection to a Ray cluster, shared by multi-worker runs (`bench.distributed.driver`) and sweeps.
+
+`connect(address)` attaches this process to `--address` (or starts a local Ray) within a
+bounded time: an address that does not answer is bad input, never a hang. Ray is imported
+inside the functions: importing this module costs nothing (a sweep's `--help`, bad input).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import time
+
+from bench.config.options import ConfigError
+from bench.distributed.worker import first_line
+from bench.hardware.devices import native_stderr_captured
+
+CONNECT_TIMEOUT_S = 30  # an --address that does not answer fails within this
+_TCP_PROBE_S = 5
+
+
+def _probe(address):
+    """Why an explicit host:port does not answer a TCP connection within seconds, or None."""
+    host, _, port = address.split("://", 1)[-1].rpartition(":")
+    try:
+        socket.create_connection((host, int(port)), timeout=_TCP_PROBE_S).close()
+    except OSError as err:
+        return f"no Ray cluster answers there ({err.strerror or err})"
+    return None
+
+
+def connect(address):
+    """Connect this process to Ray; True if it started a local Ray, to stop after the run (`ray.shutdown()`).
+
+    Already connected (a sweep's trial, tests): uses that connection. An address that
+    does not answer is bad input (ConfigError) within CONNECT_TIMEOUT_S.
+    """
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    import ray
+
+    if ray.is_initialized():
+        return False
+    kwargs = dict(include_dashboard=False, log_to_driver=False, configure_logging=True, logging_level="ERROR")
+    if not address:
+        ray.init(**kwargs)
+        _quiet_ray_driver_logs()
+        return True
+    deadline = time.monotonic() + CONNECT_TIMEOUT_S
+    problem = _probe(address) if address != "auto" else None
+    if problem:
+        raise ConfigError(f"--address={address}: {problem}")
+    outcome = {}
+
+    def attempt():
+        try:
+            ray.init(address=address, **kwargs)
+            outcome["ok"] = True
+        except Exception as exc:  # noqa: BLE001 - reported as one line
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=attempt, daemon=True)
+    with native_stderr_captured():  # Ray's C++ client logs each failed GCS attempt straight to fd 2
+        thread.start()
+        thread.join(max(1.0, deadline - time.monotonic()))
+    if thread.is_alive():
+        raise ConfigError(f"--address={address}: no Ray cluster answered within {CONNECT_TIMEOUT_S} s")
+    if "error" in outcome:
+        raise ConfigError(f"--address={address}: cannot connect to Ray ({first_line(outcome['error'])})")
+    _quiet_ray_driver_logs()
+    return False
+
+
+def _quiet_ray_driver_logs():
+    import logging
+
+    for name in ("ray", "ray.train", "ray.tune", "ray.data"):
+        logging.getLogger(name).setLevel(logging.ERROR)
