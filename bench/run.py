@@ -13,6 +13,8 @@ from absl import app, flags
 
 from bench.config import cli, options
 from bench.config.options import ConfigError
+from bench.distributed import driver
+from bench.runner import loop
 
 FLAGS = flags.FLAGS
 cli.define_run_flags(FLAGS)
@@ -24,9 +26,6 @@ def usage():
 
 def main(argv):
     del argv
-    from bench.distributed import driver
-    from bench.runner import loop
-
     try:
         cfg = cli.config_from_flags(FLAGS)
         runner = driver.run if cfg.strategy == options.MULTI_WORKER else loop.run  # Ray Train drives the workers

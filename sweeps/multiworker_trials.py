@@ -1,7 +1,7 @@
 """Ray Tune trials that are multi-worker runs: their resources, checked before the sweep starts.
 
 How Ray 2.60 composes Tune and Train (Train V2): a trial's function calls `trainer.fit()`
-(here `bench.multiworker.run`), and Ray Train's controller reserves the workers in a placement
+(here `bench.distributed.driver.run`), and Ray Train's controller reserves the workers in a placement
 group of its own, `workers` bundles of (`cpus_per_worker` CPU, `gpus_per_worker` GPU), all or
 nothing. Tune's placement group for the trial cannot host them (Ray placement groups do not
 nest; ray-project/ray#54305), so the trial itself reserves only what its driver needs (memory,

@@ -3,6 +3,7 @@
 One markdown line per configuration (mean ± 95% CI over repeats), and plots: images/sec vs depth per
 shortcut, test accuracy vs depth per shortcut with the papers' reference errors marked, and accuracy vs
 images/sec with the Pareto front. Synthetic-data rows never enter an accuracy plot or column.
+matplotlib is imported only where a plot is drawn (a sweep's driver and `--help` do without it).
 """
 
 from __future__ import annotations

@@ -10,7 +10,8 @@ and `<out_dir>/plots/scaling.png`. Two kinds of series, each labelled:
 One line per strategy (`mirrored`, `multi_worker`) and configuration. Speedup is images/sec over
 the series' smallest replica count (normally 1); efficiency is speedup / (replicas / smallest).
 Only `ok` rows count; repeats are averaged (mean ± 95% CI). The hosts that ran each point are
-listed, so a "2 workers" point from one box is never mistaken for two nodes. No TensorFlow.
+listed, so a "2 workers" point from one box is never mistaken for two nodes. No TensorFlow;
+matplotlib only where the plot is drawn.
 """
 
 from __future__ import annotations

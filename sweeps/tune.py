@@ -2,10 +2,12 @@
 
 Every flag of `bench.run` is a flag here too, with the same default and help (both are built from
 bench.config.RunConfig); axis flags take comma lists (`--n 3,5,9 --precision fp32,bf16`) and the
-trials are every combination, times `--repeats` seeds. Every trial calls `bench.loop.run` (the same code as `python -m bench.run`) in its own Ray worker
-process and reports its row with `ray.tune.report`; only this driver writes rows, one per trial,
+trials are every combination, times `--repeats` seeds. Every trial calls `bench.runner.loop.run` (the same
+code as `python -m bench.run`) in its own Ray worker process and reports its row with `ray.tune.report`; only this driver writes rows, one per trial,
 deduplicated by the trial's stable run id. Exit status: 0 every trial ok, 1 some trial not ok,
 2 bad input (nothing started).
+
+Ray is imported inside the functions that use it: `--help` and bad input answer without it.
 """
 
 from __future__ import annotations

@@ -120,7 +120,7 @@ def test_auto_falls_back_to_synthetic_loudly(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(data, "_download_host_reachable", lambda url, timeout=3.0: False)
     source = data.resolve(RunConfig(data="auto", tfds_dir=str(tmp_path)))
     assert source.kind == "synthetic" and source.test is None
-    assert "SYNTHETIC" in source.warning  # printed by bench.loop once the run's checks passed
+    assert "SYNTHETIC" in source.warning  # printed by bench.runner.loop once the run's checks passed
 
 
 def test_synthetic_batches_live_on_each_replica(strategies):

@@ -1,7 +1,7 @@
 """The CIFAR-10 binary files on disk: their layout and a check of them, without TensorFlow.
 
-`bench.config.validate` checks a `--cifar_dir` with `find_files` before any work;
-`bench.data` reads the files it found with tf.data (nothing is ever unpickled).
+`bench.config.validation.validate` checks a `--cifar_dir` with `find_files` before any work;
+`bench.training.data` reads the files it found with tf.data (nothing is ever unpickled).
 """
 
 from __future__ import annotations

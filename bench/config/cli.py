@@ -12,6 +12,7 @@ import dataclasses
 import os
 import shlex
 import sys
+import textwrap
 
 from absl import flags
 
@@ -116,8 +117,6 @@ def usage_text(doc, names, flag_values=flags.FLAGS, width=100):
 
 
 def _wrap(text, width):
-    import textwrap
-
     return textwrap.wrap(text, width, initial_indent="      ", subsequent_indent="      ")
 
 

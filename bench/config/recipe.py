@@ -39,7 +39,7 @@ def train_steps(cfg: RunConfig, train_images=CIFAR_TRAIN_IMAGES) -> int:
 class Schedule:
     """Piecewise-constant SGD learning rate (He et al.): `values[i]` from step `starts[i]` on (0-based steps).
 
-    This is the one description of the schedule; `bench.step.make_optimizer` turns
+    This is the one description of the schedule; `bench.training.steps.make_optimizer` turns
     it into the optimizer's learning-rate schedule.
     """
 

@@ -7,6 +7,7 @@ inside the functions: importing this module costs nothing (a sweep's `--help`, b
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import threading
@@ -73,7 +74,5 @@ def connect(address):
 
 
 def _quiet_ray_driver_logs():
-    import logging
-
     for name in ("ray", "ray.train", "ray.tune", "ray.data"):
         logging.getLogger(name).setLevel(logging.ERROR)

@@ -7,8 +7,9 @@ worker's own rules through `RunHooks`: checkpoints by TF's multi-worker rule
 MultiWorkerMirroredStrategy itself is a branch of `bench.hardware.devices.setup`.
 The workers talk to the driver through one small Ray actor (`Collector`).
 
-The driver imports this module to hand `train_worker` to Ray, and has no TensorFlow:
-TensorFlow, numpy and Ray are imported inside the functions that run in the worker.
+The driver imports this module to hand `train_worker` to Ray, and has no TensorFlow (nor
+needs Ray before it connects): TensorFlow, numpy and Ray are imported inside the functions
+that run in the worker.
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ import time
 
 from bench.config import identity, options
 from bench.config.options import ConfigError, RunConfig
+from bench.runner import loop
+from bench.runner.controller import RunHooks
 
 _COLLECTOR = None  # the run's collector actor handle, inside a Ray Train worker
 SCRATCH = []  # this worker's temporary folders, removed when its run ends
@@ -71,11 +74,9 @@ def worker_config(cfg: RunConfig, rank):
 
 
 def train_worker(loop_config):
-    """The Ray Train worker function: one `bench.loop.run` per worker, reported to the collector."""
+    """The Ray Train worker function: one `bench.runner.loop.run` per worker, reported to the collector."""
     import ray
     import ray.train
-
-    from bench.runner import loop  # TensorFlow: only inside the worker
 
     global _COLLECTOR
     collector = _COLLECTOR = loop_config["collector"]
@@ -104,8 +105,6 @@ def train_worker(loop_config):
 
 def _hooks(cfg: RunConfig):
     """What the single-run path needs from the worker side: TF's multi-worker checkpoint rule, fault injection."""
-    from bench.runner.controller import RunHooks
-
     return RunHooks(
         checkpoint_manager=lambda checkpoint, strategy: WorkerCheckpoints(checkpoint, cfg, strategy),
         on_step=(lambda step: at_step(cfg, step)) if cfg.fail_worker_at_step else None,

@@ -3,7 +3,7 @@
 MFU as PaLM (Chowdhery et al. 2022, appendix B) and nanoGPT define it: achieved
 model FLOP/s divided by the accelerator's datasheet peak in the precision the
 model runs in. The benchmark also reports MFU against the peak it measures
-(`bench.peak`); the two answer different questions (how far from the vendor's
+(`bench.hardware.peak`); the two answer different questions (how far from the vendor's
 number, how far from what this machine's matmul reaches).
 
 All figures are DENSE tensor-core (or plain FP32) TFLOP/s per GPU. NVIDIA's
@@ -16,7 +16,7 @@ a datasheet figure gives None rather than a guess.
 
 No TensorFlow import: the results table and the Ray driver use this module.
 Which precision the hardware actually runs (TF32 or not) is decided on the TF
-side (`bench.peak.tf32_in_effect`); `tf32_in_effect` here is the pure rule.
+side (`bench.hardware.peak.tf32_in_effect`); `tf32_in_effect` here is the pure rule.
 """
 
 from __future__ import annotations

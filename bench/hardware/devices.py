@@ -90,7 +90,7 @@ def import_tensorflow(onednn="auto"):
     """Import TensorFlow quietly, with oneDNN as asked (see `_request_onednn`), and return the module.
 
     If TensorFlow was already loaded, the setting it was loaded with stays (see `onednn_enabled`;
-    `bench.config.check_setup` refuses a request that could not take effect).
+    `bench.config.setup_checks.check_setup` refuses a request that could not take effect).
     """
     if "tensorflow" not in sys.modules:
         _request_onednn(onednn)
@@ -248,7 +248,7 @@ def split_cpu(tf, k):
 
     A no-op if there are enough already (replicas use the first k; a split never
     shrinks). Once the runtime has started the split cannot change: fewer than k
-    devices are then returned, for `bench.config.check_setup` to refuse.
+    devices are then returned, for `bench.config.setup_checks.check_setup` to refuse.
     """
     cpu = tf.config.list_physical_devices("CPU")[0]
     current = tf.config.get_logical_device_configuration(cpu)

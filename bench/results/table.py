@@ -164,7 +164,7 @@ def check_results_path(path):
     """Raise ResultsError unless rows can be appended to `path` (nothing is written).
 
     The thorough check of a user's path, which creates a probe file, is
-    `bench.config.validate`; this one guards every append.
+    `bench.config.validation.validate`; this one guards every append.
     """
     path = os.path.abspath(path)
     if os.path.isdir(path):

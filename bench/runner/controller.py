@@ -64,7 +64,7 @@ class Plan:
 class Window:
     start: int  # steps done before it
     steps: int
-    kind: str  # first | warmup | timed | untimed (see bench.timing.Chrono)
+    kind: str  # first | warmup | timed | untimed (see bench.runner.timing.Chrono)
 
     @property
     def end(self):

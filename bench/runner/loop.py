@@ -33,7 +33,7 @@ class Outcome:
     status: str  # ok | diverged | interrupted | failed | skipped (a resumed run that had already finished)
     row: dict
     exit_code: int
-    chrono: object = None  # the run's bench.timing.Chrono (for inspection)
+    chrono: object = None  # the run's bench.runner.timing.Chrono (for inspection)
 
 
 def run(cfg: RunConfig, command="", out=sys.stdout, write_row=True, on_eval=None, hooks=None) -> Outcome:

@@ -1,13 +1,15 @@
 """What a run writes besides its row: checkpoints, TensorBoard summaries, profiler traces.
 
 Small wrappers over TensorFlow's own tools (`tf.train.CheckpointManager`,
-`tf.summary`, `tf.profiler`), so that `bench.controller` decides *when* and
+`tf.summary`, `tf.profiler`), so that `bench.runner.controller` decides *when* and
 these decide *how*.
 """
 
 from __future__ import annotations
 
 import os
+
+import tensorflow as tf
 
 from bench.runner.controller import Progress
 
@@ -17,8 +19,6 @@ class Checkpointer:
 
     def __init__(self, folder, objects, max_to_keep=2, manager=None):
         """`manager(checkpoint)`: another manager with `latest_checkpoint` and `save` (multi-worker rule)."""
-        import tensorflow as tf
-
         # Progress lives in variables so that it is saved and restored with the weights.
         self._seconds = tf.Variable(0.0, dtype=tf.float64, trainable=False)
         self._best = tf.Variable(-1.0, dtype=tf.float64, trainable=False)
@@ -44,16 +44,12 @@ class Checkpointer:
 class Summaries:
     """TensorBoard scalars."""
 
-    def __init__(self, folder):
-        import tensorflow as tf
-
-        self._tf = tf
-        self.writer = tf.summary.create_file_writer(folder)
+    def __init__(self, folder):        self.writer = tf.summary.create_file_writer(folder)
 
     def scalars(self, step, values):
         with self.writer.as_default(step=step):
             for name, value in values.items():
-                self._tf.summary.scalar(name, value)
+                tf.summary.scalar(name, value)
 
 
 class Profiler:
@@ -62,15 +58,9 @@ class Profiler:
     def __init__(self, folder):
         self.folder = folder
 
-    def start(self):
-        import tensorflow as tf
+    def start(self):        tf.profiler.experimental.start(self.folder)
 
-        tf.profiler.experimental.start(self.folder)
-
-    def stop(self):
-        import tensorflow as tf
-
-        tf.profiler.experimental.stop()
+    def stop(self):        tf.profiler.experimental.stop()
 
 
 def make(cfg, objects, manager=None):

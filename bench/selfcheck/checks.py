@@ -13,6 +13,7 @@ from bench.selfcheck.env import (OK_PREFIX, BN_ATOL, CHI2_BOUND, LOSS_RTOL, PEAK
                                  weights)
 from bench.training import augment, data
 from resnet import spec
+from resnet.model import batch_norm_layers
 
 def check_replicas_match_one_device(env):
     """Same weights, same global batch, synchronized BN: one step on 1 device equals one on N replicas."""
@@ -37,8 +38,6 @@ def check_replicas_match_one_device(env):
 
 def bn_spread(env, trainer):
     """max over BN moving statistics and replicas of |replica r - replica 0|, and how many variables."""
-    from resnet.model import batch_norm_layers
-
     variables = [v for layer in batch_norm_layers(trainer.model) for v in (layer.moving_mean, layer.moving_variance)]
     spread = max(float(np.max(np.abs(r - vals[0])))
                  for vals in (replica_values(env.many, v) for v in variables) for r in vals[1:])
@@ -55,8 +54,6 @@ def check_bn_statistics_agree(env):
     it = batches(env, env.many, *random_batch(global_batch))
     loss = train(env, trainer, it, 3)  # the real path: 3 steps, then the replicas' statistics averaged
     spread, count = bn_spread(env, trainer)
-    from resnet.model import batch_norm_layers
-
     stem = float(np.abs(batch_norm_layers(trainer.model)[0].moving_mean.numpy()).sum())
     # Teeth: one more step without the averaging shows the replicas really saw different batches.
     trainer.train_loop(it, env.tf.constant(1))

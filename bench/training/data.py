@@ -14,6 +14,9 @@ import dataclasses
 import socket
 import urllib.parse
 
+import tensorflow as tf
+from absl import logging
+
 from bench.config import cifar_files
 
 
@@ -31,13 +34,11 @@ class DataUnavailable(Exception):
 
 
 # ---------------------------------------------------------------------------
-# The binary files (found and checked by bench.cifar, without TensorFlow)
+# The binary files (found and checked by bench.config.cifar_files, without TensorFlow)
 
 
 def files_dataset(files):
     """A tf.data.Dataset of (uint8 image HWC, int32 label) from CIFAR-10 binary files."""
-    import tensorflow as tf
-
     def decode(record):
         raw = tf.io.decode_raw(record, tf.uint8)
         label = tf.cast(raw[0], tf.int32)
@@ -74,8 +75,7 @@ def tfds_datasets(tfds_dir=None):
     prepared, downloads it only when the download host answers within seconds;
     offline it raises DataUnavailable at once instead of retrying for minutes.
     """
-    import tensorflow as tf
-    import tensorflow_datasets as tfds
+    import tensorflow_datasets as tfds  # slow to import (~2 s): only when the tfds source is used
 
     def load(download):
         train, test = tfds.load(
@@ -101,8 +101,6 @@ def tfds_datasets(tfds_dir=None):
 @contextlib.contextmanager
 def _tfds_quiet():
     """tfds logs a warning per missing folder while probing for prepared data; keep the probe quiet."""
-    from absl import logging
-
     before = logging.get_verbosity()
     logging.set_verbosity(logging.ERROR)
     try:
@@ -117,8 +115,6 @@ def _tfds_quiet():
 
 def augment(image, label, seed=None):
     """4-pixel zero pad, random 32x32 crop, random horizontal flip (uint8 in, uint8 out)."""
-    import tensorflow as tf
-
     padded = tf.pad(image, [[4, 4], [4, 4], [0, 0]])
     image = tf.image.random_crop(padded, IMAGE_SHAPE, seed=seed)
     image = tf.image.random_flip_left_right(image, seed=seed)
@@ -127,8 +123,6 @@ def augment(image, label, seed=None):
 
 def normalize(images):
     """uint8 images -> float32, per-channel standardised. Runs on the device inside the step."""
-    import tensorflow as tf
-
     mean = tf.constant(CIFAR_MEAN, tf.float32) * 255.0
     std = tf.constant(CIFAR_STD, tf.float32) * 255.0
     return (tf.cast(images, tf.float32) - mean) / std
@@ -149,7 +143,7 @@ def resolve(cfg):
     """The DataSource for `cfg.data` (auto: files, else prepared/downloadable tfds, else synthetic).
 
     Data that cannot be read comes back as kind `unavailable` with the reason, for
-    `bench.config.check_setup` to refuse (this module decides nothing about input).
+    `bench.config.setup_checks.check_setup` to refuse (this module decides nothing about input).
     """
     kind = cfg.data
     if kind == "auto" and cfg.cifar_dir:
@@ -190,8 +184,6 @@ def distribute_train(strategy, source, global_batch, seed, on_host=True):
 
     `on_host`: augmented here per image; otherwise raw uint8 batches for the step to augment on the device.
     """
-    import tensorflow as tf
-
     def dataset_fn(ctx):
         per_replica = ctx.get_per_replica_batch_size(global_batch)
         ds = source.train.shard(ctx.num_input_pipelines, ctx.input_pipeline_id)
@@ -211,8 +203,6 @@ def distribute_eval(strategy, source, global_batch):
     The last batch is padded with masked-out examples so every image counts
     exactly once and every batch has a static shape.
     """
-    import tensorflow as tf
-
     examples, total = padded_test_examples(source, global_batch)
 
     def dataset_fn(ctx):
@@ -225,8 +215,6 @@ def distribute_eval(strategy, source, global_batch):
 
 def distribute_inference(strategy, source, global_batch):
     """The test images, repeated, in per-replica batches (`--mode inference` on real data)."""
-    import tensorflow as tf
-
     def dataset_fn(ctx):
         per_replica = ctx.get_per_replica_batch_size(global_batch)
         ds = source.test.shard(ctx.num_input_pipelines, ctx.input_pipeline_id).cache().repeat()
@@ -242,8 +230,6 @@ def padded_test_examples(source, global_batch):
     (what Keras makes of a short last batch) breaks oneDNN's Conv2D, which returns its
     input's shape for an empty input (TF 2.21).
     """
-    import tensorflow as tf
-
     total = -(-source.test_images // global_batch) * global_batch
     real = source.test.map(lambda image, label: (image, label, tf.constant(1.0)))
     filler = tf.data.Dataset.from_tensors(
@@ -254,8 +240,6 @@ def padded_test_examples(source, global_batch):
 
 def synthetic_batches(strategy, global_batch, seed):
     """Per-replica (images, labels) made once on each replica's device and reused every step."""
-    import tensorflow as tf
-
     per_replica = global_batch // strategy.num_replicas_in_sync
     try:
         placement = strategy.extended.worker_devices

@@ -62,7 +62,7 @@ class StepFunctions:
     `inject_nan_at_step` / `inject_inf_grad_at=(step, replica)` (replica None: all;
     `inject_inf_grad_at_step=k` is `(k, None)`) are fault injection for tests.
     `augment_on_device` pads, crops and flips each training batch inside the step,
-    seeded from `augment_seed`, the step and the replica (see `bench.augment`).
+    seeded from `augment_seed`, the step and the replica (see `bench.training.augment`).
     `skipped_steps` (int64 variable) counts steps the loss scaling skipped.
     """
 

@@ -193,7 +193,7 @@ class _WindowCallback(keras.callbacks.Callback):
 
 
 class Normalize(keras.layers.Layer):
-    """uint8 images -> standardised float32 (bench.data.normalize as a layer)."""
+    """uint8 images -> standardised float32 (bench.training.data.normalize as a layer)."""
 
     def call(self, images):
         return data.normalize(images)

@@ -1,4 +1,4 @@
-"""pytest-benchmark: cost per image of the device-side batched pad-crop-flip (`bench.augment`).
+"""pytest-benchmark: cost per image of the device-side batched pad-crop-flip (`bench.training.augment`).
 
 `pytest tests/benchmarks/test_augment_benchmark.py --benchmark-only` measures one uint8
 batch of 128 and of 2048 CIFAR images augmented on /cpu:0, plain TF and XLA; each call
