@@ -9,6 +9,7 @@ import sys
 import tensorflow as tf
 
 from bench import check
+from bench.selfcheck import env
 from bench.hardware import peak
 from bench.training import steps
 
@@ -85,12 +86,12 @@ def test_an_error_inside_a_check_is_a_one_line_fail(monkeypatch):
 
 
 def test_comparisons_fail_outside_their_tolerance():
-    ok, text = check.loss_item("x:", 2.0, 2.0 + 1e-3, rtol=0.0)
+    ok, text = env.loss_item("x:", 2.0, 2.0 + 1e-3, rtol=0.0)
     assert not ok and "≤ 0" in text
-    assert check.loss_item("x:", 2.0, 2.0, rtol=0.0)[0]
-    assert not check.loss_item("x:", float("nan"), float("nan"), rtol=1.0)[0]
+    assert env.loss_item("x:", 2.0, 2.0, rtol=0.0)[0]
+    assert not env.loss_item("x:", float("nan"), float("nan"), rtol=1.0)[0]
     start = [tf.zeros(3).numpy()]
-    items = check.update_items("x:", [tf.ones(3).numpy()], [tf.ones(3).numpy() * 1.01], start)
+    items = env.update_items("x:", [tf.ones(3).numpy()], [tf.ones(3).numpy() * 1.01], start)
     assert [ok for ok, _ in items] == [True, False]
-    assert check.verdict("c", items).status == "FAIL"
-    assert check.verdict("c", [(True, "fine")], skip="why").status == "SKIP"
+    assert env.verdict("c", items).status == "FAIL"
+    assert env.verdict("c", [(True, "fine")], skip="why").status == "SKIP"
