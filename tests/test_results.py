@@ -60,14 +60,16 @@ def test_concurrent_writers_keep_every_row_whole(tmp_path):
 def test_foreign_header_is_refused_and_left_alone(tmp_path):
     path = tmp_path / "summary.csv"
     path.write_text("run_id,speed\nx,1\n")
-    with pytest.raises(results.ResultsError, match="different header"):
+    with pytest.raises(results.ResultsError, match=r"not a results table \(header: column 2 is 'speed'"):
         results.check_results_path(str(path))
     with pytest.raises(results.ResultsError):
         results.append_row(str(path), row(1))
     assert path.read_text() == "run_id,speed\nx,1\n"
 
 
-def test_file_of_an_older_schema_is_upgraded_and_keeps_its_rows(tmp_path):
+def test_file_of_an_older_schema_takes_no_rows_until_upgraded(tmp_path):
+    """Appending to it would drop this version's new columns (a row's `mode`, `onednn`, ...) or rewrite
+    the user's file; it is refused untouched, and `python -m bench.results upgrade` converts it on request."""
     path = tmp_path / "summary.csv"
     old_schema = [c for c in results.SCHEMA if c != "onednn"]
     with open(path, "w", newline="") as fh:
@@ -75,7 +77,14 @@ def test_file_of_an_older_schema_is_upgraded_and_keeps_its_rows(tmp_path):
         writer.writeheader()
         writer.writerow({"run_id": "old1", "status": "ok", "xla": "true", "images_per_sec": "151.2",
                          "command": "python -m bench.run --x, y"})
-    results.check_results_path(str(path))  # accepted
+    original = path.read_bytes()
+    with pytest.raises(results.ResultsError, match="older version .*onednn.* upgrade"):
+        results.check_results_path(str(path))
+    with pytest.raises(results.ResultsError, match="older version"):
+        results.append_row(str(path), row(2))
+    assert path.read_bytes() == original
+    results.check_header(str(path))  # readable as it is (the report reads it)
+    results.upgrade(str(path))
     assert results.append_row(str(path), row(2, onednn=True))
     rows = results.read_rows(str(path))
     assert tuple(rows[0]) == results.SCHEMA
@@ -86,8 +95,37 @@ def test_file_of_an_older_schema_is_upgraded_and_keeps_its_rows(tmp_path):
     # columns in another order, or unknown ones, are not an older schema
     reordered = tmp_path / "reordered.csv"
     reordered.write_text(",".join(reversed(old_schema)) + "\n")
-    with pytest.raises(results.ResultsError, match="different header"):
+    with pytest.raises(results.ResultsError, match="not a results table"):
         results.check_results_path(str(reordered))
+
+
+def test_hard_linked_table_is_refused(tmp_path):
+    path = tmp_path / "summary.csv"
+    assert results.append_row(str(path), row(1))
+    os.link(path, tmp_path / "other.csv")
+    with pytest.raises(results.ResultsError, match="2 hard links"):
+        results.append_row(str(path), row(2))
+    assert len(results.read_rows(str(tmp_path / "other.csv"))) == 1
+
+
+def test_a_change_made_without_the_lock_is_not_overwritten(tmp_path, monkeypatch):
+    path = tmp_path / "summary.csv"
+    assert results.append_row(str(path), row(1))
+    reads = []
+    real_read = results._read_bytes
+
+    def read_then_edit(p):  # an editor saves the file between the writer's read and its replace
+        data = real_read(p)
+        reads.append(p)
+        if len(reads) == 1:
+            with open(p, "a") as fh:
+                fh.write("user,edit\n")
+        return data
+
+    monkeypatch.setattr(results, "_read_bytes", read_then_edit)
+    with pytest.raises(results.ResultsError, match="changed while"):
+        results.append_row(str(path), row(2))
+    assert path.read_text().endswith("user,edit\n")
 
 
 def test_unwritable_places_are_refused(tmp_path):
