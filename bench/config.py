@@ -574,7 +574,7 @@ def _check_results_file(path):
         results.check_results_path(path)  # a folder, not writable, another header
     except results.ResultsError as err:
         raise ConfigError(str(err)) from None
-    folder = os.path.dirname(os.path.abspath(path))
+    folder = os.path.dirname(results.table_path(path))  # a symlink's target gets the rows: its folder must take them
     if not _can_create_in(folder):
         raise ConfigError(f"cannot write results under {_nearest_existing(folder)} (not a writable folder)")
 
