@@ -1,6 +1,7 @@
 """The results table: schema, whole rows under concurrency, foreign headers refused."""
 
 import csv
+import io
 import multiprocessing
 import os
 
@@ -148,3 +149,13 @@ def test_rows_are_checked_against_the_schema():
     with pytest.raises(ValueError, match="status"):
         results.format_row({"run_id": "x", "status": "great"})
     assert results.format_row({"run_id": "x", "status": "ok"}).endswith("\n")
+
+
+def test_a_row_no_file_can_take_is_printed_on_stderr(tmp_path):
+    err = io.StringIO()
+    assert results.save_row("/proc/nowhere.csv", row(7), err=err) == "stderr"
+    text = err.getvalue()
+    assert text.startswith("error: the row was not added to /proc/nowhere.csv")
+    table = list(csv.DictReader(io.StringIO(text.split("\n", 1)[1])))
+    assert [r["run_id"] for r in table] == ["run0007"] and table[0]["command"] == row(7)["command"]
+    assert not os.path.exists("/proc/nowhere.csv")
