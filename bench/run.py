@@ -1,7 +1,8 @@
 """python -m bench.run: train one configuration and append its row to results/summary.csv.
 
-Every flag is a field of bench.config.RunConfig (its help and allowed values are declared there).
-Exit status: 0 ok, 1 failed (row written), 2 bad input (nothing written), 3 diverged (row written),
+Every flag is a field of bench.config.options.RunConfig (its help and allowed values are declared there).
+Exit status: 0 ok, 1 failed (row written) or the table could not take the row (kept beside it, the
+error says where), 2 bad input (nothing written), 3 diverged (row written),
 130 / 143 stopped by Ctrl-C / SIGTERM (row written with status=interrupted).
 """
 

@@ -8,8 +8,10 @@ matplotlib is imported only where a plot is drawn (a sweep's driver and `--help`
 
 from __future__ import annotations
 
+import io
 import os
 import sys
+import tempfile
 
 import pandas as pd
 from absl import app, flags
@@ -47,9 +49,20 @@ SETUP_COLUMNS = ["mode", "loop", "batch_norm", "onednn", "sync_bn", "recipe", "b
 
 
 def load(path, sweep=None, data=None, device=None):
-    """The rows of a results file (of this schema or an earlier one), filtered; numbers as numbers."""
-    table.check_header(path)  # another file's header: ResultsError, one line and exit 2 from main
-    df = pd.read_csv(path, dtype=str, keep_default_na=False)
+    """The rows of a results file (of this schema or an earlier one), filtered; numbers as numbers.
+
+    An empty (0-byte) file is a table without rows. Anything that is not a results table raises
+    ResultsError (one line and exit 2 from main).
+    """
+    table.check_header(path)
+    if os.path.getsize(path) == 0:
+        df = pd.DataFrame(columns=list(table.SCHEMA), dtype=str)
+    else:
+        try:
+            df = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8")
+        except (ValueError, UnicodeDecodeError) as err:  # pandas' ParserError is a ValueError
+            raise table.ResultsError(f"{path} cannot be read as a results table "
+                                       f"({str(err).strip().splitlines()[0] if str(err).strip() else err!r})") from None
     for col in table.SCHEMA:  # an earlier schema lacks the newer columns
         if col not in df.columns:
             df[col] = ""
@@ -95,31 +108,39 @@ def _setup(r):
     return f"{mode}{r.loop or 'ctl'}, {r.batch_norm or '?'} BN{onednn}{workers}, {steps}, TF {r.tf_version or '?'}"
 
 
+def _int(value):
+    """A count column as text; '?' where the row does not say (a trial that failed before it ran)."""
+    return "?" if value is None or pd.isna(value) else str(int(value))
+
+
 def _pm(value, ci, fmt):
     if value is None or pd.isna(value):
         return "–"
     return format(value, fmt) + (f" ± {format(ci, fmt)}" if ci else "")
 
 
-def markdown(summary, source):
+def markdown(summary, source, filtered=False):
     rel = os.path.relpath(source)
     source = rel if not rel.startswith("..") else source
     lines = [
         "# Benchmark summary",
         "",
-        f"From `{source}`: {int(summary['runs'].sum()) if len(summary) else 0} rows, {len(summary)} configurations. "
+        f"From `{source}`: {int(summary['runs'].sum()) if len(summary) else 0} rows, {len(summary)} configurations "
+        f"({int(summary['runs'].sum() - summary['ok'].sum()) if len(summary) else 0} not ok). "
         "images/sec: mean over runs ± 95% CI (repeats); accuracy only from real data.",
         "",
         "| sweep | device | data | strategy × replicas | block | shortcut | depth | precision | XLA | batch | runs (ok) "
         "| images/sec | MFU | test accuracy | setup |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
+    if not len(summary):
+        lines += ["", "No rows match the filters." if filtered else f"No rows: `{source}` has none yet."]
     for r in summary.itertuples():
         status = f"{r.runs} ({r.ok})" + (f" {r.not_ok}" if r.not_ok else "")
         mfu = "–" if r.mfu is None or pd.isna(r.mfu) else f"{r.mfu:.1%}"
         lines.append(
-            f"| {r.sweep or '–'} | {r.device} | {r.data} | {r.strategy} × {int(r.num_replicas)} | {r.block} | "
-            f"{r.shortcut} | {int(r.depth)} | {r.precision} | {r.xla} | {int(r.global_batch_size)} | {status} | "
+            f"| {r.sweep or '–'} | {r.device or '?'} | {r.data or '?'} | {r.strategy} × {_int(r.num_replicas)} | "
+            f"{r.block} | {r.shortcut} | {_int(r.depth)} | {r.precision} | {r.xla} | {_int(r.global_batch_size)} | {status} | "
             f"{_pm(r.ips, r.ips_ci, '.1f')} | {mfu} | {_pm(r.acc, r.acc_ci, '.4f')} | {_setup(r)} |"
         )
     return "\n".join(lines) + "\n"
@@ -227,35 +248,58 @@ def pareto_front(points):
 def _save(fig, out_dir, name):
     path = os.path.join(out_dir, name)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    save_figure(fig, path)
     import matplotlib.pyplot as plt
 
     plt.close(fig)
     return path
 
 
+def save_figure(fig, path):
+    """A PNG replaced whole (rendered first, then renamed into place): never a half-written plot."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    table.replace_atomically(path, buf.getvalue())
+
+
 def build(results_path, out_dir, sweep=None, data=None, device=None):
-    """Write `<out_dir>/summary.md` and `<out_dir>/plots/*.png`; return (markdown path, plot paths)."""
+    """Write `<out_dir>/summary.md` and `<out_dir>/plots/*.png`; return (markdown path, plot paths).
+
+    Everything is computed before anything is written, and each file is replaced whole (written
+    beside it, then renamed): an existing report is only ever replaced by a complete new one.
+    """
     df = load(results_path, sweep, data, device)
     summary = summarize(df)
-    os.makedirs(out_dir, exist_ok=True)
+    text = markdown(summary, results_path, filtered=bool(sweep or data or device))
+    check_out_dir(out_dir)
     md_path = os.path.join(out_dir, "summary.md")
-    with open(md_path, "w") as fh:
-        fh.write(markdown(summary, results_path))
     pngs = plots(summary, os.path.join(out_dir, "plots"))
 
     scaled = scaling.build_scaling(df, out_dir)
     if scaled:
         pngs.append(scaled[1])
+    table.replace_atomically(md_path, text.encode("utf-8"))  # last: it names what the others hold
     return md_path, pngs
+
+
+def check_out_dir(out_dir):
+    """Create the report's folders; ResultsError in one line if they cannot take files."""
+    try:
+        os.makedirs(os.path.join(out_dir, "plots"), exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=os.path.join(out_dir, "plots"), prefix=".report-probe-"):
+            pass  # really creating a file: as root, os.access says yes to /proc
+    except OSError as err:
+        raise table.ResultsError(f"cannot write the report in {out_dir} ({err.strerror or err})") from None
 
 
 def main(argv):
     del argv  # cli.parse_flags refused stray arguments
-    if not os.path.exists(FLAGS.results):
-        print(f"error: no results file {FLAGS.results}", file=sys.stderr)
-        return 2
     out_dir = FLAGS.out_dir or os.path.dirname(os.path.abspath(FLAGS.results))
+    if not os.path.isfile(FLAGS.results):
+        what = f"results path {FLAGS.results} is not a file" if os.path.exists(FLAGS.results) else \
+            f"no results file {FLAGS.results}"
+        print(f"error: {what}", file=sys.stderr)
+        return 2
     try:
         md, pngs = build(FLAGS.results, out_dir, FLAGS.sweep, FLAGS.data, FLAGS.device)
     except table.ResultsError as err:

@@ -20,7 +20,7 @@ import os
 
 import pandas as pd
 
-from bench.results import metrics
+from bench.results import metrics, table
 
 
 STRATEGIES = ("mirrored", "multi_worker")  # strategies whose replica count varies
@@ -128,7 +128,9 @@ def plot(points, path):
     fig.suptitle(f"{', '.join(sorted(set(points['device'])))} — hosts: {', '.join(hosts) or 'unknown'}", fontsize=9)
     right.legend(fontsize=7, loc="lower left")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    from sweeps.report import save_figure  # renders, then renames into place
+
+    save_figure(fig, path)
     plt.close(fig)
     return path
 
@@ -141,6 +143,6 @@ def build_scaling(df, out_dir):
         return None
     os.makedirs(os.path.join(out_dir, "plots"), exist_ok=True)
     md_path = os.path.join(out_dir, "scaling.md")
-    with open(md_path, "w") as fh:
-        fh.write(markdown(points))
-    return md_path, plot(points, os.path.join(out_dir, "plots", "scaling.png"))
+    png = plot(points, os.path.join(out_dir, "plots", "scaling.png"))
+    table.replace_atomically(md_path, markdown(points).encode("utf-8"))  # whole, after the plot
+    return md_path, png

@@ -119,7 +119,7 @@ def _make_row_writer(results_path, runs):
             self._write(trial, row)
 
         def _write(self, trial, row):
-            table.append_row(self.path, row)
+            table.save_row(self.path, row)  # a table that cannot take it: kept beside it, the error says where
             self.done += 1
             speed = f"{float(row['images_per_sec']):.1f} img/s" if row.get("images_per_sec") else ""
             accuracy = f", accuracy {float(row['test_accuracy']):.4f}" if row.get("test_accuracy") else ""
@@ -217,7 +217,7 @@ def run_sweep(trials, opts: SweepOptions):
         for result in grid:
             row = _row_of(result.metrics)
             if row is not None and result.metrics.get("final", True):
-                table.append_row(os.path.abspath(opts.results), row)
+                table.save_row(os.path.abspath(opts.results), row)
     finally:
         ray.shutdown()
     return [r for r in table.read_rows(opts.results) if r["sweep"] == opts.name and r["trial_key"] in runs]

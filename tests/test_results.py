@@ -1,6 +1,7 @@
 """The results table: schema, whole rows under concurrency, foreign headers refused."""
 
 import csv
+import io
 import multiprocessing
 import os
 
@@ -60,14 +61,16 @@ def test_concurrent_writers_keep_every_row_whole(tmp_path):
 def test_foreign_header_is_refused_and_left_alone(tmp_path):
     path = tmp_path / "summary.csv"
     path.write_text("run_id,speed\nx,1\n")
-    with pytest.raises(table.ResultsError, match="different header"):
+    with pytest.raises(table.ResultsError, match=r"not a results table \(header: column 2 is 'speed'"):
         table.check_results_path(str(path))
     with pytest.raises(table.ResultsError):
         table.append_row(str(path), row(1))
     assert path.read_text() == "run_id,speed\nx,1\n"
 
 
-def test_file_of_an_older_schema_is_upgraded_and_keeps_its_rows(tmp_path):
+def test_file_of_an_older_schema_takes_no_rows_until_upgraded(tmp_path):
+    """Appending to it would drop this version's new columns (a row's `mode`, `onednn`, ...) or rewrite
+    the user's file; it is refused untouched, and `python -m bench.results.table upgrade` converts it on request."""
     path = tmp_path / "summary.csv"
     old_schema = [c for c in table.SCHEMA if c != "onednn"]
     with open(path, "w", newline="") as fh:
@@ -75,7 +78,14 @@ def test_file_of_an_older_schema_is_upgraded_and_keeps_its_rows(tmp_path):
         writer.writeheader()
         writer.writerow({"run_id": "old1", "status": "ok", "xla": "true", "images_per_sec": "151.2",
                          "command": "python -m bench.run --x, y"})
-    table.check_results_path(str(path))  # accepted
+    original = path.read_bytes()
+    with pytest.raises(table.ResultsError, match="older version .*onednn.* upgrade"):
+        table.check_results_path(str(path))
+    with pytest.raises(table.ResultsError, match="older version"):
+        table.append_row(str(path), row(2))
+    assert path.read_bytes() == original
+    table.check_header(str(path))  # readable as it is (the report reads it)
+    table.upgrade(str(path))
     assert table.append_row(str(path), row(2, onednn=True))
     rows = table.read_rows(str(path))
     assert tuple(rows[0]) == table.SCHEMA
@@ -86,8 +96,37 @@ def test_file_of_an_older_schema_is_upgraded_and_keeps_its_rows(tmp_path):
     # columns in another order, or unknown ones, are not an older schema
     reordered = tmp_path / "reordered.csv"
     reordered.write_text(",".join(reversed(old_schema)) + "\n")
-    with pytest.raises(table.ResultsError, match="different header"):
+    with pytest.raises(table.ResultsError, match="not a results table"):
         table.check_results_path(str(reordered))
+
+
+def test_hard_linked_table_is_refused(tmp_path):
+    path = tmp_path / "summary.csv"
+    assert table.append_row(str(path), row(1))
+    os.link(path, tmp_path / "other.csv")
+    with pytest.raises(table.ResultsError, match="2 hard links"):
+        table.append_row(str(path), row(2))
+    assert len(table.read_rows(str(tmp_path / "other.csv"))) == 1
+
+
+def test_a_change_made_without_the_lock_is_not_overwritten(tmp_path, monkeypatch):
+    path = tmp_path / "summary.csv"
+    assert table.append_row(str(path), row(1))
+    reads = []
+    real_read = table._read_bytes
+
+    def read_then_edit(p):  # an editor saves the file between the writer's read and its replace
+        data = real_read(p)
+        reads.append(p)
+        if len(reads) == 1:
+            with open(p, "a") as fh:
+                fh.write("user,edit\n")
+        return data
+
+    monkeypatch.setattr(table, "_read_bytes", read_then_edit)
+    with pytest.raises(table.ResultsError, match="changed while"):
+        table.append_row(str(path), row(2))
+    assert path.read_text().endswith("user,edit\n")
 
 
 def test_unwritable_places_are_refused(tmp_path):
@@ -110,3 +149,13 @@ def test_rows_are_checked_against_the_schema():
     with pytest.raises(ValueError, match="status"):
         table.format_row({"run_id": "x", "status": "great"})
     assert table.format_row({"run_id": "x", "status": "ok"}).endswith("\n")
+
+
+def test_a_row_no_file_can_take_is_printed_on_stderr(tmp_path):
+    err = io.StringIO()
+    assert table.save_row("/proc/nowhere.csv", row(7), err=err) == "stderr"
+    text = err.getvalue()
+    assert text.startswith("error: the row was not added to /proc/nowhere.csv")
+    printed = list(csv.DictReader(io.StringIO(text.split("\n", 1)[1])))
+    assert [r["run_id"] for r in printed] == ["run0007"] and printed[0]["command"] == row(7)["command"]
+    assert not os.path.exists("/proc/nowhere.csv")

@@ -125,7 +125,7 @@ def bad_inputs(tmp):
         "missing CIFAR folder": (["--data=files", f"--cifar_dir={tmp}/nope"], "not a folder"),
         "corrupt CIFAR file": (["--data=files", f"--cifar_dir={folder}"], "test_batch.bin"),
         "unwritable results": ([f"--results={blocker}/summary.csv"], "not a writable folder"),
-        "foreign header": ([f"--results={foreign}"], "different header"),
+        "foreign header": ([f"--results={foreign}"], "not a results table"),
         "stray argument": (["extra"], "unexpected arguments"),
         "bad profile steps": (["--profile_steps=9"], "profile_steps"),
         "unknown oneDNN setting": (["--onednn=maybe"], "onednn"),

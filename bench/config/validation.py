@@ -230,7 +230,7 @@ def _check_results_file(path):
     `bench.results.table.check_results_path`'s to say (run after `validate`)."""
     if os.path.isdir(path):
         raise ConfigError(f"results path {os.path.abspath(path)} is a folder; give a CSV file path")
-    folder = os.path.dirname(os.path.abspath(path))
+    folder = os.path.dirname(os.path.realpath(path))  # a symlink's target gets the rows: its folder must take them
     if not _can_create_in(folder):
         raise ConfigError(f"cannot write results under {_nearest_existing(folder)} (not a writable folder)")
 

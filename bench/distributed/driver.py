@@ -101,12 +101,13 @@ def run(cfg: RunConfig, command="", out=sys.stdout, write_row=True, on_eval=None
     row = rows.multi_worker_row(cfg, command, state, error)
     print(f"workers: {row['num_workers']} ({row['host']}), restarts {row['restarts']}, "
           f"{time.perf_counter() - started:.0f} s in all", file=out, flush=True)
-    if write_row:
-        table.append_row(cfg.results, row)
+    where = table.save_row(cfg.results, row) if write_row else cfg.results
     if row.get("run_id"):  # the chief's run.json: the same command again says "finished", or resumes
         RunIdentity(cfg).conclude(row["run_id"], row["status"])
-    print(rows.summary_text(row, cfg.results), file=out, flush=True)
+    print(rows.summary_text(row, where), file=out, flush=True)
     code = {"ok": EXIT_OK, "diverged": EXIT_DIVERGED}.get(row["status"], EXIT_FAILED)
+    if where != cfg.results:  # the table could not take the row: it is kept where the error line says
+        code = EXIT_FAILED
     return MultiWorkerOutcome(row["status"], row, code, reports=reports, fired=state.get("fired", {}),
                               ended_at=ended_at)
 

@@ -1,14 +1,18 @@
-"""The results table: schema, provenance and a locked, whole-row-or-nothing append.
+"""The results table: schema, provenance and a locked append that never rewrites the user's file.
 
 No TensorFlow here: the Ray driver and the report read and write rows with it.
-Every writer holds a file lock (`<csv>.lock`, via `filelock`) while it reads the
-file, checks the header and replaces the file with a copy that has the new row
-(write to a temporary file, fsync, `os.replace`). A crash or a kill at any
-moment leaves either the old file or the new one, never half a row.
+
+The table is the user's property. Every writer holds a file lock (`<table>.lock`, beside the
+symlink-resolved file) while it reads the file, checks that it is a results table of this schema
+(anything else is refused untouched) and replaces it with a new file of exactly the bytes it read
+plus the row (temporary file, fsync, `os.replace`, the old file's mode; the file is compared with
+what was read just before). A crash or a kill at any moment leaves either the old file or the new
+one, never half a row. A row the table cannot take is kept beside it (`save_row`), never dropped.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import datetime
 import io
@@ -16,7 +20,9 @@ import os
 import platform
 import socket
 import subprocess
+import sys
 import tempfile
+import uuid
 
 import filelock
 
@@ -76,7 +82,7 @@ SCHEMA = (
     "seed",
     "deterministic",
     "command",
-    # added later (older files are upgraded in place: these stay empty in their rows)
+    # added later (a file of an older schema takes no rows until `python -m bench.results upgrade FILE`)
     "augment",  # device | host | none (synthetic data)
     "skipped_steps",  # mixed_float16: steps the loss scaling skipped (an overflow on any replica)
     "tf32",  # float32 matmuls/convs ran as TF32 (TensorFlow's default on Ampere and later GPUs)
@@ -94,8 +100,15 @@ SCHEMA = (
 STATUSES = ("ok", "diverged", "failed", "stopped", "interrupted")  # stopped: by ASHA; interrupted: Ctrl-C, SIGTERM
 
 
+# the module as `python -m` names it, wherever it lives
+UPGRADE_COMMAND = f"python -m {__spec__.name if __spec__ else __name__} upgrade"
+
+
 class ResultsError(ConfigError):
-    """The results file cannot take rows (foreign header, not writable): bad input when found up front."""
+    """The results file cannot take rows (not a results table, an older schema, not writable, changed meanwhile).
+
+    Bad input when found up front (exit 2); found while writing a finished run's row, the row is kept
+    elsewhere (`save_row`)."""
 
 
 def utc_now():
@@ -131,33 +144,66 @@ def base_provenance():
     }
 
 
-def _read_header(path):
-    with open(path, newline="") as fh:
-        first = fh.readline()
-    if not first.strip():
+def table_path(path):
+    """Where rows of `path` really go: symlinks followed (a link's target gets the row, the link stays)."""
+    return os.path.realpath(path)
+
+
+def _header_of(path):
+    """The header's column names; None for an empty (0-byte) file. ResultsError if it is not text."""
+    with open(path, "rb") as fh:
+        raw = fh.readline(1 << 16)
+    if not raw:
         return None
-    return tuple(next(csv.reader([first])))
+    try:
+        line = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        line = "\x00"
+    if "\x00" in line:
+        raise ResultsError(f"{path} is not a results table (not UTF-8 text: a binary file?)")
+    return tuple(next(csv.reader([line]), []))
 
 
 def _older_schema(header):
-    """True if `header` is an earlier version of SCHEMA: only columns added since, order kept.
-
-    Such a file is upgraded in place by the next append (old rows get empty new columns).
-    """
-    if len(set(header)) != len(header) or not set(header) < set(SCHEMA):
+    """True if `header` is an earlier version of SCHEMA: only columns added since, order kept."""
+    if not header or len(set(header)) != len(header) or not set(header) < set(SCHEMA):
         return False
     positions = [SCHEMA.index(c) for c in header]
     return positions == sorted(positions)
 
 
-def check_header(path):
-    """Raise ResultsError unless the file at `path` is empty or has this schema (or an earlier one)."""
-    header = _read_header(path)
-    if header is not None and header != SCHEMA and not _older_schema(header):
+def _first_difference(header):
+    """Where `header` stops matching SCHEMA, in words (names shown with repr: a BOM or a space is visible)."""
+    if not header or header == ("",):
+        return "the first line is empty"
+    for i, (got, want) in enumerate(zip(header, SCHEMA)):
+        if got != want:
+            return f"column {i + 1} is {got!r}, expected {want!r}"
+    if len(header) < len(SCHEMA):
+        return f"it ends after column {len(header)}; column {len(header) + 1} should be {SCHEMA[len(header)]!r}"
+    return f"column {len(SCHEMA) + 1} is {header[len(SCHEMA)]!r}, after the last one of ours"
+
+
+def check_header(path, older_ok=True):
+    """Raise ResultsError unless the file at `path` is empty or has this schema (or, if `older_ok`, an earlier one).
+
+    Nothing else counts as a results table: a user's other CSV, a file with a BOM or `, `
+    between names, a binary file, or one whose first line is empty are refused untouched.
+    """
+    header = _header_of(path)
+    if header is None or header == SCHEMA:
+        return
+    if _older_schema(header):
+        if older_ok:
+            return
+        missing = [c for c in SCHEMA if c not in header]
         raise ResultsError(
-            f"results file {path} has a different header than this version's schema "
-            f"({len(header)} columns vs {len(SCHEMA)}); use a new --results file"
+            f"{path} was written by an older version (no columns {', '.join(missing)}): this version's rows "
+            f"would lose them there, so nothing is appended; use a new --results file, or convert this one "
+            f"once with: {UPGRADE_COMMAND} {path}"
         )
+    raise ResultsError(f"{path} is not a results table (header: {_first_difference(header)}); "
+                       "use another --results file")
 
 
 def check_results_path(path):
@@ -166,13 +212,19 @@ def check_results_path(path):
     The thorough check of a user's path, which creates a probe file, is
     `bench.config.validation.validate`; this one guards every append.
     """
-    path = os.path.abspath(path)
-    if os.path.isdir(path):
+    real = table_path(path)
+    if os.path.isdir(real):
         raise ResultsError(f"results path {path} is a folder; give a CSV file path")
-    if os.path.exists(path):
-        if not os.access(path, os.W_OK):
+    if os.path.exists(real):
+        if not os.path.isfile(real):
+            raise ResultsError(f"results path {path} is not a regular file")
+        if not os.access(real, os.W_OK):
             raise ResultsError(f"results file {path} is not writable")
-        check_header(path)
+        links = os.stat(real).st_nlink
+        if links > 1:  # the table is replaced by a new file: its other names would keep the old one
+            raise ResultsError(f"results file {path} has {links} hard links; rows would reach only one of them "
+                               "(use a symlink or a copy)")
+        check_header(real, older_ok=False)
 
 
 def _format(value):
@@ -205,51 +257,150 @@ def read_rows(path):
     """All rows of a results file as dicts of strings ([] if it does not exist)."""
     if not os.path.exists(path):
         return []
-    with open(path, newline="") as fh:
+    with open(path, newline="", encoding="utf-8") as fh:
         return list(csv.DictReader(fh))
 
 
+def _read_bytes(path):
+    try:
+        with open(path, "rb") as fh:
+            return fh.read()
+    except FileNotFoundError:
+        return b""
+
+
+def replace_atomically(path, data, mode=0o644, expect=None):
+    """Make `path` hold `data` (bytes) all at once: a temporary file beside it, fsync, `os.replace`.
+
+    Readers and a crash see the old file or the new one, never a part. The new file keeps the old
+    one's permission bits (and, where allowed, its owner); a new file gets `mode`. With `expect`
+    (bytes), the file is read again right before the replace and must still hold exactly them
+    (b"": absent or empty); otherwise ResultsError, and the file stays as its other writer left it.
+    """
+    try:
+        like = os.stat(path)
+    except FileNotFoundError:
+        like = None
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        if expect is not None and _read_bytes(path) != expect:
+            raise ResultsError(f"{path} changed while the row was being added (a program writing it without "
+                               "the lock?); it was left as that program wrote it")
+        os.chmod(tmp, like.st_mode & 0o7777 if like else mode)
+        if like and (like.st_uid, like.st_gid) != (os.getuid(), os.getgid()):
+            with contextlib.suppress(OSError):  # only root may give a file away; the mode is kept either way
+                os.chown(tmp, like.st_uid, like.st_gid)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
 def append_row(path, row, lock_timeout=120):
-    """Append one row under the file lock, atomically. Returns False if its run_id is already there."""
+    """Append one row to the table at `path`. Returns False if its run_id is already there.
+
+    What was in the file is never rewritten: under the lock (`<table>.lock`, beside the symlink-
+    resolved file, so writers through a link and through the target share it) the file is read,
+    its header checked (this schema only: an older one is refused, see `check_header`), and a new
+    file of exactly those bytes plus the row replaces it atomically (temporary file, fsync,
+    `os.replace`), with the old file's mode. A crash or a kill at any moment leaves the old file
+    or the new one, never half a row. Just before the replace the file is read again and compared
+    with what the new file starts with: a program writing it without the lock (an editor) makes
+    the append fail with ResultsError instead of losing its change.
+    """
+    line = format_row(row).encode("utf-8")
+    real = table_path(path)
     check_results_path(path)
-    line = format_row(row)
-    path = os.path.abspath(path)
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with filelock.FileLock(path + ".lock", timeout=lock_timeout):
+    os.makedirs(os.path.dirname(real), exist_ok=True)
+    with filelock.FileLock(real + ".lock", timeout=lock_timeout):
         check_results_path(path)
-        existing = ""
-        if os.path.exists(path):
-            with open(path, newline="") as fh:
-                existing = fh.read()
-        if existing.strip():
-            reader = csv.DictReader(io.StringIO(existing))
-            rows = list(reader)
+        before = _read_bytes(real)
+        if before:
+            try:
+                text = before.decode("utf-8")
+            except UnicodeDecodeError as err:
+                raise ResultsError(f"{path} is not a results table (not UTF-8 text at byte {err.start})") from None
             run_id = str(row.get("run_id", ""))
-            if run_id and any(r.get("run_id") == run_id for r in rows):
+            if run_id and any(r.get("run_id") == run_id for r in csv.DictReader(io.StringIO(text, newline=""))):
                 return False
-            if tuple(reader.fieldnames) != SCHEMA:  # an older schema: rewrite its rows with the new columns
-                existing = format_header() + "".join(_csv_line(r.get(c) or "" for c in SCHEMA) for r in rows)
-            if not existing.endswith("\n"):
-                existing += "\n"
+            new = before + (b"" if before.endswith(b"\n") else b"\n") + line
         else:
-            existing = format_header()
-        fd, tmp = tempfile.mkstemp(prefix=".summary.", suffix=".tmp", dir=os.path.dirname(path))
-        try:
-            with os.fdopen(fd, "w", newline="") as fh:
-                fh.write(existing + line)
-                fh.flush()
-                os.fsync(fh.fileno())
-            if os.path.exists(path):
-                os.chmod(tmp, os.stat(path).st_mode & 0o777)
-            else:
-                os.chmod(tmp, 0o644)
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+            new = format_header().encode("utf-8") + line
+        replace_atomically(real, new, expect=before)
     return True
+
+
+def save_row(path, row, err=None):
+    """Append the row to the table, or, if the table cannot take it, keep it where the error line says.
+
+    Returns where the row is: `path` (appended, or its run_id was already there), a fallback file
+    beside the table (`<table>.unsaved-<run_id>.csv`, a one-row table of this schema), or "stderr"
+    (the header and the row printed there). A measurement is never lost to an unwritable table.
+    """
+    err = err or sys.stderr
+    try:
+        append_row(path, row)
+        return path
+    except (ResultsError, OSError, filelock.Timeout) as exc:
+        problem = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    table = format_header() + format_row(row)
+    fallback = f"{os.path.abspath(path)}.unsaved-{row.get('run_id') or uuid.uuid4().hex[:12]}.csv"
+    try:
+        with open(fallback, "x", newline="", encoding="utf-8") as fh:
+            fh.write(table)
+        print(f"error: the row was not added to {path} ({problem}); it is in {fallback}", file=err, flush=True)
+        return fallback
+    except OSError as exc:
+        print(f"error: the row was not added to {path} ({problem}), nor saved beside it ({exc.strerror}); "
+              f"here it is, with the header:\n{table}", file=err, end="", flush=True)
+        return "stderr"
+
+
+def upgrade(path):
+    """Rewrite a table of an older schema in this one, at the user's request (`UPGRADE_COMMAND`).
+
+    Its rows keep every value and get empty new columns; the file is replaced atomically (mode kept)
+    and the original bytes are kept beside it as `<table>.before-upgrade`. Returns that copy's path.
+    """
+    real = table_path(path)
+    with filelock.FileLock(real + ".lock", timeout=120):
+        header = _header_of(real)
+        if header == SCHEMA:
+            raise ResultsError(f"{path} already has this version's header")
+        check_header(real)  # an older schema, or ResultsError
+        before = _read_bytes(real)
+        rows = list(csv.DictReader(io.StringIO(before.decode("utf-8"), newline="")))
+        backup = real + ".before-upgrade"
+        with open(backup, "xb") as fh:
+            fh.write(before)
+        new = format_header() + "".join(_csv_line(r.get(c) or "" for c in SCHEMA) for r in rows)
+        replace_atomically(real, new.encode("utf-8"))
+    return backup
 
 
 def format_header():
     return _csv_line(SCHEMA)
+
+
+def main(argv):
+    """`python -m bench.results upgrade FILE`: convert a table of an older schema (the only command)."""
+    if len(argv) != 2 or argv[0] != "upgrade":
+        print(f"usage: {UPGRADE_COMMAND} FILE", file=sys.stderr)
+        return 2
+    try:
+        backup = upgrade(argv[1])
+    except (ResultsError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"upgraded {argv[1]} to this version's columns; the original is in {backup}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -78,11 +78,12 @@ def run(cfg: RunConfig, command="", out=sys.stdout, write_row=True, on_eval=None
         status, error, code = _train(controller)
     facts = assembly.checked_peak(cfg, device_setup, facts, controller)
     row = rows.run_row(cfg, facts, controller, status, error)
-    if write_row:
-        table.append_row(cfg.results, row)
+    where = table.save_row(cfg.results, row) if write_row else cfg.results
+    if where != cfg.results:  # the table could not take the row: it is kept where the error line says
+        code = EXIT_FAILED
     if cfg.strategy != options.MULTI_WORKER:  # a worker's attempt may be retried by Ray: its driver concludes
         identity.conclude(row["run_id"], status)
-    print(rows.summary_text(row, cfg.results), file=out, flush=True)
+    print(rows.summary_text(row, where), file=out, flush=True)
     return Outcome(status, row, code, controller.chrono)
 
 
