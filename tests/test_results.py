@@ -70,7 +70,7 @@ def test_foreign_header_is_refused_and_left_alone(tmp_path):
 
 def test_file_of_an_older_schema_takes_no_rows_until_upgraded(tmp_path):
     """Appending to it would drop this version's new columns (a row's `mode`, `onednn`, ...) or rewrite
-    the user's file; it is refused untouched, and `python -m bench.results.table upgrade` converts it on request."""
+    the user's file; it is refused untouched, and `python -m bench.results upgrade` converts it on request."""
     path = tmp_path / "summary.csv"
     old_schema = [c for c in table.SCHEMA if c != "onednn"]
     with open(path, "w", newline="") as fh:

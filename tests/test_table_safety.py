@@ -1,6 +1,6 @@
 """The results table is the user's property (#16): nothing lost, nothing overwritten, nothing silently wrong.
 
-Through the real commands (`bench.run`, `sweeps.report`, `bench.results.table upgrade`) in subprocesses;
+Through the real commands (`bench.run`, `sweeps.report`, `bench.results upgrade`) in subprocesses;
 the concurrency test uses processes and no TensorFlow.
 """
 
@@ -188,11 +188,11 @@ def test_an_older_table_is_upgraded_only_on_request(tmp_path):
         writer.writeheader()
         writer.writerow({"run_id": "old1", "status": "ok", "xla": "true", "command": "python -m bench.run --x, y"})
     original = path.read_bytes()
-    proc = command("bench.results.table", "upgrade", str(path))
+    proc = command("bench.results", "upgrade", str(path))
     assert proc.returncode == 0, proc.stderr
     assert (tmp_path / "old.csv.before-upgrade").read_bytes() == original
     assert table.append_row(str(path), a_row(2, onednn=True))
     got = table.read_rows(str(path))
     assert tuple(got[0]) == table.SCHEMA and [r["run_id"] for r in got] == ["old1", "r00002"]
     assert got[0]["command"] == "python -m bench.run --x, y" and got[0]["onednn"] == ""
-    one_line_exit_2(command("bench.results.table", "upgrade", str(path)), "already")
+    one_line_exit_2(command("bench.results", "upgrade", str(path)), "already")

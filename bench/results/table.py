@@ -100,8 +100,7 @@ SCHEMA = (
 STATUSES = ("ok", "diverged", "failed", "stopped", "interrupted")  # stopped: by ASHA; interrupted: Ctrl-C, SIGTERM
 
 
-# the module as `python -m` names it, wherever it lives
-UPGRADE_COMMAND = f"python -m {__spec__.name if __spec__ else __name__} upgrade"
+UPGRADE_COMMAND = "python -m bench.results upgrade"  # bench/results/__main__.py
 
 
 class ResultsError(ConfigError):
@@ -386,21 +385,3 @@ def upgrade(path):
 
 def format_header():
     return _csv_line(SCHEMA)
-
-
-def main(argv):
-    """`python -m bench.results upgrade FILE`: convert a table of an older schema (the only command)."""
-    if len(argv) != 2 or argv[0] != "upgrade":
-        print(f"usage: {UPGRADE_COMMAND} FILE", file=sys.stderr)
-        return 2
-    try:
-        backup = upgrade(argv[1])
-    except (ResultsError, OSError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    print(f"upgraded {argv[1]} to this version's columns; the original is in {backup}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
