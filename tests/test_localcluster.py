@@ -149,7 +149,7 @@ def test_killed_node_leaves_the_cluster_and_stop_ends_every_pid(cluster, driver)
     assert stat is None or stat[0] == "Z"  # gone, or a zombie waiting for its parent
     ray.shutdown()
 
-    recorded = cluster._recorded()
+    recorded = cluster.recorded_pids()
     assert len(recorded) >= 4  # two `ray start`s, at least a raylet each, the head's gcs_server
     cluster.stop()
     assert not [pid for pid, start in recorded if localcluster._alive(pid, start)]

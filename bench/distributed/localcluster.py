@@ -230,7 +230,7 @@ class LocalCluster:
     def running(self):
         """Whether any process this cluster started still runs."""
         self._reap()
-        return any(_alive(pid, start) for pid, start in self._recorded())
+        return any(_alive(pid, start) for pid, start in self.recorded_pids())
 
     def start(self):
         """Start the head, then the other nodes; return once the GCS lists every node as alive."""
@@ -378,7 +378,8 @@ class LocalCluster:
 
     # ---- stopping ---------------------------------------------------------------------------
 
-    def _recorded(self, nodes=None):
+    def recorded_pids(self, nodes=None):
+        """(pid, start time) of every process recorded for `nodes` (all by default)."""
         pairs = []
         for node in self.nodes if nodes is None else nodes:
             if node["start"] is not None:
@@ -390,7 +391,7 @@ class LocalCluster:
         self._reap()
         # Everything that runs now below the nodes (workers included), found before any parent
         # ends and its children are handed to init.
-        targets = {(pid, start) for pid, start in self._recorded(nodes) if _alive(pid, start)}
+        targets = {(pid, start) for pid, start in self.recorded_pids(nodes) if _alive(pid, start)}
         for node in nodes:
             if _alive(node["pid"], node["start"]):
                 targets |= {(p, _stat(p)[2]) for p in _descendants(node["pid"]) if _stat(p)}
