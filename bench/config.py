@@ -35,6 +35,7 @@ BATCH_NORMS = ("auto",) + spec.BATCH_NORMS  # auto: fused on CPUs (measured fast
 ONEDNN = ("auto", "on", "off")  # oneDNN CPU kernels; auto: $TF_ENABLE_ONEDNN_OPTS if set, else on
 AUGMENT = ("auto", "host", "device")  # auto: device when training on GPUs, host on CPUs
 MODES = ("train", "inference")
+COMPARISON_ARMS = ("", "A", "B")  # empty: not part of an A/B comparison
 
 CIFAR_TRAIN_IMAGES = 50_000
 BENCH_STEPS = 200  # the `bench` recipe's default run length
@@ -182,6 +183,10 @@ class RunConfig:
     augment: str = option("auto", "Where the pad-crop-flip augmentation runs: host (tf.data, per image) or device "
                                   "(batched inside the step; uint8 batches cross to the device). auto: device "
                                   "on GPUs, host on CPUs.", choices=AUGMENT)
+    # A/B comparisons (python -m sweeps.compare sets both; not sweep axes)
+    comparison: str = option("", "Id of the A/B comparison this run belongs to (sweeps.compare sets it).", axis=False)
+    arm: str = option("", "The arm of --comparison this run is: A or B (sweeps.compare sets it).",
+                      choices=COMPARISON_ARMS, axis=False)
     # fault injection for tests
     inject_nan_at_step: Optional[int] = option(None, "Testing: make the loss non-finite at this step.", kind=int,
                                                axis=False, testing=True)
@@ -368,6 +373,8 @@ def _check_combinations(cfg):
         raise ConfigError("--target_accuracy needs real data; --data=synthetic has no accuracy")
     if cfg.xla and cfg.sync_bn and cfg.cpu_replicas > 1:
         raise ConfigError(SYNC_BN_XLA_ERROR)
+    if bool(cfg.arm) != bool(cfg.comparison):
+        raise ConfigError("--arm and --comparison go together (sweeps.compare sets both)")
 
     if cfg.loop == "fit":
         _check_fit(cfg)
@@ -501,6 +508,47 @@ def check_sweep_options(name="sweep", repeats=1, max_concurrent=1, cpus_per_tria
         raise ConfigError(f"--name must be a plain folder name; got {name!r}")
 
 
+def check_comparison(pairs=2, band_pct=5.0, fail_pct=None, base=None, new=None, arms=("", "")):
+    """The flags of `sweeps.compare`: either two arms (`--a`, `--b`) or two tables (`--base`, `--new`)."""
+    if bool(base) != bool(new):
+        raise ConfigError("--base and --new go together (two results tables to compare)")
+    if base and any(arms):
+        raise ConfigError("give either --a/--b (run a comparison) or --base/--new (compare two tables), not both")
+    for name, path in (("--base", base), ("--new", new)):
+        if path and not os.path.isfile(path):
+            raise ConfigError(f"{name}: no results file {path}")
+    if not base and not all(arms):
+        raise ConfigError("give both arms (--a=\"FLAGS\" --b=\"FLAGS\") or two tables (--base, --new); see --help")
+    if pairs < 2:
+        raise ConfigError(f"--pairs must be >= 2 (an interval needs two pairs); got {pairs}")
+    if not 0 < band_pct < 100:
+        raise ConfigError(f"--band must be a percentage in (0, 100); got {band_pct}")
+    if fail_pct is not None and not 0 <= fail_pct < 100:
+        raise ConfigError(f"the failure threshold must be a percentage in [0, 100); got {fail_pct}")
+
+
+def check_arms(a: RunConfig, b: RunConfig, a_text, b_text):
+    """The two arms of a comparison (validated, common flags applied): they must differ, and run afresh."""
+    for name in ("comparison", "arm"):
+        if getattr(a, name) or getattr(b, name):
+            raise ConfigError(f"--{name} is set by sweeps.compare itself; leave it out")
+    if a.checkpoint_dir:
+        raise ConfigError("--checkpoint_dir: the runs of a comparison must each start afresh (leave it out)")
+    if a.results != b.results:
+        raise ConfigError("both arms write to one --results table (give --results outside --a/--b)")
+    if _resolved_onednn(a) == _resolved_onednn(b):
+        identical = [f.name for f in flag_fields() if getattr(a, f.name) != getattr(b, f.name) and f.name != "onednn"]
+        if not identical:
+            raise ConfigError(f"--a={a_text!r} and --b={b_text!r} make the same run; the arms must differ")
+
+
+def _resolved_onednn(cfg: RunConfig):
+    """`auto` is the environment variable if set, else on (what `bench.devices` does)."""
+    if cfg.onednn != "auto":
+        return cfg.onednn == "on"
+    return os.environ.get("TF_ENABLE_ONEDNN_OPTS", "1").lower() not in ("0", "false")
+
+
 def check_sweep_storage(name, storage, resume, exists, is_folder):
     """--resume needs the sweep's folder; a new sweep must not reuse one."""
     if resume and not is_folder:
@@ -584,7 +632,8 @@ def _check_results_file(path):
 
 _UNFINGERPRINTED = ("results", "tensorboard_dir", "profile_steps", "profile_dir", "checkpoint_every_steps",
                     # how a multi-worker run reaches its result does not change which run it is
-                    "address", "max_failures", "collective_timeout_s", "fail_worker_at_step")
+                    "address", "max_failures", "collective_timeout_s", "fail_worker_at_step",
+                    "comparison", "arm")  # labels of the run, not what it runs
 RUN_FILE = "run.json"
 
 

@@ -88,6 +88,8 @@ SCHEMA = (
     "xla_scope",  # none | step (one compiled executable per step) | forward_backward (over replicas) | forward
     "num_workers",  # worker processes of a multi-worker run (empty otherwise)
     "restarts",  # worker-group restarts of a multi-worker run (empty otherwise)
+    "comparison",  # id of the A/B comparison (sweeps.compare) the run belongs to (empty otherwise)
+    "arm",  # A or B within that comparison
 )
 
 STATUSES = ("ok", "diverged", "failed", "stopped", "interrupted")  # stopped: by ASHA; interrupted: Ctrl-C, SIGTERM

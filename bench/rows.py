@@ -82,6 +82,8 @@ def config_row(cfg: RunConfig, status, error=""):
         "target_accuracy": cfg.target_accuracy,
         "seed": cfg.seed,
         "deterministic": cfg.deterministic,
+        "comparison": cfg.comparison,
+        "arm": cfg.arm,
     }
 
 
