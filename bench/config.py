@@ -508,8 +508,10 @@ def check_sweep_options(name="sweep", repeats=1, max_concurrent=1, cpus_per_tria
         raise ConfigError(f"--name must be a plain folder name; got {name!r}")
 
 
-def check_comparison(pairs=2, band_pct=5.0, fail_pct=None, base=None, new=None, arms=("", "")):
+def check_comparison(pairs=2, band_pct=5.0, fail_pct=None, base=None, new=None, arms=("", ""), unknown_vary=()):
     """The flags of `sweeps.compare`: either two arms (`--a`, `--b`) or two tables (`--base`, `--new`)."""
+    if unknown_vary:
+        raise ConfigError(f"--vary: {', '.join(unknown_vary)} is not a column the tables are matched on")
     if bool(base) != bool(new):
         raise ConfigError("--base and --new go together (two results tables to compare)")
     if base and any(arms):
@@ -529,9 +531,10 @@ def check_comparison(pairs=2, band_pct=5.0, fail_pct=None, base=None, new=None, 
 
 def check_arms(a: RunConfig, b: RunConfig, a_text, b_text):
     """The two arms of a comparison (validated, common flags applied): they must differ, and run afresh."""
-    for name in ("comparison", "arm"):
-        if getattr(a, name) or getattr(b, name):
-            raise ConfigError(f"--{name} is set by sweeps.compare itself; leave it out")
+    if a.arm or b.arm:
+        raise ConfigError("--arm is set by sweeps.compare itself; leave it out")
+    if a.comparison != b.comparison:
+        raise ConfigError("--comparison names the whole comparison: give it outside --a/--b")
     if a.checkpoint_dir:
         raise ConfigError("--checkpoint_dir: the runs of a comparison must each start afresh (leave it out)")
     if a.results != b.results:
