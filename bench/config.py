@@ -201,6 +201,7 @@ class RunConfig:
     # set by the sweep driver, not flags
     sweep: str = dataclasses.field(default="", metadata={"internal": True})
     trial_key: str = dataclasses.field(default="", metadata={"internal": True})
+    sweep_position: int = dataclasses.field(default=0, metadata={"internal": True})  # 1-based place in the order
 
     @property
     def depth(self):
@@ -636,7 +637,7 @@ def _check_results_file(path):
 _UNFINGERPRINTED = ("results", "tensorboard_dir", "profile_steps", "profile_dir", "checkpoint_every_steps",
                     # how a multi-worker run reaches its result does not change which run it is
                     "address", "max_failures", "collective_timeout_s", "fail_worker_at_step",
-                    "comparison", "arm")  # labels of the run, not what it runs
+                    "comparison", "arm", "sweep_position")  # labels of the run, not what it runs
 RUN_FILE = "run.json"
 
 

@@ -84,6 +84,7 @@ def config_row(cfg: RunConfig, status, error=""):
         "deterministic": cfg.deterministic,
         "comparison": cfg.comparison,
         "arm": cfg.arm,
+        "sweep_position": cfg.sweep_position or None,
     }
 
 
