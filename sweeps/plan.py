@@ -59,7 +59,7 @@ def cached_peak_gflops(precision):
             cache = json.load(fh)
     except (OSError, ValueError):
         return None
-    found = [v for k, v in cache.items() if k.split("|")[1:2] == [dtype]]
+    found = [v for k, v in cache.items() if dtype in k.split("|")[1:]]  # device|tf version|[onednn|]dtype|...
     return max(found) if found else None
 
 
@@ -89,7 +89,8 @@ def estimate(configs, results_path):
         sources.add(source)
         seconds[cfg.trial_key] = startup + flops / rate if rate else None
     known = [s for s in seconds.values() if s is not None]
-    text = (f"plan: {len(configs)} trials, {total / 1e12:.1f} TFLOP of training; ")
+    amount = f"{total / 1e12:.1f} TFLOP" if total >= 1e11 else f"{total / 1e9:.1f} GFLOP"
+    text = f"plan: {len(configs)} trials, {amount} of training; "
     if len(known) == len(seconds):
         text += f"estimate {duration(sum(known))} ({'; '.join(sorted(sources))}; start-up {startup:.0f} s per trial)"
     else:

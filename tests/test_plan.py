@@ -49,7 +49,7 @@ def test_the_default_sweep_plan_is_30_trials_549_tflop(tmp_path, monkeypatch):
     assert "30 trials, 549.2 TFLOP" in text and "no estimate yet" in text
     # a measured peak in the cache: estimate = FLOPs / (peak x assumed MFU) + start-up
     (tmp_path / "nocache").mkdir()
-    (tmp_path / "nocache" / "peak.json").write_text(json.dumps({"CPU: X|float32|scalar-sync": 150.0}))
+    (tmp_path / "nocache" / "peak.json").write_text(json.dumps({"CPU: X|tf2.21.0|onednn|float32|scalar-sync": 150.0}))
     seconds, _, text = plan.estimate([t.config for t in trials], str(tmp_path / "none.csv"))
     expected = flops / (150e9 * plan.ASSUMED_MFU) + 30 * plan.DEFAULT_STARTUP_S
     assert abs(sum(seconds.values()) - expected) < 1 and "measured peak 150 GFLOP/s" in text
