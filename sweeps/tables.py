@@ -118,8 +118,8 @@ def markdown(matches, only_base, only_new, columns, base_path, new_path, band_pc
              f"repeats) with its 95% interval (Welch's t on log rates); no change = the whole interval inside "
              f"±{band_pct:g}%.", ""]
     if keys:
-        lines += ["Common to every configuration: " + ", ".join(f"{c}={_text(keys[0][columns.index(c)])}"
-                                                               for c in fixed) + ".", ""]
+        common = [f"{c}={_text(keys[0][columns.index(c)])}" for c in fixed if _text(keys[0][columns.index(c)]) != "–"]
+        lines += ["Common to every configuration: " + ", ".join(common) + ".", ""]
     for c, (b, n) in vary_values.items():
         lines.append(f"Allowed to differ (`--vary`): {c}: base {b}, new {n}.")
     lines += ["", "| configuration | base runs | new runs | base img/s | new img/s | new/base | 95% CI | flag |",
