@@ -2,7 +2,8 @@
 
 Any RunConfig field marked as an axis takes a comma list in `sweeps.tune`
 (`--n 3,5,9 --precision fp32,bf16 --steps_per_loop 5,20`); the trials are every
-combination, times `--repeats` seeds. Single-valued fields (paths) apply to
+combination, times `--repeats` seeds, in rounds (seed 0 of every configuration, then seed 1, ...).
+Single-valued fields (paths) apply to
 every trial; output folders get one subfolder per trial.
 """
 
@@ -11,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import os
+import random
 
 from bench.config import cli, identity, options, validation
 from bench.config.options import RunConfig
@@ -53,14 +55,23 @@ def _key_value(name, value):
     return cli.format_value(value)
 
 
-def build_trials(axes, repeats, sweep_name):
-    """Every combination of the axes x `repeats` seeds, each validated like a single run."""
+def build_trials(axes, repeats, sweep_name, shuffle_seed=None):
+    """Every combination of the axes x `repeats` seeds, each validated like a single run, in rounds.
+
+    Round r runs seed r of every configuration before any configuration's seed r+1, so a
+    configuration's repeats are spread over the whole sweep: the spread of its repeats then
+    measures the machine's noise, not its drift. `shuffle_seed` shuffles the configurations within
+    each round (reproducibly). Each trial's `sweep_position` is its 1-based place in this order.
+    """
     validation.check_sweep_options(repeats=repeats)
     names = list(axes)
     varying = [n for n in names if len(axes[n]) > 1]
+    combos = list(itertools.product(*(axes[n] for n in names)))
+    shuffler = random.Random(shuffle_seed) if shuffle_seed is not None else None
     trials, keys = [], set()
-    for combo in itertools.product(*(axes[n] for n in names)):
-        for r in range(repeats):
+    for r in range(repeats):
+        round_trials = []
+        for combo in combos:
             values = dict(zip(names, combo))
             values["seed"] = values.get("seed", 0) + r
             cfg = _single_process_fields(RunConfig(**values, sweep=sweep_name))
@@ -69,8 +80,11 @@ def build_trials(axes, repeats, sweep_name):
                 continue
             keys.add(cfg.trial_key)
             cfg = _per_trial_folders(cfg)
-            trials.append(Trial(cfg.trial_key, validation.validate(cfg)))
-    return trials
+            round_trials.append(validation.validate(cfg))
+        if shuffler:
+            shuffler.shuffle(round_trials)
+        trials.extend(round_trials)
+    return [Trial(cfg.trial_key, cfg.replace(sweep_position=i)) for i, cfg in enumerate(trials, start=1)]
 
 
 def _single_process_fields(cfg):

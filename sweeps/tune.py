@@ -24,13 +24,16 @@ from bench.config.options import ConfigError
 from bench.distributed import driver, ray_connection
 from bench.results import rows, table
 from bench.runner import loop
-from sweeps import multiworker_trials, report, space
+from sweeps import multiworker_trials, plan, report, space
 
 FLAGS = flags.FLAGS
 cli.define_sweep_flags(FLAGS)  # every RunConfig field: axes take comma lists (--n 3,5,9)
-SWEEP_FLAGS = ("repeats", "scheduler", "cpus_per_trial", "max_concurrent", "name", "storage", "resume", "report",
+SWEEP_FLAGS = ("repeats", "shuffle_seed", "scheduler", "cpus_per_trial", "max_concurrent", "name", "storage", "resume", "report",
                "report_dir")  # --address is RunConfig's: the cluster of the sweep (and of multi-worker trials)
-flags.DEFINE_integer("repeats", 1, "Seeds per configuration (seed, seed+1, ...).")
+flags.DEFINE_integer("repeats", 1, "Seeds per configuration (seed, seed+1, ...), run in rounds: seed 0 of every "
+                     "configuration, then seed 1, ... (the spread of repeats is then noise, not drift).")
+flags.DEFINE_integer("shuffle_seed", None, "Shuffle the configurations within each round with this seed "
+                     "(recorded in sweep.json and each row's command; each row's sweep_position is its place).")
 flags.DEFINE_enum("scheduler", "none", ["none", "asha"], "asha: stop weak trials early on test accuracy.")
 # resources (GPUs per trial: --num_gpus, which each trial's MirroredStrategy then uses)
 flags.DEFINE_float("cpus_per_trial", None, "CPUs per trial (default: all of a CPU-only node, so timings stay honest).")
@@ -56,6 +59,7 @@ class SweepOptions:
     address: str = None
     scheduler: str = "none"
     command: str = ""
+    shuffle_seed: int = None
 
 
 def run_trial(params, runs=None):
@@ -98,7 +102,9 @@ def _row_of(result):
     return None
 
 
-def _make_row_writer(results_path, runs):
+def _make_row_writer(results_path, runs, estimates):
+    import time
+
     from ray import tune
 
     class RowWriter(tune.Callback):
@@ -107,10 +113,11 @@ def _make_row_writer(results_path, runs):
         Ray's own boxed trial tables are off (verbose=0): this line is the sweep's progress display.
         """
 
-        def __init__(self, path, runs):
+        def __init__(self, path, runs, estimates):
             self.path = path
             self.runs = runs
             self.done = 0
+            self.progress = plan.Progress(estimates, time.monotonic())
 
         def on_trial_complete(self, iteration, trials, trial, **info):
             row = _row_of(trial.last_result)
@@ -124,7 +131,9 @@ def _make_row_writer(results_path, runs):
             speed = f"{float(row['images_per_sec']):.1f} img/s" if row.get("images_per_sec") else ""
             accuracy = f", accuracy {float(row['test_accuracy']):.4f}" if row.get("test_accuracy") else ""
             # sys.stdout looked up now: Ray pickles the callback, and a stream object does not pickle
-            print(f"[{self.done}/{len(self.runs)}] {trial_name(trial)}: {row['status']} {speed}{accuracy}", flush=True)
+            eta = self.progress.finish(trial.config["trial"], time.monotonic())
+            print(f"trial {self.done}/{len(self.runs)} {trial_name(trial)}: {row['status']} {speed}{accuracy}; {eta}",
+                  flush=True)
 
         def on_trial_error(self, iteration, trials, trial, **info):
             error = "trial process failed"
@@ -134,7 +143,7 @@ def _make_row_writer(results_path, runs):
                 error = (lines[-1] if lines else error)[:500]
             self._write(trial, _failed_row(self.runs, trial, error))
 
-    return RowWriter(results_path, runs)
+    return RowWriter(results_path, runs, estimates)
 
 
 def _failed_row(runs, trial, error):
@@ -173,22 +182,23 @@ def run_sweep(trials, opts: SweepOptions):
         cpus = opts.cpus_per_trial
         if cpus is None:
             cpus = 1 if opts.gpus_per_trial else max(1.0, ray.cluster_resources().get("CPU", 1))
-        plan = os.path.join(path, "sweep.json")  # the trials' configs, for --resume
+        plan_file = os.path.join(path, "sweep.json")  # the trials' configs in their order, for --resume
         if opts.resume:
-            with open(plan) as fh:
+            with open(plan_file) as fh:
                 runs = json.load(fh)["runs"]
         else:
             runs = {t.key: json.loads(json.dumps(dataclasses.asdict(t.config))) for t in trials}
             os.makedirs(path)
-            with open(plan, "w") as fh:
-                json.dump({"command": opts.command, "runs": runs}, fh, indent=1)
+            with open(plan_file, "w") as fh:
+                json.dump({"command": opts.command, "shuffle_seed": opts.shuffle_seed, "runs": runs}, fh, indent=1)
 
         multiworker_trials.check_cluster(runs, ray)
         trainable = tune.with_resources(
             tune.with_parameters(run_trial, runs=runs),
             multiworker_trials.trial_resources(runs, {"cpu": cpus, "gpu": opts.gpus_per_trial}),
         )
-        writer = _make_row_writer(os.path.abspath(opts.results), runs)
+        estimates, _, _ = plan.estimate([options.from_dict(c) for c in runs.values()], opts.results)
+        writer = _make_row_writer(os.path.abspath(opts.results), runs, estimates)
         if opts.resume:
             tuner = tune.Tuner.restore(path, trainable, resume_unfinished=True, restart_errored=True)
         else:
@@ -227,7 +237,7 @@ def trials_from_flags(values):
     """The sweep's trials from parsed flags (every one validated like a single run)."""
     validation.check_sweep_options(values.name, 1, values.max_concurrent, values.cpus_per_trial,  # repeats: space's
                                values.scheduler, values.strategy, values.data, values.eval_every_epochs)
-    return space.build_trials(space.axes_from_flags(values), values.repeats, values.name)
+    return space.build_trials(space.axes_from_flags(values), values.repeats, values.name, values.shuffle_seed)
 
 
 def options_from_flags(values, trials):
@@ -237,7 +247,7 @@ def options_from_flags(values, trials):
         storage=os.path.abspath(values.storage or os.path.join(os.path.dirname(os.path.abspath(values.results)), "ray")),
         resume=values.resume, gpus_per_trial=gpus, cpus_per_trial=values.cpus_per_trial,
         max_concurrent=values.max_concurrent, address=values.address, scheduler=values.scheduler,
-        command=cli.typed_command("sweeps.tune"),
+        command=cli.typed_command("sweeps.tune"), shuffle_seed=values.shuffle_seed,
     )
 
 
@@ -251,6 +261,8 @@ def main(argv):
         trials = trials_from_flags(FLAGS)
         opts = options_from_flags(FLAGS, trials)
         check_storage(opts)
+        if not opts.resume:
+            print(plan.estimate([t.config for t in trials], opts.results)[2], flush=True)
         trial_rows = run_sweep(trials, opts)
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)

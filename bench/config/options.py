@@ -23,6 +23,7 @@ BATCH_NORMS = ("auto",) + spec.BATCH_NORMS  # auto: fused on CPUs (measured fast
 ONEDNN = ("auto", "on", "off")  # oneDNN CPU kernels; auto: $TF_ENABLE_ONEDNN_OPTS if set, else on
 AUGMENT = ("auto", "host", "device")  # auto: device when training on GPUs, host on CPUs
 MODES = ("train", "inference")
+COMPARISON_ARMS = ("", "A", "B")  # empty: not part of an A/B comparison
 
 
 class ConfigError(ValueError):
@@ -160,6 +161,10 @@ class RunConfig:
     augment: str = option("auto", "Where the pad-crop-flip augmentation runs: host (tf.data, per image) or device "
                                   "(batched inside the step; uint8 batches cross to the device). auto: device "
                                   "on GPUs, host on CPUs.", choices=AUGMENT)
+    # A/B comparisons (python -m sweeps.compare sets both; not sweep axes)
+    comparison: str = option("", "Id of the A/B comparison this run belongs to (sweeps.compare sets it).", axis=False)
+    arm: str = option("", "The arm of --comparison this run is: A or B (sweeps.compare sets it).",
+                      choices=COMPARISON_ARMS, axis=False)
     # fault injection for tests
     inject_nan_at_step: Optional[int] = option(None, "Testing: make the loss non-finite at this step.", kind=int,
                                                axis=False, testing=True)
@@ -174,6 +179,7 @@ class RunConfig:
     # set by the sweep driver, not flags
     sweep: str = dataclasses.field(default="", metadata={"internal": True})
     trial_key: str = dataclasses.field(default="", metadata={"internal": True})
+    sweep_position: int = dataclasses.field(default=0, metadata={"internal": True})  # 1-based place in the order
 
     @property
     def depth(self):

@@ -80,6 +80,8 @@ def _check_combinations(cfg):
     if cfg.target_accuracy is not None and cfg.data == "synthetic":
         raise ConfigError("--target_accuracy needs real data; --data=synthetic has no accuracy")
     check_xla_over_replicas(cfg, cfg.cpu_replicas)  # judged again with the real count after setup
+    if bool(cfg.arm) != bool(cfg.comparison):
+        raise ConfigError("--arm and --comparison go together (sweeps.compare sets both)")
 
     if cfg.loop == "fit":
         _check_fit(cfg)
@@ -169,6 +171,50 @@ def check_sweep_options(name="sweep", repeats=1, max_concurrent=1, cpus_per_tria
         raise ConfigError(f"--cpus_per_trial must be > 0; got {cpus_per_trial}")
     if not name or os.sep in name or name in (".", ".."):
         raise ConfigError(f"--name must be a plain folder name; got {name!r}")
+
+
+def check_comparison(pairs=2, band_pct=5.0, fail_pct=None, base=None, new=None, arms=("", ""), unknown_vary=()):
+    """The flags of `sweeps.compare`: either two arms (`--a`, `--b`) or two tables (`--base`, `--new`)."""
+    if unknown_vary:
+        raise ConfigError(f"--vary: {', '.join(unknown_vary)} is not a column the tables are matched on")
+    if bool(base) != bool(new):
+        raise ConfigError("--base and --new go together (two results tables to compare)")
+    if base and any(arms):
+        raise ConfigError("give either --a/--b (run a comparison) or --base/--new (compare two tables), not both")
+    for name, path in (("--base", base), ("--new", new)):
+        if path and not os.path.isfile(path):
+            raise ConfigError(f"{name}: no results file {path}")
+    if not base and not all(arms):
+        raise ConfigError("give both arms (--a=\"FLAGS\" --b=\"FLAGS\") or two tables (--base, --new); see --help")
+    if pairs < 2:
+        raise ConfigError(f"--pairs must be >= 2 (an interval needs two pairs); got {pairs}")
+    if not 0 < band_pct < 100:
+        raise ConfigError(f"--band must be a percentage in (0, 100); got {band_pct}")
+    if fail_pct is not None and not 0 <= fail_pct < 100:
+        raise ConfigError(f"the failure threshold must be a percentage in [0, 100); got {fail_pct}")
+
+
+def check_arms(a: RunConfig, b: RunConfig, a_text, b_text):
+    """The two arms of a comparison (validated, common flags applied): they must differ, and run afresh."""
+    if a.arm or b.arm:
+        raise ConfigError("--arm is set by sweeps.compare itself; leave it out")
+    if a.comparison != b.comparison:
+        raise ConfigError("--comparison names the whole comparison: give it outside --a/--b")
+    if a.checkpoint_dir:
+        raise ConfigError("--checkpoint_dir: the runs of a comparison must each start afresh (leave it out)")
+    if a.results != b.results:
+        raise ConfigError("both arms write to one --results table (give --results outside --a/--b)")
+    if _resolved_onednn(a) == _resolved_onednn(b):
+        identical = [f.name for f in flag_fields() if getattr(a, f.name) != getattr(b, f.name) and f.name != "onednn"]
+        if not identical:
+            raise ConfigError(f"--a={a_text!r} and --b={b_text!r} make the same run; the arms must differ")
+
+
+def _resolved_onednn(cfg: RunConfig):
+    """`auto` is the environment variable if set, else on (what `bench.hardware.devices` does)."""
+    if cfg.onednn != "auto":
+        return cfg.onednn == "on"
+    return os.environ.get("TF_ENABLE_ONEDNN_OPTS", "1").lower() not in ("0", "false")
 
 
 def check_sweep_storage(name, storage, resume, exists, is_folder):

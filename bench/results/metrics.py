@@ -76,8 +76,12 @@ def mean_ci95(values):
     m = statistics.fmean(values)
     if len(values) < 2:
         return m, 0.0
-    t = _T95.get(len(values) - 1, 1.96)
-    return m, t * statistics.stdev(values) / math.sqrt(len(values))
+    return m, t95(len(values) - 1) * statistics.stdev(values) / math.sqrt(len(values))
+
+
+def t95(df):
+    """The two-sided 95% Student-t quantile for `df` degrees of freedom (a fraction rounds down; >30: normal)."""
+    return _T95.get(max(1, int(df)), 1.96)
 
 
 # Two-sided 95% Student-t quantiles by degrees of freedom (beyond 30: normal).

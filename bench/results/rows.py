@@ -76,6 +76,9 @@ def config_row(cfg: RunConfig, status, error=""):
         "target_accuracy": cfg.target_accuracy,
         "seed": cfg.seed,
         "deterministic": cfg.deterministic,
+        "comparison": cfg.comparison,
+        "arm": cfg.arm,
+        "sweep_position": cfg.sweep_position or None,
     }
 
 

@@ -95,6 +95,9 @@ SCHEMA = (
     "xla_scope",  # none | step (one compiled executable per step) | forward_backward (over replicas) | forward
     "num_workers",  # worker processes of a multi-worker run (empty otherwise)
     "restarts",  # worker-group restarts of a multi-worker run (empty otherwise)
+    "comparison",  # id of the A/B comparison (sweeps.compare) the run belongs to (empty otherwise)
+    "arm",  # A or B within that comparison
+    "sweep_position",  # a sweep trial's 1-based place in the sweep's run order (empty for single runs)
 )
 
 STATUSES = ("ok", "diverged", "failed", "stopped", "interrupted")  # stopped: by ASHA; interrupted: Ctrl-C, SIGTERM

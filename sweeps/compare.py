@@ -1,0 +1,262 @@
+"""python -m sweeps.compare: is B faster than A? Two settings run in ABBA order, or two results tables.
+
+  python -m sweeps.compare --a="--precision fp32" --b="--precision bf16" --pairs 5 [bench.run flags for both]
+  python -m sweeps.compare --base old.csv --new new.csv [--fail_on_regression 5]
+
+Two arms: each run is an ordinary `python -m bench.run` process writing its own row to --results
+(columns `comparison` and `arm`), in the order A B, B A, A B, ... Printed: each pair's ratio B/A of
+images/sec, their mean ratio with a 95% confidence interval (Student's t over the pairs' log ratios),
+and a verdict: faster, slower, no difference larger than the --band, or inconclusive with the number of
+pairs that would likely settle it. Test accuracy compares the same way when both arms have real data.
+Two tables: every configuration of both (matched as sweeps.report groups rows), the ratio new/base of
+images/sec with its interval over the repeats, into compare.md and plots/compare.png.
+Exit status: 0 done; 1 a run failed, or B slower than --fail_if_slower allows (a regression beyond
+--fail_on_regression); 2 bad input (one line on stderr, nothing run or written).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import shlex
+import subprocess
+import sys
+import time
+import uuid
+
+from absl import app, flags
+
+from bench.config import cli, options, validation
+from bench.config.options import ConfigError
+from bench.results import table
+from bench.results import stats
+
+FLAGS = flags.FLAGS
+cli.define_run_flags(FLAGS)  # flags common to both arms: any bench.run flag
+COMPARE_FLAGS = ("a", "b", "pairs", "band", "accuracy_band", "fail_if_slower", "base", "new", "vary", "out_dir",
+                 "fail_on_regression")
+flags.DEFINE_string("a", None, 'bench.run flags of arm A, in one string (e.g. --a="--precision fp32").')
+flags.DEFINE_string("b", None, "bench.run flags of arm B (its ratio to A is reported: B/A > 1 is B faster).")
+flags.DEFINE_integer("pairs", 5, "A/B pairs, run in ABBA order (A B, B A, A B, ...); at least 2.")
+flags.DEFINE_float("band", 5.0, "Percent: a speed difference whose whole 95% interval lies inside ±band is "
+                                "'no difference' (of interest for you: smaller is stricter and needs more pairs).")
+flags.DEFINE_float("accuracy_band", 0.5, "Percentage points: the same for test accuracy (real data only).")
+flags.DEFINE_float("fail_if_slower", None, "Exit 1 when B is slower than A by more than this percent with 95% "
+                                           "confidence (for CI pipelines).")
+flags.DEFINE_string("base", None, "Compare two tables: the results CSV of the baseline...")
+flags.DEFINE_string("new", None, "...and the one to compare with it (ratios new/base).")
+flags.DEFINE_list("vary", [], "--base/--new: columns that may differ between the tables and still match (e.g. "
+                              "tf_version,keras_version for a TensorFlow upgrade, device for two machines).")
+flags.DEFINE_string("out_dir", None, "--base/--new: where compare.md and plots/compare.png go (default: next to --new).")
+flags.DEFINE_float("fail_on_regression", None, "--base/--new: exit 1 when a configuration is slower by more than "
+                                               "this percent with 95% confidence.")
+
+RUN_LABELS = ("comparison", "arm")  # set here for each run, never passed through
+
+
+# ---------------------------------------------------------------------------
+# The arms
+
+
+def common_args(values=FLAGS):
+    """The bench.run flags given on the command line, as text for every arm's process."""
+    return [values[f.name].serialize() for f in options.flag_fields()
+            if values[f.name].present and f.name not in RUN_LABELS]
+
+
+def arm_config(common, text):
+    """The validated RunConfig of one arm: the common flags, then the arm's own (which win)."""
+    values = flags.FlagValues()
+    cli.define_run_flags(values)
+    arm = shlex.split(text)
+    rest = values(["bench.run", *common, *arm])
+    if len(rest) > 1:
+        raise ValueError(f"unexpected arguments {' '.join(rest[1:])!r} (flags only)")
+    return validation.validate(cli.config_from_flags(values)), arm
+
+
+def comparison_id():
+    return time.strftime("cmp-%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:4]
+
+
+def process_runner(common, arms, comparison, results_path, log=None):
+    """runner(pair, arm, position) -> stats.Run: one `python -m bench.run` process, its row read back."""
+
+    def run(pair, arm, position):
+        before = {r["run_id"] for r in table.read_rows(results_path)}
+        command = [sys.executable, "-m", "bench.run", *common, *arms[arm], f"--comparison={comparison}",
+                   f"--arm={arm}"]
+        proc = subprocess.run(command, capture_output=True, text=True)
+        if log:
+            log.write(f"$ {shlex.join(command)}\n{proc.stdout}{proc.stderr}\n")
+        rows = [r for r in table.read_rows(results_path) if r["run_id"] not in before
+                and r["comparison"] == comparison and r["arm"] == arm]
+        if proc.returncode == 2 and not rows:
+            raise BadArm(arm, _last_line(proc.stderr))
+        if not rows:
+            return stats.Run(pair, arm, position, "failed", error=f"exit {proc.returncode}: {_last_line(proc.stderr)}")
+        row = rows[-1]
+        return stats.Run(pair, arm, position, row["status"], _number(row["images_per_sec"]),
+                         _number(row["test_accuracy"]), row["error"], row["run_id"])
+
+    return run
+
+
+class BadArm(Exception):
+    """bench.run refused an arm at setup (exit 2): what only the devices can tell, e.g. --num_gpus."""
+
+    def __init__(self, arm, message):
+        super().__init__(f"arm {arm}: {message}")
+
+
+def _last_line(text):
+    lines = [x for x in (text or "").strip().splitlines() if x.strip()]
+    return lines[-1][:300] if lines else "no output"
+
+
+def _number(text):
+    try:
+        return float(text) if text not in (None, "") else None
+    except ValueError:
+        return None
+
+
+# ---------------------------------------------------------------------------
+# What is printed
+
+
+def progress_line(run, done, total):
+    what = f"{run.images_per_sec:.1f} img/s" if run.status == "ok" and run.images_per_sec else run.status
+    accuracy = f", accuracy {run.test_accuracy:.4f}" if run.test_accuracy is not None else ""
+    error = f" ({run.error})" if run.error else ""
+    return f"[{done}/{total}] pair {run.pair} {run.arm}: {what}{accuracy}{error}"
+
+
+def speed_text(est, band_pct):
+    """The ratio line and the verdict line of images/sec B/A."""
+    ratio, low, high = (math.exp(x) for x in (est.effect, est.low, est.high))
+    ratio_line = (f"images/sec B/A: {ratio:.3f}x (95% CI {low:.3f}-{high:.3f}x; t over the log ratios of "
+                  f"{est.n} pairs; median pair {math.exp(est.median):.3f}x)")
+    v = stats.verdict(est, *stats.speed_band(band_pct))
+    if v.kind == "higher":
+        text = f"B is faster than A by {ratio - 1:.1%} (the 95% CI excludes 1)"
+    elif v.kind == "lower":
+        text = f"B is slower than A by {1 - ratio:.1%} (the 95% CI excludes 1)"
+    elif v.kind == "same":
+        text = (f"no difference larger than ±{math.expm1(v.bound):.1%} (the whole 95% CI lies inside the "
+                f"±{band_pct:g}% band)")
+    else:
+        text = f"inconclusive: the 95% CI includes 1 and reaches beyond the ±{band_pct:g}% band; " + _more(v, est)
+    return ratio_line, text
+
+
+def accuracy_text(est, band_pp):
+    """The difference line and the verdict line of test accuracy B - A (percentage points)."""
+    pp = lambda x: f"{100 * x:+.2f}"  # noqa: E731
+    line = f"test accuracy B-A: {pp(est.effect)} pp (95% CI {pp(est.low)} to {pp(est.high)} pp; {est.n} pairs)"
+    v = stats.verdict(est, -band_pp / 100, band_pp / 100)
+    text = {"higher": "B is more accurate (the 95% CI excludes 0)",
+            "lower": "B is less accurate (the 95% CI excludes 0)",
+            "same": f"no difference larger than ±{100 * v.bound:.2f} pp (inside the ±{band_pp:g} pp band)"}.get(
+        v.kind) or f"inconclusive at ±{band_pp:g} pp; " + _more(v, est)
+    return line, text
+
+
+def _more(v, est):
+    if v.pairs_needed is None:
+        return f"the difference is below what {stats.MAX_PAIRS} pairs could show on this machine"
+    return f"about {v.pairs_needed} pairs in all would likely settle it ({v.pairs_needed - est.n} more)"
+
+
+def report_lines(runs, band_pct, accuracy_band):
+    """Pairs, ratio, verdicts (and the failed runs) of a finished comparison."""
+    lines = []
+    failed = [r for r in runs if r.status != "ok"]
+    for r in failed:
+        lines.append(f"run failed: pair {r.pair} {r.arm} ({r.status}{': ' + r.error if r.error else ''}); "
+                     f"its pair is left out")
+    speed = stats.paired_values(runs)
+    lines.append("pair  A img/s  B img/s  B/A")
+    lines.extend(f"{p:>4}  {a:7.1f}  {b:7.1f}  {b / a:.3f}" for p, (a, b) in speed.items())
+    if len(speed) < 2:
+        lines.append(f"only {len(speed)} complete pair(s): no interval")
+        return lines, None
+    est = stats.paired_interval(stats.log_ratios(speed.values()))
+    ratio_line, verdict_line = speed_text(est, band_pct)
+    lines += [ratio_line, "verdict: " + verdict_line]
+    accuracy = stats.paired_values(runs, "test_accuracy")
+    if len(accuracy) >= 2:
+        acc = stats.paired_interval([b - a for a, b in accuracy.values()])
+        lines += list(accuracy_text(acc, accuracy_band))
+    return lines, est
+
+
+# ---------------------------------------------------------------------------
+# The command
+
+
+def run_arms(values=FLAGS, out=sys.stdout):
+    """Validate, run the pairs, print; return the exit status."""
+    validation.check_comparison(values.pairs, values.band, values.fail_if_slower, arms=(values.a or "", values.b or ""))
+    common = common_args(values)
+    cfgs, arms = {}, {}
+    for name, text in (("A", values.a), ("B", values.b)):
+        try:
+            cfgs[name], arms[name] = arm_config(common, text)
+        except (flags.Error, ValueError) as err:  # ConfigError is a ValueError: one line either way
+            return _bad_input(f"--{name.lower()}={text!r}: {err}")
+    validation.check_arms(cfgs["A"], cfgs["B"], values.a, values.b)
+    comparison = values.comparison or comparison_id()
+    results_path = os.path.abspath(cfgs["A"].results)
+    print(f"comparison {comparison}: A = {values.a!r}, B = {values.b!r}, {values.pairs} pairs in ABBA order; "
+          f"common flags: {shlex.join(common) or '(none)'}; rows in {results_path}", file=out, flush=True)
+    runner = process_runner(common, arms, comparison, results_path)
+    try:
+        runs = stats.run_pairs(runner, values.pairs,
+                               on_run=lambda r, k, n: print(progress_line(r, k, n), file=out, flush=True))
+    except BadArm as err:
+        return _bad_input(str(err))
+    lines, est = report_lines(runs, values.band, values.accuracy_band)
+    print("\n".join(lines), file=out, flush=True)
+    failed = est is None or any(r.status != "ok" for r in runs)
+    if est is not None and values.fail_if_slower is not None and stats.slower_with_confidence(est, values.fail_if_slower):
+        print(f"FAIL: B is slower than A by more than {values.fail_if_slower:g}% with 95% confidence", file=out)
+        failed = True
+    return 1 if failed else 0
+
+
+def _bad_input(message):
+    print(f"error: {message}", file=sys.stderr)
+    return 2
+
+
+def usage():
+    return cli.usage_text(__doc__, list(COMPARE_FLAGS) + [f.name for f in options.flag_fields()])
+
+
+def main(argv):
+    del argv  # cli.parse_flags refused stray arguments
+    try:
+        if FLAGS.base or FLAGS.new:
+            from sweeps import tables
+
+            validation.check_comparison(band_pct=FLAGS.band, fail_pct=FLAGS.fail_on_regression, base=FLAGS.base,
+                                    new=FLAGS.new, arms=(FLAGS.a or "", FLAGS.b or ""),
+                                    unknown_vary=[c for c in FLAGS.vary if c not in tables.match_columns()])
+            for path in (FLAGS.base, FLAGS.new):
+                table.check_header(path)  # another file's header: ResultsError, below
+            return tables.main(FLAGS)
+        return run_arms(FLAGS)
+    except (ConfigError, table.ResultsError) as err:
+        return _bad_input(str(err))
+    except KeyboardInterrupt:
+        print("comparison stopped (Ctrl-C); the rows written so far stay in the table", file=sys.stderr)
+        return 130
+
+
+def entry():
+    app.run(main, flags_parser=lambda argv: cli.parse_flags(argv, usage))
+
+
+if __name__ == "__main__":
+    entry()

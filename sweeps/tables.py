@@ -1,0 +1,188 @@
+"""Table against table (`python -m sweeps.compare --base old.csv --new new.csv`): compare.md and plots/compare.png.
+
+Configurations are matched on every column that changes a measurement, the columns by
+which `sweeps.report` groups rows (less the sweep's name and the `--vary` columns). For
+each configuration in both tables: the ratio new/base of the geometric means of
+images/sec over the repeats, with a 95% interval (Welch's t on the log rates), and a flag:
+regression, improvement, no change, or inconclusive. Configurations in one table only
+are listed, never dropped.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+
+import numpy as np
+
+from bench.results import stats
+from sweeps import report
+
+NOT_MATCHED = ("sweep",)  # a name, not a measurement
+
+
+@dataclasses.dataclass(frozen=True)
+class Match:
+    key: tuple
+    base: list  # images/sec of the ok runs
+    new: list
+    est: object  # stats.Estimate of log(new/base), or None (too few runs)
+    ratio: float  # new/base of the geometric means (nan without runs on a side)
+    flag: str
+
+
+def match_columns(vary=()):
+    return [c for c in report.CONFIG_COLUMNS + report.SETUP_COLUMNS if c not in NOT_MATCHED and c not in vary]
+
+
+def _rates(df, columns):
+    groups = {}
+    for key, g in df.groupby(columns, sort=True, dropna=False):
+        ok = g[g["status"] == "ok"]["images_per_sec"].dropna()
+        groups[tuple(key)] = [float(x) for x in ok if x > 0]
+    return groups
+
+
+def flag(est, band_pct, fail_pct=None):
+    """regression / improvement / no change / inconclusive, from the interval of log(new/base)."""
+    if est is None:
+        return "one run each: no interval"
+    v = stats.verdict(est, *stats.speed_band(band_pct))
+    if v.kind == "lower":
+        beyond = fail_pct is not None and stats.slower_with_confidence(est, fail_pct)
+        return "**regression**" + (f" (beyond {fail_pct:g}%)" if beyond else "")
+    if v.kind == "higher":
+        return "improvement"
+    if v.kind == "same":
+        return f"no change (within ±{math.expm1(v.bound):.1%})"
+    more = f"~{v.pairs_needed} runs each would settle it" if v.pairs_needed else "below the noise"
+    return f"inconclusive ({more})"
+
+
+def compare(base_df, new_df, vary=(), band_pct=5.0, fail_pct=None):
+    """(matches, only in base, only in new, the match columns)."""
+    columns = match_columns(vary)
+    for df in (base_df, new_df):
+        for c in columns:
+            if c not in df.columns:
+                df[c] = ""
+    base, new = _rates(base_df, columns), _rates(new_df, columns)
+    matches = []
+    for key in sorted(set(base) & set(new), key=str):
+        b, n = base[key], new[key]
+        est = None
+        if b and n:
+            est = stats.unpaired_interval(np.log(b), np.log(n))
+            if est is not None:  # planning: the sd of a difference of two runs, so "runs each" reads as pairs
+                est = dataclasses.replace(est, sd=est.sd * math.sqrt(2))
+        ratio = math.exp(np.mean(np.log(n)) - np.mean(np.log(b))) if b and n else float("nan")
+        text = flag(est, band_pct, fail_pct) if b and n else "no ok run on a side"
+        matches.append(Match(key, b, n, est, ratio, text))
+    only_base = sorted(set(base) - set(new), key=str)
+    only_new = sorted(set(new) - set(base), key=str)
+    return matches, only_base, only_new, columns
+
+
+def regressions(matches, fail_pct):
+    return [m for m in matches if m.est is not None and stats.slower_with_confidence(m.est, fail_pct)]
+
+
+def label(key, columns, varying):
+    parts = dict(zip(columns, key))
+    name = f"ResNet-{_int(parts['depth'])} {parts['block']}/{parts['shortcut']}"
+    rest = [f"{c}={_text(parts[c])}" for c in varying if c not in ("depth", "block", "shortcut")]
+    return ", ".join([name] + rest)
+
+
+def _int(v):
+    try:
+        return str(int(float(v)))
+    except (TypeError, ValueError):
+        return str(v)
+
+
+def _text(v):
+    return "–" if v is None or (isinstance(v, float) and math.isnan(v)) or v == "" else _int(v) if isinstance(v, float) else str(v)
+
+
+def varying_columns(keys, columns):
+    return [c for i, c in enumerate(columns) if len({_text(k[i]) for k in keys}) > 1]
+
+
+def markdown(matches, only_base, only_new, columns, base_path, new_path, band_pct, vary_values):
+    keys = [m.key for m in matches] + only_base + only_new
+    varying = varying_columns(keys, columns) if keys else []
+    fixed = [c for c in columns if c not in varying]
+    lines = ["# Comparison of two tables", "",
+             f"Base `{base_path}`, new `{new_path}`. Ratio new/base of images/sec (geometric means over the ok "
+             f"repeats) with its 95% interval (Welch's t on log rates); no change = the whole interval inside "
+             f"±{band_pct:g}%.", ""]
+    if keys:
+        common = [f"{c}={_text(keys[0][columns.index(c)])}" for c in fixed if _text(keys[0][columns.index(c)]) != "–"]
+        lines += ["Common to every configuration: " + ", ".join(common) + ".", ""]
+    for c, (b, n) in vary_values.items():
+        lines.append(f"Allowed to differ (`--vary`): {c}: base {b}, new {n}.")
+    lines += ["", "| configuration | base runs | new runs | base img/s | new img/s | new/base | 95% CI | flag |",
+              "|---|---|---|---|---|---|---|---|"]
+    for m in matches:
+        ci = f"{math.exp(m.est.low):.3f}–{math.exp(m.est.high):.3f}" if m.est else "–"
+        gm = lambda xs: f"{math.exp(np.mean(np.log(xs))):.1f}" if xs else "–"  # noqa: E731
+        ratio = "–" if math.isnan(m.ratio) else f"{m.ratio:.3f}"
+        lines.append(f"| {label(m.key, columns, varying)} | {len(m.base)} | {len(m.new)} | {gm(m.base)} | "
+                     f"{gm(m.new)} | {ratio} | {ci} | {m.flag} |")
+    for title, only in (("Only in the base table", only_base), ("Only in the new table", only_new)):
+        if only:
+            lines += ["", f"{title}:", ""] + [f"- {label(k, columns, varying)}" for k in only]
+    return "\n".join(lines) + "\n"
+
+
+def plot(matches, columns, path, band_pct):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    shown = [m for m in matches if not math.isnan(m.ratio)]
+    varying = varying_columns([m.key for m in matches], columns) if matches else []
+    fig, ax = plt.subplots(figsize=(7.5, 1.2 + 0.4 * max(len(shown), 1)))
+    for i, m in enumerate(shown):
+        low, high = (math.exp(m.est.low), math.exp(m.est.high)) if m.est else (m.ratio, m.ratio)
+        color = "tab:red" if "regression" in m.flag else "tab:green" if m.flag == "improvement" else "tab:blue"
+        ax.errorbar([m.ratio], [i], xerr=[[m.ratio - low], [high - m.ratio]], fmt="o", color=color, capsize=3)
+    ax.axvline(1.0, color="black", lw=1)
+    ax.axvspan(1 - band_pct / 100, 1 + band_pct / 100, color="0.9", zorder=0, label=f"±{band_pct:g}%")
+    ax.set_yticks(range(len(shown)), [label(m.key, columns, varying) for m in shown], fontsize=8)
+    ax.invert_yaxis()
+    ax.set(xlabel="images/sec new / base (95% CI)", title="Table against table")
+    ax.legend(fontsize=8, loc="lower right")
+    ax.grid(alpha=0.3, axis="x")
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(values):
+    """--base/--new: write compare.md and plots/compare.png, print the flags; return the exit status."""
+    base_df, new_df = report.load(values.base), report.load(values.new)
+    vary_values = {c: (", ".join(sorted(set(base_df.get(c, [])))), ", ".join(sorted(set(new_df.get(c, []))))) for c in values.vary}
+    matches, only_base, only_new, columns = compare(base_df, new_df, values.vary, values.band,
+                                                    values.fail_on_regression)
+    out_dir = values.out_dir or os.path.dirname(os.path.abspath(values.new))
+    md = markdown(matches, only_base, only_new, columns, values.base, values.new, values.band, vary_values)
+    os.makedirs(out_dir, exist_ok=True)
+    md_path = os.path.join(out_dir, "compare.md")
+    with open(md_path, "w") as fh:
+        fh.write(md)
+    plot(matches, columns, os.path.join(out_dir, "plots", "compare.png"), values.band)
+    flagged = [m for m in matches if "regression" in m.flag or m.flag == "improvement"]
+    print(f"{len(matches)} configurations in both tables, {len(only_base)} only in base, {len(only_new)} only in "
+          f"new; {sum('regression' in m.flag for m in flagged)} regressions, "
+          f"{sum(m.flag == 'improvement' for m in flagged)} improvements")
+    print(f"wrote {md_path} and {os.path.join(out_dir, 'plots', 'compare.png')}")
+    if values.fail_on_regression is not None and regressions(matches, values.fail_on_regression):
+        print(f"FAIL: {len(regressions(matches, values.fail_on_regression))} configuration(s) slower by more than "
+              f"{values.fail_on_regression:g}% with 95% confidence")
+        return 1
+    return 0
