@@ -36,7 +36,7 @@ def test_a_shuffle_keeps_the_rounds_and_is_reproducible():
 
 def test_the_row_records_its_position():
     cfg = space.build_trials(_axes(n="1,2", steps="20"), 1, "s")[1].config
-    from bench import rows
+    from bench.results import rows
 
     assert rows.config_row(cfg, "failed")["sweep_position"] == 2
     assert rows.config_row(options.RunConfig(), "failed")["sweep_position"] is None
