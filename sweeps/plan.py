@@ -11,7 +11,6 @@ scaled by how long the finished trials really took against their estimates.
 
 from __future__ import annotations
 
-import json
 import math
 import socket
 import statistics
@@ -56,12 +55,8 @@ def cached_peak_gflops(precision):
     """The highest measured peak in `bench.peak`'s cache for this precision's compute dtype, or None."""
 
     dtype = spec.COMPUTE_DTYPE.get(spec.canonical_precision(precision), "float32")
-    try:
-        with open(peak.cache_path()) as fh:
-            cache = json.load(fh)
-    except (OSError, ValueError):
-        return None
-    found = [v for k, v in cache.items() if dtype in k.split("|")[1:]]  # device|tf version|[onednn|]dtype|...
+    found = [v["gflops"] if isinstance(v, dict) else v for k, v in peak.read_cache().items()
+             if dtype in k.split("|")[1:]]  # device|tf version|[onednn|][intraN|]dtype|...
     return max(found) if found else None
 
 

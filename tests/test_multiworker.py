@@ -231,9 +231,9 @@ def test_stalled_worker_fails_within_the_timeout_and_matches_mirrored(ray_addres
     cache = tmp_path / "cache"
     monkeypatch.setenv("RESNET_BENCH_CACHE", str(cache))
     key = f"CPU:{devices.cpu_model_name()}|tf{devices.import_tensorflow().__version__}" + (
-        "|onednn" if devices.onednn_enabled() else "") + f"|float32|{peak.METHOD}"  # peak.peak_gflops's key
-    os.makedirs(cache / "intra-op-threads-1")
-    (cache / "intra-op-threads-1" / "peak.json").write_text(json.dumps({key: 100.0}))
+        "|onednn" if devices.onednn_enabled() else "") + "|intra1" + f"|float32|{peak.METHOD}"  # a worker's key
+    os.makedirs(cache)
+    (cache / "peak.json").write_text(json.dumps({key: {"gflops": 100.0, "measured_at": table.utc_now(), "load": 0}}))
     assert os.path.dirname(peak.cache_path()) == str(cache)
     path = str(tmp_path / "summary.csv")
     timeout = 15

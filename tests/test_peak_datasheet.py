@@ -1,5 +1,6 @@
 """MFU denominators: the datasheet table, the TF32 rule, and the measured peak (device work only)."""
 
+import datetime
 import json
 import re
 import time
@@ -121,3 +122,27 @@ def test_measured_peak_bounds_a_training_run_mfu(strategies):
     images_per_sec = 5 * 16 / (time.perf_counter() - start)
     mfu = metrics.mfu(cost.cost(1).train_flops, images_per_sec, gflops * 1e9)
     assert 0 < mfu <= 1, (mfu, gflops, images_per_sec)
+
+
+def test_a_cached_peak_is_read_again_when_stale_or_read_under_load(monkeypatch):
+    """Old, dateless or loaded readings are taken again; a quiet recent one is kept (no reading at all)."""
+    now = datetime.datetime(2026, 11, 30, 12, 0, tzinfo=datetime.timezone.utc)
+    recent, old = "2026-11-29T12:00:00Z", "2026-09-01T12:00:00Z"
+    assert peak._why_again(None, None, now, 0.1) == "replace"
+    assert peak._why_again(125.0, None, now, 0.1) == "replace"  # an entry of the version that kept no date
+    assert peak._why_again({"gflops": 170.0, "measured_at": old, "load": 0.1}, None, now, 0.1) == "replace"
+    assert peak._why_again({"gflops": 170.0, "measured_at": recent, "load": 0.1}, None, now, 0.1) is None
+    assert peak._why_again({"gflops": 170.0, "measured_at": recent, "load": 0.1}, 180.0, now, 0.1) == "improve"
+    busy = {"gflops": 125.0, "measured_at": recent, "load": 1.4}
+    assert peak._why_again(busy, None, now, 0.2) == "improve"  # quieter now: read it again
+    assert peak._why_again(busy, None, now, 1.2) is None  # still as busy: a new reading would say no more
+    # a lower reading in a quiet moment keeps the best, and counts as the quiet reading that was missing
+    readings = iter([120.0])
+    monkeypatch.setattr(peak, "measure", lambda device, dtype: next(readings))
+    monkeypatch.setattr(peak, "load_per_core", lambda: 0.2)
+    with open(peak.cache_path(), "w") as fh:
+        json.dump({peak.cache_key("CPU:stale-test", "float32"): busy}, fh)
+    got = peak.peak_reading("/cpu:0", "CPU:stale-test", "float32")
+    assert (got.gflops, got.readings, got.load, got.measured_at) == (125.0, 2, 1.4, recent)
+    again = peak.peak_reading("/cpu:0", "CPU:stale-test", "float32")  # no third reading: `readings` is empty
+    assert again == got

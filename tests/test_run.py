@@ -77,12 +77,15 @@ def test_a_cached_peak_below_the_achieved_rate_is_measured_again(tmp_path, monke
 
     monkeypatch.setenv("RESNET_BENCH_CACHE", str(tmp_path / "cache"))
     key = f"CPU:{devices.cpu_model_name()}|tf{devices.import_tensorflow().__version__}" + (
-        "|onednn" if devices.onednn_enabled() else "") + f"|float32|{peak.METHOD}"  # setup._peak's key
+        "|onednn" if devices.onednn_enabled() else "") + f"|float32|{peak.METHOD}"  # assembly.peak_device_key's
     os.makedirs(tmp_path / "cache")
-    (tmp_path / "cache" / "peak.json").write_text(json.dumps({key: 1.0}))  # a reading taken under load
+    recent = {"gflops": 1.0, "measured_at": table.utc_now(), "load": 0.1}  # a fresh, quiet, but low reading
+    (tmp_path / "cache" / "peak.json").write_text(json.dumps({key: recent}))
     out = loop.run(RunConfig(data="synthetic", steps=8, results=str(tmp_path / "s.csv"), **SMALL))
     assert 0 < float(out.row["mfu"]) <= 1 and out.row["peak_gflops"] > 1.0
-    assert json.loads((tmp_path / "cache" / "peak.json").read_text())[key] == out.row["peak_gflops"]
+    entry = json.loads((tmp_path / "cache" / "peak.json").read_text())[key]
+    assert entry["gflops"] == out.row["peak_gflops"] and entry["readings"] == 2
+    assert out.row["peak_readings"] == 2 and out.row["peak_measured_at"] == entry["measured_at"]
 
 
 def test_mixed_float16_on_cpu_warns(capsys):

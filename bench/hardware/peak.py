@@ -12,14 +12,23 @@ runs enough back-to-back products to last about 20 ms, so the launch and sync
 overheads of one product do not count either (a GPU runs them in order, so the
 last one finished means all did).
 
-The cache lives in $RESNET_BENCH_CACHE (default ~/.cache/resnet-bench/peak.json).
-The datasheet peak, the other MFU denominator, is in `bench.datasheet`.
+The cache lives in $RESNET_BENCH_CACHE (default ~/.cache/resnet-bench/peak.json), one entry per
+device, TensorFlow version, oneDNN state, thread count, dtype and method. An entry keeps the best of
+its readings, when it was first and last read, and the machine's load (1-minute load average per
+core) during the best one. A cached peak is read again (and the best kept) when it is older than
+MAX_AGE_DAYS (then the new reading replaces it: the machine may have changed), when the best was
+read under load and the machine is quieter now, or when a run achieved more than it (an MFU above
+100%). `python -m bench.hardware.peak` clears the cache by hand.
+The datasheet peak, the other MFU denominator, is in `bench.hardware.datasheet`.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import datetime
 import json
 import os
+import sys
 import time
 
 import filelock
@@ -79,33 +88,98 @@ def measure(device, dtype, max_size=8192):
     return best_rate
 
 
-def peak_gflops(device, device_key, precision, tf32=False, at_least=None):
-    """Cached peak GFLOP/s of one device for `precision` (measured on first use).
+MAX_AGE_DAYS = 30  # a reading older than this is taken again (drivers, firmware and neighbours change)
+BUSY_LOAD = 0.5  # 1-minute load average per core above which a reading counts as taken under load
 
-    `tf32` (see `tf32_in_effect`) is part of the cache key: a float32 peak measured
-    with TF32 on is several times the one with it off. `at_least`: a rate the device
-    was just seen doing; a cached reading below it was taken under load (it would
-    give an MFU above 100%), so the peak is measured again and the higher one kept.
+
+@dataclasses.dataclass(frozen=True)
+class Reading:
+    """A cached peak: the best of `readings` measurements, and when and under what load the best was taken."""
+
+    gflops: float
+    measured_at: str  # UTC, ISO 8601
+    readings: int = 1
+    load: float = None  # 1-minute load average per core while the best was read (None: unknown)
+
+
+def load_per_core():
+    """The 1-minute load average per core (None where the OS does not say)."""
+    try:
+        return round(os.getloadavg()[0] / (os.cpu_count() or 1), 2)
+    except OSError:
+        return None
+
+
+def cache_key(device_key, precision, tf32=False):
+    """The cache entry of `precision`'s compute dtype on `device_key` (device|TF version|oneDNN|threads)."""
+    return f"{device_key}|{COMPUTE_DTYPE[precision]}" + ("|tf32" if tf32 else "") + f"|{METHOD}"
+
+
+def _age_days(entry, now):
+    then = datetime.datetime.fromisoformat(entry["measured_at"].replace("Z", "+00:00"))
+    return (now - then).total_seconds() / 86400
+
+
+def _why_again(entry, at_least, now, load):
+    """Why a cached entry must be read again, or None to use it as it is."""
+    if not isinstance(entry, dict) or "measured_at" not in entry:
+        return "replace"  # none, or from a version that kept no date
+    if _age_days(entry, now) > MAX_AGE_DAYS:
+        return "replace"
+    if at_least is not None and entry["gflops"] < at_least:
+        return "improve"  # a run did more than this: the reading was taken under load
+    quietest = entry.get("quietest_load", entry.get("load"))
+    if quietest is not None and quietest > BUSY_LOAD and load is not None and load < quietest / 2:
+        return "improve"  # every reading was taken under load, and the machine is much quieter now
+    return None
+
+
+def read_cache():
+    """{key: cached entry} of this machine's peak cache ({} if there is none or it is unreadable)."""
+    try:
+        with open(cache_path()) as fh:
+            cache = json.load(fh)
+    except (OSError, ValueError):
+        return {}
+    return cache if isinstance(cache, dict) else {}
+
+
+def peak_reading(device, device_key, precision, tf32=False, at_least=None) -> Reading:
+    """The cached peak of one device for `precision`, measured on first use and again when stale.
+
+    `tf32` (see `tf32_in_effect`) is part of the cache key: a float32 peak measured with TF32 on
+    is several times the one with it off. `at_least`: a rate the device was just seen doing; a
+    cached reading below it was taken under load (it would give an MFU above 100%).
     """
-    dtype = COMPUTE_DTYPE[precision]
     path = cache_path()
-    key = f"{device_key}|{dtype}" + ("|tf32" if tf32 else "") + f"|{METHOD}"
+    key = cache_key(device_key, precision, tf32)
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with filelock.FileLock(path + ".lock", timeout=600):
-        cache = {}
-        if os.path.exists(path):
-            try:
-                with open(path) as fh:
-                    cache = json.load(fh)
-            except (OSError, ValueError):
-                cache = {}
-        if key not in cache or (at_least is not None and cache[key] < at_least):
-            cache[key] = max(measure(device, dtype), cache.get(key, 0.0))
+        cache = read_cache()
+        entry = cache.get(key)
+        now = datetime.datetime.now(datetime.timezone.utc)
+        load = load_per_core()
+        why = _why_again(entry, at_least, now, load)
+        if why:
+            rate = measure(device, COMPUTE_DTYPE[precision])
+            kept = entry if why == "improve" else {}
+            best = {"gflops": rate, "measured_at": now.strftime("%Y-%m-%dT%H:%M:%SZ"), "load": load}
+            if kept and kept["gflops"] >= rate:
+                best = {k: kept.get(k) for k in ("gflops", "measured_at", "load")}
+            loads = [x for x in (kept.get("quietest_load", kept.get("load")), load) if x is not None]
+            entry = {**best, "readings": kept.get("readings", 1) + 1 if kept else 1,
+                     "quietest_load": min(loads) if loads else None}
+            cache[key] = entry
             tmp = path + ".tmp"
             with open(tmp, "w") as fh:
                 json.dump(cache, fh, indent=1, sort_keys=True)
             os.replace(tmp, path)
-        return float(cache[key])
+        return Reading(float(entry["gflops"]), entry["measured_at"], int(entry.get("readings", 1)), entry.get("load"))
+
+
+def peak_gflops(device, device_key, precision, tf32=False, at_least=None):
+    """The cached peak GFLOP/s (see `peak_reading`)."""
+    return peak_reading(device, device_key, precision, tf32, at_least).gflops
 
 
 def gpu_compute_capability():
@@ -129,3 +203,25 @@ def tf32_in_effect(precision):
 
     enabled = tf.config.experimental.tensor_float_32_execution_enabled()
     return datasheet.tf32_in_effect(precision, gpu_compute_capability(), enabled)
+
+
+def main(argv):
+    """`python -m bench.hardware.peak`: clear the cache (the next run measures again); `--show` lists it."""
+    if argv[1:] == ["--show"]:
+        for key, entry in sorted(read_cache().items()):
+            print(f"{key}: {entry}")
+        return 0
+    if argv[1:]:
+        print("usage: python -m bench.hardware.peak [--show]  (without --show: clear the peak cache)", file=sys.stderr)
+        return 2
+    path = cache_path()
+    if os.path.exists(path):
+        os.remove(path)
+        print(f"removed {path}: the next run measures the peak again")
+    else:
+        print(f"no peak cache at {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))

@@ -40,6 +40,9 @@ class RunFacts:
     inter_op_threads: int = 0
     peak_source: str = ""  # where the datasheet peak comes from, or why there is none
     datasheet_tflops: float = None  # dense datasheet peak of the devices used, for the run's precision
+    peak_measured_at: str = ""  # when the measured peak's best reading was taken (UTC)
+    peak_readings: int = None  # how many readings that best is over
+    peak_load: float = None  # 1-minute load average per core during that reading
 
 
 def flops_per_image(cfg: RunConfig):
@@ -93,7 +96,8 @@ def run_row(cfg: RunConfig, facts: RunFacts, controller, status, error):
         **{k: getattr(facts, k) for k in ("run_id", "command", "tf_version", "keras_version", "device",
                                           "num_replicas", "onednn", "batch_norm", "params", "data",
                                           "peak_gflops", "augment", "tf32", "intra_op_threads",
-                                          "inter_op_threads", "peak_source", "datasheet_tflops")},
+                                          "inter_op_threads", "peak_source", "datasheet_tflops", "peak_measured_at",
+                                          "peak_readings", "peak_load")},
         "timed_steps": timed.timed_steps if timed else 0,
         "total_steps": controller.step,
         "epochs": controller.step * cfg.batch_size / facts.train_images,

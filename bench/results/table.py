@@ -98,6 +98,9 @@ SCHEMA = (
     "comparison",  # id of the A/B comparison (sweeps.compare) the run belongs to (empty otherwise)
     "arm",  # A or B within that comparison
     "sweep_position",  # a sweep trial's 1-based place in the sweep's run order (empty for single runs)
+    "peak_measured_at",  # when the measured peak's best reading was taken (UTC): MFU's denominator has a date
+    "peak_readings",  # how many readings of the peak that best is over (bench.hardware.peak)
+    "peak_load",  # 1-minute load average per core while it was read (above ~0.5: read under load)
 )
 
 STATUSES = ("ok", "diverged", "failed", "stopped", "interrupted")  # stopped: by ASHA; interrupted: Ctrl-C, SIGTERM
