@@ -78,7 +78,7 @@ def run_trial(params, runs=None):
     try:
         row = runner(cfg, command=params.get("command", ""), write_row=False, on_eval=on_eval).row
     except Exception as exc:  # noqa: BLE001 - any failure becomes the trial's row
-        row = rows.config_row(cfg, "failed", f"{type(exc).__name__}: {exc}".splitlines()[0][:500])
+        row = rows.config_row(cfg, "failed", loop.first_line(exc))
         row["command"] = params.get("command", "")
     final = {"images_per_sec": float(row.get("images_per_sec") or 0.0), "status": row["status"], "final": True,
              "row": json.dumps(row)}
@@ -165,7 +165,9 @@ def start_ray(opts: SweepOptions):
 
     ray_connection.connect(opts.address)  # an address that does not answer: refused within 30 s
     try:
+        # Ray would wait forever for a trial that can never be placed
         setup_checks.check_cluster({"GPU": opts.gpus_per_trial}, ray.cluster_resources(), "--num_gpus (per trial)")
+        setup_checks.check_cluster({"CPU": opts.cpus_per_trial}, ray.cluster_resources(), "--cpus_per_trial")
     except ConfigError:
         ray.shutdown()
         raise

@@ -54,6 +54,16 @@ def pytest_configure(config):
             config.option.benchmark_storage = "file://" + tempfile.mkdtemp(prefix="bench-smoke-")
 
 
+def pytest_collection_modifyitems(config, items):
+    """The long fuzz runs only when asked for (`-m fuzz`); the default suite runs a few hundred examples."""
+    if "fuzz" in (config.getoption("-m") or ""):
+        return
+    skip = pytest.mark.skip(reason="a long fuzz run: select it with -m fuzz")
+    for item in items:
+        if "fuzz" in item.keywords:
+            item.add_marker(skip)
+
+
 def pytest_benchmark_update_machine_info(config, machine_info):
     """Provenance of saved benchmark runs: the TensorFlow build and whether oneDNN kernels ran."""
     import keras

@@ -98,10 +98,10 @@ def test_mixed_float16_on_cpu_warns(capsys):
     assert warned == (cpu_features.emulated_precision("mixed_bfloat16") is not None)
 
 
-def cli(*args, timeout=300):
+def cli(*args, timeout=300, cwd=ROOT, python=("-m", "bench.run")):
     env = {**os.environ, "PYTHONPATH": ROOT}
     env.pop("TF_CPP_MIN_LOG_LEVEL", None)
-    return subprocess.run([sys.executable, "-m", "bench.run", *args], cwd=ROOT, env=env,
+    return subprocess.run([sys.executable, *python, *args], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=timeout)
 
 
@@ -114,6 +114,20 @@ def bad_inputs(tmp):
         fh.write("a,b\n1,2\n")
     blocker = os.path.join(tmp, "blocker")
     open(blocker, "w").close()
+    not_utf8 = os.path.join(tmp, "flags.txt")
+    with open(not_utf8, "wb") as fh:
+        fh.write(b"--n=1\n--seed=\xff\xfe\n")
+    fifo = os.path.join(tmp, "fifo")
+    os.mkfifo(fifo)
+    binary = os.path.join(tmp, "binary.csv")
+    with open(binary, "wb") as fh:
+        fh.write(bytes(range(128, 256)))
+    run_files = {}
+    for name, text in (("not_json", "{not json"), ("not_an_object", "[1,2]")):
+        os.makedirs(os.path.join(tmp, name))
+        with open(os.path.join(tmp, name, "run.json"), "w") as fh:
+            fh.write(text)
+        run_files[name] = os.path.join(tmp, name)
     return {
         "unknown strategy": (["--strategy=tpu"], "strategy"),
         "multi_worker without --workers": (["--strategy=multi_worker"], "needs --workers"),
@@ -148,6 +162,25 @@ def bad_inputs(tmp):
         "fit whose chunks leave nothing to time": (["--loop=fit", "--steps=15"], "none to time"),
         "NaN injection where nothing would inject it": (["--mode=inference", "--inject_nan_at_step=3"],
                                                         "not for --mode=inference"),
+        # issue #16: each of these used to run, hang or end in a traceback
+        "profile window past the last step": (["--profile_steps=3,100"], "the profiler would never stop"),
+        "profile window over every timed step": (["--steps=12", "--warmup_steps=2", "--profile_steps=3,12"],
+                                                 "nothing would be timed"),
+        "negative seed": (["--seed=-1"], "--seed must be in [0, 4294967295]"),
+        "seed past NumPy's range": (["--seed=4294967296"], "--seed must be in [0, 4294967295]"),
+        "infinite epochs": (["--epochs=inf"], "--epochs must be a finite number"),
+        "infinite eval cadence": (["--eval_every_epochs=inf"], "--eval_every_epochs must be a finite number"),
+        "epochs making an absurd length": (["--epochs=1e300"], "makes more than"),
+        "steps past int64": (["--steps=100000000000000000000"], "--steps must be <= 1000000000"),
+        "absurd length with checkpoints": (["--steps=1000000000000", f"--checkpoint_dir={tmp}/ckpt"],
+                                           "--steps must be <= 1000000000"),
+        "flag file not UTF-8": ([f"--flagfile={not_utf8}"], f"cannot read --flagfile={not_utf8}"),
+        "flag file a FIFO": ([f"--flagfile={fifo}"], "is not a file"),
+        "run.json not JSON": ([f"--checkpoint_dir={run_files['not_json']}"], "run.json is not a readable run file"),
+        "run.json not an object": ([f"--checkpoint_dir={run_files['not_an_object']}"],
+                                   "run.json is not a run file of this harness"),
+        "results a FIFO": ([f"--results={fifo}"], "not a regular file"),
+        "results a binary file": ([f"--results={binary}"], "not a readable CSV text file"),
     }
 
 
@@ -331,3 +364,118 @@ def test_profiled_steps_are_traced_and_not_timed(tmp_path):
     assert sum(s for s, _ in out.chrono.windows) == 10 - 2 - 2  # minus first+warm-up, minus profiled
     traces = [f for _, _, files in os.walk(tmp_path / "profile") for f in files if f.endswith(".xplane.pb")]
     assert traces
+
+
+# ---- issue #16: nothing lost, nothing overwritten, nothing silently wrong; one place decides the exit ----
+TINY = ["--data=synthetic", "--n=1", "--batch_size=16", "--steps=12", "--warmup_steps=2"]
+
+
+def test_a_checkpoint_folder_spelled_another_way_is_the_same_run(tmp_path):
+    """Exit 3 through the CLI, and `D`, `$PWD/D`, `D/`, `./D` name one run (paths compared normalised)."""
+    path = str(tmp_path / "r.csv")
+    args = [*TINY, "--inject_nan_at_step=6", f"--results={path}"]
+    first = cli(*args, "--checkpoint_dir=D", cwd=tmp_path)
+    assert first.returncode == 3, first.stderr[-2000:]
+    [row] = table.read_rows(path)
+    assert row["status"] == "diverged" and "non-finite" in row["error"]
+    for spelling in (str(tmp_path / "D"), "D/", "./D"):
+        again = cli(*args, f"--checkpoint_dir={spelling}", cwd=tmp_path)
+        assert again.returncode == 0 and "already finished" in again.stdout, (spelling, again.stderr[-2000:])
+    assert len(table.read_rows(path)) == 1
+
+
+def test_a_checkpoint_that_does_not_restore_ends_in_a_failed_row_exit_1(tmp_path):
+    ckpt, path = tmp_path / "ckpt", str(tmp_path / "r.csv")
+    ckpt.mkdir()
+    (ckpt / "checkpoint").write_text('model_checkpoint_path: "ckpt-4"\nall_model_checkpoint_paths: "ckpt-4"\n')
+    (ckpt / "ckpt-4.index").write_bytes(b"not a checkpoint index")
+    (ckpt / "ckpt-4.data-00000-of-00001").write_bytes(b"\0" * 64)
+    proc = cli(*TINY, f"--checkpoint_dir={ckpt}", f"--results={path}")
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    [row] = table.read_rows(path)
+    assert row["status"] == "failed" and row["error"] and row["command"].startswith("python -m bench.run")
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "Traceback" not in proc.stderr and row["error"] in errors[0]
+    log = errors[0].split("(traceback: ")[1].rstrip(")")
+    assert os.path.isfile(log) and "Traceback" in open(log).read()
+    again = cli(*TINY, f"--checkpoint_dir={ckpt}", f"--results={path}")  # not finished: tried again, a new row
+    assert again.returncode == 1 and len({r["run_id"] for r in table.read_rows(path)}) == 2
+
+
+PATCHED = "import sys, bench.run as r; {patch}; sys.argv[0] = 'bench.run'; r.entry()"
+
+
+def test_an_unexpected_error_before_the_run_is_one_line_exit_1_nothing_written(tmp_path):
+    path = tmp_path / "r.csv"
+    patch = "import bench.config.validation as v; v.validate = lambda cfg: {}['a bug']"
+    proc = cli(*TINY, f"--results={path}", python=("-c", PATCHED.format(patch=patch)))
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 1 and len(lines) == 1 and "KeyError: 'a bug'" in lines[0], proc.stderr[-2000:]
+    log = lines[0].split("traceback: ")[1].rstrip(")")
+    assert "Traceback" in open(log).read()
+    os.remove(log)
+    assert not path.exists()
+    patch = "import bench.config.validation as v; v.validate = lambda cfg: (_ for _ in ()).throw(KeyboardInterrupt)"
+    proc = cli(*TINY, f"--results={path}", python=("-c", PATCHED.format(patch=patch)))
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 130 and len(lines) == 1 and "nothing written" in lines[0], proc.stderr[-2000:]
+    assert not path.exists()
+
+
+def test_sigterm_while_setting_up_writes_an_interrupted_row_exit_143(tmp_path):
+    path = str(tmp_path / "r.csv")
+    patch = ("import os, signal, time, bench.hardware.devices as d; "
+             "d.setup = lambda cfg: (os.kill(os.getpid(), signal.SIGTERM), time.sleep(60))")
+    proc = cli(*TINY, f"--results={path}", python=("-c", PATCHED.format(patch=patch)))
+    assert proc.returncode == 143, proc.stderr[-2000:]
+    [row] = table.read_rows(path)
+    assert row["status"] == "interrupted" and "SIGTERM" in row["error"] and "Traceback" not in proc.stderr
+
+
+def test_skipped_fp16_steps_keep_the_schedule_on_the_global_step(tmp_path):
+    """The lr drops at 50% and 75% of the steps (7 and 10 of 12) although step 5 was skipped: each step's
+    applied lr (TensorBoard) follows the global step, while the optimizer made one update fewer."""
+    ckpt, tb, path = tmp_path / "ckpt", tmp_path / "tb", str(tmp_path / "r.csv")
+    proc = cli(*TINY, "--strategy=mirrored", "--cpu_replicas=2", "--precision=mixed_float16",
+               "--inject_inf_grad_at_step=5:1", f"--checkpoint_dir={ckpt}", "--checkpoint_every_steps=5",
+               "--steps_per_loop=1", f"--tensorboard_dir={tb}", f"--results={path}")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    [row] = table.read_rows(path)
+    assert row["skipped_steps"] == "1" and row["total_steps"] == "12"
+    tf = devices.import_tensorflow()
+    reader = tf.train.load_checkpoint(str(ckpt))
+    saved = {k: reader.get_tensor(k) for k in reader.get_variable_to_shape_map() if "iteration" in k or
+             k.startswith("step/")}
+    assert any(k.startswith("step/") and v == 12 for k, v in saved.items()), saved
+    assert any("iteration" in k and v == 11 for k, v in saved.items()), saved  # the skipped step made no update
+    lrs = {}
+    for name in os.listdir(tb):
+        for event in tf.compat.v1.train.summary_iterator(str(tb / name)):
+            for value in event.summary.value:
+                if value.tag == "train/learning_rate":
+                    lrs[event.step] = float(tf.make_ndarray(value.tensor))
+    base = 0.1 * 16 / 128
+    expected = {s: base * (1 if s <= 6 else 0.1 if s <= 9 else 0.01) for s in range(1, 13)}
+    assert lrs == pytest.approx(expected)
+
+
+def test_the_plan_computes_each_boundary_without_listing_them():
+    """A 10^9-step run with a checkpoint every 5 steps: the next boundary is arithmetic, not a set of 2x10^8."""
+    import tracemalloc
+
+    from bench.runner.controller import Plan
+
+    plan = Plan(total_steps=10**9, warmup_steps=3, steps_per_loop=10, eval_every=7, checkpoint_every=5,
+                profile_steps=(20, 22))
+    tracemalloc.start()
+    try:
+        marks, step = [], 0
+        while step < 30:
+            step = plan.next_mark(step)
+            marks.append(step)
+        assert plan.next_mark(10**9 - 3) == 10**9
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert marks == [1, 3, 5, 7, 10, 14, 15, 19, 20, 21, 22, 25, 28, 30]
+    assert peak < 1_000_000

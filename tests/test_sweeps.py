@@ -114,6 +114,7 @@ def test_killed_sweep_resumes_with_one_row_per_trial(tmp_path):
     (["--n=3,x"], "--n"),
     (["--resume", "--name=never_ran"], "no sweep named"),
     (["--cpus_per_trial=0"], "cpus_per_trial"),
+    (["--cpus_per_trial=4096"], "--cpus_per_trial asks for 4096 CPU(s)"),  # Ray would wait for it forever
     (["--max_concurrent=0"], "max_concurrent"),
     (["--name=a/b"], "plain folder name"),
 ])

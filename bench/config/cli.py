@@ -89,14 +89,40 @@ def parse_flags(argv, usage=None):
         print(usage())
         sys.exit(0)
     try:
-        rest = flags.FLAGS(argv)
-    except flags.Error as err:
+        return parse_argv(argv)
+    except options.ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
+
+
+def parse_argv(argv, flag_values=flags.FLAGS):
+    """Parse `argv` into `flag_values`; return [program]. Raises ConfigError (one line) for anything wrong:
+    an unknown flag, a bad value, a stray argument, a --flagfile that is not a readable UTF-8 text file."""
+    flagfiles = _flagfiles(argv[1:])
+    for path in flagfiles:  # absl would block on a FIFO, and reads a folder's error late
+        if not os.path.isfile(path):
+            raise options.ConfigError(f"--flagfile={path} is not a file")
+    try:
+        rest = flag_values(argv)
+    except flags.Error as err:
+        raise options.ConfigError(" ".join(str(err).split())) from None
+    except (OSError, ValueError) as err:  # reading a flag file: not UTF-8 (UnicodeDecodeError), unreadable
+        raise options.ConfigError(f"cannot read --flagfile={', '.join(flagfiles) or '?'}: "
+                                  f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}") from None
     if len(rest) > 1:
-        print(f"error: unexpected arguments {' '.join(rest[1:])!r} (flags only; see --help)", file=sys.stderr)
-        sys.exit(2)
+        raise options.ConfigError(f"unexpected arguments {' '.join(rest[1:])!r} (flags only; see --help)")
     return rest
+
+
+def _flagfiles(args):
+    """The paths given to --flagfile in `args` (absl spells it --flagfile=PATH or --flagfile PATH)."""
+    paths = []
+    for i, arg in enumerate(args):
+        if arg.startswith(("--flagfile=", "-flagfile=")):
+            paths.append(arg.split("=", 1)[1])
+        elif arg in ("--flagfile", "-flagfile") and i + 1 < len(args):
+            paths.append(args[i + 1])
+    return paths
 
 
 def usage_text(doc, names, flag_values=flags.FLAGS, width=100):
@@ -125,4 +151,6 @@ def typed_command(module):
     program = os.path.basename(sys.argv[0])
     if program.endswith(".py") or program == "-m":
         program = f"python -m {module}"
-    return f"{program} {shlex.join(sys.argv[1:])}".strip()
+    command = f"{program} {shlex.join(sys.argv[1:])}".strip()
+    # an argument that was not UTF-8 arrives with surrogate escapes, which no UTF-8 file can hold
+    return command.encode("utf-8", "surrogateescape").decode("utf-8", "replace")

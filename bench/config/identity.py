@@ -8,30 +8,50 @@ import json
 import os
 import uuid
 
-from bench.config.options import MULTI_WORKER, RunConfig
+from bench.config.options import MULTI_WORKER, ConfigError, RunConfig
 
 _UNFINGERPRINTED = ("results", "tensorboard_dir", "profile_steps", "profile_dir", "checkpoint_every_steps",
+                    # the folder run.json lives in is the run's, however it is spelled or wherever it moved
+                    "checkpoint_dir",
                     # how a multi-worker run reaches its result does not change which run it is
                     "address", "max_failures", "collective_timeout_s", "fail_worker_at_step",
                     "comparison", "arm", "sweep_position")  # labels of the run, not what it runs
+_INPUT_FOLDERS = ("cifar_dir", "tfds_dir")  # compared as the folders they name (`./data`, `data/`, `$PWD/data`)
 RUN_FILE = "run.json"
 
 
 def fingerprint(cfg: RunConfig):
     """The fields that must not change between the restarts of one checkpointed run (JSON-safe)."""
-    kept = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in _UNFINGERPRINTED}
-    return json.loads(json.dumps(kept))
+    return comparable(json.loads(json.dumps(dataclasses.asdict(cfg))))
+
+
+def comparable(config):
+    """A fingerprint (a saved one too, written by an earlier version) with paths normalised, unfingerprinted
+    fields dropped."""
+    kept = {k: v for k, v in config.items() if k not in _UNFINGERPRINTED}
+    for name in _INPUT_FOLDERS:
+        if isinstance(kept.get(name), str):
+            kept[name] = os.path.realpath(os.path.expanduser(kept[name]))
+    return kept
 
 
 def saved_run(cfg: RunConfig):
-    """The `run.json` of `cfg.checkpoint_dir` as a dict, or None."""
+    """The `run.json` of `cfg.checkpoint_dir` as a dict, or None. ConfigError if it is not one this harness wrote."""
     if not cfg.checkpoint_dir:
         return None
     path = os.path.join(cfg.checkpoint_dir, RUN_FILE)
-    if not os.path.exists(path):
+    if not os.path.lexists(path):
         return None
-    with open(path) as fh:
-        return json.load(fh)
+    try:
+        with open(path, encoding="utf-8") as fh:
+            saved = json.load(fh)
+    except (OSError, ValueError) as err:  # ValueError: not UTF-8, not JSON
+        raise ConfigError(f"{path} is not a readable run file ({type(err).__name__}: {str(err).splitlines()[0]}); "
+                          f"remove it or use a new --checkpoint_dir") from None
+    if not (isinstance(saved, dict) and isinstance(saved.get("run_id"), str) and isinstance(saved.get("config"), dict)):
+        raise ConfigError(f"{path} is not a run file of this harness (expected an object with run_id and config); "
+                          f"remove it or use a new --checkpoint_dir")
+    return saved
 
 
 
@@ -74,6 +94,7 @@ class RunIdentity:
         saved = saved_run(cfg)  # validate() made sure it is this configuration's
         self.run_id = saved["run_id"] if saved else run_id_for(cfg)
         self.finished = bool(saved and saved.get("finished"))
+        self.saved = saved is not None  # run.json exists (this run wrote it, or an earlier attempt did)
 
     def conclude(self, row_run_id, status):
         """After the row: ok/diverged runs are finished; a failed or interrupted one may be run again,
@@ -90,3 +111,4 @@ class RunIdentity:
         with open(tmp, "w") as fh:
             json.dump({"run_id": self.run_id, "config": self.fingerprint, "finished": finished}, fh, indent=1)
         os.replace(tmp, self.path)
+        self.saved = True

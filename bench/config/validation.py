@@ -7,18 +7,28 @@ is judged after they are set up, in `bench.config.setup_checks`.
 
 from __future__ import annotations
 
+import math
 import os
 import tempfile
 
 from bench.config import cifar_files
-from bench.config.identity import fingerprint, saved_run
+from bench.config.identity import comparable, fingerprint, saved_run
 from bench.config.options import (MULTI_WORKER, ConfigError, RunConfig, flag_fields, global_replicas, parse_fault_step,
                                   parse_profile_steps, parse_worker_fault)
+from bench.config.recipe import train_steps
 from resnet.spec import canonical_precision
+
+INT32_MAX = 2**31 - 1  # TensorFlow takes counts, sizes and thread numbers as int32
+MAX_STEPS = 10**9  # a run's length at most (about 11 days at 1 ms a step)
+MAX_N = 1000  # depth 6n+2 <= 6002 (He et al. go to n=200)
+SEED_RANGE = (0, 2**32 - 1)  # what NumPy's and Keras's seeding accept
+MAX_TRAIN_IMAGES = 50_000  # CIFAR-10's training set: a bound on the steps --epochs can make
+
 
 def validate(cfg: RunConfig) -> RunConfig:
     """Check everything that needs no TensorFlow; return the normalised config. Raises ConfigError."""
     _check_choices(cfg)
+    _check_text(cfg)
     cfg = cfg.replace(precision=canonical_precision(cfg.precision), profile_steps=parse_profile_steps(cfg.profile_steps),
                       inject_inf_grad_at_step=parse_fault_step(cfg.inject_inf_grad_at_step))
     _check_numbers(cfg)
@@ -41,13 +51,47 @@ def _check_choices(cfg):
             raise ConfigError(f"--{f.name}={value!r} is not allowed; choose one of: {', '.join(allowed)}")
 
 
+def _check_text(cfg):
+    """No string option may hold a NUL character (no path can; the OS refuses it with a ValueError)."""
+    for f in flag_fields():
+        value = getattr(cfg, f.name)
+        if isinstance(value, str) and "\x00" in value:
+            raise ConfigError(f"--{f.name} contains a NUL character")
+
+
 def _at_least(cfg, name, low, what=""):
     value = getattr(cfg, name)
     if value is not None and value < low:
         raise ConfigError(f"--{name} must be >= {low}{what}; got {value}")
 
 
+def _at_most(cfg, name, high, what=""):
+    value = getattr(cfg, name)
+    if value is not None and value > high:
+        raise ConfigError(f"--{name} must be <= {high}{what}; got {value}")
+
+
+def _check_ranges(cfg):
+    """Every number within what the code can represent: floats finite, integers within int32 (seed: uint32)."""
+    _at_most(cfg, "n", MAX_N, " (depth 6n+2)")
+    _at_most(cfg, "steps", MAX_STEPS, " (about 11 days at 1 ms a step)")
+    for f in flag_fields():
+        value = getattr(cfg, f.name)
+        if isinstance(value, bool) or value is None:
+            continue
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"--{f.name} must be a finite number; got {value}")
+        if isinstance(value, int) and f.name != "seed" and abs(value) > INT32_MAX:
+            raise ConfigError(f"--{f.name}={value} is out of range (at most {INT32_MAX})")
+    low, high = SEED_RANGE
+    if not low <= cfg.seed <= high:
+        raise ConfigError(f"--seed must be in [{low}, {high}] (NumPy's seed range); got {cfg.seed}")
+    if cfg.epochs is not None and cfg.epochs * MAX_TRAIN_IMAGES / max(cfg.batch_size, 1) > MAX_STEPS:
+        raise ConfigError(f"--epochs={cfg.epochs} makes more than {MAX_STEPS} steps at --batch_size={cfg.batch_size}")
+
+
 def _check_numbers(cfg):
+    _check_ranges(cfg)
     _at_least(cfg, "n", 1, " (depth 6n+2)")
     for name in ("batch_size", "cpu_replicas", "steps", "steps_per_loop", "checkpoint_every_steps"):
         _at_least(cfg, name, 1)
@@ -61,8 +105,8 @@ def _check_numbers(cfg):
         raise ConfigError(f"--target_accuracy is a fraction in (0, 1], e.g. 0.91; got {cfg.target_accuracy}")
     if cfg.steps is not None and cfg.epochs is not None:
         raise ConfigError("give --steps or --epochs, not both")
-    if cfg.steps is not None:
-        check_steps(cfg, cfg.steps)
+    if cfg.epochs is None:  # the length is known before the data is (--epochs: judged again by check_setup)
+        check_steps(cfg, train_steps(cfg))
 
 
 def _check_combinations(cfg):
@@ -279,6 +323,20 @@ def _check_results_file(path):
     folder = os.path.dirname(os.path.realpath(path))  # a symlink's target gets the rows: its folder must take them
     if not _can_create_in(folder):
         raise ConfigError(f"cannot write results under {_nearest_existing(folder)} (not a writable folder)")
+    if os.path.lexists(path):
+        _check_text_file(path)
+
+
+def _check_text_file(path):
+    """An existing results file is a regular file whose first line is UTF-8 text (a FIFO would block the read)."""
+    if not os.path.isfile(path):
+        raise ConfigError(f"results path {os.path.abspath(path)} is not a regular file; give a CSV file path")
+    try:
+        with open(path, encoding="utf-8", newline="") as fh:
+            fh.readline()
+    except (OSError, ValueError) as err:
+        raise ConfigError(f"results file {os.path.abspath(path)} is not a readable CSV text file "
+                          f"({type(err).__name__}); use a new --results file") from None
 
 
 def check_resume(cfg: RunConfig):
@@ -286,9 +344,9 @@ def check_resume(cfg: RunConfig):
     saved = saved_run(cfg)
     if saved is None:
         return
-    mine = fingerprint(cfg)
-    if saved.get("config") != mine:
-        changed = sorted(k for k in mine if saved.get("config", {}).get(k) != mine[k])
+    mine, theirs = fingerprint(cfg), comparable(saved["config"])
+    if theirs != mine:
+        changed = sorted(k for k in mine.keys() | theirs.keys() if theirs.get(k) != mine.get(k))
         raise ConfigError(
             f"--checkpoint_dir={cfg.checkpoint_dir} holds a run with another configuration "
             f"(differs in: {', '.join(changed) or 'format'}); use a new folder"
@@ -296,11 +354,25 @@ def check_resume(cfg: RunConfig):
 
 
 def check_steps(cfg: RunConfig, total_steps: int):
-    """The timed window must be non-empty (the first, compiling, step is never timed)."""
-    if total_steps <= max(cfg.warmup_steps, 1):
+    """A run of at most MAX_STEPS whose profile window lies inside it and whose timed window is non-empty
+    (the first, compiling, step, the warm-up and the profiled steps are never timed)."""
+    if total_steps > MAX_STEPS:
+        raise ConfigError(f"the run has {total_steps} steps; at most {MAX_STEPS} (about 11 days at 1 ms a step)")
+    warm_end = max(cfg.warmup_steps, 1)
+    if total_steps <= warm_end:
         raise ConfigError(
             f"the run has {total_steps} steps but --warmup_steps={cfg.warmup_steps}: "
             f"steps must exceed the warm-up so something is timed"
         )
+    if not cfg.profile_steps:
+        return
+    first, last = cfg.profile_steps
+    if last > total_steps:
+        raise ConfigError(f"--profile_steps={first},{last} ends after the run's last step ({total_steps}); "
+                          f"the profiler would never stop")
+    profiled = max(0, last - max(first - 1, warm_end))  # profiled steps after the warm-up are not timed either
+    if total_steps - warm_end - profiled <= 0:
+        raise ConfigError(f"--profile_steps={first},{last} covers every step after the warm-up "
+                          f"({cfg.warmup_steps}) of the run's {total_steps}: nothing would be timed")
 
 

@@ -26,6 +26,7 @@ import time
 from bench.config import identity, options
 from bench.config.options import ConfigError, RunConfig
 from bench.runner import loop
+from bench.runner.loop import first_line
 from bench.runner.controller import RunHooks
 
 _COLLECTOR = None  # the run's collector actor handle, inside a Ray Train worker
@@ -109,10 +110,6 @@ def _hooks(cfg: RunConfig):
         checkpoint_manager=lambda checkpoint, strategy: WorkerCheckpoints(checkpoint, cfg, strategy),
         on_step=(lambda step: at_step(cfg, step)) if cfg.fail_worker_at_step else None,
         extra_marks=fault_marks(cfg))
-
-
-def first_line(exc):
-    return f"{type(exc).__name__}: {exc}".splitlines()[0][:500]
 
 
 class Collector:

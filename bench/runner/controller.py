@@ -46,18 +46,18 @@ class Plan:
     fixed_window: Optional[int] = None  # every window has exactly this many steps (Keras fit's steps_per_execution)
     extra_marks: tuple = ()  # more steps a window must end at (multi-worker fault injection)
 
-    def marks(self):
-        """Steps at which a window must end (warm-up end, evals, checkpoints, profile edges, the end)."""
+    def next_mark(self, step):
+        """The first step after `step` at which a window must end (warm-up end, evals, checkpoints, profile
+        edges, extra marks, the end). Computed from the cadences, never from a list of every mark: a long
+        run with a short cadence would hold millions of them."""
         total, start = self.total_steps, self.start_step
-        marks = {total, min(total, start + max(self.warmup_steps, 1)), start + 1}  # the first call is one step
-        marks.update(self.extra_marks)
+        candidates = [total, min(total, start + max(self.warmup_steps, 1)), start + 1, *self.extra_marks]
         for every in (self.eval_every, self.checkpoint_every):
             if every:
-                marks.update(range(every, total, every))
+                candidates.append((step // every + 1) * every)
         if self.profile_steps:
-            first, last = self.profile_steps
-            marks.update({first - 1, last})
-        return sorted(m for m in marks if start < m <= total)
+            candidates.extend((self.profile_steps[0] - 1, self.profile_steps[1]))
+        return min(m for m in candidates if step < m and start < m <= total)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -131,21 +131,20 @@ class Controller:
     def windows(self):
         """The windows still to train, computed one at a time from the step reached."""
         plan = self.plan
-        marks = plan.marks()
         warm_end = min(plan.total_steps, plan.start_step + max(plan.warmup_steps, 1))
         while self.step < self._last_step() and not self.stop_requested:
-            yield self._next_window(marks, warm_end)
+            yield self._next_window(warm_end)
 
     def _last_step(self):
         q = self.plan.fixed_window or 1
         return self.plan.total_steps // q * q
 
-    def _next_window(self, marks, warm_end):
+    def _next_window(self, warm_end):
         plan, step = self.plan, self.step
         if plan.fixed_window:  # Keras fit: whole steps_per_execution chunks, no marks inside
             steps = plan.fixed_window
         else:
-            steps = min(plan.steps_per_loop, next(m for m in marks if m > step) - step)
+            steps = min(plan.steps_per_loop, plan.next_mark(step) - step)
         if step == plan.start_step:
             kind = "first"
         elif step < warm_end:
@@ -193,7 +192,10 @@ class Controller:
             return True
         rate = window.steps * self.batch_size / self._last_seconds
         if self.summaries:
-            self.summaries.scalars(self.step, {"train/loss": loss, "train/images_per_sec": rate})
+            values = {"train/loss": loss, "train/images_per_sec": rate}
+            if hasattr(self.trainer, "learning_rate"):  # the custom loop: the lr its last step used
+                values["train/learning_rate"] = self.trainer.learning_rate()
+            self.summaries.scalars(self.step, values)
         self.display.update(self.step, loss, self.chrono)
         self._report_skipped()
         reached = self._maybe_evaluate()

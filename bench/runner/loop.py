@@ -15,13 +15,14 @@ import dataclasses
 import os
 import signal
 import sys
+import tempfile
 import threading
 import time
 import traceback
 
 from bench.config import defaults, options, setup_checks, validation
 from bench.config.identity import RunIdentity
-from bench.config.options import RunConfig
+from bench.config.options import ConfigError, RunConfig
 from bench.results import rows, table
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_DIVERGED = 0, 1, 2, 3
@@ -39,6 +40,11 @@ class Outcome:
 def run(cfg: RunConfig, command="", out=sys.stdout, write_row=True, on_eval=None, hooks=None) -> Outcome:
     """One benchmark run. Raises ConfigError for bad input before any work is done.
 
+    A run that got past the up-front checks (`validate`, the results path) ends in exactly
+    one row: ok, diverged, interrupted or failed, whatever went wrong while setting it up (a checkpoint
+    that does not restore, a corrupted data file, memory) or training it; only what the devices and the
+    data tell `check_setup` is still bad input (ConfigError, nothing written).
+
     `write_row=False` leaves the row to the caller (a sweep's driver writes every
     trial's row itself). `on_eval(step, accuracy, partial_row)` is called after each
     evaluation (a sweep reports it to its scheduler). `hooks`: a
@@ -53,6 +59,33 @@ def run(cfg: RunConfig, command="", out=sys.stdout, write_row=True, on_eval=None
         print(f"run {identity.run_id} in {cfg.checkpoint_dir} already finished; its row is in the results",
               file=out)
         return Outcome("skipped", {}, EXIT_OK)
+    try:
+        with _on_signals(_interrupt):  # until the controller can stop between windows
+            cfg, controller, device_setup, facts = _set_up(cfg, identity, command, started, out, on_eval, hooks)
+    except ConfigError:
+        raise
+    except Interrupted as stop:
+        return _ended_in_setup(cfg, identity, command, out, write_row, "interrupted",
+                               f"stopped by {stop.name} while setting up", EXIT_SIGNAL[stop.name])
+    except Exception as exc:  # noqa: BLE001 - any failure becomes the row's error
+        error = first_line(exc)
+        log = save_traceback(exc, cfg.results, identity.run_id)
+        print(f"error: run {identity.run_id} failed while setting up: {error} (traceback: {log})", file=sys.stderr,
+              flush=True)
+        return _ended_in_setup(cfg, identity, command, out, write_row, "failed", error, EXIT_FAILED)
+    from bench.runner import assembly  # imported by the setup already (it needs TensorFlow)
+
+    with _on_signals(_request_stop(controller)):
+        status, error, code = _train(controller, cfg, identity.run_id)
+    facts = assembly.checked_peak(cfg, device_setup, facts, controller)
+    row = rows.run_row(cfg, facts, controller, status, error)
+    where, code = _conclude(cfg, identity, row, write_row, code)
+    print(rows.summary_text(row, where), file=out, flush=True)
+    return Outcome(status, row, code, controller.chrono)
+
+
+def _set_up(cfg, identity, command, started, out, on_eval, hooks):
+    """(resolved cfg, controller, device setup, row facts): devices, data, `check_setup`, model, restore."""
     # TensorFlow is imported here, by the device setup, which makes the oneDNN choice first (it is fixed at
     # TensorFlow's import); the modules that use TensorFlow are imported only after it.
     from bench.hardware import devices
@@ -74,26 +107,63 @@ def run(cfg: RunConfig, command="", out=sys.stdout, write_row=True, on_eval=None
     if on_eval:
         controller.on_eval = lambda step, acc: on_eval(step, acc, rows.run_row(
             cfg, facts, controller, "stopped", "stopped by the sweep's scheduler"))
-    with _stop_on_signals(controller):
-        status, error, code = _train(controller)
-    facts = assembly.checked_peak(cfg, device_setup, facts, controller)
-    row = rows.run_row(cfg, facts, controller, status, error)
+    return cfg, controller, device_setup, facts
+
+
+def _ended_in_setup(cfg, identity, command, out, write_row, status, error, code):
+    """The row of a run that ended before training: what the configuration says, and why."""
+    row = {**rows.config_row(cfg, status, error), "run_id": identity.run_id, "command": command}
+    where, code = _conclude(cfg, identity, row, write_row, code)
+    print(f"status  {status} ({error}); row in {where}" if write_row else f"status  {status} ({error})",
+          file=out, flush=True)
+    return Outcome(status, row, code)
+
+
+def _conclude(cfg, identity, row, write_row, code):
+    """(where the row is, exit code): the row appended, or kept beside a table that cannot take it (exit 1)."""
     where = table.save_row(cfg.results, row) if write_row else cfg.results
-    if where != cfg.results:  # the table could not take the row: it is kept where the error line says
+    if where != cfg.results:  # the error line says where it is
         code = EXIT_FAILED
-    if cfg.strategy != options.MULTI_WORKER:  # a worker's attempt may be retried by Ray: its driver concludes
-        identity.conclude(row["run_id"], status)
-    print(rows.summary_text(row, where), file=out, flush=True)
-    return Outcome(status, row, code, controller.chrono)
+    if cfg.strategy != options.MULTI_WORKER and identity.saved:  # a worker's attempt may be retried: its driver concludes
+        identity.conclude(row["run_id"], row["status"])
+    return where, code
 
 
-def _train(controller):
+def first_line(exc):
+    """An exception as the row's `error`: its type and the first line of its message."""
+    return f"{type(exc).__name__}: {exc}".splitlines()[0][:500]
+
+
+def save_traceback(exc, results_path=None, name=None):
+    """Write `exc`'s traceback to `<results folder>/tracebacks/<name>.txt` (else the temp folder); return the path.
+
+    Failures are one line on stderr; the whole traceback is kept here for whoever debugs them.
+    """
+    text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    name = name or f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
+    folders = [os.path.join(os.path.dirname(os.path.abspath(results_path)), "tracebacks")] if results_path else []
+    for folder in folders + [tempfile.gettempdir()]:
+        path = os.path.join(folder, f"{name}.txt" if folder != tempfile.gettempdir() else f"bench-{name}.txt")
+        try:
+            os.makedirs(folder, exist_ok=True)
+            with open(path, "w", encoding="utf-8", errors="replace") as fh:
+                fh.write(text)
+            return path
+        except OSError:
+            continue
+    return "not saved (no writable folder)"
+
+
+def _train(controller, cfg, run_id):
     """(status, error, exit code) of the controller's run; a crash mid-run still gives a row saying so."""
     try:
         status, error = controller.run()
     except Exception as exc:  # noqa: BLE001 - any failure becomes the row's error
-        traceback.print_exc(file=sys.stderr)
-        return "failed", f"{type(exc).__name__}: {exc}".splitlines()[0][:500], EXIT_FAILED
+        error = first_line(exc)
+        log = save_traceback(exc, cfg.results, run_id)
+        print(f"error: run {run_id} failed at step {controller.step}: {error} (traceback: {log})",
+              file=sys.stderr, flush=True)
+        return "failed", error, EXIT_FAILED
     if status == "diverged":
         return status, error, EXIT_DIVERGED
     if status == "interrupted":
@@ -101,16 +171,21 @@ def _train(controller):
     return status, error, EXIT_OK
 
 
-@contextlib.contextmanager
-def _stop_on_signals(controller):
-    """Ctrl-C or SIGTERM: finish the current window, then stop with a row; a second Ctrl-C exits at once.
+class Interrupted(BaseException):
+    """Ctrl-C or SIGTERM while a run was being set up (before the controller could stop it between windows)."""
 
-    Signal handlers can only be installed from the main thread (not inside a Ray
-    worker's training thread, where Ray handles termination itself).
-    """
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
+    def __init__(self, name):
+        super().__init__(name)
+        self.name = name
+
+
+def _interrupt(signum, frame):
+    raise Interrupted(signal.Signals(signum).name)
+
+
+def _request_stop(controller):
+    """Ctrl-C or SIGTERM while training: finish the current window, then stop with a row; a second one exits
+    at once, writing nothing."""
 
     def request_stop(signum, frame):
         name = signal.Signals(signum).name
@@ -120,7 +195,20 @@ def _stop_on_signals(controller):
         controller.stop_requested = name
         print(f"\n{name}: stopping after the current window (again to exit at once)", file=sys.stderr, flush=True)
 
-    previous = {s: signal.signal(s, request_stop) for s in (signal.SIGINT, signal.SIGTERM)}
+    return request_stop
+
+
+@contextlib.contextmanager
+def _on_signals(handler):
+    """`handler` for Ctrl-C and SIGTERM inside the block, the previous handlers after it.
+
+    Signal handlers can only be installed from the main thread (not inside a Ray
+    worker's training thread, where Ray handles termination itself).
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield
     finally:

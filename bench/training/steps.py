@@ -63,7 +63,8 @@ class StepFunctions:
     `inject_inf_grad_at_step=k` is `(k, None)`) are fault injection for tests.
     `augment_on_device` pads, crops and flips each training batch inside the step,
     seeded from `augment_seed`, the step and the replica (see `bench.training.augment`).
-    `skipped_steps` (int64 variable) counts steps the loss scaling skipped.
+    `skipped_steps` (int64 variable) counts steps the loss scaling skipped. `step`: the global step
+    variable (`global_step_variable`) when the optimizer's schedule reads it (`make_optimizer(step=...)`).
     """
 
     def __init__(
@@ -80,6 +81,7 @@ class StepFunctions:
         inject_inf_grad_at=None,
         augment_on_device=False,
         augment_seed=0,
+        step=None,
     ):
         self.model = model
         self.optimizer = optimizer
@@ -104,11 +106,13 @@ class StepFunctions:
             # Trap: under MirroredStrategy the optimizer's slots must exist before the first
             # traced step, or the first call fails with an unfed placeholder.
             optimizer.build(model.trainable_variables)
-            self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="global_step",
-                                    aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
+            self.step = global_step_variable() if step is None else step
             # Steps the loss scaling skipped because some replica's gradients overflowed.
             self.skipped_steps = tf.Variable(0, dtype=tf.int64, trainable=False, name="skipped_steps",
                                              aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
+            # The learning rate the last step applied (read where the update reads it; TensorBoard shows it).
+            self.last_learning_rate = tf.Variable(0.0, dtype=tf.float32, trainable=False, name="last_learning_rate",
+                                                  aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
         # XLA: on one replica the whole replica step (forward, backward, optimizer update) is one
         # compiled executable; over several replicas only the forward/backward (TF-STACK-NOTES 3).
         whole_step = xla and self.replicas == 1
@@ -161,8 +165,9 @@ class StepFunctions:
         skipped = tf.constant(0, tf.int64)
         if self._loss_scaled:
             grads, skipped = self._agree_on_overflow(ctx, grads)
+        lr = tf.cast(self.optimizer.learning_rate, tf.float32)  # what this update applies
         self.optimizer.apply_gradients(zip(grads, self.model.trainable_variables))
-        return ce, skipped
+        return ce, skipped, lr
 
     @staticmethod
     def _agree_on_overflow(ctx, grads):
@@ -200,10 +205,11 @@ class StepFunctions:
         for _ in tf.range(num_steps):
             self.step.assign_add(1)
             images, labels = next(iterator)
-            ce, skipped = self.strategy.run(self._step_fn, args=(images, labels, self.step.read_value()))
+            ce, skipped, lr = self.strategy.run(self._step_fn, args=(images, labels, self.step.read_value()))
             total += self.strategy.reduce(tf.distribute.ReduceOp.SUM, ce, axis=None)
             # Every replica holds the same all-reduced value: take replica 0's, no collective.
             self.skipped_steps.assign_add(self.strategy.experimental_local_results(skipped)[0])
+            self.last_learning_rate.assign(self.strategy.experimental_local_results(lr)[0])
         return total / tf.cast(num_steps, tf.float32)
 
     def train(self, iterator, num_steps):
@@ -233,17 +239,46 @@ class StepFunctions:
         return tuple(sums)
 
 
-def make_optimizer(schedule, precision, momentum=0.9, weight_decay=None):
+def global_step_variable():
+    """The run's global step (int64, 1-based once a step starts; the same on every replica). Create it
+    under the strategy's scope."""
+    return tf.Variable(0, dtype=tf.int64, trainable=False, name="global_step",
+                       aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
+
+
+class GlobalStepSchedule(keras.optimizers.schedules.LearningRateSchedule):
+    """A schedule read at the run's global step instead of the optimizer's iteration count.
+
+    The two part when mixed_float16's loss scaling skips a step: the step advances, the
+    optimizer's iterations do not. The recipe (He et al.) places its drops at steps, so read by
+    iterations each drop would land one step late per skipped step.
+    """
+
+    def __init__(self, schedule, step):
+        self.schedule, self.step = schedule, step
+
+    def __call__(self, iterations):
+        del iterations
+        return self.schedule(self.step - 1)  # the step being taken is 1-based, the schedule 0-based
+
+    def get_config(self):
+        return {"schedule": keras.saving.serialize_keras_object(self.schedule)}
+
+
+def make_optimizer(schedule, precision, momentum=0.9, weight_decay=None, step=None):
     """SGD with momentum on `schedule` (a `bench.config.recipe.Schedule`); loss-scaled for mixed_float16.
 
     `weight_decay` here is Keras's decoupled optimizer decay (used by the fit baseline only;
-    the custom loop adds L2 to the loss).
+    the custom loop adds L2 to the loss). `step`: a global step variable the schedule follows
+    (the custom loop's); without one it follows the optimizer's iterations (Keras fit).
     """
     # Keras's PiecewiseConstantDecay keeps values[i] while step <= boundaries[i] (0-based
     # optimizer iterations), so a piece that starts at step s has the boundary s - 1.
     boundaries = [start - 1 for start in schedule.starts[1:]]
     values = list(schedule.values)
     lr = keras.optimizers.schedules.PiecewiseConstantDecay(boundaries, values) if boundaries else values[0]
+    if boundaries and step is not None:
+        lr = GlobalStepSchedule(lr, step)
     opt = keras.optimizers.SGD(learning_rate=lr, momentum=momentum, weight_decay=weight_decay)
     if precision == "mixed_float16":
         opt = keras.optimizers.LossScaleOptimizer(opt)

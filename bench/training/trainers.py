@@ -29,7 +29,7 @@ import tensorflow as tf
 
 from bench.config.defaults import resolve_augment
 from bench.training import data
-from bench.training.steps import StepFunctions, make_optimizer
+from bench.training.steps import StepFunctions, global_step_variable, make_optimizer
 from resnet import spec
 from resnet.model import build_resnet
 
@@ -42,14 +42,17 @@ def build(cfg, device_setup, source, schedule):
     return trainer_class(cfg, device_setup, source, schedule)
 
 
-def model_and_optimizer(cfg, strategy, schedule, optimizer_weight_decay=None):
-    """(model, optimizer, BN implementation) of `cfg`, built under `strategy` from `cfg.seed`."""
+def model_and_optimizer(cfg, strategy, schedule, optimizer_weight_decay=None, step=None):
+    """(model, optimizer, BN implementation) of `cfg`, built under `strategy` from `cfg.seed`.
+
+    `step`: a global step variable the learning-rate schedule follows (else the optimizer's iterations).
+    """
     keras.utils.set_random_seed(cfg.seed)
     batch_norm = cfg.batch_norm  # decided by bench.config.defaults.resolve
     with strategy.scope():
         model = build_resnet(cfg.n, cfg.block, cfg.shortcut, precision=cfg.precision, sync_bn=cfg.sync_bn,
                              batch_norm=batch_norm)
-        optimizer = make_optimizer(schedule, cfg.precision, weight_decay=optimizer_weight_decay)
+        optimizer = make_optimizer(schedule, cfg.precision, weight_decay=optimizer_weight_decay, step=step)
     return model, optimizer, batch_norm
 
 
@@ -62,13 +65,16 @@ class CustomLoopTrainer:
 
     def __init__(self, cfg, device_setup, source, schedule):
         self.cfg, self.device_setup, self.source = cfg, device_setup, source
-        self.model, self.optimizer, self.batch_norm = model_and_optimizer(cfg, device_setup.strategy, schedule)
+        with device_setup.strategy.scope():
+            step = global_step_variable()  # the schedule follows it: a skipped fp16 step still counts
+        self.model, self.optimizer, self.batch_norm = model_and_optimizer(cfg, device_setup.strategy, schedule,
+                                                                          step=step)
         self.augment = resolve_augment(cfg, device_setup.device_kind, source.kind)
         self.steps = StepFunctions(
             self.model, self.optimizer, device_setup.strategy, cfg.batch_size, weight_decay=spec.DEFAULT_WEIGHT_DECAY,
             xla=cfg.xla, sync_bn=cfg.sync_bn, inject_nan_at_step=cfg.inject_nan_at_step,
             inject_inf_grad_at=cfg.inject_inf_grad_at_step, augment_on_device=self.augment == "device",
-            augment_seed=cfg.seed,
+            augment_seed=cfg.seed, step=step,
         )
         self.params = _count_params(self.model)
         self.xla_scope = self.steps.xla_scope
@@ -83,6 +89,10 @@ class CustomLoopTrainer:
 
     def skipped_steps(self):
         return int(self.steps.skipped_steps.numpy())
+
+    def learning_rate(self):
+        """The learning rate the last step applied (the schedule at the global step)."""
+        return float(self.steps.last_learning_rate.numpy())
 
     def steps_done(self):
         return int(self.steps.step.numpy())
