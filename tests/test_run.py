@@ -479,3 +479,35 @@ def test_the_plan_computes_each_boundary_without_listing_them():
         tracemalloc.stop()
     assert marks == [1, 3, 5, 7, 10, 14, 15, 19, 20, 21, 22, 25, 28, 30]
     assert peak < 1_000_000
+
+
+def test_an_interrupted_run_writes_its_row_before_anything_slow_and_a_late_signal_waits(tmp_path, monkeypatch):
+    """Real data, stopped by SIGINT after a timed window: no final evaluation and no peak re-measurement before
+    the row; a SIGTERM that arrives while the row is written waits for it (row kept, exit 130)."""
+    from bench.runner import assembly
+    from bench.runner.controller import RunHooks
+    from bench.training import trainers
+
+    folder, _ = write_cifar(str(tmp_path / "cifar"))
+    monkeypatch.setattr(trainers.CustomLoopTrainer, "evaluate", lambda self: pytest.fail("evaluated"))
+    monkeypatch.setattr(assembly, "checked_peak", lambda *a: pytest.fail("peak measured again"))
+    real_save = table.save_row
+
+    def save_row_under_a_signal(path, row):
+        os.kill(os.getpid(), signal.SIGTERM)  # the grace period's end, while the row is being written
+        return real_save(path, row)
+
+    monkeypatch.setattr(table, "save_row", save_row_under_a_signal)
+    fired = []
+
+    def ctrl_c_once(step):  # Ctrl-C after the first timed window (steps 1 | 2 | 3-5 ...)
+        if step >= 3 and not fired:
+            fired.append(step)
+            os.kill(os.getpid(), signal.SIGINT)
+
+    hooks = RunHooks(on_step=ctrl_c_once)
+    path = tmp_path / "s.csv"
+    out = loop.run(RunConfig(data="files", cifar_dir=folder, steps=12, results=str(path), **SMALL), hooks=hooks)
+    [row] = table.read_rows(str(path))
+    assert row["status"] == "interrupted" and row["total_steps"] == str(fired[0]) and row["test_accuracy"] == ""
+    assert out.exit_code == 130

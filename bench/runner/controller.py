@@ -122,7 +122,9 @@ class Controller:
         self.display.close()
         if self.status == "ok" and self.stop_requested:
             self.status, self.error = "interrupted", f"stopped by {self.stop_requested} at step {self.step}"
-        if self.status != "diverged" and self.last_accuracy is None and self.trainer.can_evaluate:
+        # An interrupted run skips the final evaluation: its row must land within a preemption's grace
+        # period (Kubernetes gives 30 s); it keeps the accuracy of its last scheduled evaluation, if any.
+        if self.status == "ok" and self.last_accuracy is None and self.trainer.can_evaluate:
             self.evaluate()
         if self.checkpointer and self.status != "diverged" and self._saved_at != self.step:
             self.save()

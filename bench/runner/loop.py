@@ -77,10 +77,15 @@ def run(cfg: RunConfig, command="", out=sys.stdout, write_row=True, on_eval=None
 
     with _on_signals(_request_stop(controller)):
         status, error, code = _train(controller, cfg, identity.run_id)
-    facts = assembly.checked_peak(cfg, device_setup, facts, controller)
-    row = rows.run_row(cfg, facts, controller, status, error)
-    where, code = _conclude(cfg, identity, row, write_row, code)
-    print(rows.summary_text(row, where), file=out, flush=True)
+    late = _Deferred()
+    with _on_signals(late):  # a signal now waits for the row: it is never lost to a late Ctrl-C or SIGTERM
+        if status != "interrupted":  # a stopped run's row comes first: no peak re-measurement (~20 s)
+            facts = assembly.checked_peak(cfg, device_setup, facts, controller)
+        row = rows.run_row(cfg, facts, controller, status, error)
+        where, code = _conclude(cfg, identity, row, write_row, code)
+        print(rows.summary_text(row, where), file=out, flush=True)
+    if late.name and code == EXIT_OK:
+        code = EXIT_SIGNAL[late.name]
     return Outcome(status, row, code, controller.chrono)
 
 
@@ -196,6 +201,17 @@ def _request_stop(controller):
         print(f"\n{name}: stopping after the current window (again to exit at once)", file=sys.stderr, flush=True)
 
     return request_stop
+
+
+class _Deferred:
+    """A handler for Ctrl-C / SIGTERM that only notes the signal (the row is being written)."""
+
+    def __init__(self):
+        self.name = None
+
+    def __call__(self, signum, frame):
+        self.name = signal.Signals(signum).name
+        os.write(2, f"\n{self.name}: writing the row first\n".encode())
 
 
 @contextlib.contextmanager
