@@ -114,6 +114,6 @@ def test_this_machine_agrees_with_its_own_cpuinfo():
 
 def test_module_imports_no_tensorflow():
     """Contract: like bench.config and bench.results it imports no TensorFlow, so it is cheap anywhere."""
-    code = "import sys, bench.cpu_features; sys.exit('tensorflow' in sys.modules)"
+    code = "import sys, bench.hardware.cpu_features; sys.exit('tensorflow' in sys.modules)"
     root = cpu_features.__file__.rsplit("/bench/", 1)[0]
     assert subprocess.run([sys.executable, "-c", code], cwd=root).returncode == 0

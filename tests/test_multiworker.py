@@ -18,7 +18,7 @@ import pytest
 
 from bench.config import options, setup_checks, validation
 from bench.distributed import driver, worker
-from bench.results import table
+from bench.results import rows, table
 from bench.runner import loop
 from bench.config.options import ConfigError, RunConfig
 from cifar_files import write_cifar
@@ -79,21 +79,21 @@ def _report(rank, host, peak, attempt=1, **row):
 def test_row_assembly_sums_peaks_and_names_the_hosts():
     cfg = RunConfig(**MW)
     state = {"starts": {0: 2, 1: 2}, "reports": {0: _report(0, "node1", 100.0, 2), 1: _report(1, "node2", 60.0, 2)}}
-    row = driver.assemble_row(cfg, "cmd", state)
+    row = rows.multi_worker_row(cfg, "cmd", state)
     assert row["peak_gflops"] == 160.0 and row["mfu"] == pytest.approx(1e9 * 50 / 160e9)
     assert row["host"] == "node1 (+1 host)" and row["num_workers"] == 2 and row["restarts"] == 1
     assert row["command"] == "cmd" and row["num_replicas"] == 2
     table.format_row(row)  # every column is in the schema
     # a report left from an earlier attempt does not count
     stale = {"starts": {0: 2, 1: 2}, "reports": {0: _report(0, "node1", 100.0, 2), 1: _report(1, "node2", 60.0, 1)}}
-    assert driver.assemble_row(cfg, "", stale)["peak_gflops"] is None
+    assert rows.multi_worker_row(cfg, "", stale)["peak_gflops"] is None
     one_host = {"starts": {0: 1}, "reports": {0: _report(0, "vm", 100.0), 1: _report(1, "vm", 100.0)}}
-    assert driver.assemble_row(cfg, "", one_host)["host"] == "vm (1 host)"
+    assert rows.multi_worker_row(cfg, "", one_host)["host"] == "vm (1 host)"
     # the chief finished but the worker group failed: the row says failed
-    failed = driver.assemble_row(cfg, "", one_host, error="worker 1: died")
+    failed = rows.multi_worker_row(cfg, "", one_host, error="worker 1: died")
     assert failed["status"] == "failed" and failed["error"] == "worker 1: died"
     # no report at all: a failed row from the configuration
-    empty = driver.assemble_row(cfg, "", {"starts": {}, "reports": {}}, error="worker 0: gone")
+    empty = rows.multi_worker_row(cfg, "", {"starts": {}, "reports": {}}, error="worker 0: gone")
     assert empty["status"] == "failed" and empty["num_replicas"] == 2 and empty["peak_gflops"] is None
     table.format_row(empty)
 

@@ -93,7 +93,7 @@ def test_mixed_float16_on_cpu_warns(capsys):
     assert "mixed_float16 is emulated on x86 CPUs" in capsys.readouterr().err
     from bench.hardware import cpu_features
 
-    devices.warn_if_emulated(RunConfig(precision="bf16"), "CPU")  # warned exactly when the CPU lacks bf16
+    devices.warn_if_emulated(RunConfig(precision="mixed_bfloat16"), "CPU")  # warned exactly when the CPU lacks bf16
     warned = "mixed_bfloat16 is emulated" in capsys.readouterr().err
     assert warned == (cpu_features.emulated_precision("mixed_bfloat16") is not None)
 

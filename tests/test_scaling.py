@@ -65,9 +65,9 @@ def test_report_writes_scaling_only_when_replica_counts_vary(tmp_path):
     md, pngs = report.build(path, str(out))
     assert os.path.exists(out / "scaling.md") and str(out / "plots" / "scaling.png") in pngs
     text = (out / "scaling.md").read_text()
-    table = [line for line in text.splitlines() if line.startswith("| strong") or line.startswith("| weak")]
-    assert len(table) == 6
-    assert any("| multi_worker |" in line and "| vm (1 host) |" in line and "0.89×" in line for line in table)
+    lines = [line for line in text.splitlines() if line.startswith("| strong") or line.startswith("| weak")]
+    assert len(lines) == 6
+    assert any("| multi_worker |" in line and "| vm (1 host) |" in line and "0.89×" in line for line in lines)
     with open(out / "plots" / "scaling.png", "rb") as fh:
         assert fh.read(8) == b"\x89PNG\r\n\x1a\n"
     # one replica count per configuration: no scaling files

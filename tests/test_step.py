@@ -163,10 +163,15 @@ def test_injected_nan_makes_the_loss_non_finite(strategies):
     assert not math.isfinite(run_steps(trainer, it, 1))
 
 
-def test_sync_bn_with_xla_over_replicas_is_refused(strategies):
-    with pytest.raises(ValueError, match="sync_bn"):
-        make_trainer(strategies[2], sync_bn=True, xla=True)
-    make_trainer(strategies[1], sync_bn=True, xla=True)  # one replica: fine
+def test_sync_bn_with_xla_over_replicas_is_refused_by_the_one_rule(strategies):
+    """The rule lives in bench.config (judged up front with --cpu_replicas, after setup with the real count)."""
+    from bench.config import validation
+    from bench.config.options import ConfigError, RunConfig
+
+    with pytest.raises(ConfigError, match="sync_bn"):
+        validation.check_xla_over_replicas(RunConfig(sync_bn=True, xla=True, batch_norm="keras"), 2)
+    validation.check_xla_over_replicas(RunConfig(sync_bn=True, xla=True, batch_norm="keras"), 1)
+    make_trainer(strategies[1], sync_bn=True, xla=True)  # one replica: builds
 
 
 @pytest.mark.parametrize("replicas", [1, 2])
