@@ -12,7 +12,7 @@ from bench.config.options import MULTI_WORKER, RunConfig
 
 _UNFINGERPRINTED = ("results", "tensorboard_dir", "profile_steps", "profile_dir", "checkpoint_every_steps",
                     # how a multi-worker run reaches its result does not change which run it is
-                    "address", "max_failures", "collective_timeout_s", "fail_worker_at_step")
+                    "address", "max_failures", "collective_timeout_s", "restart_timeout_s", "fail_worker_at_step")
 RUN_FILE = "run.json"
 
 

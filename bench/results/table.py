@@ -95,6 +95,8 @@ SCHEMA = (
     "xla_scope",  # none | step (one compiled executable per step) | forward_backward (over replicas) | forward
     "num_workers",  # worker processes of a multi-worker run (empty otherwise)
     "restarts",  # worker-group restarts of a multi-worker run (empty otherwise)
+    "num_hosts",  # distinct hosts (machines) the workers of a multi-worker run's last attempt ran on
+    "peak_scope",  # what peak_gflops covers: one process's devices, or a sum over workers and hosts
 )
 
 STATUSES = ("ok", "diverged", "failed", "stopped", "interrupted")  # stopped: by ASHA; interrupted: Ctrl-C, SIGTERM
