@@ -191,10 +191,13 @@ class LocalCluster:
         if not raylets:
             raise ClusterError(f"{node['hostname']} has no raylet running")
         os.kill(raylets[0], signal.SIGKILL)
+        node["gone"] = True  # a node added later does not wait for this one
+        self._save()
         return raylets[0]
 
     def stop_node(self, i):
         """Stop node i by its pids (SIGTERM, then SIGKILL after the grace period)."""
+        self.nodes[i]["gone"] = True
         self._terminate([self.nodes[i]])
 
     def stop(self):
@@ -277,8 +280,9 @@ class LocalCluster:
         deadline = time.monotonic() + self._start_timeout_s
         head_ip, port = self.address.split(":")
         alive = set()
+        expected = [n for n in self.nodes if not n.get("gone")]  # not the nodes killed or stopped on purpose
         while True:
-            for node in self.nodes:
+            for node in expected:
                 if not self.node_alive(self.nodes.index(node)):
                     raise ClusterError(f"{node['hostname']} exited while starting: "
                                        f"{_tail(node['log'], 3)} (log: {node['log']})")
@@ -287,10 +291,10 @@ class LocalCluster:
                     alive = _alive_node_ips(self.address, timeout=5)
                 except Exception:  # the GCS is up but not answering yet
                     alive = set()
-                if all(n["ip"] in alive for n in self.nodes):
+                if all(n["ip"] in alive for n in expected):
                     break
             if time.monotonic() > deadline:
-                late = [n["hostname"] for n in self.nodes if n["ip"] not in alive]
+                late = [n["hostname"] for n in expected if n["ip"] not in alive]
                 raise ClusterError(f"{', '.join(late)} not up within {self._start_timeout_s} s "
                                    f"(logs: {self.log_dir})")
             time.sleep(0.5)
