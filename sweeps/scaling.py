@@ -9,14 +9,18 @@ and `<out_dir>/plots/scaling.png`. Two kinds of series, each labelled:
 
 One line per strategy (`mirrored`, `multi_worker`) and configuration. Speedup is images/sec over
 the series' smallest replica count (normally 1); efficiency is speedup / (replicas / smallest).
-Only `ok` rows count; repeats are averaged (mean ± 95% CI). The hosts that ran each point are
-listed, so a "2 workers" point from one box is never mistaken for two nodes. No TensorFlow;
-matplotlib only where the plot is drawn.
+Only `ok` rows count; repeats are averaged (mean ± 95% CI). A series' points are grouped by
+replicas and by hosts × workers per host (`layout`), so "2 workers on 1 host" and "2 hosts × 1
+worker" are separate points, and each says whether its workers or replicas share hardware
+(`shared`: workers on one host, CPU replicas of one process, or hosts that are one machine, as on
+the local cluster). The hosts that ran each point are listed. No TensorFlow; matplotlib only where
+the plot is drawn.
 """
 
 from __future__ import annotations
 
 import os
+import re
 
 import pandas as pd
 
@@ -27,6 +31,36 @@ STRATEGIES = ("mirrored", "multi_worker")  # strategies whose replica count vari
 CONFIG = ["device", "data", "loop", "mode", "block", "shortcut", "depth", "precision", "xla", "batch_norm", "sync_bn",
           "onednn", "augment", "tf_version"]
 KINDS = (("strong", "global_batch_size"), ("weak", "per_replica_batch"))  # `mode` is the run's train/inference
+
+
+def _num_hosts(row):
+    """Hosts of a row: its `num_hosts`, else read from the host label (`vm (1 host)`, `node1 (+1 host)`), else 1."""
+    value = pd.to_numeric(row.get("num_hosts"), errors="coerce")
+    if pd.notna(value) and value >= 1:
+        return int(value)
+    more = re.search(r"\(\+(\d+) hosts?\)", str(row.get("host", "")))
+    return int(more.group(1)) + 1 if more else 1
+
+
+def layout(strategy, replicas, workers, hosts):
+    """`2 hosts × 1 worker` (multi-worker) or `1 process × 2 replicas`: how a point's replicas were laid out."""
+    if strategy == "multi_worker" and workers:
+        per_host = workers / hosts
+        return f"{hosts} host{'s' if hosts > 1 else ''} × {per_host:g} worker{'s' if per_host != 1 else ''}"
+    return f"1 process × {replicas} replica{'s' if replicas > 1 else ''}"
+
+
+def shared(strategy, device, replicas, workers, hosts, peak_scope=""):
+    """Whether a point's workers or replicas share hardware, and which (a point that does measures overhead)."""
+    if strategy == "multi_worker" and workers:
+        if workers > hosts:
+            return f"yes: {workers / hosts:g} workers per host"
+        if "1 machine" in str(peak_scope):
+            return "yes: the hosts are one machine"
+        return "no"
+    if replicas > 1 and str(device).startswith("CPU"):
+        return "yes: replicas split one CPU"
+    return "no"
 
 
 def scaling_points(df):
@@ -41,6 +75,7 @@ def scaling_points(df):
     if ok.empty:
         return pd.DataFrame()
     ok["per_replica_batch"] = ok["global_batch_size"] / ok["num_replicas"]
+    ok["hosts_n"] = [_num_hosts(r) for r in ok.to_dict("records")]
     records = []
     for kind, batch_col in KINDS:
         for key, series in ok.groupby(cols + ["strategy", batch_col], sort=True, dropna=False):
@@ -48,18 +83,23 @@ def scaling_points(df):
                 continue
             config = dict(zip(cols + ["strategy", batch_col], key))
             points = []
-            for replicas, group in series.groupby("num_replicas", sort=True):
+            for (replicas, n_hosts), group in series.groupby(["num_replicas", "hosts_n"], sort=True):
                 mean, ci = metrics.mean_ci95(group["images_per_sec"])
                 workers = sorted({int(w) for w in group.get("num_workers", pd.Series(dtype=float)).dropna()})
                 hosts = sorted({h for h in group.get("host", pd.Series(dtype=str)) if h})
+                scope = " ".join(str(p) for p in group.get("peak_scope", pd.Series(dtype=str)).dropna())
+                w = workers[0] if workers else 0
                 points.append((int(replicas), mean, ci, len(group), workers, hosts,
-                               sorted({int(b) for b in group["global_batch_size"]})))
+                               sorted({int(b) for b in group["global_batch_size"]}),
+                               layout(config["strategy"], int(replicas), w, int(n_hosts)),
+                               shared(config["strategy"], config.get("device"), int(replicas), w, int(n_hosts), scope)))
             base_replicas, base_ips = points[0][0], points[0][1]
-            for replicas, mean, ci, runs, workers, hosts, batches in points:
+            for replicas, mean, ci, runs, workers, hosts, batches, lay, shares in points:
                 speedup = mean / base_ips
                 records.append({
                     **config, "scaling": kind, "batch": config[batch_col], "replicas": replicas,
                     "base_replicas": base_replicas, "workers": ", ".join(map(str, workers)) or "",
+                    "layout": lay, "shared": shares,
                     "hosts": "; ".join(hosts), "global_batch": ", ".join(map(str, batches)),
                     "ips": mean, "ips_ci": ci, "runs": runs, "speedup": speedup,
                     "efficiency": speedup / (replicas / base_replicas),
@@ -78,13 +118,14 @@ def markdown(points):
         "",
         "The same configuration at several replica counts. **strong**: the same global batch at every count; "
         "**weak**: the same per-replica batch. Speedup is over the series' smallest replica count; efficiency = "
-        "speedup / (replicas / smallest). images/sec: mean ± 95% CI over runs. `hosts` says which machines ran "
-        "each point: workers on one host share its CPU or GPUs, so such points measure overhead, not scaling "
-        "across nodes.",
+        "speedup / (replicas / smallest). images/sec: mean ± 95% CI over runs. Points are grouped by replicas and "
+        "`layout` (hosts × workers per host, or one process's replicas); `shared` says whether the point's "
+        "workers or replicas share hardware (workers on one host, CPU replicas of one process, hosts that are one "
+        "machine): such points measure overhead, not scaling across nodes. `hosts` names the machines.",
         "",
-        "| scaling | strategy | configuration | device | data | batch | replicas | workers | hosts | runs "
+        "| scaling | strategy | configuration | device | data | batch | replicas | layout | shared | hosts | runs "
         "| images/sec | speedup | efficiency |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in points.to_dict("records"):
         config = f"ResNet-{int(r['depth'])} {r['block']}/{r['shortcut']}, {r['precision']}" + (
@@ -93,7 +134,7 @@ def markdown(points):
         ips = f"{r['ips']:.1f}" + (f" ± {r['ips_ci']:.1f}" if r["ips_ci"] else "")
         lines.append(
             f"| {r['scaling']} | {r['strategy']} | {config} | {r['device']} | {r['data']} | {batch} | {r['replicas']} "
-            f"| {r['workers'] or '–'} | {r['hosts'] or '–'} | {r['runs']} | {ips} | {r['speedup']:.2f}× "
+            f"| {r['layout']} | {r['shared']} | {r['hosts'] or '–'} | {r['runs']} | {ips} | {r['speedup']:.2f}× "
             f"| {r['efficiency']:.0%} |"
         )
     return "\n".join(lines) + "\n"

@@ -52,7 +52,8 @@ def test_a_sweep_axis_over_any_field_reaches_the_trials_config():
             continue
         values = options.axis_values(f, text)
         companions = {"strategy": ["mirrored"]} if f.name in ("cpu_replicas", "num_gpus") else {}
-        if f.name in ("workers", "gpus_per_worker", "cpus_per_worker", "max_failures", "collective_timeout_s"):
+        if f.name in ("workers", "gpus_per_worker", "cpus_per_worker", "max_failures", "collective_timeout_s",
+                      "restart_timeout_s"):
             companions = {"strategy": ["multi_worker"], "workers": [2], "batch_size": [12]}
         trials = space.build_trials({**axes, **companions, f.name: values}, 1, "s")
         seen = [getattr(t.config, f.name) for t in trials]

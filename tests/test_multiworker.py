@@ -41,6 +41,8 @@ MW = dict(strategy="multi_worker", workers=2, n=1, batch_size=16)
     ({**MW, "cpus_per_worker": 0}, "cpus_per_worker"),
     ({**MW, "max_failures": -1}, "max_failures"),
     ({**MW, "collective_timeout_s": 0}, "collective_timeout_s"),
+    ({**MW, "restart_timeout_s": 0}, "restart_timeout_s"),
+    ({"restart_timeout_s": 30.0}, "only with --strategy=multi_worker"),
     ({**MW, "num_gpus": 1}, "--gpus_per_worker"),
     ({**MW, "address": "nohostport"}, "give auto, ray://host:port or host:port"),
     ({**MW, "loop": "fit"}, "custom loop only"),
@@ -82,13 +84,15 @@ def test_row_assembly_sums_peaks_and_names_the_hosts():
     row = rows.multi_worker_row(cfg, "cmd", state)
     assert row["peak_gflops"] == 160.0 and row["mfu"] == pytest.approx(1e9 * 50 / 160e9)
     assert row["host"] == "node1 (+1 host)" and row["num_workers"] == 2 and row["restarts"] == 1
-    assert row["command"] == "cmd" and row["num_replicas"] == 2
+    assert row["command"] == "cmd" and row["num_replicas"] == 2 and row["num_hosts"] == 2
+    assert row["peak_scope"] == "sum over 2 workers on 2 hosts (1 per host)"
     table.format_row(row)  # every column is in the schema
     # a report left from an earlier attempt does not count
     stale = {"starts": {0: 2, 1: 2}, "reports": {0: _report(0, "node1", 100.0, 2), 1: _report(1, "node2", 60.0, 1)}}
     assert rows.multi_worker_row(cfg, "", stale)["peak_gflops"] is None
     one_host = {"starts": {0: 1}, "reports": {0: _report(0, "vm", 100.0), 1: _report(1, "vm", 100.0)}}
-    assert rows.multi_worker_row(cfg, "", one_host)["host"] == "vm (1 host)"
+    shared = rows.multi_worker_row(cfg, "", one_host)
+    assert shared["host"] == "vm (1 host)" and shared["num_hosts"] == 1 and "sharing" in shared["peak_scope"]
     # the chief finished but the worker group failed: the row says failed
     failed = rows.multi_worker_row(cfg, "", one_host, error="worker 1: died")
     assert failed["status"] == "failed" and failed["error"] == "worker 1: died"
@@ -100,7 +104,7 @@ def test_row_assembly_sums_peaks_and_names_the_hosts():
 
 def test_older_results_files_take_the_new_columns(tmp_path):
     path = tmp_path / "summary.csv"
-    old = [c for c in table.SCHEMA if c not in ("num_workers", "restarts")]
+    old = [c for c in table.SCHEMA if c not in ("num_workers", "restarts", "num_hosts", "peak_scope")]
     path.write_text(",".join(old) + "\nold1,t,ok" + "," * (len(old) - 3) + "\n")
     table.upgrade(str(path))  # on request only: an append alone refuses the older file
     assert table.append_row(str(path), {"run_id": "new1", "status": "ok", "num_workers": 2, "restarts": 0})

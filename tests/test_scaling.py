@@ -67,7 +67,8 @@ def test_report_writes_scaling_only_when_replica_counts_vary(tmp_path):
     text = (out / "scaling.md").read_text()
     lines = [line for line in text.splitlines() if line.startswith("| strong") or line.startswith("| weak")]
     assert len(lines) == 6
-    assert any("| multi_worker |" in line and "| vm (1 host) |" in line and "0.89×" in line for line in lines)
+    assert any("| multi_worker |" in line and "| 1 host × 2 workers | yes: 2 workers per host | vm (1 host) |" in line
+               and "0.89×" in line for line in lines)
     with open(out / "plots" / "scaling.png", "rb") as fh:
         assert fh.read(8) == b"\x89PNG\r\n\x1a\n"
     # one replica count per configuration: no scaling files
@@ -76,3 +77,28 @@ def test_report_writes_scaling_only_when_replica_counts_vary(tmp_path):
                                 "global_batch_size": 128, "images_per_sec": 1.0, "status": "ok"})
     assert scaling.build_scaling(report.load(single), str(tmp_path / "none")) is None
     assert not os.path.exists(tmp_path / "none" / "scaling.md")
+
+
+def test_points_are_grouped_by_hosts_and_workers_per_host_and_say_what_shares_hardware(tmp_path):
+    path = str(tmp_path / "summary.csv")
+    rows = [  # workers, images/sec, host, num_hosts, peak_scope
+        (1, 280.0, "vm (1 host)", 1, "1 worker: its own devices"),
+        (2, 250.0, "vm (1 host)", 1, "sum over 2 workers on 1 host (sharing its devices: ...)"),
+        (2, 300.0, "node-a (+1 host)", 2, "sum over 2 workers on 2 hosts (1 per host), all on 1 machine (one kernel)"),
+        (2, 500.0, "gpu1 (+1 host)", None, "sum over 2 workers on 2 hosts (1 per host)"),  # an older row: hosts from the label
+    ]
+    for i, (workers, ips, host, hosts, scope) in enumerate(rows):
+        table.append_row(path, {**BASE, "run_id": f"h{i}", "strategy": "multi_worker", "num_replicas": workers,
+                                "num_workers": workers, "global_batch_size": 128, "images_per_sec": ips, "status": "ok",
+                                "host": host, "num_hosts": hosts, "peak_scope": scope,
+                                "device": "CPU: test" if i < 3 else "GPU: test"})
+    points = scaling.scaling_points(report.load(path))
+    cpu = points[points["device"] == "CPU: test"].sort_values(["scaling", "ips"])
+    strong = cpu[cpu["scaling"] == "strong"]
+    assert list(zip(strong["layout"], strong["shared"])) == [
+        ("1 host × 2 workers", "yes: 2 workers per host"), ("1 host × 1 worker", "no"),
+        ("2 hosts × 1 worker", "yes: the hosts are one machine")]
+    assert scaling.shared("multi_worker", "GPU: test", 2, 2, 2, rows[3][4]) == "no"
+    assert scaling._num_hosts({"host": "gpu1 (+1 host)", "num_hosts": ""}) == 2
+    md = scaling.markdown(points)
+    assert "| 2 hosts × 1 worker | yes: the hosts are one machine | node-a (+1 host) |" in md

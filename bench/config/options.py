@@ -16,6 +16,7 @@ from resnet import spec
 STRATEGIES = ("default", "one_device", "mirrored", "multi_worker")
 MULTI_WORKER = "multi_worker"  # MultiWorkerMirroredStrategy over Ray Train workers (bench/multiworker.py)
 WORKER_FAULTS = ("exit", "stall")
+RESTART_TIMEOUT_S = 120.0  # --restart_timeout_s's default: a lost node without a spare fails the run after this
 DATA_KINDS = ("auto", "tfds", "files", "synthetic")
 RECIPES = ("bench", "paper")
 LOOPS = ("ctl", "fit")
@@ -101,6 +102,9 @@ class RunConfig:
                                   "resumes from --checkpoint_dir).")
     collective_timeout_s: float = option(600.0, "--strategy=multi_worker: a collective (all-reduce) that waits "
                                                 "longer than this fails the run instead of hanging.")
+    restart_timeout_s: float = option(RESTART_TIMEOUT_S, "--strategy=multi_worker: after a lost worker or node, "
+                                                         "how long a restart may wait for the cluster to place the "
+                                                         "workers again; then the run fails with a row.")
     # model
     n: int = option(3, "Blocks per stage: depth 6n+2 (9n+2 for bottleneck).", sweep_default="3,5,7,9,18")
     block: str = option("preact", "Residual block type.", choices=spec.BLOCKS, sweep_default="preact,original")

@@ -110,3 +110,19 @@ def check_ray_request(cfg: RunConfig, cluster, nodes=None):
             node[1] -= gpus
 
 
+
+
+def check_paths_on_hosts(paths, facts):
+    """Every host that may run a worker sees the run's folders at the driver's paths (README: "Local files
+    must be reachable at the same path on every node"); else bad input naming the first host that lacks one.
+
+    `paths`: {flag name: the driver's folder}; `facts`: per host {host, ip, seen: {flag name: bool}}
+    (`bench.distributed.hosts.check_paths`: the files there, or a marker file the driver just wrote).
+    """
+    for fact in sorted(facts, key=lambda f: (f.get("host") or "", f.get("ip") or "")):
+        for name, folder in paths.items():
+            if not fact["seen"].get(name, True):
+                what = "what the driver's host has there" if name in ("cifar_dir", "tfds_dir") else "the driver's files there"
+                raise ConfigError(
+                    f"--{name}={folder}: {fact.get('host')} ({fact.get('ip')}) does not see {what}; every host "
+                    f"must see it at the same path (shared storage), or leave that host out of the cluster")

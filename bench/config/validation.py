@@ -13,8 +13,8 @@ import tempfile
 
 from bench.config import cifar_files
 from bench.config.identity import comparable, fingerprint, saved_run
-from bench.config.options import (MULTI_WORKER, ConfigError, RunConfig, flag_fields, global_replicas, parse_fault_step,
-                                  parse_profile_steps, parse_worker_fault)
+from bench.config.options import (MULTI_WORKER, RESTART_TIMEOUT_S, ConfigError, RunConfig, flag_fields, global_replicas,
+                                  parse_fault_step, parse_profile_steps, parse_worker_fault)
 from bench.config.recipe import train_steps
 from resnet.spec import canonical_precision
 
@@ -165,6 +165,7 @@ def _check_multi_worker(cfg):
         given = [name for name, on in (
             ("--workers", cfg.workers is not None), ("--gpus_per_worker", cfg.gpus_per_worker is not None),
             ("--max_failures", cfg.max_failures != 0), ("--fail_worker_at_step", cfg.fail_worker_at_step is not None),
+            ("--restart_timeout_s", cfg.restart_timeout_s != RESTART_TIMEOUT_S),
             ("--address", cfg.address is not None and not cfg.sweep)) if on]
         if given:
             raise ConfigError(f"{', '.join(given)}: only with --strategy=multi_worker (got {cfg.strategy})")
@@ -174,7 +175,7 @@ def _check_multi_worker(cfg):
     _at_least(cfg, "workers", 1)
     for name in ("gpus_per_worker", "max_failures"):
         _at_least(cfg, name, 0)
-    for name in ("cpus_per_worker", "collective_timeout_s"):
+    for name in ("cpus_per_worker", "collective_timeout_s", "restart_timeout_s"):
         if not getattr(cfg, name) > 0:
             raise ConfigError(f"--{name} must be > 0; got {getattr(cfg, name)}")
     if cfg.num_gpus is not None or cfg.cpu_replicas != 1:

@@ -13,10 +13,12 @@ No TensorFlow and no Ray at import time (Ray is imported inside the functions th
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
 import shutil
+import signal
 import sys
 import tempfile
 import threading
@@ -25,11 +27,14 @@ import time
 from bench.config import setup_checks, validation
 from bench.config.identity import RunIdentity
 from bench.config.options import ConfigError, RunConfig
-from bench.distributed import ray_connection
-from bench.distributed.worker import Collector, first_line, train_worker
+from bench.distributed import hosts, ray_connection
+from bench.distributed.events import EventLog
+from bench.distributed.worker import Collector, failure_listener, first_line, train_worker
 from bench.hardware import devices
 from bench.results import rows, table
-from bench.runner.loop import EXIT_DIVERGED, EXIT_FAILED, EXIT_OK
+from bench.runner.loop import EXIT_DIVERGED, EXIT_FAILED, EXIT_OK, EXIT_SIGNAL
+
+START_TIMEOUT_ENV = "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S"  # how long Ray Train waits to place a worker group
 
 
 def _absolute(cfg: RunConfig):
@@ -70,7 +75,7 @@ def run(cfg: RunConfig, command="", out=sys.stdout, write_row=True, on_eval=None
     """One multi-worker run from the driver; returns a MultiWorkerOutcome. Bad input raises ConfigError.
 
     The same contract as `bench.runner.loop.run`: exactly one row (written here unless
-    `write_row=False`), statuses ok / failed / diverged, exit codes 0 / 1 / 3.
+    `write_row=False`), statuses ok / failed / diverged / interrupted, exit codes 0 / 1 / 3 / 130 / 143.
     `on_eval` is not supported here (the workers evaluate; the driver sees the result).
     """
     del on_eval
@@ -81,19 +86,21 @@ def run(cfg: RunConfig, command="", out=sys.stdout, write_row=True, on_eval=None
     if identity.finished:
         print(f"run {identity.run_id} in {cfg.checkpoint_dir} already finished; its row is in the results", file=out)
         return MultiWorkerOutcome("skipped", {}, EXIT_OK)
-    owned = ray_connection.connect(cfg.address)
-    try:
-        import ray
-
-        alive = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
-        setup_checks.check_ray_request(cfg, ray.cluster_resources(), alive)
-        state, error = _launch(cfg, command, out)
-        ended_at = time.time()
-    finally:
-        if owned:
+    with _console(out) as console_err:
+        owned = ray_connection.connect(cfg.address)
+        try:
             import ray
 
-            ray.shutdown()
+            alive = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
+            setup_checks.check_ray_request(cfg, ray.cluster_resources(), alive)
+            hosts.check_paths(cfg, out)
+            state, error, stopped = _launch(cfg, command, out, console_err)
+            ended_at = time.time()
+        finally:
+            if owned:
+                import ray
+
+                ray.shutdown()
     reports = state.get("reports", {})
     bad_input = [r["config_error"] for r in reports.values() if r.get("config_error")]
     if bad_input:  # the workers' own setup checks refused the run: bad input, as in one process
@@ -106,88 +113,140 @@ def run(cfg: RunConfig, command="", out=sys.stdout, write_row=True, on_eval=None
         RunIdentity(cfg).conclude(row["run_id"], row["status"])
     print(rows.summary_text(row, where), file=out, flush=True)
     code = {"ok": EXIT_OK, "diverged": EXIT_DIVERGED}.get(row["status"], EXIT_FAILED)
+    if row["status"] == "interrupted":
+        code = EXIT_SIGNAL.get(stopped, EXIT_FAILED)
     if where != cfg.results:  # the table could not take the row: it is kept where the error line says
         code = EXIT_FAILED
     return MultiWorkerOutcome(row["status"], row, code, reports=reports, fired=state.get("fired", {}),
                               ended_at=ended_at)
 
 
-def _launch(cfg: RunConfig, command, out):
-    """TensorflowTrainer.fit() with the chief's progress printed meanwhile; returns (collector state, error line)."""
-    import ray
+@contextlib.contextmanager
+def _console(out):
+    """In a command's main thread, Ray's own output goes to a log file named on `out`; yields the console's stderr."""
+    if threading.current_thread() is not threading.main_thread():  # a sweep's trial: its output is Tune's
+        yield sys.stderr
+        return
+    with hosts.ray_console_to_file() as (path, console_err):
+        print(f"Ray's own messages: {path}", file=out, flush=True)
+        yield console_err
 
+
+def _trainer(cfg: RunConfig, command, collector, storage):
     with devices.native_stderr_quieted():
         from ray.train import FailureConfig, RunConfig as RayRunConfig, ScalingConfig
         from ray.train.tensorflow import TensorflowTrainer
-    collector = ray.remote(num_cpus=0)(Collector).remote()
-    storage = tempfile.mkdtemp(prefix="bench-ray-train-")
     gpus = cfg.gpus_per_worker or 0
     resources = {"CPU": cfg.cpus_per_worker, **({"GPU": gpus} if gpus else {})}
-    trainer = TensorflowTrainer(
+    # A restart that cannot place the workers fails the run after --restart_timeout_s instead of being
+    # retried forever (Ray Train counts it as a controller failure, unlimited by default).
+    failures = FailureConfig(max_failures=cfg.max_failures, max_preemption_failures=cfg.max_failures,
+                             controller_failure_limit=0)
+    return TensorflowTrainer(
         train_worker,
         train_loop_config={"cfg": json.loads(json.dumps(dataclasses.asdict(cfg))), "collector": collector,
                            "command": command},
-        scaling_config=ScalingConfig(num_workers=cfg.workers, use_gpu=bool(gpus),
-                                     resources_per_worker=resources),
+        scaling_config=ScalingConfig(num_workers=cfg.workers, use_gpu=bool(gpus), resources_per_worker=resources),
         run_config=RayRunConfig(
             name=f"bench-multi-worker-{os.getpid()}", storage_path=storage,
-            failure_config=FailureConfig(max_failures=cfg.max_failures),
+            failure_config=failures, callbacks=[failure_listener(collector)],
             worker_runtime_env={"env_vars": _worker_env(cfg)},
         ),
     )
-    done = threading.Event()
-    printer = threading.Thread(target=_print_progress, args=(collector, out, done), daemon=True)
-    printer.start()
-    error = None
+
+
+def _launch(cfg: RunConfig, command, out, console_err):
+    """TensorflowTrainer.fit() in a thread while this one prints the chief's progress and one line per
+    event, and relays a Ctrl-C / SIGTERM to the workers; returns (collector state, error line, signal name)."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+    collector = ray.remote(num_cpus=0)(Collector).options(scheduling_strategy=here).remote(cfg.workers)
+    previous_timeout = os.environ.get(START_TIMEOUT_ENV)
+    os.environ[START_TIMEOUT_ENV] = f"{cfg.restart_timeout_s:g}"  # read by Ray Train's controller
+    storage = tempfile.mkdtemp(prefix="bench-ray-train-")
+    trainer = _trainer(cfg, command, collector, storage)
+    outcome = {}
+
+    def fit():
+        try:
+            trainer.fit()
+        except BaseException as exc:  # noqa: BLE001 - ray.train.TrainingFailedError and kin: the run failed
+            outcome["error"] = exc
+
+    events = EventLog(cfg)
+    thread = threading.Thread(target=fit, name="ray-train-fit", daemon=True)
     try:
-        trainer.fit()
-    except Exception as exc:  # noqa: BLE001 - ray.train.TrainingFailedError and kin: the run failed
-        error = _failure_line(exc, cfg)
+        thread.start()
+        with _stop_on_signals(console_err) as stop:
+            _watch(thread, collector, events, stop, out)
     finally:
-        done.set()
-        printer.join(10)
+        _restore_env(START_TIMEOUT_ENV, previous_timeout)
         shutil.rmtree(storage, ignore_errors=True)
+    error = events.failure_line(outcome["error"]) if "error" in outcome else None
     try:
         state = ray.get(collector.state.remote(), timeout=60)
         ray.kill(collector)
     except Exception as exc:  # noqa: BLE001 - the cluster itself went away
         state = {}
         error = error or f"lost contact with the Ray cluster ({first_line(exc)})"
-    return state, error
+    return state, error, stop.get("signal")
 
 
-def _failure_line(exc, cfg: RunConfig):
-    """One line for a failed worker group: every failed worker, root causes (dead processes) first."""
-    failures = getattr(exc, "worker_failures", None) or {}
-    if not failures:
-        return first_line(exc)[:500]
-    parts = []
-    for rank, err in sorted(failures.items()):
-        text = str(err).strip()
-        if isinstance(err, RuntimeError) and type(err) is RuntimeError:  # a worker's own failed run (relayed)
-            line = text.splitlines()[0] if text else "failed"
-            if "DeadlineExceeded" in line:
-                line += f" (a collective waited longer than --collective_timeout_s={cfg.collective_timeout_s:g})"
-            parts.append((1, f"worker {rank}: {line}"))
-        elif "actor died" in text or "worker process has died" in text:
-            parts.append((0, f"worker {rank}: its process died ({type(err).__name__})"))
-        else:
-            parts.append((0, f"worker {rank}: {first_line(err)}"))
-    return "; ".join(p for _, p in sorted(parts))[:500]
-
-
-def _print_progress(collector, out, done):
+def _watch(thread, collector, events, stop, out):
+    """Until fit() ends: print the chief's progress lines and one line per event; relay a stop request."""
     import ray
 
-    seen = 0
+    seen_lines = seen_events = 0
+    relayed = False
     while True:
-        finished = done.wait(0.5)
+        thread.join(0.5)
+        finished = not thread.is_alive()
+        if stop.get("signal") and not relayed:
+            collector.request_stop.remote(stop["signal"])
+            relayed = True
         try:
-            lines = ray.get(collector.lines_since.remote(seen), timeout=10)
+            lines, news = ray.get(collector.news.remote(seen_lines, seen_events), timeout=10)
         except Exception:  # noqa: BLE001 - progress is best effort
-            lines = []
+            lines, news = [], []
         for line in lines:
             print(line, file=out, flush=True)
-        seen += len(lines)
+        for event in news:
+            print(events.line(event), file=out, flush=True)
+        seen_lines, seen_events = seen_lines + len(lines), seen_events + len(news)
         if finished:
             return
+
+
+@contextlib.contextmanager
+def _stop_on_signals(console_err):
+    """Ctrl-C or SIGTERM: ask every worker to stop after the current window (the driver then writes one
+    `interrupted` row); a second one exits at once, writing nothing. Main thread only."""
+    stop = {}
+    if threading.current_thread() is not threading.main_thread():
+        yield stop
+        return
+
+    def request_stop(signum, frame):
+        name = signal.Signals(signum).name
+        if stop.get("signal"):
+            os.write(console_err.fileno(), f"\n{name} again: exiting now\n".encode())
+            os._exit(EXIT_SIGNAL.get(name, EXIT_FAILED))
+        stop["signal"] = name
+        print(f"\n{name}: stopping the workers after the current window (again to exit at once)",
+              file=console_err, flush=True)
+
+    previous = {s: signal.signal(s, request_stop) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield stop
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
+def _restore_env(name, value):
+    if value is None:
+        os.environ.pop(name, None)
+    else:
+        os.environ[name] = value

@@ -82,12 +82,15 @@ def train_worker(loop_config):
     global _COLLECTOR
     collector = _COLLECTOR = loop_config["collector"]
     rank = ray.train.get_context().get_world_rank()
-    attempt = ray.get(collector.start.remote(rank))
+    where = {"host": socket.gethostname(), "ip": ray.util.get_node_ip_address(),
+             "node_id": ray.get_runtime_context().get_node_id(), "pid": os.getpid(), "machine": machine_id()}
+    attempt = ray.get(collector.start.remote(rank, where))
     cfg = worker_config(options.from_dict(loop_config["cfg"]), rank)
     out = _LineForwarder(collector, sys.stdout) if rank == 0 else sys.stdout
-    info = {"rank": rank, "attempt": attempt, "host": socket.gethostname()}
+    info = {"rank": rank, "attempt": attempt, "host": where["host"], "ip": where["ip"]}
     try:
-        outcome = loop.run(cfg, command=loop_config["command"], out=out, write_row=False, hooks=_hooks(cfg))
+        outcome = loop.run(cfg, command=loop_config["command"], out=out, write_row=False,
+                           hooks=_hooks(cfg, rank, attempt))
     except ConfigError as err:
         ray.get(collector.report.remote(rank, attempt, {**info, "config_error": str(err)}))
         raise
@@ -104,26 +107,84 @@ def train_worker(loop_config):
     return outcome.status
 
 
-def _hooks(cfg: RunConfig):
-    """What the single-run path needs from the worker side: TF's multi-worker checkpoint rule, fault injection."""
+def _hooks(cfg: RunConfig, rank=0, attempt=1):
+    """What the single-run path needs from the worker side: TF's multi-worker checkpoint rule, fault
+    injection, and the driver's stop request (asked after every window)."""
+    def on_step(step):
+        at_step(cfg, step)
+        return stop_request(rank, attempt, step)
+
     return RunHooks(
         checkpoint_manager=lambda checkpoint, strategy: WorkerCheckpoints(checkpoint, cfg, strategy),
-        on_step=(lambda step: at_step(cfg, step)) if cfg.fail_worker_at_step else None,
-        extra_marks=fault_marks(cfg))
+        on_step=on_step, extra_marks=fault_marks(cfg))
+
+
+def machine_id():
+    """This kernel's boot id: "hosts" that are namespaces of one machine (the local cluster) share it."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as f:
+            return f.read().strip()
+    except OSError:
+        return ""
+
+
+def stop_request(rank, attempt, step):
+    """The driver's stop reason ("SIGINT", "SIGTERM") if this worker must stop after `step`, else None."""
+    if _COLLECTOR is None:
+        return None
+    import ray
+
+    try:
+        return ray.get(_COLLECTOR.poll.remote(rank, attempt, step), timeout=30)
+    except Exception:  # noqa: BLE001 - the driver is gone or slow: training goes on (Ray ends an orphaned job)
+        return None
 
 
 class Collector:
-    """One per run (a Ray actor): what the workers tell the driver, kept across worker-group restarts."""
+    """One per run (a Ray actor on the driver's node): what the workers tell the driver, kept across
+    worker-group restarts, and the driver's stop request.
 
-    def __init__(self):
+    A stop request must end every worker after the same window (a worker that trains one more
+    window waits in its all-reduce for peers that stopped). Every worker asks after each window
+    (`poll`) and all end at the same window boundaries, so the rule is: the request stops a
+    worker at the first boundary beyond every step a worker of the attempt was told to go on from.
+    """
+
+    def __init__(self, workers=0):
+        self._workers = workers  # the group's size: a "started" event once every rank of an attempt started
         self.starts = {}  # rank -> how many times its training function started
+        self.where = {}  # rank -> {host, ip, node_id, pid, attempt} of its latest start
         self.reports = {}  # rank -> the latest attempt's report
         self.lines = []  # the chief's progress lines
+        self.events = []  # ("started", attempt, where) and ("failed", attempt, {rank: error}, step), in order
         self.fired = {}  # fault-injection key -> when it fired (time.time() on the worker's node)
+        self.stop_reason = None
+        self._go_on_from = {}  # attempt -> the highest step a worker was told to go on from
+        self.last_step = {}  # attempt -> the highest step a worker reached
 
-    def start(self, rank):
+    def start(self, rank, where=None):
         self.starts[rank] = self.starts.get(rank, 0) + 1
-        return self.starts[rank]
+        attempt = self.starts[rank]
+        self.where[rank] = {**(where or {}), "attempt": attempt}
+        started = {r: w for r, w in self.where.items() if w["attempt"] == attempt}
+        if len(started) == self._workers and not any(e[0] == "started" and e[1] == attempt for e in self.events):
+            self.events.append(("started", attempt, started))
+        return attempt
+
+    def poll(self, rank, attempt, step):
+        self.last_step[attempt] = max(self.last_step.get(attempt, 0), step)
+        if self.stop_reason is None:
+            self._go_on_from[attempt] = max(self._go_on_from.get(attempt, -1), step)
+            return None
+        return self.stop_reason if step > self._go_on_from.get(attempt, -1) else None
+
+    def request_stop(self, reason):
+        self.stop_reason = self.stop_reason or reason
+
+    def group_failed(self, failures):
+        """From the Ray Train controller (`failure_listener`): {rank: error line} of a failed attempt."""
+        attempt = max(self.starts.values(), default=1)
+        self.events.append(("failed", attempt, failures, self.last_step.get(attempt, 0)))
 
     def report(self, rank, attempt, info):
         self.reports[rank] = info
@@ -131,8 +192,8 @@ class Collector:
     def log(self, line):
         self.lines.append(line)
 
-    def lines_since(self, n):
-        return self.lines[n:]
+    def news(self, lines_seen, events_seen):
+        return self.lines[lines_seen:], self.events[events_seen:]
 
     def fire_once(self, key):
         if key in self.fired:
@@ -141,7 +202,20 @@ class Collector:
         return True
 
     def state(self):
-        return {"starts": dict(self.starts), "reports": dict(self.reports), "fired": dict(self.fired)}
+        attempt = max(self.starts.values(), default=1)
+        return {"starts": dict(self.starts), "reports": dict(self.reports), "fired": dict(self.fired),
+                "where": dict(self.where), "events": list(self.events), "last_step": self.last_step.get(attempt)}
+
+
+def failure_listener(collector):
+    """A Ray Train callback (it runs in the Train controller) that tells the collector of every failed attempt."""
+    import ray.train
+
+    class FailureListener(ray.train.UserCallback):
+        def after_exception(self, run_context, worker_exceptions):
+            collector.group_failed.remote({rank: first_line(err) for rank, err in worker_exceptions.items()})
+
+    return FailureListener()
 
 
 # ---------------------------------------------------------------------------

@@ -101,6 +101,8 @@ SCHEMA = (
     "peak_measured_at",  # when the measured peak's best reading was taken (UTC): MFU's denominator has a date
     "peak_readings",  # how many readings of the peak that best is over (bench.hardware.peak)
     "peak_load",  # 1-minute load average per core while it was read (above ~0.5: read under load)
+    "num_hosts",  # distinct hosts (machines) the workers of a multi-worker run's last attempt ran on
+    "peak_scope",  # what peak_gflops covers: one process's devices, or a sum over workers and hosts
 )
 
 STATUSES = ("ok", "diverged", "failed", "stopped", "interrupted")  # stopped: by ASHA; interrupted: Ctrl-C, SIGTERM

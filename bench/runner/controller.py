@@ -28,7 +28,7 @@ class RunHooks:
     """What a caller of `bench.runner.loop.run` adds to a run (a multi-worker worker's own rules)."""
 
     checkpoint_manager: Optional[Callable] = None  # (tf.train.Checkpoint, strategy) -> manager
-    on_step: Optional[Callable] = None  # on_step(step) after each window
+    on_step: Optional[Callable] = None  # on_step(step) after each window; a returned reason stops the run
     extra_marks: tuple = ()  # more steps a window must end at
 
 
@@ -90,7 +90,9 @@ class Controller:
         self.out, self.target_accuracy = out, target_accuracy
         self.checkpointer, self.summaries, self.profiler = checkpointer, summaries, profiler
         self.on_eval = on_eval  # on_eval(step, accuracy): a sweep reports to its scheduler
-        self.on_step = on_step  # on_step(step) after each window (multi-worker fault injection)
+        # on_step(step) after each window (a multi-worker worker: fault injection, the driver's stop
+        # request); a truthy return is a stop reason ("SIGINT"), as if a signal had come here
+        self.on_step = on_step
         self.progress = progress or Progress()
         self.chrono = Chrono()
         self.clock = clock
@@ -182,8 +184,9 @@ class Controller:
     def window_done(self, window: Window, loss):
         """Bookkeeping after a window; True when training must end (diverged, target reached)."""
         self.step = window.end
-        if self.on_step:
-            self.on_step(self.step)
+        stop = self.on_step(self.step) if self.on_step else None
+        if stop and not self.stop_requested:
+            self.stop_requested = stop
         if self._profiling and self.step >= self.plan.profile_steps[1]:
             self.profiler.stop()
             self._profiling = False

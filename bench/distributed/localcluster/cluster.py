@@ -1,49 +1,18 @@
-"""A Ray cluster of K "hosts" on this one machine, for tests and for rehearsing the two-node recipe.
-
-Each node is a `ray start --block` inside its own UTS and mount namespaces (`unshare --uts --mount`,
-which needs root), so it has its own hostname (node-a, node-b, ...), its own loopback address
-(127.0.0.3, .4, ...) and, except the head, its own /tmp. Every port a node would otherwise take at
-a fixed default (GCS, client server, dashboard agent, metrics export, runtime-env agent, worker
-ports) is picked free, so two clusters, or a test run next to someone's cluster, do not collide.
-Everything Ray prints goes to files in one folder; nothing reaches the console.
-
-    with LocalCluster(nodes=2, cpus_per_node=1, log_dir="logs") as cluster:
-        cluster.address        # '127.0.0.3:PORT', for ray.init(address=...) or --address
-        cluster.hosts          # [('node-a', '127.0.0.3'), ('node-b', '127.0.0.4')]
-        cluster.kill_node(1)   # SIGKILL node-b's raylet: a lost host
-
-From a shell (the cluster outlives the command; `down` may run from any other process):
-
-    python -m bench.distributed.localcluster up --nodes 2 --cpus_per_node 1 --dir DIR
-    python -m bench.distributed.localcluster status --dir DIR
-    python -m bench.distributed.localcluster down --dir DIR
-
-Teardown is by the ids of the processes this tool started, recorded in DIR/cluster.json with
-their start times (so a recycled pid is never hit), never `ray stop`, which would end every Ray
-cluster on the machine. The head keeps the machine's /tmp: a driver attaches to a cluster through
-the head's socket files there. Its Ray temp folder is /tmp/lc-XXXX while it runs (Unix socket
-paths must stay short) and is moved into DIR when the cluster stops.
-
-Layout of DIR: cluster.json (the state), node-a.log, node-b.log ... (what `ray start` printed),
-node-a/, node-b/ ... (each node's Ray temp folder: session_*/logs holds raylet.out, gcs_server.out).
-
-No TensorFlow and no other `bench` module here; Ray is imported only to ask the GCS which nodes
-are alive.
-"""
+"""`LocalCluster`: K Ray nodes on this machine, each in its own namespaces (see the package docstring)."""
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
 import signal
-import socket
 import string
 import subprocess
 import sys
 import tempfile
 import time
+
+from bench.distributed.localcluster.procs import _alive, _comm, _descendants, _free_port, _port_open, _stat, _tail
 
 STATE_FILE = "cluster.json"
 FIRST_IP = 3  # 127.0.0.3: Ray turns --node-ip-address 127.0.0.1 into the machine's outside address
@@ -91,54 +60,6 @@ def namespaces_available():
     return True, ""
 
 
-def _free_port():
-    # Bound on all addresses, so the port is free whichever address Ray binds it on.
-    with socket.socket() as s:
-        s.bind(("", 0))
-        return s.getsockname()[1]
-
-
-def _stat(pid):
-    """(state, ppid, start time in clock ticks) of a process, or None if there is none."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            text = f.read()
-    except OSError:
-        return None
-    fields = text[text.rindex(")") + 2:].split()  # the name in (...) may hold spaces
-    return fields[0], int(fields[1]), int(fields[19])
-
-
-def _alive(pid, start):
-    """Whether the process `pid` that started at `start` still runs (a zombie has ended)."""
-    stat = _stat(pid)
-    return stat is not None and stat[0] != "Z" and stat[2] == start
-
-
-def _descendants(pid):
-    """The pids below `pid` in the process tree, now."""
-    children = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            stat = _stat(int(entry))
-            if stat is not None:
-                children.setdefault(stat[1], []).append(int(entry))
-    found, todo = [], [pid]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            found.append(child)
-            todo.append(child)
-    return found
-
-
-def _comm(pid):
-    try:
-        with open(f"/proc/{pid}/comm") as f:
-            return f.read().strip()
-    except OSError:
-        return ""
-
-
 def _ray_cli():
     # The `ray` next to this interpreter: the one whose Ray version the driver imports.
     here = os.path.join(os.path.dirname(sys.executable), "ray")
@@ -158,20 +79,14 @@ def _alive_node_ips(address, timeout):
     return {n.node_manager_address for n in nodes.values() if n.state == GcsNodeInfo.GcsNodeState.ALIVE}
 
 
-def _port_open(ip, port):
-    try:
-        with socket.create_connection((ip, port), timeout=1):
-            return True
-    except OSError:
-        return False
-
-
-def _tail(path, lines=1):
-    try:
-        with open(path, errors="replace") as f:
-            return " | ".join(line.strip() for line in f.read().strip().splitlines()[-lines:])
-    except OSError:
-        return ""
+def _port_in(args):
+    """The GCS port a head's `ray start` arguments name (`--port=P` or `--port P`)."""
+    for i, arg in enumerate(args):
+        if arg.startswith("--port="):
+            return int(arg.split("=", 1)[1])
+        if arg == "--port" and i + 1 < len(args):
+            return int(args[i + 1])
+    raise ValueError(f"the head's ray start arguments must name its --port: {args}")
 
 
 class LocalCluster:
@@ -182,10 +97,13 @@ class LocalCluster:
     """
 
     def __init__(self, nodes=2, cpus_per_node=1, log_dir=None, env=None,
-                 object_store_bytes=OBJECT_STORE_BYTES, start_timeout_s=START_TIMEOUT_S):
+                 object_store_bytes=OBJECT_STORE_BYTES, start_timeout_s=START_TIMEOUT_S, role_args=None):
         """`nodes` Ray nodes of `cpus_per_node` CPUs each, logging into `log_dir` (a new temporary
         folder if None). `env` adds environment variables to every node (e.g. Ray's `RAY_...`
-        settings); it overrides this tool's own defaults."""
+        settings); it overrides this tool's own defaults. `role_args`: (head's, other nodes')
+        `ray start` arguments used as given instead of the tool's `--head --port P` / `--address A`,
+        e.g. a recipe's `["--head", "--port=6379"], ["--address=127.0.0.3:6379"]` (the head's must
+        name its port); the tool still adds each node's address, ports, CPUs and folders."""
         if isinstance(nodes, bool) or not isinstance(nodes, int) or not 1 <= nodes <= MAX_NODES:
             raise ValueError(f"nodes must be a whole number from 1 to {MAX_NODES}, got {nodes!r}")
         if isinstance(cpus_per_node, bool) or not isinstance(cpus_per_node, int) or cpus_per_node < 0:
@@ -199,6 +117,7 @@ class LocalCluster:
         self.nodes = []  # one dict per node, the same as in the state file
         self.address = None
         self._procs = {}  # pid -> Popen, to reap the nodes this process started
+        self._role_args = [list(a) for a in role_args] if role_args else None
 
     # ---- public API -------------------------------------------------------------------------
 
@@ -272,10 +191,13 @@ class LocalCluster:
         if not raylets:
             raise ClusterError(f"{node['hostname']} has no raylet running")
         os.kill(raylets[0], signal.SIGKILL)
+        node["gone"] = True  # a node added later does not wait for this one
+        self._save()
         return raylets[0]
 
     def stop_node(self, i):
         """Stop node i by its pids (SIGTERM, then SIGKILL after the grace period)."""
+        self.nodes[i]["gone"] = True
         self._terminate([self.nodes[i]])
 
     def stop(self):
@@ -313,8 +235,9 @@ class LocalCluster:
             "node-manager-port": _free_port(),
             "object-manager-port": _free_port(),
         }
+        role = self._role_args[0 if head else 1] if self._role_args else None
         if head:
-            ports.update({"port": _free_port(), "ray-client-server-port": _free_port()})
+            ports.update({"port": _port_in(role) if role else _free_port(), "ray-client-server-port": _free_port()})
             self.address = f"{ip}:{ports['port']}"
             # Shares the machine's /tmp (the driver attaches through the head's sockets); a folder
             # of its own keeps it out of /tmp/ray, where `ray.init(address="auto")` looks.
@@ -331,9 +254,13 @@ class LocalCluster:
                 # by every Ray cluster on the machine)
                 "--min-worker-port", "0", "--max-worker-port", "0",
                 "--disable-usage-stats", "--log-style", "record", "--log-color", "false"]
-        args += ["--head", "--include-dashboard", "false"] if head else ["--address", self.address]
+        if role:  # the caller's own role arguments, as given
+            args += role + (["--include-dashboard", "false"] if head else [])
+        else:
+            args += ["--head", "--include-dashboard", "false"] if head else ["--address", self.address]
         for flag, port in ports.items():
-            args += [f"--{flag}", str(port)]
+            if not (role and flag == "port"):
+                args += [f"--{flag}", str(port)]
         log = os.path.join(self.log_dir, f"{hostname}.log")
         with open(log, "ab") as out:
             # A session of its own: Ctrl-C in the terminal that started the cluster does not
@@ -353,8 +280,9 @@ class LocalCluster:
         deadline = time.monotonic() + self._start_timeout_s
         head_ip, port = self.address.split(":")
         alive = set()
+        expected = [n for n in self.nodes if not n.get("gone")]  # not the nodes killed or stopped on purpose
         while True:
-            for node in self.nodes:
+            for node in expected:
                 if not self.node_alive(self.nodes.index(node)):
                     raise ClusterError(f"{node['hostname']} exited while starting: "
                                        f"{_tail(node['log'], 3)} (log: {node['log']})")
@@ -363,10 +291,10 @@ class LocalCluster:
                     alive = _alive_node_ips(self.address, timeout=5)
                 except Exception:  # the GCS is up but not answering yet
                     alive = set()
-                if all(n["ip"] in alive for n in self.nodes):
+                if all(n["ip"] in alive for n in expected):
                     break
             if time.monotonic() > deadline:
-                late = [n["hostname"] for n in self.nodes if n["ip"] not in alive]
+                late = [n["hostname"] for n in expected if n["ip"] not in alive]
                 raise ClusterError(f"{', '.join(late)} not up within {self._start_timeout_s} s "
                                    f"(logs: {self.log_dir})")
             time.sleep(0.5)
@@ -450,67 +378,3 @@ class LocalCluster:
         with open(tmp, "w") as f:
             json.dump(state, f, indent=1)
         os.replace(tmp, self._state_path())  # a reader never sees half a file
-
-
-# ---- command line ---------------------------------------------------------------------------
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):
-        # Bad input: one line, exit 2, no usage block.
-        print(f"localcluster: {message}", file=sys.stderr)
-        sys.exit(2)
-
-
-def _parser():
-    parser = _Parser(prog="python -m bench.distributed.localcluster",
-                     description="A Ray cluster of several hosts on this machine (needs root).")
-    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    up = commands.add_parser("up", help="start the nodes; return once they are up")
-    up.add_argument("--nodes", type=int, default=2, help="how many nodes (hosts), the head included")
-    up.add_argument("--cpus_per_node", type=int, default=1, help="CPUs each node offers to Ray")
-    for name, text in [("up", "folder for logs and state"), ("down", "folder given to up"),
-                       ("status", "folder given to up")]:
-        sub = up if name == "up" else commands.add_parser(
-            name, help="stop the cluster of --dir by its pids" if name == "down"
-            else "its nodes and whether they run (exit 1 when none does)")
-        sub.add_argument("--dir", required=True, help=text)
-    return parser
-
-
-def _print_status(cluster):
-    print(f"address {cluster.address}")
-    for i, node in enumerate(cluster.nodes):
-        role = "head" if node["head"] else "worker"
-        state = "running" if cluster.node_alive(i) else "stopped"
-        print(f"{node['hostname']} {node['ip']} {role} pid {node['pid']} {state}")
-
-
-def main(argv=None):
-    """The CLI: `up`, `status` and `down` of a cluster kept in --dir. Returns the exit code."""
-    args = _parser().parse_args(argv)
-    try:
-        if args.command == "up":
-            cluster = LocalCluster(nodes=args.nodes, cpus_per_node=args.cpus_per_node, log_dir=args.dir)
-            cluster.start()
-            _print_status(cluster)
-            print(f"logs {cluster.log_dir}")
-            print(f"connect: ray.init(address='{cluster.address}') or --address {cluster.address}")
-            print(f"down: {sys.executable} -m bench.distributed.localcluster down --dir {cluster.log_dir}")
-        elif args.command == "status":
-            cluster = LocalCluster.attach(args.dir)
-            _print_status(cluster)
-            return 0 if cluster.running() else 1
-        else:
-            LocalCluster.attach(args.dir).stop()
-            print(f"stopped; logs in {os.path.abspath(args.dir)}")
-    except ValueError as e:
-        print(f"localcluster: {e}", file=sys.stderr)
-        return 2
-    except ClusterError as e:
-        print(f"localcluster: {e}", file=sys.stderr)
-        return 2 if "no cluster state" in str(e) else 1
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
