@@ -142,7 +142,7 @@ def peak_scope(workers, hosts, machines=None):
     if workers <= 1:
         return "1 worker: its own devices"
     if hosts >= workers:
-        one = (f", all on 1 machine (one kernel): they share its CPUs and the sum reads above its real peak"
+        one = (", all on 1 machine (one kernel): they share its CPUs and the sum reads above its real peak"
                if machines == 1 and hosts > 1 else "")
         return f"sum over {workers} workers on {hosts} hosts (1 per host){one}"
     shared = "sharing its devices" if hosts == 1 else f"{workers / hosts:g} per host on average, sharing them"
