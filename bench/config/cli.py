@@ -89,7 +89,7 @@ def parse_flags(argv, usage=None):
         print(usage())
         sys.exit(0)
     try:
-        rest = flags.FLAGS(argv)
+        rest = flags.FLAGS(expand_bare_flags(argv))
     except flags.Error as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
@@ -97,6 +97,17 @@ def parse_flags(argv, usage=None):
         print(f"error: unexpected arguments {' '.join(rest[1:])!r} (flags only; see --help)", file=sys.stderr)
         sys.exit(2)
     return rest
+
+
+def expand_bare_flags(argv):
+    """`--autotune` given without a value (last, or before another flag) -> `--autotune=on` (the field's `bare`)."""
+    bare = {f"--{f.name}": f"--{f.name}={f.metadata['bare']}" for f in options.flag_fields() if f.metadata.get("bare")}
+    out = list(argv[:1])
+    for i, arg in enumerate(argv[1:], start=1):
+        following = argv[i + 1] if i + 1 < len(argv) else None
+        takes_next = following is not None and not following.startswith("-")
+        out.append(bare[arg] if arg in bare and not takes_next else arg)
+    return out
 
 
 def usage_text(doc, names, flag_values=flags.FLAGS, width=100):

@@ -13,7 +13,8 @@ from bench.config.options import MULTI_WORKER, RunConfig
 _UNFINGERPRINTED = ("results", "tensorboard_dir", "profile_steps", "profile_dir", "checkpoint_every_steps",
                     # how a multi-worker run reaches its result does not change which run it is
                     "address", "max_failures", "collective_timeout_s", "fail_worker_at_step",
-                    "comparison", "arm", "sweep_position")  # labels of the run, not what it runs
+                    "comparison", "arm", "sweep_position",  # labels of the run, not what it runs
+                    "autotune", "tuned")  # how the settings were chosen (the settings themselves count)
 RUN_FILE = "run.json"
 
 

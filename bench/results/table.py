@@ -98,6 +98,7 @@ SCHEMA = (
     "comparison",  # id of the A/B comparison (sweeps.compare) the run belongs to (empty otherwise)
     "arm",  # A or B within that comparison
     "sweep_position",  # a sweep trial's 1-based place in the sweep's run order (empty for single runs)
+    "tuned",  # how the tunable settings were chosen: the --autotune cache key, default or flag
 )
 
 STATUSES = ("ok", "diverged", "failed", "stopped", "interrupted")  # stopped: by ASHA; interrupted: Ctrl-C, SIGTERM
