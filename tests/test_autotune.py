@@ -68,7 +68,7 @@ def test_probe_args_keep_the_run_but_not_its_outputs_or_length():
                     tensorboard_dir="/tb", autotune="on", intra_op_threads=1)
     args = tuning.probe_args(cfg, {"onednn": "off", "xla": True, "inter_op_threads": None}, "CPU")
     assert args == ["--mode=inference", "--n=1", "--intra_op_threads=1", "--batch_size=16", "--onednn=off", "--xla",
-                    "--warmup_steps=5", "--steps=35"]
+                    "--warmup_steps=5", "--steps=205"]
     assert tuning.probe_args(RunConfig(), {"xla": False}, "CPU")[-3:] == ["--noxla", "--warmup_steps=10", "--steps=30"]
 
 
@@ -76,6 +76,12 @@ def test_bare_autotune_flag_means_on():
     assert cli.expand_bare_flags(["p", "--autotune"]) == ["p", "--autotune=on"]
     assert cli.expand_bare_flags(["p", "--autotune", "--n", "1"]) == ["p", "--autotune=on", "--n", "1"]
     assert cli.expand_bare_flags(["p", "--autotune", "refresh"]) == ["p", "--autotune", "refresh"]
+
+
+def test_inference_probes_are_judged_by_median_latency():
+    row = {"mode": "inference", "global_batch_size": "16", "step_time_p50_ms": "8.0", "images_per_sec": "900"}
+    assert autotune.probe_rate(row) == 2000.0
+    assert autotune.probe_rate({**row, "mode": "train"}) == 900.0
 
 
 def test_the_row_says_how_its_settings_were_chosen():

@@ -5,7 +5,8 @@ open). The candidates are `bench.config.tuning.candidates`: each field in turn (
 default against each alternative, every arm a short `python -m bench.run` process of its own
 (oneDNN and the thread pools are fixed at TensorFlow's import) writing its row into a temporary
 table. The arms run in ABBA pairs and are read with the A/B statistics of `sweeps.compare`
-(`bench.results.stats`): t interval over the pairs' log ratios of images/sec, verdict against a
+(`bench.results.stats`): t interval over the pairs' log ratios of images/sec (inference: batch over
+median latency, `probe_rate`), verdict against a
 ±5% band. An alternative replaces the current choice when it is faster by its estimate and the
 interval does not put the two within the band (on a tie the default stays); an unsettled
 comparison gets two more pairs, up to `MAX_PAIRS`. A probe that fails or diverges is skipped with
@@ -182,10 +183,20 @@ def process_measure(cfg: RunConfig, device_kind, results_path):
         if not done.rows:
             return stats.Run(pair, arm, position, "failed", error=f"exit {done.returncode}: {done.last_line()}")
         row = done.rows[-1]
-        return stats.Run(pair, arm, position, row["status"], processes.number(row["images_per_sec"]),
-                         error=row["error"], run_id=row["run_id"])
+        return stats.Run(pair, arm, position, row["status"], probe_rate(row), error=row["error"],
+                         run_id=row["run_id"])
 
     return measure
+
+
+def probe_rate(row):
+    """What a probe is judged by: images/sec; for inference batch / median latency (a few slow batches on a
+    loaded machine move the mean of 200 short calls, not their median, and the median is the latency users
+    quote)."""
+    if row.get("mode") == "inference":
+        p50 = processes.number(row.get("step_time_p50_ms"))
+        return 1000.0 * int(row["global_batch_size"]) / p50 if p50 else None
+    return processes.number(row["images_per_sec"])
 
 
 # ---------------------------------------------------------------------------
