@@ -133,12 +133,13 @@ def test_choose_takes_a_faster_alternative_keeps_the_default_on_a_tie_and_pairs_
     assert len(lines) == 4 and lines[1].split()[-1] == "on" and "B faster" in lines[1]
 
 
-def test_an_unsettled_comparison_gets_more_pairs_then_the_better_estimate():
+def test_an_unsettled_comparison_gets_more_pairs_then_keeps_the_current_choice():
     ratios = {1: 1.30, 2: 0.85, 3: 1.30, 4: 0.85}  # mean > 1, far too noisy to settle
     measure, calls = fake_measure(lambda s, pair: 100 * (ratios[pair] if s["xla"] else 1))
     settings, probes = autotune.choose([("xla", [False, True])], measure, out=io.StringIO())
     assert len(calls) == 2 * autotune.MAX_PAIRS and probes[0].estimate.n == autotune.MAX_PAIRS
-    assert probes[0].verdict.kind == "inconclusive" and settings == {"xla": True}
+    assert probes[0].verdict.kind == "inconclusive" and settings == {"xla": False}
+    assert "not settled" in autotune.probe_table(probes)[1] and autotune.probe_table(probes)[1].endswith("false")
 
 
 def test_a_failing_probe_is_skipped_with_a_line_and_the_tuning_goes_on():

@@ -6,11 +6,12 @@ default against each alternative, every arm a short `python -m bench.run` proces
 (oneDNN and the thread pools are fixed at TensorFlow's import) writing its row into a temporary
 table. The arms run in ABBA pairs and are read with the A/B statistics of `sweeps.compare`
 (`bench.results.stats`): t interval over the pairs' log ratios of images/sec (inference: batch over
-median latency, `probe_rate`), verdict against a
-±5% band. An alternative replaces the current choice when it is faster by its estimate and the
-interval does not put the two within the band (on a tie the default stays); an unsettled
-comparison gets two more pairs, up to `MAX_PAIRS`. A probe that fails or diverges is skipped with
-a line; the run goes on with what was chosen so far.
+median latency, `probe_rate`), verdict against a ±5% band. An alternative replaces the current
+choice only when it is faster with 95% confidence (the interval above 1); an unsettled comparison
+first gets two more pairs, up to `MAX_PAIRS`, and if it stays unsettled the current choice (at first
+the measured default) stays: on a loaded machine the point estimate of a few noisy pairs is not "the
+fastest". A probe that fails or diverges is skipped with a line; the run goes on with what was
+chosen so far.
 
 The winner is cached per `tuning.key` (machine, TensorFlow version, mode, model, batch,
 precision, replicas, ...) in `autotune.json` beside the peak FLOP/s cache, written atomically
@@ -129,7 +130,7 @@ def choose(plan, measure, out=sys.stdout, first_pairs=FIRST_PAIRS, max_pairs=Non
                 if probe.verdict.kind != "inconclusive":
                     break
             if not probe.note:
-                probe.taken = probe.estimate.effect > 0 and probe.verdict.kind != "same"
+                probe.taken = probe.verdict.kind == "higher"  # not settled: what we know is the current one
                 if probe.taken:
                     current = arms["B"]
                 print(f"autotune: {name}: {probe_summary(probe)}", file=out, flush=True)
