@@ -10,8 +10,8 @@ import sys
 
 import pytest
 
-from bench.config import cli, defaults, tuning
-from bench.config.options import RunConfig
+from bench.config import cli, defaults, tuning, validation
+from bench.config.options import ConfigError, RunConfig
 from bench.hardware import devices
 from bench.results import rows, stats, table
 from bench.runner import autotune
@@ -72,10 +72,13 @@ def test_probe_args_keep_the_run_but_not_its_outputs_or_length():
     assert tuning.probe_args(RunConfig(), {"xla": False}, "CPU")[-3:] == ["--noxla", "--warmup_steps=10", "--steps=30"]
 
 
-def test_bare_autotune_flag_means_on():
+def test_bare_autotune_flag_means_on_and_multi_worker_runs_are_refused(tmp_path):
     assert cli.expand_bare_flags(["p", "--autotune"]) == ["p", "--autotune=on"]
     assert cli.expand_bare_flags(["p", "--autotune", "--n", "1"]) == ["p", "--autotune=on", "--n", "1"]
     assert cli.expand_bare_flags(["p", "--autotune", "refresh"]) == ["p", "--autotune", "refresh"]
+    with pytest.raises(ConfigError, match="--autotune probes single-process runs"):
+        validation.validate(RunConfig(autotune="on", strategy="multi_worker", workers=2,
+                                      results=str(tmp_path / "s.csv")))
 
 
 def test_inference_probes_are_judged_by_median_latency():
