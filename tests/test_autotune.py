@@ -24,7 +24,7 @@ NUMERICS = ("precision", "sync_bn", "n", "block", "shortcut", "batch_size", "det
 
 def test_cpu_inference_candidates_start_from_the_defaults():
     plan = dict(tuning.candidates(RunConfig(mode="inference", batch_size=1), CPU))
-    assert plan == {"onednn": ["off", "on"], "xla": [True, False], "batch_norm": ["keras", "fused"],
+    assert plan == {"onednn": ["on", "off"], "xla": [True, False], "batch_norm": ["keras", "fused"],
                     "inter_op_threads": [None, 1]}
     plan = dict(tuning.candidates(RunConfig(), CPU))  # training keeps its measured defaults first
     assert plan["onednn"] == ["on", "off"] and plan["xla"] == [False, True] and plan["batch_norm"] == ["fused", "keras"]
@@ -98,8 +98,7 @@ def test_inference_defaults_on_cpus_differ_from_training():
     assert inference.xla and inference.batch_norm == "keras"
     train = defaults.resolve(RunConfig(), "CPU", 1)
     assert not train.xla and train.batch_norm == "fused" and defaults.onednn_default(RunConfig()) == "on"
-    assert defaults.onednn_default(RunConfig(mode="inference", batch_size=1)) == "off"
-    assert defaults.onednn_default(RunConfig(mode="inference", batch_size=128)) == "on"
+    assert defaults.onednn_default(RunConfig(mode="inference", batch_size=1)) == "on"
     gpu = defaults.resolve(RunConfig(mode="inference"), "GPU", 1)
     assert gpu.xla and gpu.batch_norm == "fused"
 
@@ -162,8 +161,8 @@ def test_settle_caches_the_winner_and_refresh_probes_again(tmp_path, monkeypatch
     out = io.StringIO()
     tuned = autotune.settle(cfg, out, measure=measure)
     key = tuning.key(cfg, CPU)
-    assert tuned.tuned == key and tuned.batch_norm == "fused" and tuned.onednn == "off" and tuned.xla is True
-    assert len(calls) == 4 * 4 and "chose --onednn=off --xla --batch_norm=fused" in out.getvalue()
+    assert tuned.tuned == key and tuned.batch_norm == "fused" and tuned.onednn == "on" and tuned.xla is True
+    assert len(calls) == 4 * 4 and "chose --onednn=on --xla --batch_norm=fused" in out.getvalue()
     cached = json.load(open(autotune.cache_file()))[key]
     assert cached["settings"]["batch_norm"] == "fused" and len(cached["probes"]) == 5
     assert not [p for p in os.listdir(tmp_path) if ".tmp" in p]
