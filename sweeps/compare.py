@@ -19,7 +19,6 @@ from __future__ import annotations
 import math
 import os
 import shlex
-import subprocess
 import sys
 import time
 import uuid
@@ -30,6 +29,7 @@ from bench.config import cli, options, validation
 from bench.config.options import ConfigError
 from bench.results import table
 from bench.results import stats
+from bench.runner import processes
 
 FLAGS = flags.FLAGS
 cli.define_run_flags(FLAGS)  # flags common to both arms: any bench.run flag
@@ -83,21 +83,17 @@ def process_runner(common, arms, comparison, results_path, log=None):
     """runner(pair, arm, position) -> stats.Run: one `python -m bench.run` process, its row read back."""
 
     def run(pair, arm, position):
-        before = {r["run_id"] for r in table.read_rows(results_path)}
-        command = [sys.executable, "-m", "bench.run", *common, *arms[arm], f"--comparison={comparison}",
-                   f"--arm={arm}"]
-        proc = subprocess.run(command, capture_output=True, text=True)
+        done = processes.run_bench([*common, *arms[arm], f"--comparison={comparison}", f"--arm={arm}"], results_path)
         if log:
-            log.write(f"$ {shlex.join(command)}\n{proc.stdout}{proc.stderr}\n")
-        rows = [r for r in table.read_rows(results_path) if r["run_id"] not in before
-                and r["comparison"] == comparison and r["arm"] == arm]
-        if proc.returncode == 2 and not rows:
-            raise BadArm(arm, _last_line(proc.stderr))
+            log.write(f"$ {shlex.join(done.command)}\n{done.stdout}{done.stderr}\n")
+        rows = [r for r in done.rows if r["comparison"] == comparison and r["arm"] == arm]
+        if done.returncode == 2 and not rows:
+            raise BadArm(arm, done.last_line())
         if not rows:
-            return stats.Run(pair, arm, position, "failed", error=f"exit {proc.returncode}: {_last_line(proc.stderr)}")
+            return stats.Run(pair, arm, position, "failed", error=f"exit {done.returncode}: {done.last_line()}")
         row = rows[-1]
-        return stats.Run(pair, arm, position, row["status"], _number(row["images_per_sec"]),
-                         _number(row["test_accuracy"]), row["error"], row["run_id"])
+        return stats.Run(pair, arm, position, row["status"], processes.number(row["images_per_sec"]),
+                         processes.number(row["test_accuracy"]), row["error"], row["run_id"])
 
     return run
 
@@ -107,18 +103,6 @@ class BadArm(Exception):
 
     def __init__(self, arm, message):
         super().__init__(f"arm {arm}: {message}")
-
-
-def _last_line(text):
-    lines = [x for x in (text or "").strip().splitlines() if x.strip()]
-    return lines[-1][:300] if lines else "no output"
-
-
-def _number(text):
-    try:
-        return float(text) if text not in (None, "") else None
-    except ValueError:
-        return None
 
 
 # ---------------------------------------------------------------------------

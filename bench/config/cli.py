@@ -103,7 +103,7 @@ def parse_argv(argv, flag_values=flags.FLAGS):
         if not os.path.isfile(path):
             raise options.ConfigError(f"--flagfile={path} is not a file")
     try:
-        rest = flag_values(argv)
+        rest = flag_values(expand_bare_flags(argv))
     except flags.Error as err:
         raise options.ConfigError(" ".join(str(err).split())) from None
     except (OSError, ValueError) as err:  # reading a flag file: not UTF-8 (UnicodeDecodeError), unreadable
@@ -123,6 +123,17 @@ def _flagfiles(args):
         elif arg in ("--flagfile", "-flagfile") and i + 1 < len(args):
             paths.append(args[i + 1])
     return paths
+
+
+def expand_bare_flags(argv):
+    """`--autotune` given without a value (last, or before another flag) -> `--autotune=on` (the field's `bare`)."""
+    bare = {f"--{f.name}": f"--{f.name}={f.metadata['bare']}" for f in options.flag_fields() if f.metadata.get("bare")}
+    out = list(argv[:1])
+    for i, arg in enumerate(argv[1:], start=1):
+        following = argv[i + 1] if i + 1 < len(argv) else None
+        takes_next = following is not None and not following.startswith("-")
+        out.append(bare[arg] if arg in bare and not takes_next else arg)
+    return out
 
 
 def usage_text(doc, names, flag_values=flags.FLAGS, width=100):

@@ -2,21 +2,27 @@
 
 from __future__ import annotations
 
+import os
+
 from bench.config.options import RunConfig
 
 STEPS_PER_LOOP = {"CPU": 10, "GPU": 50}
+ONEDNN_ENV = "TF_ENABLE_ONEDNN_OPTS"
+# CPU inference (forward passes only), measured on the AVX2 development VM (WORKSPACE.md, "Inference mode")
+INFERENCE_XLA_ON_CPU = True
 
 
 def resolve(cfg: RunConfig, device_kind, num_replicas) -> RunConfig:
     """The config with every "unset = the device's default" field decided (what runs and what the row records).
 
     GPU defaults (WORKSPACE.md, "Device defaults"): XLA where it is valid, 50 steps per call, the fused BN
-    kernel; CPU defaults: no XLA (measured slower here), 10 steps per call, the fused BN kernel.
+    kernel; CPU defaults: no XLA (measured slower here), 10 steps per call, the fused BN kernel; CPU
+    inference: XLA and Keras's BN layer (measured faster for forward passes; oneDNN: `onednn_default`).
     """
     xla = cfg.xla
     if xla is None:  # compiling fails for sync BN's and fit's all-reduces over replicas (TF-STACK-NOTES 3)
         valid = num_replicas == 1 or (not cfg.sync_bn and cfg.loop == "ctl")
-        xla = device_kind == "GPU" and valid
+        xla = valid and (device_kind == "GPU" or (cfg.mode == "inference" and INFERENCE_XLA_ON_CPU))
     steps_per_loop = 1 if cfg.mode == "inference" else cfg.steps_per_loop or STEPS_PER_LOOP[device_kind]
     return cfg.replace(xla=bool(xla), steps_per_loop=steps_per_loop,  # inference: one batch per window
                        batch_norm=resolve_batch_norm(cfg, device_kind))
@@ -43,9 +49,30 @@ def resolve_batch_norm(cfg: RunConfig, device_kind):
     fused kernel, which tf.keras 2 used by default there (not measured here: no GPU).
     Only the Keras layer can synchronize batch statistics.
     """
-    del device_kind  # the same choice on both kinds; kept for the call sites' clarity
     if cfg.batch_norm != "auto":
         return cfg.batch_norm
+    if cfg.mode == "inference" and device_kind == "CPU":
+        return "keras"  # the fused kernel's inference pass cost ~15-20 ms per call at batch 1 (WORKSPACE.md)
     return "keras" if cfg.sync_bn else "fused"
+
+
+def onednn_default(cfg: RunConfig):
+    """oneDNN when nothing asks otherwise: on. Training ~1.7x on an AVX2 CPU; inference with XLA at batch 1
+    1.47x [1.14-1.91] against off here (WORKSPACE.md, "Inference mode"; another AVX2 CPU measured off faster
+    at batch 1, issue #19: `--autotune` settles it per machine)."""
+    del cfg  # one answer for both modes today; decided per run so a mode or batch can get its own
+    return "on"
+
+
+def onednn_request(cfg: RunConfig):
+    """`on` or `off`: the flag if given, else TF_ENABLE_ONEDNN_OPTS if the user set it, else `onednn_default`.
+
+    Decided before TensorFlow is imported (it reads the variable once, then).
+    """
+    if cfg.onednn != "auto":
+        return cfg.onednn
+    if os.environ.get(ONEDNN_ENV) is not None:
+        return "off" if os.environ[ONEDNN_ENV].strip().lower() in ("0", "false", "off") else "on"
+    return onednn_default(cfg)
 
 

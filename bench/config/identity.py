@@ -15,7 +15,8 @@ _UNFINGERPRINTED = ("results", "tensorboard_dir", "profile_steps", "profile_dir"
                     "checkpoint_dir",
                     # how a multi-worker run reaches its result does not change which run it is
                     "address", "max_failures", "collective_timeout_s", "restart_timeout_s", "fail_worker_at_step",
-                    "comparison", "arm", "sweep_position")  # labels of the run, not what it runs
+                    "comparison", "arm", "sweep_position",  # labels of the run, not what it runs
+                    "autotune", "tuned")  # how the settings were chosen (the settings themselves count)
 _INPUT_FOLDERS = ("cifar_dir", "tfds_dir")  # compared as the folders they name (`./data`, `data/`, `$PWD/data`)
 RUN_FILE = "run.json"
 

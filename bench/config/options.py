@@ -24,6 +24,7 @@ BATCH_NORMS = ("auto",) + spec.BATCH_NORMS  # auto: fused on CPUs (measured fast
 ONEDNN = ("auto", "on", "off")  # oneDNN CPU kernels; auto: $TF_ENABLE_ONEDNN_OPTS if set, else on
 AUGMENT = ("auto", "host", "device")  # auto: device when training on GPUs, host on CPUs
 MODES = ("train", "inference")
+AUTOTUNE = ("off", "on", "refresh")  # on: probe once per machine and setting, then use the cached winner
 COMPARISON_ARMS = ("", "A", "B")  # empty: not part of an A/B comparison
 
 
@@ -31,17 +32,19 @@ class ConfigError(ValueError):
     """Bad user input: reported as one line, exit status 2, nothing written."""
 
 
-def option(default, help, *, kind=None, choices=None, axis=True, sweep_default=None, parse=None, testing=False):
+def option(default, help, *, kind=None, choices=None, axis=True, sweep_default=None, parse=None, testing=False,
+           bare=None):
     """A RunConfig field that declares its flag.
 
     kind: int | float | bool | str (default: the type of `default`); choices: allowed values;
     axis: a sweep may give a comma list (False for paths and other single values);
     sweep_default: a sweep's default list where it differs (the papers' study);
     parse: text -> value for fields whose flag is a string of another shape;
-    testing: fault injection for tests, left out of `--help`.
+    testing: fault injection for tests, left out of `--help`;
+    bare: the value of the flag given without one (`--autotune` is `--autotune=on`).
     """
     meta = dict(help=help, kind=kind or type(default), choices=choices, axis=axis, sweep_default=sweep_default,
-                parse=parse, testing=testing)
+                parse=parse, testing=testing, bare=bare)
     return dataclasses.field(default=default, metadata=meta)
 
 
@@ -165,6 +168,11 @@ class RunConfig:
     augment: str = option("auto", "Where the pad-crop-flip augmentation runs: host (tf.data, per image) or device "
                                   "(batched inside the step; uint8 batches cross to the device). auto: device "
                                   "on GPUs, host on CPUs.", choices=AUGMENT)
+    autotune: str = option("off", "Before the run, probe the settings left unset that do not change the computation "
+                                  "(oneDNN, XLA, BN kernel, steps per call, thread pools, augmentation placement on "
+                                  "GPUs), each in short bench.run processes compared in ABBA pairs, and run with "
+                                  "the fastest; the winner is cached per machine and setting. --autotune is "
+                                  "--autotune=on; refresh probes again.", choices=AUTOTUNE, axis=False, bare="on")
     # A/B comparisons (python -m sweeps.compare sets both; not sweep axes)
     comparison: str = option("", "Id of the A/B comparison this run belongs to (sweeps.compare sets it).", axis=False)
     arm: str = option("", "The arm of --comparison this run is: A or B (sweeps.compare sets it).",
@@ -184,6 +192,7 @@ class RunConfig:
     sweep: str = dataclasses.field(default="", metadata={"internal": True})
     trial_key: str = dataclasses.field(default="", metadata={"internal": True})
     sweep_position: int = dataclasses.field(default=0, metadata={"internal": True})  # 1-based place in the order
+    tuned: str = dataclasses.field(default="", metadata={"internal": True})  # set by bench.runner.autotune
 
     @property
     def depth(self):

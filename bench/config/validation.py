@@ -12,6 +12,7 @@ import os
 import tempfile
 
 from bench.config import cifar_files
+from bench.config.defaults import onednn_request
 from bench.config.identity import comparable, fingerprint, saved_run
 from bench.config.options import (MULTI_WORKER, RESTART_TIMEOUT_S, ConfigError, RunConfig, flag_fields, global_replicas,
                                   parse_fault_step, parse_profile_steps, parse_worker_fault)
@@ -126,6 +127,8 @@ def _check_combinations(cfg):
     check_xla_over_replicas(cfg, cfg.cpu_replicas)  # judged again with the real count after setup
     if bool(cfg.arm) != bool(cfg.comparison):
         raise ConfigError("--arm and --comparison go together (sweeps.compare sets both)")
+    if cfg.autotune != "off" and cfg.strategy == MULTI_WORKER:
+        raise ConfigError("--autotune probes single-process runs; give a multi-worker run its settings as flags")
 
     if cfg.loop == "fit":
         _check_fit(cfg)
@@ -256,10 +259,8 @@ def check_arms(a: RunConfig, b: RunConfig, a_text, b_text):
 
 
 def _resolved_onednn(cfg: RunConfig):
-    """`auto` is the environment variable if set, else on (what `bench.hardware.devices` does)."""
-    if cfg.onednn != "auto":
-        return cfg.onednn == "on"
-    return os.environ.get("TF_ENABLE_ONEDNN_OPTS", "1").lower() not in ("0", "false")
+    """`auto` is the environment variable if set, else the mode's default (what `bench.hardware.devices` does)."""
+    return onednn_request(cfg) == "on"
 
 
 def check_sweep_storage(name, storage, resume, exists, is_folder):

@@ -15,7 +15,7 @@ import platform
 import sys
 import tempfile
 
-from bench.config import options
+from bench.config import defaults, options
 from bench.hardware import cpu_features
 from bench.config.options import RunConfig
 
@@ -134,7 +134,7 @@ def setup(cfg: RunConfig) -> Devices:
     Raises nothing for impossible requests: it sets up what it can and reports the
     facts (`Devices.facts`), which `bench.config.setup_checks.check_setup` judges before any work.
     """
-    tf = import_tensorflow(cfg.onednn)
+    tf = import_tensorflow(defaults.onednn_request(cfg))  # auto: the variable if set, else the mode's default
     multi_worker = cfg.strategy == options.MULTI_WORKER
     if multi_worker and cfg.intra_op_threads is None:
         # Ray reserves --cpus_per_worker CPUs; TensorFlow would otherwise use every core of the node.

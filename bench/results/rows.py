@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import socket
 
-from bench.config import identity
+from bench.config import identity, tuning
 from bench.config.options import RunConfig, global_replicas
 from bench.results import metrics, table
 from resnet import cost
@@ -82,6 +82,7 @@ def config_row(cfg: RunConfig, status, error=""):
         "comparison": cfg.comparison,
         "arm": cfg.arm,
         "sweep_position": cfg.sweep_position or None,
+        "tuned": cfg.tuned or tuning.origin(cfg),
     }
 
 

@@ -103,6 +103,7 @@ SCHEMA = (
     "peak_load",  # 1-minute load average per core while it was read (above ~0.5: read under load)
     "num_hosts",  # distinct hosts (machines) the workers of a multi-worker run's last attempt ran on
     "peak_scope",  # what peak_gflops covers: one process's devices, or a sum over workers and hosts
+    "tuned",  # how the tunable settings were chosen: the --autotune cache key, default or flag
 )
 
 STATUSES = ("ok", "diverged", "failed", "stopped", "interrupted")  # stopped: by ASHA; interrupted: Ctrl-C, SIGTERM

@@ -24,6 +24,7 @@ from bench.config import defaults, options, setup_checks, validation
 from bench.config.identity import RunIdentity
 from bench.config.options import ConfigError, RunConfig
 from bench.results import rows, table
+from bench.runner import autotune
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_DIVERGED = 0, 1, 2, 3
 EXIT_SIGNAL = {"SIGINT": 130, "SIGTERM": 143}  # 128 + the signal's number, as shells report it
@@ -59,6 +60,7 @@ def run(cfg: RunConfig, command="", out=sys.stdout, write_row=True, on_eval=None
         print(f"run {identity.run_id} in {cfg.checkpoint_dir} already finished; its row is in the results",
               file=out)
         return Outcome("skipped", {}, EXIT_OK)
+    cfg = autotune.settle(cfg, out)  # before TensorFlow's import (its probes may choose oneDNN); same computation
     try:
         with _on_signals(_interrupt):  # until the controller can stop between windows
             cfg, controller, device_setup, facts = _set_up(cfg, identity, command, started, out, on_eval, hooks)

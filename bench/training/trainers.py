@@ -229,6 +229,7 @@ class InferenceTrainer:
         forward = tf.function(self._forward, jit_compile=True) if cfg.xla else self._forward
         self._replica_forward = forward
         self._loop = tf.function(self._infer)
+        self._one = tf.function(self._infer_one)
         self._iterator = None
 
     def checkpoint_objects(self):
@@ -243,6 +244,11 @@ class InferenceTrainer:
     def _forward(self, images):
         return tf.reduce_mean(tf.cast(self.model(data.normalize(images), training=False), tf.float32))
 
+    def _infer_one(self, iterator):
+        images, _ = next(iterator)
+        per_replica = self.device_setup.strategy.run(self._replica_forward, args=(images,))
+        return self.device_setup.strategy.reduce(tf.distribute.ReduceOp.MEAN, per_replica, axis=None)
+
     def _infer(self, iterator, num_steps):
         strategy = self.device_setup.strategy
         total = tf.constant(0.0)
@@ -256,6 +262,8 @@ class InferenceTrainer:
         """`num_steps` forward passes in one call; their mean logit (the controller calls every call training)."""
         if self._iterator is None:
             self._iterator = self._input()
+        if num_steps == 1:  # every window (fixed_window): no in-graph loop around one batch (~0.7 ms at batch 1)
+            return self._one(self._iterator)
         return self._loop(self._iterator, tf.constant(num_steps, tf.int32))
 
     def _input(self):

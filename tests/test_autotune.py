@@ -1,0 +1,208 @@
+"""--autotune: what may be tuned, the choice by the A/B statistics (fake probes), the cache, the `tuned` column;
+one real `bench.run --autotune` through the CLI."""
+
+import dataclasses
+import io
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from bench.config import cli, defaults, tuning, validation
+from bench.config.options import ConfigError, RunConfig
+from bench.hardware import devices
+from bench.results import rows, stats, table
+from bench.runner import autotune
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CPU = tuning.Machine("CPU", "Test CPU", "2.21.0", logical_cores=2, physical_cores=2)
+GPU = tuning.Machine("GPU", "Test GPU", "2.21.0", logical_cores=8, physical_cores=8, gpus=1, driver="550.1")
+NUMERICS = ("precision", "sync_bn", "n", "block", "shortcut", "batch_size", "deterministic", "seed", "data")
+
+
+def test_cpu_inference_candidates_start_from_the_defaults():
+    plan = dict(tuning.candidates(RunConfig(mode="inference", batch_size=1), CPU))
+    assert plan == {"onednn": ["on", "off"], "xla": [True, False], "batch_norm": ["keras", "fused"],
+                    "inter_op_threads": [None, 1]}
+    plan = dict(tuning.candidates(RunConfig(), CPU))  # training keeps its measured defaults first
+    assert plan["onednn"] == ["on", "off"] and plan["xla"] == [False, True] and plan["batch_norm"] == ["fused", "keras"]
+    assert "steps_per_loop" not in plan and "augment" not in plan  # GPUs only
+    smt = dataclasses.replace(CPU, logical_cores=4, physical_cores=2)
+    assert dict(tuning.candidates(RunConfig(), smt))["intra_op_threads"] == [None, 2]
+
+
+def test_flags_and_numerics_are_never_candidates():
+    flagged = RunConfig(xla=False, batch_norm="fused", onednn="on", intra_op_threads=0, inter_op_threads=0)
+    assert tuning.candidates(flagged, CPU) == []
+    assert tuning.origin(flagged.replace(mode="inference")) == "flag" and tuning.origin(RunConfig()) == "default"
+    sync = RunConfig(sync_bn=True, strategy="mirrored", cpu_replicas=2)  # only Keras's BN syncs; no XLA over replicas
+    assert [n for n, _ in tuning.candidates(sync, CPU)] == ["onednn", "inter_op_threads"]
+    for machine in (CPU, GPU):
+        names = {n for n, _ in tuning.candidates(RunConfig(data="files", cifar_dir="/x"), machine)}
+        assert not names & set(NUMERICS)
+    # oneDNN is the user's when they set the variable, and fixed once TensorFlow is loaded
+    for machine in (dataclasses.replace(CPU, onednn_env="0"), dataclasses.replace(CPU, tf_loaded=True)):
+        assert "onednn" not in dict(tuning.candidates(RunConfig(), machine))
+
+
+def test_gpu_training_tunes_steps_per_call_and_augmentation_placement_with_real_data():
+    plan = dict(tuning.candidates(RunConfig(data="files", cifar_dir="/x"), GPU))
+    assert plan["steps_per_loop"] == [50, 10, 200] and plan["augment"] == ["device", "host"]
+    assert plan["xla"] == [True, False] and "onednn" not in plan and "inter_op_threads" not in plan
+    assert "augment" not in dict(tuning.candidates(RunConfig(data="synthetic"), GPU))
+
+
+def test_the_key_names_the_machine_and_the_question():
+    key = tuning.key(RunConfig(mode="inference", batch_size=1, xla=True), CPU)
+    for part in ("CPU: Test CPU 2 cores", "tf 2.21.0", "inference", "ResNet-20 preact/B", "batch 1", "float32",
+                 "default x1", "fixed xla=true"):
+        assert part in key, part
+    assert "driver 550.1" in tuning.key(RunConfig(), GPU)
+    assert key != tuning.key(RunConfig(mode="inference", batch_size=128, xla=True), CPU)
+
+
+def test_probe_args_keep_the_run_but_not_its_outputs_or_length():
+    cfg = RunConfig(n=1, batch_size=16, mode="inference", steps=500, results="/r.csv", checkpoint_dir=None,
+                    tensorboard_dir="/tb", autotune="on", intra_op_threads=1)
+    args = tuning.probe_args(cfg, {"onednn": "off", "xla": True, "inter_op_threads": None}, "CPU")
+    assert args == ["--mode=inference", "--n=1", "--intra_op_threads=1", "--batch_size=16", "--onednn=off", "--xla",
+                    "--warmup_steps=5", "--steps=205"]
+    assert tuning.probe_args(RunConfig(), {"xla": False}, "CPU")[-3:] == ["--noxla", "--warmup_steps=10", "--steps=30"]
+
+
+def test_bare_autotune_flag_means_on_and_multi_worker_runs_are_refused(tmp_path):
+    assert cli.expand_bare_flags(["p", "--autotune"]) == ["p", "--autotune=on"]
+    assert cli.expand_bare_flags(["p", "--autotune", "--n", "1"]) == ["p", "--autotune=on", "--n", "1"]
+    assert cli.expand_bare_flags(["p", "--autotune", "refresh"]) == ["p", "--autotune", "refresh"]
+    with pytest.raises(ConfigError, match="--autotune probes single-process runs"):
+        validation.validate(RunConfig(autotune="on", strategy="multi_worker", workers=2,
+                                      results=str(tmp_path / "s.csv")))
+
+
+def test_inference_probes_are_judged_by_median_latency():
+    row = {"mode": "inference", "global_batch_size": "16", "step_time_p50_ms": "8.0", "images_per_sec": "900"}
+    assert autotune.probe_rate(row) == 2000.0
+    assert autotune.probe_rate({**row, "mode": "train"}) == 900.0
+
+
+def test_the_row_says_how_its_settings_were_chosen():
+    assert table.SCHEMA[-1] == "tuned"
+    assert rows.config_row(RunConfig(), "failed")["tuned"] == "default"
+    assert rows.config_row(RunConfig(tuned="K"), "failed")["tuned"] == "K"
+
+
+def test_inference_defaults_on_cpus_differ_from_training():
+    inference = defaults.resolve(RunConfig(mode="inference"), "CPU", 1)
+    assert inference.xla and inference.batch_norm == "keras"
+    train = defaults.resolve(RunConfig(), "CPU", 1)
+    assert not train.xla and train.batch_norm == "fused" and defaults.onednn_default(RunConfig()) == "on"
+    assert defaults.onednn_default(RunConfig(mode="inference", batch_size=1)) == "on"
+    gpu = defaults.resolve(RunConfig(mode="inference"), "GPU", 1)
+    assert gpu.xla and gpu.batch_norm == "fused"
+
+
+# ---------------------------------------------------------------------------
+# The choice, with fake probes
+
+
+def fake_measure(rate, fail=lambda s: False):
+    """measure(settings, pair, arm, position) from rate(settings, pair); every call recorded."""
+    calls = []
+
+    def measure(settings, pair, arm, position):
+        calls.append((dict(settings), pair, arm, position))
+        if fail(settings):
+            return stats.Run(pair, arm, position, "failed", error="RuntimeError: boom")
+        return stats.Run(pair, arm, position, "ok", rate(settings, pair))
+
+    return measure, calls
+
+
+PLAN = [("onednn", ["off", "on"]), ("xla", [True, False]), ("batch_norm", ["keras", "fused"])]
+
+
+def test_choose_takes_a_faster_alternative_keeps_the_default_on_a_tie_and_pairs_in_abba_order():
+    speed = lambda s, pair: 100 * (1.5 if s["onednn"] == "on" else 1) * (1 if s["xla"] else 0.6)  # noqa: E731
+    measure, calls = fake_measure(speed)
+    settings, probes = autotune.choose(PLAN, measure, out=io.StringIO())
+    assert settings == {"onednn": "on", "xla": True, "batch_norm": "keras"}
+    assert [p.verdict.kind for p in probes] == ["higher", "lower", "same"]
+    assert [(pair, arm) for _, pair, arm, _ in calls[:4]] == [(1, "A"), (1, "B"), (2, "B"), (2, "A")]
+    assert calls[4][0] == {"onednn": "on", "xla": True, "batch_norm": "keras"}  # the winner is the next A
+    lines = autotune.probe_table(probes)
+    assert len(lines) == 4 and lines[1].split()[-1] == "on" and "B faster" in lines[1]
+
+
+def test_an_unsettled_comparison_gets_more_pairs_then_keeps_the_current_choice():
+    ratios = {1: 1.30, 2: 0.85, 3: 1.30, 4: 0.85}  # mean > 1, far too noisy to settle
+    measure, calls = fake_measure(lambda s, pair: 100 * (ratios[pair] if s["xla"] else 1))
+    settings, probes = autotune.choose([("xla", [False, True])], measure, out=io.StringIO())
+    assert len(calls) == 2 * autotune.MAX_PAIRS and probes[0].estimate.n == autotune.MAX_PAIRS
+    assert probes[0].verdict.kind == "inconclusive" and settings == {"xla": False}
+    assert "not settled" in autotune.probe_table(probes)[1] and autotune.probe_table(probes)[1].endswith("false")
+
+
+def test_a_failing_probe_is_skipped_with_a_line_and_the_tuning_goes_on():
+    out = io.StringIO()
+    measure, _ = fake_measure(lambda s, pair: 100, fail=lambda s: s["onednn"] == "on")
+    settings, probes = autotune.choose(PLAN, measure, out=out)
+    assert settings == {"onednn": "off", "xla": True, "batch_norm": "keras"}
+    assert probes[0].note and "onednn=on skipped: arm B failed (RuntimeError: boom)" in out.getvalue()
+    assert len(probes) == 3 and "skipped" in autotune.probe_table(probes)[1]
+
+
+def test_settle_caches_the_winner_and_refresh_probes_again(tmp_path, monkeypatch):
+    monkeypatch.setenv("RESNET_BENCH_CACHE", str(tmp_path))
+    monkeypatch.setattr(autotune, "detect_machine", lambda cfg: CPU)
+    cfg = RunConfig(mode="inference", batch_size=1, autotune="on")
+    measure, calls = fake_measure(lambda s, pair: 100 * (2 if s["batch_norm"] == "fused" else 1))
+    out = io.StringIO()
+    tuned = autotune.settle(cfg, out, measure=measure)
+    key = tuning.key(cfg, CPU)
+    assert tuned.tuned == key and tuned.batch_norm == "fused" and tuned.onednn == "on" and tuned.xla is True
+    assert len(calls) == 4 * 4 and "chose --onednn=on --xla --batch_norm=fused" in out.getvalue()
+    cached = json.load(open(autotune.cache_file()))[key]
+    assert cached["settings"]["batch_norm"] == "fused" and len(cached["probes"]) == 5
+    assert not [p for p in os.listdir(tmp_path) if ".tmp" in p]
+    again, calls_before = autotune.settle(cfg, io.StringIO(), measure=measure), len(calls)
+    assert again == tuned and len(calls) == calls_before  # from the cache, nothing probed
+    autotune.settle(cfg.replace(autotune="refresh"), io.StringIO(), measure=measure)
+    assert len(calls) == 2 * calls_before
+    assert autotune.settle(RunConfig(), io.StringIO()).tuned == "default"
+
+
+# ---------------------------------------------------------------------------
+# One real run through the command line
+
+
+@pytest.mark.slow
+def test_bench_run_autotune_probes_prints_the_table_caches_and_the_next_run_starts_at_once(tmp_path):
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    _seed_peak(cache)  # the probes would otherwise each wait for a peak measurement
+    env = {**os.environ, "PYTHONPATH": ROOT, "RESNET_BENCH_CACHE": str(cache), autotune.MAX_PAIRS_ENV: "2"}
+    env.pop(devices.ONEDNN_ENV, None)
+    results = tmp_path / "s.csv"
+    # every tunable setting flagged but the BN kernel: one comparison of two pairs (never more), four probe processes
+    args = [sys.executable, "-m", "bench.run", "--autotune", "--mode=inference", "--n=1", "--batch_size=16",
+            "--data=synthetic", "--steps=12", "--warmup_steps=2", "--onednn=on", "--xla", "--inter_op_threads=0",
+            f"--results={results}"]
+    first = subprocess.run(args, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert first.returncode == 0, first.stderr[-2000:]
+    assert "autotune: probing batch_norm" in first.stdout and "B/A [95% CI]" in first.stdout
+    second = subprocess.run(args, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert second.returncode == 0 and "autotune: cached choice" in second.stdout, second.stdout
+    found = table.read_rows(str(results))
+    assert len(found) == 2 and found[0]["tuned"] == found[1]["tuned"]
+    assert "batch 16" in found[0]["tuned"] and "fixed onednn=on xla=true inter_op_threads=0" in found[0]["tuned"]
+    assert found[0]["batch_norm"] == found[1]["batch_norm"] and found[0]["status"] == "ok"
+
+
+def _seed_peak(cache):
+    """A peak FLOP/s reading for this CPU with oneDNN (the key `bench.runner.assembly` uses)."""
+    import tensorflow as tf
+
+    key = f"CPU:{devices.cpu_model_name()}|tf{tf.__version__}|onednn|float32|scalar-sync"
+    (cache / "peak.json").write_text(json.dumps({key: 100.0}))
