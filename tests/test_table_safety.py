@@ -6,6 +6,7 @@ the concurrency test uses processes and no TensorFlow.
 
 import csv
 import multiprocessing
+import json
 import os
 import subprocess
 import sys
@@ -131,6 +132,25 @@ def test_a_table_that_became_unwritable_mid_run_keeps_the_row_beside_it(tmp_path
     [row] = table.read_rows(str(tmp_path / fallback))
     assert row["status"] == "ok" and float(row["images_per_sec"]) > 0 and row["total_steps"] == "60"
     assert os.listdir(mid) == []
+    # the same command again (the table's path a file again): the run is finished and says where its row is
+    mid.rmdir()
+    again = command("bench.run", *args)
+    assert again.returncode == 0 and "already finished" in again.stdout, again.stderr[-2000:]
+    assert str(tmp_path / fallback) in again.stdout and not mid.exists()
+
+
+def test_a_checkpoint_at_the_last_step_writes_no_row_that_measured_nothing(tmp_path):
+    """A run killed after its last checkpoint but before its row (run.json not yet 'finished'): the same
+    command again has nothing left to train or time, and says so instead of writing an empty ok row."""
+    path, ckpt = tmp_path / "r.csv", tmp_path / "ckpt"
+    args = [*B, f"--checkpoint_dir={ckpt}", "--checkpoint_every_steps=6", f"--results={path}"]
+    first = command("bench.run", *args)
+    assert first.returncode == 0, first.stderr[-2000:]
+    saved = json.loads((ckpt / identity.RUN_FILE).read_text())
+    (ckpt / identity.RUN_FILE).write_text(json.dumps({**saved, "finished": False}))  # the kill's moment
+    again = command("bench.run", *args)
+    assert again.returncode == 0 and "nothing is left to train or time" in again.stdout, again.stderr[-2000:]
+    assert len(table.read_rows(str(path))) == 1
 
 
 def failed_trial_row():

@@ -96,20 +96,30 @@ class RunIdentity:
         self.run_id = saved["run_id"] if saved else run_id_for(cfg)
         self.finished = bool(saved and saved.get("finished"))
         self.saved = saved is not None  # run.json exists (this run wrote it, or an earlier attempt did)
+        self.row_in = saved.get("row_in") if saved else None  # where a finished run's row went, if not the table
 
-    def conclude(self, row_run_id, status):
+    def finished_line(self, cfg: RunConfig):
+        """What the same command says when its run already finished (no second row)."""
+        where = self.row_in or f"the results ({cfg.results})"
+        return f"run {self.run_id} in {cfg.checkpoint_dir} already finished; its row is in {where}"
+
+    def conclude(self, row_run_id, status, row_in=None):
         """After the row: ok/diverged runs are finished; a failed or interrupted one may be run again,
-        which resumes from its checkpoint as a new measurement with a new run id (its row is written)."""
+        which resumes from its checkpoint as a new measurement with a new run id (its row is written).
+        `row_in`: where the row went when the table could not take it (the finished line names it)."""
         done = status in ("ok", "diverged")
         self.run_id = row_run_id if done else new_run_id()
-        self.save(finished=done)
+        self.save(finished=done, row_in=row_in)
 
-    def save(self, finished=False):
+    def save(self, finished=False, row_in=None):
         if not self.path:
             return
         os.makedirs(os.path.dirname(self.path), exist_ok=True)
         tmp = self.path + ".tmp"
+        saved = {"run_id": self.run_id, "config": self.fingerprint, "finished": finished}
+        if row_in:
+            saved["row_in"] = row_in
         with open(tmp, "w") as fh:
-            json.dump({"run_id": self.run_id, "config": self.fingerprint, "finished": finished}, fh, indent=1)
+            json.dump(saved, fh, indent=1)
         os.replace(tmp, self.path)
         self.saved = True

@@ -84,7 +84,7 @@ def run(cfg: RunConfig, command="", out=sys.stdout, write_row=True, on_eval=None
     table.check_results_path(cfg.results)
     identity = RunIdentity(cfg)
     if identity.finished:
-        print(f"run {identity.run_id} in {cfg.checkpoint_dir} already finished; its row is in the results", file=out)
+        print(identity.finished_line(cfg), file=out)
         return MultiWorkerOutcome("skipped", {}, EXIT_OK)
     with _console(out) as console_err:
         owned = ray_connection.connect(cfg.address)
@@ -110,7 +110,7 @@ def run(cfg: RunConfig, command="", out=sys.stdout, write_row=True, on_eval=None
           f"{time.perf_counter() - started:.0f} s in all", file=out, flush=True)
     where = table.save_row(cfg.results, row) if write_row else cfg.results
     if row.get("run_id"):  # the chief's run.json: the same command again says "finished", or resumes
-        RunIdentity(cfg).conclude(row["run_id"], row["status"])
+        RunIdentity(cfg).conclude(row["run_id"], row["status"], where if where != cfg.results else None)
     print(rows.summary_text(row, where), file=out, flush=True)
     code = {"ok": EXIT_OK, "diverged": EXIT_DIVERGED}.get(row["status"], EXIT_FAILED)
     if row["status"] == "interrupted":

@@ -57,8 +57,7 @@ def run(cfg: RunConfig, command="", out=sys.stdout, write_row=True, on_eval=None
     table.check_results_path(cfg.results)
     identity = RunIdentity(cfg)
     if identity.finished:
-        print(f"run {identity.run_id} in {cfg.checkpoint_dir} already finished; its row is in the results",
-              file=out)
+        print(identity.finished_line(cfg), file=out)
         return Outcome("skipped", {}, EXIT_OK)
     cfg = autotune.settle(cfg, out)  # before TensorFlow's import (its probes may choose oneDNN); same computation
     try:
@@ -76,6 +75,13 @@ def run(cfg: RunConfig, command="", out=sys.stdout, write_row=True, on_eval=None
               flush=True)
         return _ended_in_setup(cfg, identity, command, out, write_row, "failed", error, EXIT_FAILED)
     from bench.runner import assembly  # imported by the setup already (it needs TensorFlow)
+
+    if controller.step >= controller.plan.total_steps:  # killed after its last checkpoint, before its row
+        print(f"the checkpoint in {cfg.checkpoint_dir} is at step {controller.step} of {controller.plan.total_steps}: "
+              f"nothing is left to train or time, so no row is written (a row that measured nothing would read as "
+              f"a measurement); use a new --checkpoint_dir to measure again", file=out, flush=True)
+        identity.save(finished=True)
+        return Outcome("skipped", {}, EXIT_OK)
 
     with _on_signals(_request_stop(controller)):
         status, error, code = _train(controller, cfg, identity.run_id)
@@ -132,7 +138,7 @@ def _conclude(cfg, identity, row, write_row, code):
     if where != cfg.results:  # the error line says where it is
         code = EXIT_FAILED
     if cfg.strategy != options.MULTI_WORKER and identity.saved:  # a worker's attempt may be retried: its driver concludes
-        identity.conclude(row["run_id"], row["status"])
+        identity.conclude(row["run_id"], row["status"], where if where != cfg.results else None)
     return where, code
 
 
