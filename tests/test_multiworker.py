@@ -11,6 +11,7 @@ import io
 import json
 import os
 import subprocess
+import tempfile
 import sys
 import time
 
@@ -323,3 +324,20 @@ def test_sweep_of_worker_counts_writes_one_row_per_trial(tmp_path):
     rows = table.read_rows(str(path))
     assert sorted((r["num_workers"], r["num_replicas"]) for r in rows) == [("1", "1"), ("2", "2")]
     assert all(r["status"] == "ok" and r["sweep"] == "mw" and r["strategy"] == "multi_worker" for r in rows)
+
+
+def test_a_killed_workers_scratch_folders_are_removed_by_the_next_worker(tmp_path, monkeypatch):
+    """A worker killed mid-run (a lost node, os._exit) leaves its temporary folder; the next one removes it."""
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    stale = tmp_path / f"{worker.SCRATCH_PREFIX}{int(dead.stdout)}-abc"
+    stale.mkdir()
+    (stale / "unused.csv").write_text("x")
+    mine = worker.scratch_folder()
+    try:
+        assert not stale.exists() and os.path.isdir(mine)
+        assert os.path.basename(mine).startswith(f"{worker.SCRATCH_PREFIX}{os.getpid()}-")
+        again = worker.scratch_folder()  # a live process's folder is kept
+        assert os.path.isdir(mine) and os.path.isdir(again)
+    finally:
+        worker.SCRATCH.clear()

@@ -64,10 +64,35 @@ class _LineForwarder(io.TextIOBase):
         self._echo.flush()
 
 
+SCRATCH_PREFIX = "bench-worker-"  # + "<pid>-": a folder whose process is gone is removed by the next worker
+
+
+def scratch_folder():
+    """A temporary folder of this worker process, removed when its run ends. A worker that was killed
+    (its node lost, a fault injected) cannot remove its own: each new worker removes those of dead processes."""
+    root = tempfile.gettempdir()
+    for name in os.listdir(root):
+        pid = name[len(SCRATCH_PREFIX):].split("-", 1)[0]
+        if name.startswith(SCRATCH_PREFIX) and pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(os.path.join(root, name), ignore_errors=True)
+    folder = tempfile.mkdtemp(prefix=f"{SCRATCH_PREFIX}{os.getpid()}-")
+    SCRATCH.append(folder)
+    return folder
+
+
+def _alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def worker_config(cfg: RunConfig, rank):
     """The configuration one worker runs: only the chief keeps the run's own outputs."""
-    scratch = tempfile.mkdtemp(prefix=f"bench-worker{rank}-")
-    SCRATCH.append(scratch)
+    scratch = scratch_folder()
     changes = {"results": os.path.join(scratch, "unused.csv")}  # rows are the driver's
     if rank != 0:
         changes.update(tensorboard_dir=None, profile_dir=os.path.join(scratch, "profile"))
@@ -258,9 +283,7 @@ class WorkerCheckpoints:
 
         self._checkpoint, self._strategy = checkpoint, strategy
         self.chief = identity.is_chief(cfg)
-        self._dir = cfg.checkpoint_dir if self.chief else tempfile.mkdtemp(prefix="bench-worker-ckpt-")
-        if not self.chief:
-            SCRATCH.append(self._dir)
+        self._dir = cfg.checkpoint_dir if self.chief else scratch_folder()
         self._manager = tf.train.CheckpointManager(checkpoint, self._dir, max_to_keep=max_to_keep if self.chief else 1)
         _barrier(strategy)  # the chief's files of an earlier attempt are what everyone reads
         self.latest_checkpoint = tf.train.latest_checkpoint(cfg.checkpoint_dir)
