@@ -27,6 +27,7 @@ from absl import app, flags
 
 from bench.config import cli
 from bench.hardware import devices
+from bench.runner.loop import first_line
 from resnet import spec
 
 # TensorFlow first, through the device setup's import (it makes the oneDNN choice, fixed at TensorFlow's
@@ -36,12 +37,6 @@ from bench.selfcheck.checks import CHECKS, MEASURES_AS_RUN  # noqa: E402
 from bench.selfcheck.env import FAIL_PREFIX, Result, header, setup  # noqa: E402
 
 # -- running and printing --------------------------------------------------------
-
-
-def first_line(err):
-    text = str(err).strip()
-    line = next((ln.strip() for ln in text.splitlines() if ln.strip()), "")
-    return f"{type(err).__name__}: {line}" if line else type(err).__name__
 
 
 @contextlib.contextmanager

@@ -35,7 +35,7 @@ def build_resnet(
       sync_bn: use synchronized batch norm (batch statistics all-reduced over replicas).
         Without it each replica normalises with its own batch's statistics, as in the
         papers' multi-GPU training; the benchmark loop then averages the replicas'
-        moving statistics so evaluation uses the whole batch's (see bench/step.py).
+        moving statistics so evaluation uses the whole batch's (see bench/training/steps.py).
       input_shape: (height, width, channels) of the images.
       batch_norm: `keras` (keras.layers.BatchNormalization) or `fused` (the same layer and
         arithmetic on TF's fused kernel, `resnet.layers.FusedBatchNormalization`; not with sync_bn).

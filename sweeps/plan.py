@@ -4,7 +4,7 @@ The estimate of a trial: its training FLOPs (analytic, `resnet.cost` x steps x b
 rate this machine sustains, plus a start-up (TensorFlow import, data, compile). The rate is,
 in order of preference: what earlier ok rows of this machine (same host) in the results table
 sustained (FLOPs per image x images/sec, median; the same precision if there are such rows);
-else this machine's measured matmul peak (the cache `bench.peak` keeps) x an assumed MFU;
+else this machine's measured matmul peak (the cache `bench.hardware.peak` keeps) x an assumed MFU;
 else unknown until the first trial ends. While the sweep runs, the remaining estimates are
 scaled by how long the finished trials really took against their estimates.
 """
@@ -52,7 +52,7 @@ def machine_history(results_path, host=None):
 
 
 def cached_peak_gflops(precision):
-    """The highest measured peak in `bench.peak`'s cache for this precision's compute dtype, or None."""
+    """The highest measured peak in `bench.hardware.peak`'s cache for this precision's compute dtype, or None."""
 
     dtype = spec.COMPUTE_DTYPE.get(spec.canonical_precision(precision), "float32")
     found = [v["gflops"] if isinstance(v, dict) else v for k, v in peak.read_cache().items()

@@ -16,6 +16,7 @@ import dataclasses
 import json
 import os
 import sys
+import time
 
 from absl import app, flags
 
@@ -76,10 +77,14 @@ def run_trial(params, runs=None):
         tune.report({"test_accuracy": accuracy, "step": step, "final": False, "row": json.dumps(partial_row)})
 
     try:
-        row = runner(cfg, command=params.get("command", ""), write_row=False, on_eval=on_eval).row
+        outcome = runner(cfg, command=params.get("command", ""), write_row=False, on_eval=on_eval)
+        row = outcome.row
     except Exception as exc:  # noqa: BLE001 - any failure becomes the trial's row
-        row = rows.config_row(cfg, "failed", loop.first_line(exc))
+        outcome, row = None, rows.config_row(cfg, "failed", loop.first_line(exc))
         row["command"] = params.get("command", "")
+    if outcome is not None and outcome.status == "skipped":  # its checkpoint says finished: its row is written
+        tune.report({"final": True, "skipped": True})
+        return
     final = {"images_per_sec": float(row.get("images_per_sec") or 0.0), "status": row["status"], "final": True,
              "row": json.dumps(row)}
     if row.get("test_accuracy") not in (None, ""):  # synthetic data has none (not a -1 in Ray's tables)
@@ -103,8 +108,6 @@ def _row_of(result):
 
 
 def _make_row_writer(results_path, runs, estimates):
-    import time
-
     from ray import tune
 
     class RowWriter(tune.Callback):
@@ -120,6 +123,11 @@ def _make_row_writer(results_path, runs, estimates):
             self.progress = plan.Progress(estimates, time.monotonic())
 
         def on_trial_complete(self, iteration, trials, trial, **info):
+            if (trial.last_result or {}).get("skipped"):  # its checkpoint's run finished earlier: row written then
+                self.done += 1
+                print(f"trial {self.done}/{len(self.runs)} {trial_name(trial)}: already finished (its row is written)",
+                      flush=True)
+                return
             row = _row_of(trial.last_result)
             if row is None:
                 row = _failed_row(self.runs, trial, "the trial ended without reporting a row")

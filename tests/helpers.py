@@ -42,3 +42,23 @@ def weights(model):
 
 def replica_values(strategy, variable):
     return [t.numpy() for t in strategy.experimental_local_results(variable.value)]
+
+
+def seed_peak_cache(folder, intra=None):
+    """A fresh, quiet peak reading for this CPU (oneDNN on and off; `intra`: a worker's thread count) in
+    `folder`/peak.json, so a run there does not spend ~20 s measuring it (bench.runner.assembly's keys)."""
+    import json
+    import os
+
+    import tensorflow as tf
+
+    from bench.hardware import devices, peak
+    from bench.results import table
+
+    entry = {"gflops": 100.0, "measured_at": table.utc_now(), "load": 0.0}
+    threads = f"|intra{intra}" if intra else ""
+    keys = [peak.cache_key(f"CPU:{devices.cpu_model_name()}|tf{tf.__version__}{onednn}{threads}", "float32")
+            for onednn in ("", "|onednn")]
+    os.makedirs(folder, exist_ok=True)
+    with open(os.path.join(folder, "peak.json"), "w") as fh:
+        json.dump({key: entry for key in keys}, fh)

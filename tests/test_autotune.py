@@ -9,6 +9,7 @@ import subprocess
 import sys
 
 import pytest
+from helpers import seed_peak_cache
 
 from bench.config import cli, defaults, tuning, validation
 from bench.config.options import ConfigError, RunConfig
@@ -201,8 +202,6 @@ def test_bench_run_autotune_probes_prints_the_table_caches_and_the_next_run_star
 
 
 def _seed_peak(cache):
-    """A peak FLOP/s reading for this CPU with oneDNN (the key `bench.runner.assembly` uses)."""
-    import tensorflow as tf
+    """A peak FLOP/s reading for this CPU (the keys `bench.runner.assembly` uses)."""
+    seed_peak_cache(str(cache))
 
-    key = f"CPU:{devices.cpu_model_name()}|tf{tf.__version__}|onednn|float32|scalar-sync"
-    (cache / "peak.json").write_text(json.dumps({key: 100.0}))

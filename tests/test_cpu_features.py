@@ -1,4 +1,4 @@
-"""bench.cpu_features: flag parsing and the native/emulated verdict, on fake cpuinfo and on this machine."""
+"""bench.hardware.cpu_features: flag parsing and the native/emulated verdict, on fake cpuinfo and on this machine."""
 
 import subprocess
 import sys

@@ -21,6 +21,7 @@ import threading
 import time
 
 import pytest
+from helpers import seed_peak_cache
 
 from bench.distributed import localcluster
 from bench.distributed.localcluster import LocalCluster
@@ -54,14 +55,8 @@ def _free_port():
 
 
 def _seed_peak_cache(folder):
-    """A peak reading for the workers' 1-thread CPU, so no worker spends ~20 s measuring it (test_multiworker does the same)."""
-    from bench.hardware import devices, peak
-
-    key = f"CPU:{devices.cpu_model_name()}|tf{devices.import_tensorflow().__version__}" + (
-        "|onednn" if devices.onednn_enabled() else "") + f"|float32|{peak.METHOD}"
-    os.makedirs(os.path.join(folder, "intra-op-threads-1"), exist_ok=True)
-    with open(os.path.join(folder, "intra-op-threads-1", "peak.json"), "w") as f:
-        json.dump({key: 100.0}, f)
+    """A peak reading for the workers' 1-thread CPU, so no worker spends ~20 s measuring it."""
+    seed_peak_cache(folder, intra=1)
 
 
 @pytest.fixture(scope="module")

@@ -76,7 +76,7 @@ def define_sweep_flags(flag_values=flags.FLAGS):
 
 
 def config_from_flags(values) -> RunConfig:
-    """A RunConfig from parsed `bench.run` flags (validation is `config.validate`'s)."""
+    """A RunConfig from parsed `bench.run` flags (validation is `validation.validate`'s)."""
     return RunConfig(**{f.name: values[f.name].value for f in options.flag_fields()})
 
 

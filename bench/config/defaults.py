@@ -12,6 +12,12 @@ ONEDNN_ENV = "TF_ENABLE_ONEDNN_OPTS"
 INFERENCE_XLA_ON_CPU = True
 
 
+def xla_valid(cfg: RunConfig, num_replicas):
+    """Whether XLA can compile this run: one replica, or neither sync BN nor Keras fit over replicas
+    (their all-reduces fail under XLA in TF 2.21, TF-STACK-NOTES 3; `validation.check_xla_over_replicas`)."""
+    return num_replicas == 1 or (not cfg.sync_bn and cfg.loop == "ctl")
+
+
 def resolve(cfg: RunConfig, device_kind, num_replicas) -> RunConfig:
     """The config with every "unset = the device's default" field decided (what runs and what the row records).
 
@@ -20,9 +26,8 @@ def resolve(cfg: RunConfig, device_kind, num_replicas) -> RunConfig:
     inference: XLA and Keras's BN layer (measured faster for forward passes; oneDNN: `onednn_default`).
     """
     xla = cfg.xla
-    if xla is None:  # compiling fails for sync BN's and fit's all-reduces over replicas (TF-STACK-NOTES 3)
-        valid = num_replicas == 1 or (not cfg.sync_bn and cfg.loop == "ctl")
-        xla = valid and (device_kind == "GPU" or (cfg.mode == "inference" and INFERENCE_XLA_ON_CPU))
+    if xla is None:
+        xla = xla_valid(cfg, num_replicas) and (device_kind == "GPU" or (cfg.mode == "inference" and INFERENCE_XLA_ON_CPU))
     steps_per_loop = 1 if cfg.mode == "inference" else cfg.steps_per_loop or STEPS_PER_LOOP[device_kind]
     return cfg.replace(xla=bool(xla), steps_per_loop=steps_per_loop,  # inference: one batch per window
                        batch_norm=resolve_batch_norm(cfg, device_kind))

@@ -14,13 +14,13 @@ from typing import Optional
 from resnet import spec
 
 STRATEGIES = ("default", "one_device", "mirrored", "multi_worker")
-MULTI_WORKER = "multi_worker"  # MultiWorkerMirroredStrategy over Ray Train workers (bench/multiworker.py)
+MULTI_WORKER = "multi_worker"  # MultiWorkerMirroredStrategy over Ray Train workers (bench/distributed/)
 WORKER_FAULTS = ("exit", "stall")
 RESTART_TIMEOUT_S = 120.0  # --restart_timeout_s's default: a lost node without a spare fails the run after this
 DATA_KINDS = ("auto", "tfds", "files", "synthetic")
 RECIPES = ("bench", "paper")
 LOOPS = ("ctl", "fit")
-BATCH_NORMS = ("auto",) + spec.BATCH_NORMS  # auto: fused on CPUs (measured faster), Keras's layer on GPUs
+BATCH_NORMS = ("auto",) + spec.BATCH_NORMS  # auto: see bench.config.defaults.resolve_batch_norm
 ONEDNN = ("auto", "on", "off")  # oneDNN CPU kernels; auto: $TF_ENABLE_ONEDNN_OPTS if set, else on
 AUGMENT = ("auto", "host", "device")  # auto: device when training on GPUs, host on CPUs
 MODES = ("train", "inference")
@@ -116,13 +116,14 @@ class RunConfig:
     sync_bn: bool = option(False, "Synchronized batch norm (batch statistics all-reduced over replicas).")
     batch_norm: str = option("auto", "BN implementation: keras (keras.layers.BatchNormalization) or fused (the "
                                      "same layer on TF's fused kernel: oneDNN on CPUs, cuDNN on GPUs). auto: fused, "
-                                     "keras with --sync_bn.", choices=BATCH_NORMS)
+                                     "keras with --sync_bn and for --mode=inference on CPUs.", choices=BATCH_NORMS)
     # numerics
     precision: str = option("float32", "Keras dtype policy (fp32, fp16 and bf16 are accepted too).",
                             choices=spec.PRECISIONS + tuple(spec.PRECISION_ALIASES))
     xla: Optional[bool] = option(None, "XLA: on one replica the whole step is compiled, over several the "
                                        "forward/backward. Unset: on GPUs where valid (not --sync_bn over replicas, "
-                                       "not --loop=fit over replicas), off on CPUs (measured slower there).",
+                                       "not --loop=fit over replicas); on CPUs off for training (measured slower "
+                                       "there), on for --mode=inference.",
                                  kind=bool)
     intra_op_threads: Optional[int] = option(None, "TensorFlow intra-op threads (default: TensorFlow's choice).",
                                              kind=int)

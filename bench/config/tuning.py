@@ -81,8 +81,7 @@ def candidates(cfg: RunConfig, machine: Machine):
     if kind == "CPU" and machine.onednn_env is None and not machine.tf_loaded:
         default = defaults.onednn_default(cfg)
         add("onednn", default, "off" if default == "on" else "on")
-    xla_valid = n == 1 or (not cfg.sync_bn and cfg.loop == "ctl")
-    if xla_valid:
+    if defaults.xla_valid(cfg, n):
         add("xla", resolved.xla, not resolved.xla)
     if not cfg.sync_bn:
         add("batch_norm", resolved.batch_norm, "keras" if resolved.batch_norm == "fused" else "fused")

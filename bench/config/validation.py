@@ -248,13 +248,13 @@ def check_arms(a: RunConfig, b: RunConfig, a_text, b_text):
         raise ConfigError("--arm is set by sweeps.compare itself; leave it out")
     if a.comparison != b.comparison:
         raise ConfigError("--comparison names the whole comparison: give it outside --a/--b")
-    if a.checkpoint_dir:
+    if a.checkpoint_dir or b.checkpoint_dir:
         raise ConfigError("--checkpoint_dir: the runs of a comparison must each start afresh (leave it out)")
     if a.results != b.results:
         raise ConfigError("both arms write to one --results table (give --results outside --a/--b)")
     if _resolved_onednn(a) == _resolved_onednn(b):
-        identical = [f.name for f in flag_fields() if getattr(a, f.name) != getattr(b, f.name) and f.name != "onednn"]
-        if not identical:
+        differing = [f.name for f in flag_fields() if getattr(a, f.name) != getattr(b, f.name) and f.name != "onednn"]
+        if not differing:
             raise ConfigError(f"--a={a_text!r} and --b={b_text!r} make the same run; the arms must differ")
 
 

@@ -24,7 +24,7 @@ import tempfile
 import threading
 import time
 
-from bench.config import setup_checks, validation
+from bench.config import defaults, setup_checks, validation
 from bench.config.identity import RunIdentity
 from bench.config.options import ConfigError, RunConfig
 from bench.distributed import hosts, ray_connection
@@ -46,8 +46,7 @@ def _absolute(cfg: RunConfig):
 
 def _worker_env(cfg: RunConfig):
     """Environment of the workers: TensorFlow reads these at import, which Ray does before our code runs."""
-    onednn = {"on": "1", "off": "0"}.get(cfg.onednn, os.environ.get(devices.ONEDNN_ENV, "1"))
-    env = {devices.ONEDNN_ENV: onednn}
+    env = {defaults.ONEDNN_ENV: "1" if defaults.onednn_request(cfg) == "on" else "0"}
     if "TF_CPP_MIN_LOG_LEVEL" not in os.environ or os.environ.get("_BENCH_QUIET_TF"):
         env.update(TF_CPP_MIN_LOG_LEVEL="2", _BENCH_QUIET_TF="1")
     else:

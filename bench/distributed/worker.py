@@ -306,13 +306,6 @@ def fault_marks(cfg: RunConfig):
     return {options.parse_worker_fault(cfg.fail_worker_at_step)[1]}
 
 
-def fault_injection(cfg: RunConfig):
-    """The controller's `on_step` hook for --fail_worker_at_step, or None."""
-    if cfg.fail_worker_at_step is None:
-        return None
-    return lambda step: at_step(cfg, step)
-
-
 def at_step(cfg: RunConfig, step):
     """Testing only: the worker named by --fail_worker_at_step exits (or stalls) the first time it reaches STEP.
 

@@ -60,7 +60,7 @@ def native_stderr_captured(replay_on_error=False):
             os.close(saved)
 
 
-ONEDNN_ENV = "TF_ENABLE_ONEDNN_OPTS"
+ONEDNN_ENV = defaults.ONEDNN_ENV  # read by TensorFlow once, at its import
 
 
 def _request_onednn(choice):

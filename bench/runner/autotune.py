@@ -4,7 +4,7 @@
 open). The candidates are `bench.config.tuning.candidates`: each field in turn (oneDNN first), its
 default against each alternative, every arm a short `python -m bench.run` process of its own
 (oneDNN and the thread pools are fixed at TensorFlow's import) writing its row into a temporary
-table. The arms run in ABBA pairs and are read with the A/B statistics of `sweeps.compare`
+table. The arms run in ABBA pairs and are read with the A/B statistics of `bench.results.stats` (as `sweeps.compare`)
 (`bench.results.stats`): t interval over the pairs' log ratios of images/sec (inference: batch over
 median latency, `probe_rate`), verdict against a ±5% band. An alternative replaces the current
 choice only when it is faster with 95% confidence (the interval above 1); an unsettled comparison
@@ -118,7 +118,7 @@ def choose(plan, measure, out=sys.stdout, first_pairs=FIRST_PAIRS, max_pairs=Non
                 done = len(probe.runs) // 2
                 probe.runs += stats.run_pairs(
                     lambda pair, arm, position, done=done: measure(arms[arm], pair + done, arm, position + 2 * done),
-                    first_pairs if not done else 2)
+                    first_pairs if not done else min(2, max_pairs - done))
                 failed = [r for r in probe.runs if r.status != "ok" or not r.images_per_sec]
                 if failed:
                     probe.note = f"{failed[0].status} ({failed[0].error or 'no images/sec'})"
@@ -263,9 +263,10 @@ def read_cache():
     path = cache_file()
     try:
         with open(path) as fh:
-            return json.load(fh)
+            cache = json.load(fh)
     except (OSError, ValueError):
         return {}
+    return cache if isinstance(cache, dict) else {}
 
 
 def write_cache(key, entry):

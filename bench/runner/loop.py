@@ -59,9 +59,10 @@ def run(cfg: RunConfig, command="", out=sys.stdout, write_row=True, on_eval=None
     if identity.finished:
         print(identity.finished_line(cfg), file=out)
         return Outcome("skipped", {}, EXIT_OK)
-    cfg = autotune.settle(cfg, out)  # before TensorFlow's import (its probes may choose oneDNN); same computation
     try:
         with _on_signals(_interrupt):  # until the controller can stop between windows
+            # autotune before TensorFlow's import (its probes may choose oneDNN); the same computation
+            cfg = autotune.settle(cfg, out)
             cfg, controller, device_setup, facts = _set_up(cfg, identity, command, started, out, on_eval, hooks)
     except ConfigError:
         raise
@@ -143,8 +144,9 @@ def _conclude(cfg, identity, row, write_row, code):
 
 
 def first_line(exc):
-    """An exception as the row's `error`: its type and the first line of its message."""
-    return f"{type(exc).__name__}: {exc}".splitlines()[0][:500]
+    """An exception as one line (a row's `error`): its type and the first non-empty line of its message."""
+    line = next((ln.strip() for ln in str(exc).strip().splitlines() if ln.strip()), "")
+    return (f"{type(exc).__name__}: {line}" if line else type(exc).__name__)[:500]
 
 
 def save_traceback(exc, results_path=None, name=None):
