@@ -31,25 +31,30 @@ from bench.results import table
 from bench.results import stats
 from bench.runner import processes
 
-FLAGS = flags.FLAGS
-cli.define_run_flags(FLAGS)  # flags common to both arms: any bench.run flag
 COMPARE_FLAGS = ("a", "b", "pairs", "band", "accuracy_band", "fail_if_slower", "base", "new", "vary", "out_dir",
                  "fail_on_regression")
-flags.DEFINE_string("a", None, 'bench.run flags of arm A, in one string (e.g. --a="--precision fp32").')
-flags.DEFINE_string("b", None, "bench.run flags of arm B (its ratio to A is reported: B/A > 1 is B faster).")
-flags.DEFINE_integer("pairs", 5, "A/B pairs, run in ABBA order (A B, B A, A B, ...); at least 2.")
-flags.DEFINE_float("band", 5.0, "Percent: a speed difference whose whole 95% interval lies inside ±band is "
-                                "'no difference' (of interest for you: smaller is stricter and needs more pairs).")
-flags.DEFINE_float("accuracy_band", 0.5, "Percentage points: the same for test accuracy (real data only).")
-flags.DEFINE_float("fail_if_slower", None, "Exit 1 when B is slower than A by more than this percent with 95% "
-                                           "confidence (for CI pipelines).")
-flags.DEFINE_string("base", None, "Compare two tables: the results CSV of the baseline...")
-flags.DEFINE_string("new", None, "...and the one to compare with it (ratios new/base).")
-flags.DEFINE_list("vary", [], "--base/--new: columns that may differ between the tables and still match (e.g. "
-                              "tf_version,keras_version for a TensorFlow upgrade, device for two machines).")
-flags.DEFINE_string("out_dir", None, "--base/--new: where compare.md and plots/compare.png go (default: next to --new).")
-flags.DEFINE_float("fail_on_regression", None, "--base/--new: exit 1 when a configuration is slower by more than "
-                                               "this percent with 95% confidence.")
+FLAGS = flags.FLAGS
+
+
+def define_flags(fv=flags.FLAGS):
+    """The flags of sweeps.compare (defined when run as a command, so importing it defines none)."""
+    cli.define_run_flags(fv)  # flags common to both arms: any bench.run flag
+    flags.DEFINE_string("a", None, 'bench.run flags of arm A, in one string (e.g. --a="--precision fp32").', flag_values=fv)
+    flags.DEFINE_string("b", None, "bench.run flags of arm B (its ratio to A is reported: B/A > 1 is B faster).", flag_values=fv)
+    flags.DEFINE_integer("pairs", 5, "A/B pairs, run in ABBA order (A B, B A, A B, ...); at least 2.", flag_values=fv)
+    flags.DEFINE_float("band", 5.0, "Percent: a speed difference whose whole 95% interval lies inside ±band is "
+                                    "'no difference' (of interest for you: smaller is stricter and needs more pairs).", flag_values=fv)
+    flags.DEFINE_float("accuracy_band", 0.5, "Percentage points: the same for test accuracy (real data only).", flag_values=fv)
+    flags.DEFINE_float("fail_if_slower", None, "Exit 1 when B is slower than A by more than this percent with 95% "
+                                               "confidence (for CI pipelines).", flag_values=fv)
+    flags.DEFINE_string("base", None, "Compare two tables: the results CSV of the baseline...", flag_values=fv)
+    flags.DEFINE_string("new", None, "...and the one to compare with it (ratios new/base).", flag_values=fv)
+    flags.DEFINE_list("vary", [], "--base/--new: columns that may differ between the tables and still match (e.g. "
+                                  "tf_version,keras_version for a TensorFlow upgrade, device for two machines).", flag_values=fv)
+    flags.DEFINE_string("out_dir", None, "--base/--new: where compare.md and plots/compare.png go (default: next to --new).", flag_values=fv)
+    flags.DEFINE_float("fail_on_regression", None, "--base/--new: exit 1 when a configuration is slower by more than "
+                                                   "this percent with 95% confidence.", flag_values=fv)
+
 
 RUN_LABELS = ("comparison", "arm")  # set here for each run, never passed through
 
@@ -239,6 +244,7 @@ def main(argv):
 
 
 def entry():
+    define_flags()
     app.run(main, flags_parser=lambda argv: cli.parse_flags(argv, usage))
 
 

@@ -180,7 +180,7 @@ def bad_inputs(tmp):
         "run.json not an object": ([f"--checkpoint_dir={run_files['not_an_object']}"],
                                    "run.json is not a run file of this harness"),
         "results a FIFO": ([f"--results={fifo}"], "not a regular file"),
-        "results a binary file": ([f"--results={binary}"], "not a readable CSV text file"),
+        "results a binary file": ([f"--results={binary}"], "is not a results table (not UTF-8 text"),
     }
 
 

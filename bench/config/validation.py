@@ -330,15 +330,18 @@ def _check_results_file(path):
 
 
 def _check_text_file(path):
-    """An existing results file is a regular file whose first line is UTF-8 text (a FIFO would block the read)."""
+    """An existing results path is a regular file (a FIFO would block the read that checks its header).
+
+    Whether it is a results table (text, our header) is `bench.results.table.check_results_path`'s to say.
+    """
     if not os.path.isfile(path):
         raise ConfigError(f"results path {os.path.abspath(path)} is not a regular file; give a CSV file path")
     try:
-        with open(path, encoding="utf-8", newline="") as fh:
-            fh.readline()
-    except (OSError, ValueError) as err:
-        raise ConfigError(f"results file {os.path.abspath(path)} is not a readable CSV text file "
-                          f"({type(err).__name__}); use a new --results file") from None
+        with open(path, "rb"):
+            pass
+    except OSError as err:
+        raise ConfigError(f"results file {os.path.abspath(path)} cannot be read ({err.strerror or err}); "
+                          "use a new --results file") from None
 
 
 def check_resume(cfg: RunConfig):
