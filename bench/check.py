@@ -82,8 +82,12 @@ def run(names, cpu_replicas=2, precision="float32", out=None):
         results.append(run_check(env, name))
         print(format_result(results[-1], width), file=out, flush=True)
     counts = {s: sum(r.status == s for r in results) for s in ("PASS", "SKIP", "FAIL")}
-    print(f"\n{len(results)} checks: {counts['PASS']} passed, {counts['SKIP']} skipped, {counts['FAIL']} failed "
-          f"in {time.perf_counter() - start:.0f} s", file=out, flush=True)
+    print(
+        f"\n{len(results)} checks: {counts['PASS']} passed, {counts['SKIP']} skipped, {counts['FAIL']} failed "
+        f"in {time.perf_counter() - start:.0f} s",
+        file=out,
+        flush=True,
+    )
     return 1 if counts["FAIL"] else 0
 
 
@@ -101,8 +105,9 @@ def known_checks(names):
 
 def define_flags(flag_values=flags.FLAGS):
     """The flags of bench.check (defined when run as a command, so importing it defines none)."""
-    flags.DEFINE_list("only", None, f"Run only these checks (comma list of: {', '.join(CHECKS)}).",
-                      flag_values=flag_values)
+    flags.DEFINE_list(
+        "only", None, f"Run only these checks (comma list of: {', '.join(CHECKS)}).", flag_values=flag_values
+    )
     flags.register_validator("only", known_checks, flag_values=flag_values)
     # the run's own flags, with the self-check's defaults (two replicas: something to compare)
     cli.define_field_flags({"cpu_replicas": dict(default=2, lower_bound=1), "precision": {}}, flag_values)
@@ -125,4 +130,3 @@ def entry():
 
 if __name__ == "__main__":
     entry()
-

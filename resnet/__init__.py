@@ -16,4 +16,13 @@ def __getattr__(name):
     raise AttributeError(name)
 
 
-__all__ = ["BLOCKS", "SHORTCUTS", "PRECISIONS", "DEFAULT_WEIGHT_DECAY", "depth", "build_resnet", "decayed_kernels", "batch_norm_layers"]
+__all__ = [
+    "BLOCKS",
+    "SHORTCUTS",
+    "PRECISIONS",
+    "DEFAULT_WEIGHT_DECAY",
+    "depth",
+    "build_resnet",
+    "decayed_kernels",
+    "batch_norm_layers",
+]

@@ -99,8 +99,15 @@ class FusedBatchNormalization(keras.layers.BatchNormalization):
     """
 
     def _fusable(self, inputs, mask):
-        return (mask is None and not self.synchronized and not self.renorm and self.scale and self.center
-                and len(inputs.shape) == 4 and self.axis in (-1, 3))
+        return (
+            mask is None
+            and not self.synchronized
+            and not self.renorm
+            and self.scale
+            and self.center
+            and len(inputs.shape) == 4
+            and self.axis in (-1, 3)
+        )
 
     def call(self, inputs, training=None, mask=None):
         if not self._fusable(inputs, mask):
@@ -109,8 +116,15 @@ class FusedBatchNormalization(keras.layers.BatchNormalization):
         if training and self.trainable:
             empty = tf.constant([], tf.float32)
             y, mean, variance, *_ = tf.raw_ops.FusedBatchNormV3(
-                x=inputs, scale=gamma, offset=beta, mean=empty, variance=empty, epsilon=self.epsilon,
-                data_format="NHWC", is_training=True)
+                x=inputs,
+                scale=gamma,
+                offset=beta,
+                mean=empty,
+                variance=empty,
+                epsilon=self.epsilon,
+                data_format="NHWC",
+                is_training=True,
+            )
             shape = tf.shape(inputs)
             m = tf.cast(shape[0] * shape[1] * shape[2], tf.float32)
             variance = variance * ((m - 1.0) / tf.maximum(m, 1.0))  # back to the biased variance
@@ -119,6 +133,13 @@ class FusedBatchNormalization(keras.layers.BatchNormalization):
             self.moving_variance.assign(self.moving_variance * momentum + variance * (1.0 - momentum))
         else:
             y, *_ = tf.raw_ops.FusedBatchNormV3(
-                x=inputs, scale=gamma, offset=beta, mean=self.moving_mean.value,
-                variance=self.moving_variance.value, epsilon=self.epsilon, data_format="NHWC", is_training=False)
+                x=inputs,
+                scale=gamma,
+                offset=beta,
+                mean=self.moving_mean.value,
+                variance=self.moving_variance.value,
+                epsilon=self.epsilon,
+                data_format="NHWC",
+                is_training=False,
+            )
         return tf.cast(y, self.compute_dtype)

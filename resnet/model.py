@@ -80,11 +80,7 @@ def build_resnet(
 
 def decayed_kernels(model):
     """The variables that get L2 weight decay: every conv and dense kernel (not BN, not biases)."""
-    return [
-        layer.kernel
-        for layer in model.layers
-        if isinstance(layer, (keras.layers.Conv2D, keras.layers.Dense))
-    ]
+    return [layer.kernel for layer in model.layers if isinstance(layer, (keras.layers.Conv2D, keras.layers.Dense))]
 
 
 def batch_norm_layers(model):

@@ -27,33 +27,72 @@ from absl import app, flags
 
 from bench.config import cli, options, validation
 from bench.config.options import ConfigError
-from bench.results import table
-from bench.results import stats
+from bench.results import stats, table
 from bench.runner import processes
 
-COMPARE_FLAGS = ("a", "b", "pairs", "band", "accuracy_band", "fail_if_slower", "base", "new", "vary", "out_dir",
-                 "fail_on_regression")
+COMPARE_FLAGS = (
+    "a",
+    "b",
+    "pairs",
+    "band",
+    "accuracy_band",
+    "fail_if_slower",
+    "base",
+    "new",
+    "vary",
+    "out_dir",
+    "fail_on_regression",
+)
 FLAGS = flags.FLAGS
 
 
 def define_flags(fv=flags.FLAGS):
     """The flags of sweeps.compare (defined when run as a command, so importing it defines none)."""
     cli.define_run_flags(fv)  # flags common to both arms: any bench.run flag
-    flags.DEFINE_string("a", None, 'bench.run flags of arm A, in one string (e.g. --a="--precision fp32").', flag_values=fv)
-    flags.DEFINE_string("b", None, "bench.run flags of arm B (its ratio to A is reported: B/A > 1 is B faster).", flag_values=fv)
+    flags.DEFINE_string(
+        "a", None, 'bench.run flags of arm A, in one string (e.g. --a="--precision fp32").', flag_values=fv
+    )
+    flags.DEFINE_string(
+        "b", None, "bench.run flags of arm B (its ratio to A is reported: B/A > 1 is B faster).", flag_values=fv
+    )
     flags.DEFINE_integer("pairs", 5, "A/B pairs, run in ABBA order (A B, B A, A B, ...); at least 2.", flag_values=fv)
-    flags.DEFINE_float("band", 5.0, "Percent: a speed difference whose whole 95% interval lies inside ±band is "
-                                    "'no difference' (of interest for you: smaller is stricter and needs more pairs).", flag_values=fv)
-    flags.DEFINE_float("accuracy_band", 0.5, "Percentage points: the same for test accuracy (real data only).", flag_values=fv)
-    flags.DEFINE_float("fail_if_slower", None, "Exit 1 when B is slower than A by more than this percent with 95% "
-                                               "confidence (for CI pipelines).", flag_values=fv)
+    flags.DEFINE_float(
+        "band",
+        5.0,
+        "Percent: a speed difference whose whole 95% interval lies inside ±band is "
+        "'no difference' (of interest for you: smaller is stricter and needs more pairs).",
+        flag_values=fv,
+    )
+    flags.DEFINE_float(
+        "accuracy_band", 0.5, "Percentage points: the same for test accuracy (real data only).", flag_values=fv
+    )
+    flags.DEFINE_float(
+        "fail_if_slower",
+        None,
+        "Exit 1 when B is slower than A by more than this percent with 95% confidence (for CI pipelines).",
+        flag_values=fv,
+    )
     flags.DEFINE_string("base", None, "Compare two tables: the results CSV of the baseline...", flag_values=fv)
     flags.DEFINE_string("new", None, "...and the one to compare with it (ratios new/base).", flag_values=fv)
-    flags.DEFINE_list("vary", [], "--base/--new: columns that may differ between the tables and still match (e.g. "
-                                  "tf_version,keras_version for a TensorFlow upgrade, device for two machines).", flag_values=fv)
-    flags.DEFINE_string("out_dir", None, "--base/--new: where compare.md and plots/compare.png go (default: next to --new).", flag_values=fv)
-    flags.DEFINE_float("fail_on_regression", None, "--base/--new: exit 1 when a configuration is slower by more than "
-                                                   "this percent with 95% confidence.", flag_values=fv)
+    flags.DEFINE_list(
+        "vary",
+        [],
+        "--base/--new: columns that may differ between the tables and still match (e.g. "
+        "tf_version,keras_version for a TensorFlow upgrade, device for two machines).",
+        flag_values=fv,
+    )
+    flags.DEFINE_string(
+        "out_dir",
+        None,
+        "--base/--new: where compare.md and plots/compare.png go (default: next to --new).",
+        flag_values=fv,
+    )
+    flags.DEFINE_float(
+        "fail_on_regression",
+        None,
+        "--base/--new: exit 1 when a configuration is slower by more than this percent with 95% confidence.",
+        flag_values=fv,
+    )
 
 
 RUN_LABELS = ("comparison", "arm")  # set here for each run, never passed through
@@ -65,8 +104,9 @@ RUN_LABELS = ("comparison", "arm")  # set here for each run, never passed throug
 
 def common_args(values=FLAGS):
     """The bench.run flags given on the command line, as text for every arm's process."""
-    return [values[f.name].serialize() for f in options.flag_fields()
-            if values[f.name].present and f.name not in RUN_LABELS]
+    return [
+        values[f.name].serialize() for f in options.flag_fields() if values[f.name].present and f.name not in RUN_LABELS
+    ]
 
 
 def arm_config(common, text):
@@ -97,8 +137,16 @@ def process_runner(common, arms, comparison, results_path, log=None):
         if not rows:
             return stats.Run(pair, arm, position, "failed", error=f"exit {done.returncode}: {done.last_line()}")
         row = rows[-1]
-        return stats.Run(pair, arm, position, row["status"], processes.number(row["images_per_sec"]),
-                         processes.number(row["test_accuracy"]), row["error"], row["run_id"])
+        return stats.Run(
+            pair,
+            arm,
+            position,
+            row["status"],
+            processes.number(row["images_per_sec"]),
+            processes.number(row["test_accuracy"]),
+            row["error"],
+            row["run_id"],
+        )
 
     return run
 
@@ -124,16 +172,20 @@ def progress_line(run, done, total):
 def speed_text(est, band_pct):
     """The ratio line and the verdict line of images/sec B/A."""
     ratio, low, high = (math.exp(x) for x in (est.effect, est.low, est.high))
-    ratio_line = (f"images/sec B/A: {ratio:.3f}x (95% CI {low:.3f}-{high:.3f}x; t over the log ratios of "
-                  f"{est.n} pairs; median pair {math.exp(est.median):.3f}x)")
+    ratio_line = (
+        f"images/sec B/A: {ratio:.3f}x (95% CI {low:.3f}-{high:.3f}x; t over the log ratios of "
+        f"{est.n} pairs; median pair {math.exp(est.median):.3f}x)"
+    )
     v = stats.verdict(est, *stats.speed_band(band_pct))
     if v.kind == "higher":
         text = f"B is faster than A by {ratio - 1:.1%} (the 95% CI excludes 1)"
     elif v.kind == "lower":
         text = f"B is slower than A by {1 - ratio:.1%} (the 95% CI excludes 1)"
     elif v.kind == "same":
-        text = (f"no difference larger than ±{math.expm1(v.bound):.1%} (the whole 95% CI lies inside the "
-                f"±{band_pct:g}% band)")
+        text = (
+            f"no difference larger than ±{math.expm1(v.bound):.1%} (the whole 95% CI lies inside the "
+            f"±{band_pct:g}% band)"
+        )
     else:
         text = f"inconclusive: the 95% CI includes 1 and reaches beyond the ±{band_pct:g}% band; " + _more(v, est)
     return ratio_line, text
@@ -144,10 +196,11 @@ def accuracy_text(est, band_pp):
     pp = lambda x: f"{100 * x:+.2f}"  # noqa: E731
     line = f"test accuracy B-A: {pp(est.effect)} pp (95% CI {pp(est.low)} to {pp(est.high)} pp; {est.n} pairs)"
     v = stats.verdict(est, -band_pp / 100, band_pp / 100)
-    text = {"higher": "B is more accurate (the 95% CI excludes 0)",
-            "lower": "B is less accurate (the 95% CI excludes 0)",
-            "same": f"no difference larger than ±{100 * v.bound:.2f} pp (inside the ±{band_pp:g} pp band)"}.get(
-        v.kind) or f"inconclusive at ±{band_pp:g} pp; " + _more(v, est)
+    text = {
+        "higher": "B is more accurate (the 95% CI excludes 0)",
+        "lower": "B is less accurate (the 95% CI excludes 0)",
+        "same": f"no difference larger than ±{100 * v.bound:.2f} pp (inside the ±{band_pp:g} pp band)",
+    }.get(v.kind) or f"inconclusive at ±{band_pp:g} pp; " + _more(v, est)
     return line, text
 
 
@@ -162,8 +215,9 @@ def report_lines(runs, band_pct, accuracy_band):
     lines = []
     failed = [r for r in runs if r.status != "ok"]
     for r in failed:
-        lines.append(f"run failed: pair {r.pair} {r.arm} ({r.status}{': ' + r.error if r.error else ''}); "
-                     f"its pair is left out")
+        lines.append(
+            f"run failed: pair {r.pair} {r.arm} ({r.status}{': ' + r.error if r.error else ''}); its pair is left out"
+        )
     speed = stats.paired_values(runs)
     lines.append("pair  A img/s  B img/s  B/A")
     lines.extend(f"{p:>4}  {a:7.1f}  {b:7.1f}  {b / a:.3f}" for p, (a, b) in speed.items())
@@ -197,18 +251,27 @@ def run_arms(values=FLAGS, out=sys.stdout):
     validation.check_arms(cfgs["A"], cfgs["B"], values.a, values.b)
     comparison = values.comparison or comparison_id()
     results_path = os.path.abspath(cfgs["A"].results)
-    print(f"comparison {comparison}: A = {values.a!r}, B = {values.b!r}, {values.pairs} pairs in ABBA order; "
-          f"common flags: {shlex.join(common) or '(none)'}; rows in {results_path}", file=out, flush=True)
+    print(
+        f"comparison {comparison}: A = {values.a!r}, B = {values.b!r}, {values.pairs} pairs in ABBA order; "
+        f"common flags: {shlex.join(common) or '(none)'}; rows in {results_path}",
+        file=out,
+        flush=True,
+    )
     runner = process_runner(common, arms, comparison, results_path)
     try:
-        runs = stats.run_pairs(runner, values.pairs,
-                               on_run=lambda r, k, n: print(progress_line(r, k, n), file=out, flush=True))
+        runs = stats.run_pairs(
+            runner, values.pairs, on_run=lambda r, k, n: print(progress_line(r, k, n), file=out, flush=True)
+        )
     except BadArm as err:
         return _bad_input(str(err))
     lines, est = report_lines(runs, values.band, values.accuracy_band)
     print("\n".join(lines), file=out, flush=True)
     failed = est is None or any(r.status != "ok" for r in runs)
-    if est is not None and values.fail_if_slower is not None and stats.slower_with_confidence(est, values.fail_if_slower):
+    if (
+        est is not None
+        and values.fail_if_slower is not None
+        and stats.slower_with_confidence(est, values.fail_if_slower)
+    ):
         print(f"FAIL: B is slower than A by more than {values.fail_if_slower:g}% with 95% confidence", file=out)
         failed = True
     return 1 if failed else 0
@@ -229,9 +292,14 @@ def main(argv):
         if FLAGS.base or FLAGS.new:
             from sweeps import tables
 
-            validation.check_comparison(band_pct=FLAGS.band, fail_pct=FLAGS.fail_on_regression, base=FLAGS.base,
-                                    new=FLAGS.new, arms=(FLAGS.a or "", FLAGS.b or ""),
-                                    unknown_vary=[c for c in FLAGS.vary if c not in tables.match_columns()])
+            validation.check_comparison(
+                band_pct=FLAGS.band,
+                fail_pct=FLAGS.fail_on_regression,
+                base=FLAGS.base,
+                new=FLAGS.new,
+                arms=(FLAGS.a or "", FLAGS.b or ""),
+                unknown_vary=[c for c in FLAGS.vary if c not in tables.match_columns()],
+            )
             for path in (FLAGS.base, FLAGS.new):
                 table.check_header(path)  # another file's header: ResultsError, below
             return tables.main(FLAGS)

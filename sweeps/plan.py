@@ -46,8 +46,9 @@ def machine_history(results_path, host=None):
             continue
         ips, fpi = _float(r.get("images_per_sec")), _float(r.get("flops_per_image"))
         if ips and fpi:
-            found.append((r.get("precision"), ips * fpi, _float(r.get("time_to_first_step_s")),
-                          _float(r.get("peak_gflops"))))
+            found.append(
+                (r.get("precision"), ips * fpi, _float(r.get("time_to_first_step_s")), _float(r.get("peak_gflops")))
+            )
     return found
 
 
@@ -55,8 +56,9 @@ def cached_peak_gflops(precision):
     """The highest measured peak in `bench.hardware.peak`'s cache for this precision's compute dtype, or None."""
 
     dtype = spec.COMPUTE_DTYPE.get(spec.canonical_precision(precision), "float32")
-    found = [v["gflops"] if isinstance(v, dict) else v for k, v in peak.read_cache().items()
-             if dtype in k.split("|")[1:]]  # device|tf version|[onednn|][intraN|]dtype|...
+    found = [
+        v["gflops"] if isinstance(v, dict) else v for k, v in peak.read_cache().items() if dtype in k.split("|")[1:]
+    ]  # device|tf version|[onednn|][intraN|]dtype|...
     return max(found) if found else None
 
 

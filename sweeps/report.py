@@ -20,7 +20,6 @@ from bench.config import cli
 from bench.results import metrics, table
 from sweeps import scaling
 
-
 FLAGS = flags.FLAGS
 
 
@@ -40,12 +39,38 @@ REFERENCE_ERROR = {
     "preact": {110: 6.37},
     "bottleneck": {164: 5.46, 1001: 4.92},
 }
-CONFIG_COLUMNS = ["sweep", "device", "data", "strategy", "num_replicas", "block", "shortcut", "depth",
-                  "precision", "xla", "global_batch_size"]
+CONFIG_COLUMNS = [
+    "sweep",
+    "device",
+    "data",
+    "strategy",
+    "num_replicas",
+    "block",
+    "shortcut",
+    "depth",
+    "precision",
+    "xla",
+    "global_batch_size",
+]
 # Columns that also change what was measured: rows differing in them are never averaged together.
-SETUP_COLUMNS = ["mode", "loop", "batch_norm", "onednn", "sync_bn", "recipe", "budget", "warmup_steps",
-                 "steps_per_loop", "augment", "xla_scope", "intra_op_threads", "inter_op_threads", "num_workers",
-                 "tf_version", "keras_version"]
+SETUP_COLUMNS = [
+    "mode",
+    "loop",
+    "batch_norm",
+    "onednn",
+    "sync_bn",
+    "recipe",
+    "budget",
+    "warmup_steps",
+    "steps_per_loop",
+    "augment",
+    "xla_scope",
+    "intra_op_threads",
+    "inter_op_threads",
+    "num_workers",
+    "tf_version",
+    "keras_version",
+]
 
 
 def load(path, sweep=None, data=None, device=None):
@@ -61,8 +86,10 @@ def load(path, sweep=None, data=None, device=None):
         try:
             df = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8")
         except (ValueError, UnicodeDecodeError) as err:  # pandas' ParserError is a ValueError
-            raise table.ResultsError(f"{path} cannot be read as a results table "
-                                       f"({str(err).strip().splitlines()[0] if str(err).strip() else err!r})") from None
+            raise table.ResultsError(
+                f"{path} cannot be read as a results table "
+                f"({str(err).strip().splitlines()[0] if str(err).strip() else err!r})"
+            ) from None
     for col in table.SCHEMA:  # an earlier schema lacks the newer columns
         if col not in df.columns:
             df[col] = ""
@@ -147,8 +174,18 @@ def markdown(summary, source, filtered=False):
 
 
 # A line joins depths of one block/shortcut only when nothing else that changes a measurement differs.
-LINE_COLUMNS = ["block", "shortcut", "strategy", "num_replicas", "precision", "xla", "global_batch_size", "mode",
-                "loop", "budget"]
+LINE_COLUMNS = [
+    "block",
+    "shortcut",
+    "strategy",
+    "num_replicas",
+    "precision",
+    "xla",
+    "global_batch_size",
+    "mode",
+    "loop",
+    "budget",
+]
 
 
 def _plot_by_shortcut(ax, summary, value, ci, label_fmt):
@@ -164,8 +201,15 @@ def _plot_by_shortcut(ax, summary, value, ci, label_fmt):
         parts = dict(zip(cols, key))
         label = label_fmt.format(block=parts["block"], shortcut=parts["shortcut"])
         label += "".join(f", {c} {parts[c]}" for c in varying)
-        ax.errorbar(g["depth"], g[value], yerr=g[ci].fillna(0), marker=markers.get(parts["shortcut"], "o"),
-                    linestyle=styles.get(parts["block"], "-"), capsize=3, label=label)
+        ax.errorbar(
+            g["depth"],
+            g[value],
+            yerr=g[ci].fillna(0),
+            marker=markers.get(parts["shortcut"], "o"),
+            linestyle=styles.get(parts["block"], "-"),
+            capsize=3,
+            label=label,
+        )
         plotted = True
     return plotted
 
@@ -207,12 +251,20 @@ def plots(summary, out_dir):
     if len(real) and _plot_by_shortcut(ax, real, "acc", "acc_ci", "{block} / {shortcut}"):
         pass
     else:
-        ax.text(0.5, 0.5, "no real-data runs yet\n(synthetic rows have no accuracy)", ha="center",
-                transform=ax.transAxes)
+        ax.text(
+            0.5, 0.5, "no real-data runs yet\n(synthetic rows have no accuracy)", ha="center", transform=ax.transAxes
+        )
     paper_colors = {"original": "0.45", "preact": "black", "bottleneck": "tab:purple"}
     for block, refs in REFERENCE_ERROR.items():
-        ax.scatter(list(refs), [1 - e / 100 for e in refs.values()], marker="*", s=110, zorder=5,
-                   color=paper_colors[block], label=f"paper ({block})")
+        ax.scatter(
+            list(refs),
+            [1 - e / 100 for e in refs.values()],
+            marker="*",
+            s=110,
+            zorder=5,
+            color=paper_colors[block],
+            label=f"paper ({block})",
+        )
     ax.set(xscale="log", xlabel="depth", ylabel="test accuracy", title="Test accuracy vs depth (stars: papers)")
     _depth_ticks(ax, real, extra=[d for refs in REFERENCE_ERROR.values() for d in refs])
     ax.legend(fontsize=8)
@@ -296,8 +348,11 @@ def main(argv):
     del argv  # cli.parse_flags refused stray arguments
     out_dir = FLAGS.out_dir or os.path.dirname(os.path.abspath(FLAGS.results))
     if not os.path.isfile(FLAGS.results):
-        what = f"results path {FLAGS.results} is not a file" if os.path.exists(FLAGS.results) else \
-            f"no results file {FLAGS.results}"
+        what = (
+            f"results path {FLAGS.results} is not a file"
+            if os.path.exists(FLAGS.results)
+            else f"no results file {FLAGS.results}"
+        )
         print(f"error: {what}", file=sys.stderr)
         return 2
     try:

@@ -26,10 +26,23 @@ import pandas as pd
 
 from bench.results import metrics, table
 
-
 STRATEGIES = ("mirrored", "multi_worker")  # strategies whose replica count varies
-CONFIG = ["device", "data", "loop", "mode", "block", "shortcut", "depth", "precision", "xla", "batch_norm", "sync_bn",
-          "onednn", "augment", "tf_version"]
+CONFIG = [
+    "device",
+    "data",
+    "loop",
+    "mode",
+    "block",
+    "shortcut",
+    "depth",
+    "precision",
+    "xla",
+    "batch_norm",
+    "sync_bn",
+    "onednn",
+    "augment",
+    "tf_version",
+]
 KINDS = (("strong", "global_batch_size"), ("weak", "per_replica_batch"))  # `mode` is the run's train/inference
 
 
@@ -89,21 +102,41 @@ def scaling_points(df):
                 hosts = sorted({h for h in group.get("host", pd.Series(dtype=str)) if h})
                 scope = " ".join(str(p) for p in group.get("peak_scope", pd.Series(dtype=str)).dropna())
                 w = workers[0] if workers else 0
-                points.append((int(replicas), mean, ci, len(group), workers, hosts,
-                               sorted({int(b) for b in group["global_batch_size"]}),
-                               layout(config["strategy"], int(replicas), w, int(n_hosts)),
-                               shared(config["strategy"], config.get("device"), int(replicas), w, int(n_hosts), scope)))
+                points.append(
+                    (
+                        int(replicas),
+                        mean,
+                        ci,
+                        len(group),
+                        workers,
+                        hosts,
+                        sorted({int(b) for b in group["global_batch_size"]}),
+                        layout(config["strategy"], int(replicas), w, int(n_hosts)),
+                        shared(config["strategy"], config.get("device"), int(replicas), w, int(n_hosts), scope),
+                    )
+                )
             base_replicas, base_ips = points[0][0], points[0][1]
             for replicas, mean, ci, runs, workers, hosts, batches, lay, shares in points:
                 speedup = mean / base_ips
-                records.append({
-                    **config, "scaling": kind, "batch": config[batch_col], "replicas": replicas,
-                    "base_replicas": base_replicas, "workers": ", ".join(map(str, workers)) or "",
-                    "layout": lay, "shared": shares,
-                    "hosts": "; ".join(hosts), "global_batch": ", ".join(map(str, batches)),
-                    "ips": mean, "ips_ci": ci, "runs": runs, "speedup": speedup,
-                    "efficiency": speedup / (replicas / base_replicas),
-                })
+                records.append(
+                    {
+                        **config,
+                        "scaling": kind,
+                        "batch": config[batch_col],
+                        "replicas": replicas,
+                        "base_replicas": base_replicas,
+                        "workers": ", ".join(map(str, workers)) or "",
+                        "layout": lay,
+                        "shared": shares,
+                        "hosts": "; ".join(hosts),
+                        "global_batch": ", ".join(map(str, batches)),
+                        "ips": mean,
+                        "ips_ci": ci,
+                        "runs": runs,
+                        "speedup": speedup,
+                        "efficiency": speedup / (replicas / base_replicas),
+                    }
+                )
     return pd.DataFrame(records)
 
 
@@ -129,7 +162,8 @@ def markdown(points):
     ]
     for r in points.to_dict("records"):
         config = f"ResNet-{int(r['depth'])} {r['block']}/{r['shortcut']}, {r['precision']}" + (
-            ", XLA" if str(r.get("xla")).lower() == "true" else "")
+            ", XLA" if str(r.get("xla")).lower() == "true" else ""
+        )
         batch = f"{int(r['batch'])} global" if r["scaling"] == "strong" else f"{int(r['batch'])} per replica"
         ips = f"{r['ips']:.1f}" + (f" ± {r['ips_ci']:.1f}" if r["ips_ci"] else "")
         lines.append(
@@ -159,8 +193,10 @@ def plot(points, path):
         right.plot(s["replicas"], s["efficiency"], **kw)
     counts = sorted(points["replicas"].unique())
     right.axhline(1.0, color="0.6", linewidth=1, label="ideal")
-    for ax, ylabel, title in ((left, "training images/sec", "Throughput vs replicas"),
-                              (right, "efficiency (speedup / replica ratio)", "Scaling efficiency")):
+    for ax, ylabel, title in (
+        (left, "training images/sec", "Throughput vs replicas"),
+        (right, "efficiency (speedup / replica ratio)", "Scaling efficiency"),
+    ):
         ax.set(xlabel="replicas in sync", ylabel=ylabel, title=title)
         ax.set_xticks(counts, [str(c) for c in counts])
         ax.grid(alpha=0.3)

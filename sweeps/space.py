@@ -21,8 +21,14 @@ from bench.config.options import RunConfig
 # any other field with more than one value in the sweep is appended.
 KEY_ORDER = ("n", "block", "shortcut", "precision", "xla", "batch_size", "strategy", "seed")
 PER_TRIAL_FOLDERS = ("checkpoint_dir", "tensorboard_dir", "profile_dir")
-MULTI_WORKER_FIELDS = ("workers", "gpus_per_worker", "cpus_per_worker", "max_failures", "collective_timeout_s",
-                       "fail_worker_at_step")
+MULTI_WORKER_FIELDS = (
+    "workers",
+    "gpus_per_worker",
+    "cpus_per_worker",
+    "max_failures",
+    "collective_timeout_s",
+    "fail_worker_at_step",
+)
 ABSOLUTE_PATHS = ("cifar_dir", "tfds_dir", "results") + PER_TRIAL_FOLDERS
 
 
@@ -97,6 +103,9 @@ def _single_process_fields(cfg):
 
 def _per_trial_folders(cfg):
     """Trials never share an output folder: each gets `<folder>/<its stable run id>`."""
-    changes = {name: os.path.join(getattr(cfg, name), identity.stable_run_id(cfg))
-               for name in PER_TRIAL_FOLDERS if getattr(cfg, name)}
+    changes = {
+        name: os.path.join(getattr(cfg, name), identity.stable_run_id(cfg))
+        for name in PER_TRIAL_FOLDERS
+        if getattr(cfg, name)
+    }
     return cfg.replace(**changes)

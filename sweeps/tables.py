@@ -103,7 +103,13 @@ def _int(v):
 
 
 def _text(v):
-    return "–" if v is None or (isinstance(v, float) and math.isnan(v)) or v == "" else _int(v) if isinstance(v, float) else str(v)
+    return (
+        "–"
+        if v is None or (isinstance(v, float) and math.isnan(v)) or v == ""
+        else _int(v)
+        if isinstance(v, float)
+        else str(v)
+    )
 
 
 def varying_columns(keys, columns):
@@ -114,23 +120,32 @@ def markdown(matches, only_base, only_new, columns, base_path, new_path, band_pc
     keys = [m.key for m in matches] + only_base + only_new
     varying = varying_columns(keys, columns) if keys else []
     fixed = [c for c in columns if c not in varying]
-    lines = ["# Comparison of two tables", "",
-             f"Base `{base_path}`, new `{new_path}`. Ratio new/base of images/sec (geometric means over the ok "
-             f"repeats) with its 95% interval (Welch's t on log rates); no change = the whole interval inside "
-             f"±{band_pct:g}%.", ""]
+    lines = [
+        "# Comparison of two tables",
+        "",
+        f"Base `{base_path}`, new `{new_path}`. Ratio new/base of images/sec (geometric means over the ok "
+        f"repeats) with its 95% interval (Welch's t on log rates); no change = the whole interval inside "
+        f"±{band_pct:g}%.",
+        "",
+    ]
     if keys:
         common = [f"{c}={_text(keys[0][columns.index(c)])}" for c in fixed if _text(keys[0][columns.index(c)]) != "–"]
         lines += ["Common to every configuration: " + ", ".join(common) + ".", ""]
     for c, (b, n) in vary_values.items():
         lines.append(f"Allowed to differ (`--vary`): {c}: base {b}, new {n}.")
-    lines += ["", "| configuration | base runs | new runs | base img/s | new img/s | new/base | 95% CI | flag |",
-              "|---|---|---|---|---|---|---|---|"]
+    lines += [
+        "",
+        "| configuration | base runs | new runs | base img/s | new img/s | new/base | 95% CI | flag |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for m in matches:
         ci = f"{math.exp(m.est.low):.3f}–{math.exp(m.est.high):.3f}" if m.est else "–"
         gm = lambda xs: f"{math.exp(np.mean(np.log(xs))):.1f}" if xs else "–"  # noqa: E731
         ratio = "–" if math.isnan(m.ratio) else f"{m.ratio:.3f}"
-        lines.append(f"| {label(m.key, columns, varying)} | {len(m.base)} | {len(m.new)} | {gm(m.base)} | "
-                     f"{gm(m.new)} | {ratio} | {ci} | {m.flag} |")
+        lines.append(
+            f"| {label(m.key, columns, varying)} | {len(m.base)} | {len(m.new)} | {gm(m.base)} | "
+            f"{gm(m.new)} | {ratio} | {ci} | {m.flag} |"
+        )
     for title, only in (("Only in the base table", only_base), ("Only in the new table", only_new)):
         if only:
             lines += ["", f"{title}:", ""] + [f"- {label(k, columns, varying)}" for k in only]
@@ -166,9 +181,12 @@ def plot(matches, columns, path, band_pct):
 def main(values):
     """--base/--new: write compare.md and plots/compare.png, print the flags; return the exit status."""
     base_df, new_df = report.load(values.base), report.load(values.new)
-    vary_values = {c: (", ".join(sorted(set(base_df.get(c, [])))), ", ".join(sorted(set(new_df.get(c, []))))) for c in values.vary}
-    matches, only_base, only_new, columns = compare(base_df, new_df, values.vary, values.band,
-                                                    values.fail_on_regression)
+    vary_values = {
+        c: (", ".join(sorted(set(base_df.get(c, [])))), ", ".join(sorted(set(new_df.get(c, []))))) for c in values.vary
+    }
+    matches, only_base, only_new, columns = compare(
+        base_df, new_df, values.vary, values.band, values.fail_on_regression
+    )
     out_dir = values.out_dir or os.path.dirname(os.path.abspath(values.new))
     md = markdown(matches, only_base, only_new, columns, values.base, values.new, values.band, vary_values)
     os.makedirs(out_dir, exist_ok=True)
@@ -177,12 +195,16 @@ def main(values):
         fh.write(md)
     plot(matches, columns, os.path.join(out_dir, "plots", "compare.png"), values.band)
     flagged = [m for m in matches if "regression" in m.flag or m.flag == "improvement"]
-    print(f"{len(matches)} configurations in both tables, {len(only_base)} only in base, {len(only_new)} only in "
-          f"new; {sum('regression' in m.flag for m in flagged)} regressions, "
-          f"{sum(m.flag == 'improvement' for m in flagged)} improvements")
+    print(
+        f"{len(matches)} configurations in both tables, {len(only_base)} only in base, {len(only_new)} only in "
+        f"new; {sum('regression' in m.flag for m in flagged)} regressions, "
+        f"{sum(m.flag == 'improvement' for m in flagged)} improvements"
+    )
     print(f"wrote {md_path} and {os.path.join(out_dir, 'plots', 'compare.png')}")
     if values.fail_on_regression is not None and regressions(matches, values.fail_on_regression):
-        print(f"FAIL: {len(regressions(matches, values.fail_on_regression))} configuration(s) slower by more than "
-              f"{values.fail_on_regression:g}% with 95% confidence")
+        print(
+            f"FAIL: {len(regressions(matches, values.fail_on_regression))} configuration(s) slower by more than "
+            f"{values.fail_on_regression:g}% with 95% confidence"
+        )
         return 1
     return 0

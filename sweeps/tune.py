@@ -29,20 +29,42 @@ from sweeps import multiworker_trials, plan, report, space
 
 FLAGS = flags.FLAGS
 cli.define_sweep_flags(FLAGS)  # every RunConfig field: axes take comma lists (--n 3,5,9)
-SWEEP_FLAGS = ("repeats", "shuffle_seed", "scheduler", "cpus_per_trial", "max_concurrent", "name", "storage", "resume", "report",
-               "report_dir")  # --address is RunConfig's: the cluster of the sweep (and of multi-worker trials)
-flags.DEFINE_integer("repeats", 1, "Seeds per configuration (seed, seed+1, ...), run in rounds: seed 0 of every "
-                     "configuration, then seed 1, ... (the spread of repeats is then noise, not drift).")
-flags.DEFINE_integer("shuffle_seed", None, "Shuffle the configurations within each round with this seed "
-                     "(recorded in sweep.json and each row's command; each row's sweep_position is its place).")
+SWEEP_FLAGS = (
+    "repeats",
+    "shuffle_seed",
+    "scheduler",
+    "cpus_per_trial",
+    "max_concurrent",
+    "name",
+    "storage",
+    "resume",
+    "report",
+    "report_dir",
+)  # --address is RunConfig's: the cluster of the sweep (and of multi-worker trials)
+flags.DEFINE_integer(
+    "repeats",
+    1,
+    "Seeds per configuration (seed, seed+1, ...), run in rounds: seed 0 of every "
+    "configuration, then seed 1, ... (the spread of repeats is then noise, not drift).",
+)
+flags.DEFINE_integer(
+    "shuffle_seed",
+    None,
+    "Shuffle the configurations within each round with this seed "
+    "(recorded in sweep.json and each row's command; each row's sweep_position is its place).",
+)
 flags.DEFINE_enum("scheduler", "none", ["none", "asha"], "asha: stop weak trials early on test accuracy.")
 # resources (GPUs per trial: --num_gpus, which each trial's MirroredStrategy then uses)
 flags.DEFINE_float("cpus_per_trial", None, "CPUs per trial (default: all of a CPU-only node, so timings stay honest).")
 flags.DEFINE_integer("max_concurrent", 1, "Trials at once (1 keeps throughput numbers free of interference).")
 # storage and output
 flags.DEFINE_string("name", "cifar_resnet", "Sweep name: storage folder and the rows' `sweep` column.")
-flags.DEFINE_string("storage", None, "Ray Tune storage root: the sweep lives in <storage>/<name> (default: ray/ "
-                    "next to --results, so nothing lands in the repository when --results points elsewhere).")
+flags.DEFINE_string(
+    "storage",
+    None,
+    "Ray Tune storage root: the sweep lives in <storage>/<name> (default: ray/ "
+    "next to --results, so nothing lands in the repository when --results points elsewhere).",
+)
 flags.DEFINE_boolean("resume", False, "Continue a killed sweep of this name: unfinished and errored trials run.")
 flags.DEFINE_boolean("report", True, "Write summary.md and plots/ at the end.")
 flags.DEFINE_string("report_dir", None, "Where the report goes (default: next to --results).")
@@ -85,8 +107,12 @@ def run_trial(params, runs=None):
     if outcome is not None and outcome.status == "skipped":  # its checkpoint says finished: its row is written
         tune.report({"final": True, "skipped": True})
         return
-    final = {"images_per_sec": float(row.get("images_per_sec") or 0.0), "status": row["status"], "final": True,
-             "row": json.dumps(row)}
+    final = {
+        "images_per_sec": float(row.get("images_per_sec") or 0.0),
+        "status": row["status"],
+        "final": True,
+        "row": json.dumps(row),
+    }
     if row.get("test_accuracy") not in (None, ""):  # synthetic data has none (not a -1 in Ray's tables)
         final["test_accuracy"] = float(row["test_accuracy"])
     tune.report(final)
@@ -97,8 +123,10 @@ def trial_name(trial):
     parts = dict(p.split("=", 1) for p in trial.config["trial"].split(","))
     xla = {"true": "xla", "false": "noxla"}.get(parts["xla"], "xla-auto")
     extra = "".join(f"-{k}{v}" for k, v in parts.items() if k not in space.KEY_ORDER)  # other swept fields
-    return (f"n{parts['n']}-{parts['block']}-{parts['shortcut']}-{parts['precision']}-{xla}-"
-            f"b{parts['batch_size']}-{parts['strategy']}-s{parts['seed']}{extra}")
+    return (
+        f"n{parts['n']}-{parts['block']}-{parts['shortcut']}-{parts['precision']}-{xla}-"
+        f"b{parts['batch_size']}-{parts['strategy']}-s{parts['seed']}{extra}"
+    )
 
 
 def _row_of(result):
@@ -125,8 +153,10 @@ def _make_row_writer(results_path, runs, estimates):
         def on_trial_complete(self, iteration, trials, trial, **info):
             if (trial.last_result or {}).get("skipped"):  # its checkpoint's run finished earlier: row written then
                 self.done += 1
-                print(f"trial {self.done}/{len(self.runs)} {trial_name(trial)}: already finished (its row is written)",
-                      flush=True)
+                print(
+                    f"trial {self.done}/{len(self.runs)} {trial_name(trial)}: already finished (its row is written)",
+                    flush=True,
+                )
                 return
             row = _row_of(trial.last_result)
             if row is None:
@@ -140,8 +170,10 @@ def _make_row_writer(results_path, runs, estimates):
             accuracy = f", accuracy {float(row['test_accuracy']):.4f}" if row.get("test_accuracy") else ""
             # sys.stdout looked up now: Ray pickles the callback, and a stream object does not pickle
             eta = self.progress.finish(trial.config["trial"], time.monotonic())
-            print(f"trial {self.done}/{len(self.runs)} {trial_name(trial)}: {row['status']} {speed}{accuracy}; {eta}",
-                  flush=True)
+            print(
+                f"trial {self.done}/{len(self.runs)} {trial_name(trial)}: {row['status']} {speed}{accuracy}; {eta}",
+                flush=True,
+            )
 
         def on_trial_error(self, iteration, trials, trial, **info):
             error = "trial process failed"
@@ -163,8 +195,9 @@ def _failed_row(runs, trial, error):
 
 def check_storage(opts: SweepOptions):
     path = os.path.join(opts.storage, opts.name)
-    validation.check_sweep_storage(opts.name, opts.storage, opts.resume, exists=os.path.exists(path),
-                               is_folder=os.path.isdir(path))
+    validation.check_sweep_storage(
+        opts.name, opts.storage, opts.resume, exists=os.path.exists(path), is_folder=os.path.isdir(path)
+    )
     return path
 
 
@@ -229,7 +262,10 @@ def run_sweep(trials, opts: SweepOptions):
                     trial_dirname_creator=trial_name,
                 ),
                 run_config=tune.RunConfig(
-                    name=opts.name, storage_path=os.path.dirname(path), callbacks=[writer], verbose=0,
+                    name=opts.name,
+                    storage_path=os.path.dirname(path),
+                    callbacks=[writer],
+                    verbose=0,
                 ),
             )
         grid = tuner.fit()
@@ -245,19 +281,35 @@ def run_sweep(trials, opts: SweepOptions):
 
 def trials_from_flags(values):
     """The sweep's trials from parsed flags (every one validated like a single run)."""
-    validation.check_sweep_options(values.name, 1, values.max_concurrent, values.cpus_per_trial,  # repeats: space's
-                               values.scheduler, values.strategy, values.data, values.eval_every_epochs)
+    validation.check_sweep_options(
+        values.name,
+        1,
+        values.max_concurrent,
+        values.cpus_per_trial,  # repeats: space's
+        values.scheduler,
+        values.strategy,
+        values.data,
+        values.eval_every_epochs,
+    )
     return space.build_trials(space.axes_from_flags(values), values.repeats, values.name, values.shuffle_seed)
 
 
 def options_from_flags(values, trials):
     gpus = max((t.config.num_gpus or 0) for t in trials) if trials else 0
     return SweepOptions(
-        name=values.name, results=os.path.abspath(values.results),
-        storage=os.path.abspath(values.storage or os.path.join(os.path.dirname(os.path.abspath(values.results)), "ray")),
-        resume=values.resume, gpus_per_trial=gpus, cpus_per_trial=values.cpus_per_trial,
-        max_concurrent=values.max_concurrent, address=values.address, scheduler=values.scheduler,
-        command=cli.typed_command("sweeps.tune"), shuffle_seed=values.shuffle_seed,
+        name=values.name,
+        results=os.path.abspath(values.results),
+        storage=os.path.abspath(
+            values.storage or os.path.join(os.path.dirname(os.path.abspath(values.results)), "ray")
+        ),
+        resume=values.resume,
+        gpus_per_trial=gpus,
+        cpus_per_trial=values.cpus_per_trial,
+        max_concurrent=values.max_concurrent,
+        address=values.address,
+        scheduler=values.scheduler,
+        command=cli.typed_command("sweeps.tune"),
+        shuffle_seed=values.shuffle_seed,
     )
 
 

@@ -15,7 +15,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
-from bench.hardware import devices
+from bench.hardware import devices  # noqa: E402 - after sys.path and the environment above
 
 tf = devices.import_tensorflow()
 devices.split_cpu(tf, 2)
@@ -138,8 +138,16 @@ def throughput_table(rows) -> list[str]:
         spread = f"{rate['images_per_sec_slowest']:.0f}-{rate['images_per_sec_fastest']:.0f}"
         cores = row["extra_info"].get("host_cores")  # host-side work (the input pipeline): per core too
         per_core = f"{rate['images_per_sec'] / cores:.1f}" if cores else ""
-        table.append((name, f"{rate['images_per_sec']:.1f}", f"{rate['images_per_sec_sd']:.1f}", spread,
-                      str(row["rounds"]), per_core))
+        table.append(
+            (
+                name,
+                f"{rate['images_per_sec']:.1f}",
+                f"{rate['images_per_sec_sd']:.1f}",
+                spread,
+                str(row["rounds"]),
+                per_core,
+            )
+        )
     if not table:
         return []
     header = ("benchmark", "images/sec", "± sd", "slowest-fastest", "rounds", "per core")

@@ -8,8 +8,19 @@ from bench.training.steps import StepFunctions, make_optimizer
 from resnet.model import build_resnet
 
 
-def make_trainer(strategy, n=1, precision="float32", xla=False, sync_bn=False, batch=16, lr=0.05, seed=0,
-                 weight_decay=1e-4, batch_norm="keras", **inject):
+def make_trainer(
+    strategy,
+    n=1,
+    precision="float32",
+    xla=False,
+    sync_bn=False,
+    batch=16,
+    lr=0.05,
+    seed=0,
+    weight_decay=1e-4,
+    batch_norm="keras",
+    **inject,
+):
     """StepFunctions over a small ResNet built (with `seed`) under `strategy`."""
     import keras
 
@@ -57,8 +68,10 @@ def seed_peak_cache(folder, intra=None):
 
     entry = {"gflops": 100.0, "measured_at": table.utc_now(), "load": 0.0}
     threads = f"|intra{intra}" if intra else ""
-    keys = [peak.cache_key(f"CPU:{devices.cpu_model_name()}|tf{tf.__version__}{onednn}{threads}", "float32")
-            for onednn in ("", "|onednn")]
+    keys = [
+        peak.cache_key(f"CPU:{devices.cpu_model_name()}|tf{tf.__version__}{onednn}{threads}", "float32")
+        for onednn in ("", "|onednn")
+    ]
     os.makedirs(folder, exist_ok=True)
     with open(os.path.join(folder, "peak.json"), "w") as fh:
         json.dump({key: entry for key in keys}, fh)

@@ -5,9 +5,9 @@ import math
 import numpy as np
 import pytest
 import tensorflow as tf
+from helpers import distributed_iterator, fixed_batch, make_trainer
 
 from bench.training import augment
-from helpers import distributed_iterator, fixed_batch, make_trainer
 
 PER_CELL = 200
 CELLS = augment.POSITIONS**2 * 2  # 81 offsets x flip
@@ -32,7 +32,7 @@ def decode(crops):
 def reference(image, dy, dx, flip):
     """NumPy: zero-pad by 4, take the 32x32 window at (dy, dx), mirror it if `flip`."""
     padded = np.pad(image, ((augment.PAD, augment.PAD), (augment.PAD, augment.PAD), (0, 0)))
-    crop = padded[dy:dy + 32, dx:dx + 32]
+    crop = padded[dy : dy + 32, dx : dx + 32]
     return crop[:, ::-1] if flip else crop
 
 

@@ -25,8 +25,12 @@ NUMERICS = ("precision", "sync_bn", "n", "block", "shortcut", "batch_size", "det
 
 def test_cpu_inference_candidates_start_from_the_defaults():
     plan = dict(tuning.candidates(RunConfig(mode="inference", batch_size=1), CPU))
-    assert plan == {"onednn": ["on", "off"], "xla": [True, False], "batch_norm": ["keras", "fused"],
-                    "inter_op_threads": [None, 1]}
+    assert plan == {
+        "onednn": ["on", "off"],
+        "xla": [True, False],
+        "batch_norm": ["keras", "fused"],
+        "inter_op_threads": [None, 1],
+    }
     plan = dict(tuning.candidates(RunConfig(), CPU))  # training keeps its measured defaults first
     assert plan["onednn"] == ["on", "off"] and plan["xla"] == [False, True] and plan["batch_norm"] == ["fused", "keras"]
     assert "steps_per_loop" not in plan and "augment" not in plan  # GPUs only
@@ -57,19 +61,44 @@ def test_gpu_training_tunes_steps_per_call_and_augmentation_placement_with_real_
 
 def test_the_key_names_the_machine_and_the_question():
     key = tuning.key(RunConfig(mode="inference", batch_size=1, xla=True), CPU)
-    for part in ("CPU: Test CPU 2 cores", "tf 2.21.0", "inference", "ResNet-20 preact/B", "batch 1", "float32",
-                 "default x1", "fixed xla=true"):
+    for part in (
+        "CPU: Test CPU 2 cores",
+        "tf 2.21.0",
+        "inference",
+        "ResNet-20 preact/B",
+        "batch 1",
+        "float32",
+        "default x1",
+        "fixed xla=true",
+    ):
         assert part in key, part
     assert "driver 550.1" in tuning.key(RunConfig(), GPU)
     assert key != tuning.key(RunConfig(mode="inference", batch_size=128, xla=True), CPU)
 
 
 def test_probe_args_keep_the_run_but_not_its_outputs_or_length():
-    cfg = RunConfig(n=1, batch_size=16, mode="inference", steps=500, results="/r.csv", checkpoint_dir=None,
-                    tensorboard_dir="/tb", autotune="on", intra_op_threads=1)
+    cfg = RunConfig(
+        n=1,
+        batch_size=16,
+        mode="inference",
+        steps=500,
+        results="/r.csv",
+        checkpoint_dir=None,
+        tensorboard_dir="/tb",
+        autotune="on",
+        intra_op_threads=1,
+    )
     args = tuning.probe_args(cfg, {"onednn": "off", "xla": True, "inter_op_threads": None}, "CPU")
-    assert args == ["--mode=inference", "--n=1", "--intra_op_threads=1", "--batch_size=16", "--onednn=off", "--xla",
-                    "--warmup_steps=5", "--steps=205"]
+    assert args == [
+        "--mode=inference",
+        "--n=1",
+        "--intra_op_threads=1",
+        "--batch_size=16",
+        "--onednn=off",
+        "--xla",
+        "--warmup_steps=5",
+        "--steps=205",
+    ]
     assert tuning.probe_args(RunConfig(), {"xla": False}, "CPU")[-3:] == ["--noxla", "--warmup_steps=10", "--steps=30"]
 
 
@@ -78,8 +107,9 @@ def test_bare_autotune_flag_means_on_and_multi_worker_runs_are_refused(tmp_path)
     assert cli.expand_bare_flags(["p", "--autotune", "--n", "1"]) == ["p", "--autotune=on", "--n", "1"]
     assert cli.expand_bare_flags(["p", "--autotune", "refresh"]) == ["p", "--autotune", "refresh"]
     with pytest.raises(ConfigError, match="--autotune probes single-process runs"):
-        validation.validate(RunConfig(autotune="on", strategy="multi_worker", workers=2,
-                                      results=str(tmp_path / "s.csv")))
+        validation.validate(
+            RunConfig(autotune="on", strategy="multi_worker", workers=2, results=str(tmp_path / "s.csv"))
+        )
 
 
 def test_inference_probes_are_judged_by_median_latency():
@@ -187,9 +217,22 @@ def test_bench_run_autotune_probes_prints_the_table_caches_and_the_next_run_star
     env.pop(devices.ONEDNN_ENV, None)
     results = tmp_path / "s.csv"
     # every tunable setting flagged but the BN kernel: one comparison of two pairs (never more), four probe processes
-    args = [sys.executable, "-m", "bench.run", "--autotune", "--mode=inference", "--n=1", "--batch_size=16",
-            "--data=synthetic", "--steps=12", "--warmup_steps=2", "--onednn=on", "--xla", "--inter_op_threads=0",
-            f"--results={results}"]
+    args = [
+        sys.executable,
+        "-m",
+        "bench.run",
+        "--autotune",
+        "--mode=inference",
+        "--n=1",
+        "--batch_size=16",
+        "--data=synthetic",
+        "--steps=12",
+        "--warmup_steps=2",
+        "--onednn=on",
+        "--xla",
+        "--inter_op_threads=0",
+        f"--results={results}",
+    ]
     first = subprocess.run(args, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert first.returncode == 0, first.stderr[-2000:]
     assert "autotune: probing batch_norm" in first.stdout and "B/A [95% CI]" in first.stdout
@@ -204,4 +247,3 @@ def test_bench_run_autotune_probes_prints_the_table_caches_and_the_next_run_star
 def _seed_peak(cache):
     """A peak FLOP/s reading for this CPU (the keys `bench.runner.assembly` uses)."""
     seed_peak_cache(str(cache))
-

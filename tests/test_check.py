@@ -9,10 +9,9 @@ import sys
 import tensorflow as tf
 
 from bench import check
-from bench.selfcheck import env
 from bench.hardware import peak
+from bench.selfcheck import env
 from bench.training import steps
-
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -31,8 +30,9 @@ def snapshot(folder):
 def command(*args, cwd, timeout=600, **env):
     env = {**os.environ, "PYTHONPATH": ROOT, **env}
     env.pop("TF_CPP_MIN_LOG_LEVEL", None)
-    return subprocess.run([sys.executable, "-m", "bench.check", *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "bench.check", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
+    )
 
 
 def test_every_check_passes_on_two_cpu_replicas_and_nothing_is_written(tmp_path):

@@ -88,7 +88,8 @@ def test_reads_the_cpuinfo_file_when_no_text_is_given(monkeypatch, tmp_path):
     monkeypatch.setattr(cpu_features, "CPUINFO", str(fake))
     assert "avx2" in cpu_flags()
     assert emulated_precision("mixed_bfloat16") == (
-        f"mixed_bfloat16 is emulated on this CPU (no avx512_bf16/amx_bf16 in {fake})")
+        f"mixed_bfloat16 is emulated on this CPU (no avx512_bf16/amx_bf16 in {fake})"
+    )
 
 
 def test_rejects_unknown_names():

@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
+from cifar_files import known_image, write_cifar
 
 from bench.config import cifar_files
-from bench.training import data
 from bench.config.options import RunConfig
-from cifar_files import known_image, write_cifar
+from bench.training import data
 
 
 def test_binary_files_decode_exactly(tmp_path):
@@ -62,8 +62,9 @@ def test_augmentation_keeps_shape_and_moves_pixels():
 def test_normalize_is_per_channel():
     x = np.zeros((1, 1, 1, 3), np.uint8) + np.array([125, 123, 114], np.uint8)
     y = data.normalize(tf.constant(x)).numpy().ravel()
-    np.testing.assert_allclose(y, (x.ravel() / 255.0 - np.array(data.CIFAR_MEAN)) / np.array(data.CIFAR_STD),
-                               rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        y, (x.ravel() / 255.0 - np.array(data.CIFAR_MEAN)) / np.array(data.CIFAR_STD), rtol=1e-5, atol=1e-5
+    )
 
 
 def test_eval_covers_every_image_once_with_padding(tmp_path, strategies):
@@ -74,9 +75,10 @@ def test_eval_covers_every_image_once_with_padding(tmp_path, strategies):
         dist, batches = data.distribute_eval(strategy, source, 16)
         assert batches == 3
         seen, masked = [], 0
-        for images, labels_, mask in dist:
-            for part_l, part_m in zip(strategy.experimental_local_results(labels_),
-                                      strategy.experimental_local_results(mask)):
+        for _images, labels_, mask in dist:
+            for part_l, part_m in zip(
+                strategy.experimental_local_results(labels_), strategy.experimental_local_results(mask)
+            ):
                 m = part_m.numpy()
                 seen.extend(part_l.numpy()[m > 0].tolist())
                 masked += int((m == 0).sum())

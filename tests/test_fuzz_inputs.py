@@ -20,10 +20,47 @@ from bench.results import table
 
 NAMES = [f.name for f in options.flag_fields()]
 CHOICES = sorted({c for f in options.flag_fields() for c in (f.metadata["choices"] or ())})
-EDGES = ["", " ", "0", "1", "-1", "2", "16", "inf", "-inf", "nan", "1e309", "-0.0", "0.5", "1e-320",
-         "2147483647", "2147483648", "4294967295", "4294967296", "9" * 30, "-" + "9" * 30, "true", "false",
-         "3,5", "3,100", "0,3", "5:1", "5:-1", "0:1:stall", "1:2:3", ":", ",", "auto", "ray://h:1", "h:x",
-         "\udcff\udcfe", "١٢", "日本語", "a\x00b", "x" * 5000]
+EDGES = [
+    "",
+    " ",
+    "0",
+    "1",
+    "-1",
+    "2",
+    "16",
+    "inf",
+    "-inf",
+    "nan",
+    "1e309",
+    "-0.0",
+    "0.5",
+    "1e-320",
+    "2147483647",
+    "2147483648",
+    "4294967295",
+    "4294967296",
+    "9" * 30,
+    "-" + "9" * 30,
+    "true",
+    "false",
+    "3,5",
+    "3,100",
+    "0,3",
+    "5:1",
+    "5:-1",
+    "0:1:stall",
+    "1:2:3",
+    ":",
+    ",",
+    "auto",
+    "ray://h:1",
+    "h:x",
+    "\udcff\udcfe",
+    "١٢",
+    "日本語",
+    "a\x00b",
+    "x" * 5000,
+]
 
 
 @pytest.fixture(scope="module")
@@ -36,24 +73,58 @@ def places(tmp_path_factory):
     (root / "flags.txt").write_text("--n=2\n--steps=30\n--seed=7\n")
     (root / "not_utf8.txt").write_bytes(b"--n=1\n--tfds_dir=\xff\n")
     (root / "loop.txt").write_text(f"--flagfile={root / 'loop.txt'}\n")
-    for name, text in (("json_garbage", "{not json"), ("json_list", "[1,2]"), ("json_odd", '{"run_id": 1}'),
-                       ("json_ok", '{"run_id": "abc", "config": {"n": [1]}, "finished": false}')):
+    for name, text in (
+        ("json_garbage", "{not json"),
+        ("json_list", "[1,2]"),
+        ("json_odd", '{"run_id": 1}'),
+        ("json_ok", '{"run_id": "abc", "config": {"n": [1]}, "finished": false}'),
+    ):
         (root / name).mkdir()
         (root / name / "run.json").write_text(text)
     (root / "run_json_folder" / "run.json").mkdir(parents=True)
     (root / "empty.csv").write_text("")
     (root / "foreign.csv").write_text("a,b\n1,2\n")
-    names = ["folder", "fifo", "binary", "flags.txt", "not_utf8.txt", "loop.txt", "json_garbage", "json_list",
-             "json_odd", "json_ok", "run_json_folder", "empty.csv", "foreign.csv", "missing/deeper", "folder/"]
-    paths = [str(root / n) for n in names] + ["/", "/proc", "/proc/self", "/proc/self/mem", "/proc/cpuinfo",
-                                                "/proc/new.csv", "/dev/null", "/nonexistent/x", ".", "..", "~"]
+    names = [
+        "folder",
+        "fifo",
+        "binary",
+        "flags.txt",
+        "not_utf8.txt",
+        "loop.txt",
+        "json_garbage",
+        "json_list",
+        "json_odd",
+        "json_ok",
+        "run_json_folder",
+        "empty.csv",
+        "foreign.csv",
+        "missing/deeper",
+        "folder/",
+    ]
+    paths = [str(root / n) for n in names] + [
+        "/",
+        "/proc",
+        "/proc/self",
+        "/proc/self/mem",
+        "/proc/cpuinfo",
+        "/proc/new.csv",
+        "/dev/null",
+        "/nonexistent/x",
+        ".",
+        "..",
+        "~",
+    ]
     return root, paths
 
 
 def arguments(paths):
     value = st.one_of(
-        st.sampled_from(EDGES), st.sampled_from(CHOICES), st.sampled_from(paths),
-        st.integers(-2**70, 2**70).map(str), st.floats().map(repr), st.text(max_size=12),
+        st.sampled_from(EDGES),
+        st.sampled_from(CHOICES),
+        st.sampled_from(paths),
+        st.integers(-(2**70), 2**70).map(str),
+        st.floats().map(repr),
+        st.text(max_size=12),
         st.lists(st.integers(-5, 300).map(str), min_size=1, max_size=3).map(",".join),
     )
     named = st.tuples(st.sampled_from(NAMES + ["flagfile"]), value).map(lambda nv: f"--{nv[0]}={nv[1]}")
@@ -81,8 +152,12 @@ def outcome(argv):
 def check_examples(places, max_examples):
     root, paths = places
 
-    @settings(max_examples=max_examples, deadline=None, database=None,
-              suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+    @settings(
+        max_examples=max_examples,
+        deadline=None,
+        database=None,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+    )
     @given(arguments(paths))
     def check(argv):
         # start from a small valid run so that one bad flag is judged, not only the first missing one
@@ -109,11 +184,21 @@ def test_any_flags_are_accepted_or_one_line_config_error_many(places):
     check_examples(places, 5000)
 
 
-@pytest.mark.parametrize("argv", [
-    ["--seed=-1"], ["--seed=4294967296"], ["--epochs=inf"], ["--eval_every_epochs=nan"],
-    ["--steps=100000000000000000000"], ["--steps=1000000000000"], ["--profile_steps=3,100"],
-    ["--cifar_dir=a\x00b", "--data=files"], ["--n=1000000"], ["--steps_per_loop=2147483648"],
-])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--seed=-1"],
+        ["--seed=4294967296"],
+        ["--epochs=inf"],
+        ["--eval_every_epochs=nan"],
+        ["--steps=100000000000000000000"],
+        ["--steps=1000000000000"],
+        ["--profile_steps=3,100"],
+        ["--cifar_dir=a\x00b", "--data=files"],
+        ["--n=1000000"],
+        ["--steps_per_loop=2147483648"],
+    ],
+)
 def test_found_by_fuzzing_or_by_the_issue(places, argv):
     root, _ = places
     assert outcome([f"--results={root / 'r.csv'}", "--data=synthetic", "--steps=20", *argv]) == "refused"

@@ -76,8 +76,10 @@ def test_each_node_is_its_own_host(cluster, driver):
     def where():
         return socket.gethostname(), ray.util.get_node_ip_address(), sorted(os.listdir("/tmp"))
 
-    pinned = [where.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)).remote()
-              for n in nodes]
+    pinned = [
+        where.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)).remote()
+        for n in nodes
+    ]
     seen = ray.get(pinned, timeout=60)
     assert sorted((host, ip) for host, ip, _ in seen) == cluster.hosts
     # node-b's /tmp is private: it holds only Ray's own folder, unlike the machine's.
@@ -88,8 +90,13 @@ def test_each_node_is_its_own_host(cluster, driver):
 @needs_namespaces
 def test_cli_up_status_down_next_to_another_cluster(cluster, tmp_path):
     folder = str(tmp_path / "cli")
-    up = subprocess.run(CLI + ["up", "--nodes", "2", "--cpus_per_node", "1", "--dir", folder],
-                        cwd=ROOT, capture_output=True, text=True, timeout=120)
+    up = subprocess.run(
+        CLI + ["up", "--nodes", "2", "--cpus_per_node", "1", "--dir", folder],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     try:
         assert up.returncode == 0, up.stderr
         assert up.stderr == ""  # Ray's output went to the log folder
@@ -105,7 +112,8 @@ def test_cli_up_status_down_next_to_another_cluster(cluster, tmp_path):
         with open(os.path.join(folder, localcluster.STATE_FILE)) as f:
             nodes = json.load(f)["nodes"]
         assert {n["ports"]["metrics-export-port"] for n in nodes}.isdisjoint(
-            {n["ports"]["metrics-export-port"] for n in cluster.nodes})
+            {n["ports"]["metrics-export-port"] for n in cluster.nodes}
+        )
         head_tmp = nodes[0]["temp_dir"]
         assert head_tmp.startswith("/tmp/lc-") and os.path.isdir(head_tmp)
     finally:
@@ -121,13 +129,16 @@ def test_cli_up_status_down_next_to_another_cluster(cluster, tmp_path):
     assert cluster.node_alive(0) and cluster.node_alive(1)
 
 
-@pytest.mark.parametrize("args, message", [
-    (["up", "--nodes", "0", "--dir", "x"], "nodes must be a whole number from 1 to 26"),
-    (["up", "--nodes", "2"], "the following arguments are required: --dir"),
-    (["status", "--dir", "/nonexistent/lc"], "no cluster state in /nonexistent/lc"),
-    (["down", "--dir", "/nonexistent/lc"], "no cluster state in /nonexistent/lc"),
-    (["sideways"], "invalid choice: 'sideways'"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["up", "--nodes", "0", "--dir", "x"], "nodes must be a whole number from 1 to 26"),
+        (["up", "--nodes", "2"], "the following arguments are required: --dir"),
+        (["status", "--dir", "/nonexistent/lc"], "no cluster state in /nonexistent/lc"),
+        (["down", "--dir", "/nonexistent/lc"], "no cluster state in /nonexistent/lc"),
+        (["sideways"], "invalid choice: 'sideways'"),
+    ],
+)
 def test_cli_bad_input_is_one_line_and_exit_2(args, message):
     proc = subprocess.run(CLI + args, cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2

@@ -5,9 +5,9 @@ import math
 import pytest
 
 from bench.config import defaults, options, recipe, validation
+from bench.config.options import ConfigError, RunConfig
 from bench.results import metrics
 from bench.runner import timing
-from bench.config.options import ConfigError, RunConfig
 
 
 def test_summarize_agrees_with_the_clock():
@@ -60,23 +60,26 @@ def test_chrono_keeps_compile_and_warmup_out_of_the_windows():
     assert chrono.train_seconds == pytest.approx(35.0)
 
 
-@pytest.mark.parametrize("changes,message", [
-    ({"strategy": "multi_worker"}, "needs --workers"),
-    ({"strategy": "tpu"}, "choose one of"),
-    ({"n": 0}, "--n must be >= 1"),
-    ({"precision": "fp64"}, "precision"),
-    ({"block": "wide"}, "block"),
-    ({"cpu_replicas": 0}, "cpu_replicas"),
-    ({"cpu_replicas": 2}, "needs --strategy=mirrored"),
-    ({"steps": 10, "epochs": 1.0}, "not both"),
-    ({"steps_per_loop": 0}, "steps_per_loop"),
-    ({"data": "files"}, "needs --cifar_dir"),
-    ({"target_accuracy": 91.0}, "fraction"),
-    ({"target_accuracy": 0.5, "data": "synthetic"}, "real data"),
-    ({"batch_norm": "cudnn"}, "batch_norm"),
-    ({"batch_norm": "fused", "sync_bn": True}, "cannot synchronize"),
-    ({"onednn": "yes"}, "onednn"),
-])
+@pytest.mark.parametrize(
+    "changes,message",
+    [
+        ({"strategy": "multi_worker"}, "needs --workers"),
+        ({"strategy": "tpu"}, "choose one of"),
+        ({"n": 0}, "--n must be >= 1"),
+        ({"precision": "fp64"}, "precision"),
+        ({"block": "wide"}, "block"),
+        ({"cpu_replicas": 0}, "cpu_replicas"),
+        ({"cpu_replicas": 2}, "needs --strategy=mirrored"),
+        ({"steps": 10, "epochs": 1.0}, "not both"),
+        ({"steps_per_loop": 0}, "steps_per_loop"),
+        ({"data": "files"}, "needs --cifar_dir"),
+        ({"target_accuracy": 91.0}, "fraction"),
+        ({"target_accuracy": 0.5, "data": "synthetic"}, "real data"),
+        ({"batch_norm": "cudnn"}, "batch_norm"),
+        ({"batch_norm": "fused", "sync_bn": True}, "cannot synchronize"),
+        ({"onednn": "yes"}, "onednn"),
+    ],
+)
 def test_validate_rejects_with_a_message(changes, message):
     with pytest.raises(ConfigError, match=message):
         validation.validate(RunConfig(**changes))
@@ -132,8 +135,9 @@ def test_paper_schedule_is_the_optimizers():
     s20 = recipe.lr_schedule(RunConfig(recipe="paper", n=3, batch_size=256), 32000)
     assert s20.starts == (0, 16000, 24000) and s20.values == pytest.approx((0.2, 0.02, 0.002))
     opt20 = make_optimizer(s20, "mixed_float16")  # the loss-scaled wrapper trains on the same schedule
-    assert _lr(opt20.inner_optimizer, 15999) == pytest.approx(0.2) and _lr(opt20.inner_optimizer, 16000) == \
-        pytest.approx(0.02)
+    assert _lr(opt20.inner_optimizer, 15999) == pytest.approx(0.2) and _lr(
+        opt20.inner_optimizer, 16000
+    ) == pytest.approx(0.02)
 
 
 def test_profile_steps_parse():

@@ -39,9 +39,10 @@ pytestmark = [pytest.mark.slow, pytest.mark.skipif(not _available, reason=_reaso
 def _readme_recipe(port):
     """The README's two `ray start` lines (Across machines), with this test's head address and port."""
     text = open(os.path.join(ROOT, "README.md")).read()
-    section = text[text.index("## Across machines"):]
-    lines = [line.split("ray start", 1)[1].split("#")[0].split() for line in section.splitlines()
-             if "$ ray start" in line][:2]
+    section = text[text.index("## Across machines") :]
+    lines = [
+        line.split("ray start", 1)[1].split("#")[0].split() for line in section.splitlines() if "$ ray start" in line
+    ][:2]
     assert lines[0][:1] == ["--head"] and lines[1][0].startswith("--address="), lines
     head = [a.replace("6379", str(port)) for a in lines[0]]
     other = [a.replace("node1", "127.0.0.3").replace("6379", str(port)) for a in lines[1]]
@@ -71,8 +72,9 @@ def shared():
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
     head, other = _readme_recipe(_free_port())
-    c = LocalCluster(nodes=2, cpus_per_node=1, log_dir=str(tmp_path_factory.mktemp("cluster")),
-                     role_args=[head, other]).start()
+    c = LocalCluster(
+        nodes=2, cpus_per_node=1, log_dir=str(tmp_path_factory.mktemp("cluster")), role_args=[head, other]
+    ).start()
     yield c
     c.stop()
 
@@ -88,14 +90,26 @@ class Driver:
     """`python -m bench.run ...` in its own process; every console line kept with the time it came."""
 
     def __init__(self, cluster, shared, *args):
-        env = {**os.environ, "PYTHONPATH": ROOT, "RAY_AUTH_MODE": "disabled",
-               "RESNET_BENCH_CACHE": os.path.join(shared, "cache")}
+        env = {
+            **os.environ,
+            "PYTHONPATH": ROOT,
+            "RAY_AUTH_MODE": "disabled",
+            "RESNET_BENCH_CACHE": os.path.join(shared, "cache"),
+        }
         self.started = time.monotonic()
-        self.proc = subprocess.Popen([sys.executable, "-m", "bench.run", *TINY, f"--address={cluster.address}", *args],
-                                     cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "bench.run", *TINY, f"--address={cluster.address}", *args],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         self.out, self.err = [], []
-        self._readers = [threading.Thread(target=self._read, args=(s, lines), daemon=True)
-                         for s, lines in ((self.proc.stdout, self.out), (self.proc.stderr, self.err))]
+        self._readers = [
+            threading.Thread(target=self._read, args=(s, lines), daemon=True)
+            for s, lines in ((self.proc.stdout, self.out), (self.proc.stderr, self.err))
+        ]
         for reader in self._readers:
             reader.start()
 
@@ -110,7 +124,7 @@ class Driver:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
-            raise AssertionError(f"the driver still ran after {timeout} s:\n{self.text()}")
+            raise AssertionError(f"the driver still ran after {timeout} s:\n{self.text()}") from None
         for reader in self._readers:
             reader.join(10)
         return code
@@ -129,7 +143,7 @@ class Driver:
         raise AssertionError(f"no line matching {pattern!r} within {timeout} s:\n{self.text()}")
 
     def text(self):
-        return "\n".join(l for _, l in self.out) + "\n--- stderr ---\n" + "\n".join(l for _, l in self.err)
+        return "\n".join(line for _, line in self.out) + "\n--- stderr ---\n" + "\n".join(line for _, line in self.err)
 
 
 def _wait_for_file(path, driver, timeout):
@@ -175,8 +189,11 @@ def _one_row(path):
 
 def _no_ray_noise(driver):
     """Nothing but the run's own lines on the console: no state dumps, no C++ log lines."""
-    noise = [l for _, l in driver.out + driver.err
-             if re.search(r"raylet|\[20\d\d-|core_worker|gcs_|NodeManager|Traceback|\bE\d{4} ", l)]
+    noise = [
+        line
+        for _, line in driver.out + driver.err
+        if re.search(r"raylet|\[20\d\d-|core_worker|gcs_|NodeManager|Traceback|\bE\d{4} ", line)
+    ]
     assert not noise, noise
 
 
@@ -189,18 +206,23 @@ def test_a_path_only_the_drivers_host_has_is_refused_naming_the_host(cluster, sh
     local = tempfile.mkdtemp(prefix="bench-multihost-local-", dir="/tmp")  # node-b has a /tmp of its own
     try:
         cifar, _ = write_cifar(os.path.join(local, "cifar"), train_per_file=(32, 32), test=16)
-        cases = {"cifar_dir": ["--data=files", f"--cifar_dir={cifar}"],
-                 "checkpoint_dir": [f"--checkpoint_dir={os.path.join(local, 'ckpt')}"]}
+        cases = {
+            "cifar_dir": ["--data=files", f"--cifar_dir={cifar}"],
+            "checkpoint_dir": [f"--checkpoint_dir={os.path.join(local, 'ckpt')}"],
+        }
         for flag, args in cases.items():
             results = tmp_path / f"{flag}.csv"
             driver = Driver(cluster, shared, "--steps=4", f"--results={results}", *args)
             code = driver.wait(timeout=150)
-            lines = [l for _, l in driver.err]
+            lines = [line for _, line in driver.err]
             assert code == 2 and len(lines) == 1, driver.text()
             assert f"--{flag}=" in lines[0] and "node-b (127.0.0.4)" in lines[0], lines
             assert not results.exists()
-            assert not any(n.startswith(".bench-host-check-") for n in os.listdir(os.path.join(local, "ckpt"))) \
-                if flag == "checkpoint_dir" else True
+            assert (
+                not any(n.startswith(".bench-host-check-") for n in os.listdir(os.path.join(local, "ckpt")))
+                if flag == "checkpoint_dir"
+                else True
+            )
             _record(f"path check refused ({flag}), s", time.monotonic() - driver.started)
     finally:
         subprocess.run(["rm", "-rf", local], check=False)
@@ -217,10 +239,11 @@ def test_the_readme_recipe_runs_workers_on_two_hosts(cluster, shared, tmp_path):
     assert row["status"] == "ok" and row["num_hosts"] == "2" and row["num_workers"] == "2", row
     assert re.fullmatch(r"node-[ab] \(\+1 host\)", row["host"]) and row["total_steps"] == "20"
     assert row["peak_scope"].startswith("sum over 2 workers on 2 hosts (1 per host), all on 1 machine")
-    started = [l for _, l in driver.out if l.startswith("workers: 0 on")]
+    started = [line for _, line in driver.out if line.startswith("workers: 0 on")]
     assert len(started) == 1 and {"node-a (127.0.0.3)", "node-b (127.0.0.4)"} == set(
-        re.findall(r"node-\w \([\d.]+\)", started[0])), started
-    log = next(l for _, l in driver.out if l.startswith("Ray's own messages: ")).split(": ", 1)[1]
+        re.findall(r"node-\w \([\d.]+\)", started[0])
+    ), started
+    log = next(line for _, line in driver.out if line.startswith("Ray's own messages: ")).split(": ", 1)[1]
     assert os.path.isfile(log)
     _no_ray_noise(driver)
     _record("2-host run of 20 steps, s", time.monotonic() - driver.started)
@@ -229,8 +252,15 @@ def test_the_readme_recipe_runs_workers_on_two_hosts(cluster, shared, tmp_path):
 def test_sigterm_stops_every_worker_with_a_checkpoint_and_one_interrupted_row(cluster, shared, tmp_path):
     results, ckpt = tmp_path / "summary.csv", os.path.join(shared, "ckpt-signal")
     before = _run_processes(cluster)
-    driver = Driver(cluster, shared, "--steps=100000", "--steps_per_loop=5", f"--checkpoint_dir={ckpt}",
-                    "--checkpoint_every_steps=10", f"--results={results}")
+    driver = Driver(
+        cluster,
+        shared,
+        "--steps=100000",
+        "--steps_per_loop=5",
+        f"--checkpoint_dir={ckpt}",
+        "--checkpoint_every_steps=10",
+        f"--results={results}",
+    )
     _wait_for_file(os.path.join(ckpt, "ckpt-10.index"), driver, timeout=400)
     processes = {k: v for k, v in _run_processes(cluster).items() if k not in before}
     assert len(processes) >= 3, processes  # two workers, the Train controller, the collector
@@ -245,17 +275,26 @@ def test_sigterm_stops_every_worker_with_a_checkpoint_and_one_interrupted_row(cl
     assert row["error"] == f"stopped by SIGTERM at step {step}" and row["num_hosts"] == "2"
     with open(os.path.join(ckpt, "checkpoint")) as f:  # the checkpoint of the step the workers stopped at
         assert f'model_checkpoint_path: "ckpt-{step}"' in f.read()
-    assert [l for _, l in driver.err if "SIGTERM" in l] == [
-        "SIGTERM: stopping the workers after the current window (again to exit at once)"], driver.text()
+    assert [line for _, line in driver.err if "SIGTERM" in line] == [
+        "SIGTERM: stopping the workers after the current window (again to exit at once)"
+    ], driver.text()
     _assert_gone(processes)
     _no_ray_noise(driver)
 
 
 def test_a_lost_node_without_a_spare_fails_within_the_restart_timeout(cluster, shared, tmp_path):
     results, ckpt = tmp_path / "summary.csv", os.path.join(shared, "ckpt-lost")
-    driver = Driver(cluster, shared, "--steps=100000", "--steps_per_loop=5", f"--checkpoint_dir={ckpt}",
-                    "--checkpoint_every_steps=20", "--max_failures=1", "--restart_timeout_s=20",
-                    f"--results={results}")
+    driver = Driver(
+        cluster,
+        shared,
+        "--steps=100000",
+        "--steps_per_loop=5",
+        f"--checkpoint_dir={ckpt}",
+        "--checkpoint_every_steps=20",
+        "--max_failures=1",
+        "--restart_timeout_s=20",
+        f"--results={results}",
+    )
     _wait_for_file(os.path.join(ckpt, "ckpt-20.index"), driver, timeout=400)
     killed = time.monotonic()
     cluster.kill_node(1)
@@ -263,13 +302,21 @@ def test_a_lost_node_without_a_spare_fails_within_the_restart_timeout(cluster, s
     ended = time.monotonic()
     assert code == 1, driver.text()
     when, line = driver.wait_for(r"lost at step", timeout=1)
-    assert re.fullmatch(r"node-b \(127\.0\.0\.4\) lost at step \d+; restarting from step \d+ once a node can take "
-                        r"its workers \(up to --restart_timeout_s=20 s\)", line), line
-    assert len([l for _, l in driver.out if l.startswith("node-b")]) == 1  # one line for the event (and the row's error)
+    assert re.fullmatch(
+        r"node-b \(127\.0\.0\.4\) lost at step \d+; restarting from step \d+ once a node can take "
+        r"its workers \(up to --restart_timeout_s=20 s\)",
+        line,
+    ), line
+    assert (
+        len([line for _, line in driver.out if line.startswith("node-b")]) == 1
+    )  # one line for the event (and the row's error)
     row = _one_row(results)
     assert row["status"] == "failed", row
-    assert re.match(r"node-b \(127\.0\.0\.4\) lost at step \d+; the workers could not be placed again within "
-                    r"--restart_timeout_s=20 s; last checkpoint: step \d+ in " + re.escape(ckpt), row["error"]), row
+    assert re.match(
+        r"node-b \(127\.0\.0\.4\) lost at step \d+; the workers could not be placed again within "
+        r"--restart_timeout_s=20 s; last checkpoint: step \d+ in " + re.escape(ckpt),
+        row["error"],
+    ), row
     assert ended - killed < 20 + 60
     _record("node lost -> event line, s", when - killed)
     _record("node lost -> failed row and exit (restart timeout 20 s), s", ended - killed)
@@ -280,9 +327,17 @@ def test_a_lost_node_with_a_spare_resumes_from_the_checkpoint(cluster, shared, t
     while sum(cluster.node_alive(i) for i in range(len(cluster.nodes))) < 3:  # the head and two more hosts
         cluster.add_node()
     results, ckpt, steps = tmp_path / "summary.csv", os.path.join(shared, "ckpt-spare"), 400
-    driver = Driver(cluster, shared, f"--steps={steps}", "--steps_per_loop=5", f"--checkpoint_dir={ckpt}",
-                    "--checkpoint_every_steps=20", "--max_failures=1", "--restart_timeout_s=60",
-                    f"--results={results}")
+    driver = Driver(
+        cluster,
+        shared,
+        f"--steps={steps}",
+        "--steps_per_loop=5",
+        f"--checkpoint_dir={ckpt}",
+        "--checkpoint_every_steps=20",
+        "--max_failures=1",
+        "--restart_timeout_s=60",
+        f"--results={results}",
+    )
     _, started = driver.wait_for(r"^workers: 0 on", timeout=400)
     victim = next(i for i, n in enumerate(cluster.nodes) if not n["head"] and f"{n['hostname']} (" in started)
     name = f"{cluster.nodes[victim]['hostname']} ({cluster.nodes[victim]['ip']})"
@@ -303,4 +358,3 @@ def test_a_lost_node_with_a_spare_resumes_from_the_checkpoint(cluster, shared, t
     _record("node lost -> event line (spare), s", when - killed)
     _record("node lost -> workers restarted on the spare, s", restarted_at - killed)
     _no_ray_noise(driver)
-

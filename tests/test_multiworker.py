@@ -11,18 +11,18 @@ import io
 import json
 import os
 import subprocess
-import tempfile
 import sys
+import tempfile
 import time
 
 import pytest
+from cifar_files import write_cifar
 
 from bench.config import options, setup_checks, validation
+from bench.config.options import ConfigError, RunConfig
 from bench.distributed import driver, worker
 from bench.results import rows, table
 from bench.runner import loop
-from bench.config.options import ConfigError, RunConfig
-from cifar_files import write_cifar
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MW = dict(strategy="multi_worker", workers=2, n=1, batch_size=16)
@@ -32,25 +32,28 @@ MW = dict(strategy="multi_worker", workers=2, n=1, batch_size=16)
 # Without Ray
 
 
-@pytest.mark.parametrize("changes,message", [
-    ({"strategy": "multi_worker", "workers": 0}, "--workers must be >= 1"),
-    ({"workers": 2}, "only with --strategy=multi_worker"),
-    ({"strategy": "mirrored", "gpus_per_worker": 1}, "only with --strategy=multi_worker"),
-    ({"address": "auto"}, "only with --strategy=multi_worker"),
-    ({**MW, "batch_size": 15}, "divide evenly over 2 replicas"),
-    ({**MW, "gpus_per_worker": 2, "batch_size": 6}, "divide evenly over 4 replicas"),
-    ({**MW, "cpus_per_worker": 0}, "cpus_per_worker"),
-    ({**MW, "max_failures": -1}, "max_failures"),
-    ({**MW, "collective_timeout_s": 0}, "collective_timeout_s"),
-    ({**MW, "restart_timeout_s": 0}, "restart_timeout_s"),
-    ({"restart_timeout_s": 30.0}, "only with --strategy=multi_worker"),
-    ({**MW, "num_gpus": 1}, "--gpus_per_worker"),
-    ({**MW, "address": "nohostport"}, "give auto, ray://host:port or host:port"),
-    ({**MW, "loop": "fit"}, "custom loop only"),
-    ({**MW, "fail_worker_at_step": "1"}, "RANK:STEP"),
-    ({**MW, "fail_worker_at_step": "1:3:explode"}, "RANK:STEP"),
-    ({**MW, "fail_worker_at_step": "2:3"}, "rank 2 but there are 2 workers"),
-])
+@pytest.mark.parametrize(
+    "changes,message",
+    [
+        ({"strategy": "multi_worker", "workers": 0}, "--workers must be >= 1"),
+        ({"workers": 2}, "only with --strategy=multi_worker"),
+        ({"strategy": "mirrored", "gpus_per_worker": 1}, "only with --strategy=multi_worker"),
+        ({"address": "auto"}, "only with --strategy=multi_worker"),
+        ({**MW, "batch_size": 15}, "divide evenly over 2 replicas"),
+        ({**MW, "gpus_per_worker": 2, "batch_size": 6}, "divide evenly over 4 replicas"),
+        ({**MW, "cpus_per_worker": 0}, "cpus_per_worker"),
+        ({**MW, "max_failures": -1}, "max_failures"),
+        ({**MW, "collective_timeout_s": 0}, "collective_timeout_s"),
+        ({**MW, "restart_timeout_s": 0}, "restart_timeout_s"),
+        ({"restart_timeout_s": 30.0}, "only with --strategy=multi_worker"),
+        ({**MW, "num_gpus": 1}, "--gpus_per_worker"),
+        ({**MW, "address": "nohostport"}, "give auto, ray://host:port or host:port"),
+        ({**MW, "loop": "fit"}, "custom loop only"),
+        ({**MW, "fail_worker_at_step": "1"}, "RANK:STEP"),
+        ({**MW, "fail_worker_at_step": "1:3:explode"}, "RANK:STEP"),
+        ({**MW, "fail_worker_at_step": "2:3"}, "rank 2 but there are 2 workers"),
+    ],
+)
 def test_multi_worker_fields_are_validated(changes, message):
     with pytest.raises(ConfigError, match=message):
         validation.validate(RunConfig(**changes))
@@ -74,8 +77,16 @@ def test_resource_check_refuses_what_the_cluster_cannot_hold():
 
 
 def _report(rank, host, peak, attempt=1, **row):
-    base = {"run_id": "abc123abc123", "status": "ok", "error": "", "num_replicas": 2, "flops_per_image": 1e9,
-            "images_per_sec": 50.0, "peak_gflops": peak, "host": host}
+    base = {
+        "run_id": "abc123abc123",
+        "status": "ok",
+        "error": "",
+        "num_replicas": 2,
+        "flops_per_image": 1e9,
+        "images_per_sec": 50.0,
+        "peak_gflops": peak,
+        "host": host,
+    }
     return {"rank": rank, "attempt": attempt, "host": host, "row": {**base, **row}}
 
 
@@ -115,8 +126,9 @@ def test_older_results_files_take_the_new_columns(tmp_path):
 
 def cli(*args, timeout=120):
     env = {**os.environ, "PYTHONPATH": ROOT, "RAY_AUTH_MODE": "disabled"}
-    return subprocess.run([sys.executable, "-m", "bench.run", *args], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "bench.run", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout
+    )
 
 
 @pytest.fixture
@@ -156,11 +168,17 @@ def test_bad_multi_worker_input_is_one_line_exit_2_nothing_written(tmp_path, sil
     cases = {
         "no workers": (mw + ["--workers=0"], "--workers must be >= 1", 10),
         "workers with another strategy": (["--workers=2", "--data=synthetic"], "only with --strategy=multi_worker", 10),
-        "GPUs per worker with another strategy": (["--strategy=mirrored", "--gpus_per_worker=1"],
-                                                  "only with --strategy=multi_worker", 10),
+        "GPUs per worker with another strategy": (
+            ["--strategy=mirrored", "--gpus_per_worker=1"],
+            "only with --strategy=multi_worker",
+            10,
+        ),
         # a local Ray starts (about 10 s here) and the request is refused before any worker starts
-        "more than the cluster has": (mw + ["--workers=2", "--cpus_per_worker=4", "--gpus_per_worker=1"],
-                                      "need 8 CPUs and 2 GPUs; the Ray cluster has", 60),
+        "more than the cluster has": (
+            mw + ["--workers=2", "--cpus_per_worker=4", "--gpus_per_worker=1"],
+            "need 8 CPUs and 2 GPUs; the Ray cluster has",
+            60,
+        ),
         "nothing listens at the address": (mw + ["--workers=2", "--address=127.0.0.1:1"], "no Ray cluster answers", 30),
         "bad address": (mw + ["--workers=2", "--address=nowhere"], "host:port", 10),
         # the port answers but no Ray speaks there: Ray's own retries are cut off at 30 s
@@ -199,9 +217,20 @@ def ray_address():
 def test_killed_worker_restarts_from_the_checkpoint_and_workers_agree(ray_address, tmp_path):
     folder, _ = write_cifar(str(tmp_path / "cifar"), train_per_file=(64, 64), test=30)
     path = str(tmp_path / "summary.csv")
-    cfg = RunConfig(**MW, data="files", cifar_dir=folder, steps=12, steps_per_loop=2, warmup_steps=2,
-                    eval_every_epochs=0.5, checkpoint_dir=str(tmp_path / "ckpt"), checkpoint_every_steps=4,
-                    max_failures=1, fail_worker_at_step="1:6", results=path)
+    cfg = RunConfig(
+        **MW,
+        data="files",
+        cifar_dir=folder,
+        steps=12,
+        steps_per_loop=2,
+        warmup_steps=2,
+        eval_every_epochs=0.5,
+        checkpoint_dir=str(tmp_path / "ckpt"),
+        checkpoint_every_steps=4,
+        max_failures=1,
+        fail_worker_at_step="1:6",
+        results=path,
+    )
     out = io.StringIO()
     outcome = driver.run(cfg, command="test", out=out)
     text = out.getvalue()
@@ -235,15 +264,27 @@ def test_stalled_worker_fails_within_the_timeout_and_matches_mirrored(ray_addres
 
     cache = tmp_path / "cache"
     monkeypatch.setenv("RESNET_BENCH_CACHE", str(cache))
-    key = f"CPU:{devices.cpu_model_name()}|tf{devices.import_tensorflow().__version__}" + (
-        "|onednn" if devices.onednn_enabled() else "") + "|intra1" + f"|float32|{peak.METHOD}"  # a worker's key
+    key = (
+        f"CPU:{devices.cpu_model_name()}|tf{devices.import_tensorflow().__version__}"
+        + ("|onednn" if devices.onednn_enabled() else "")
+        + "|intra1"
+        + f"|float32|{peak.METHOD}"
+    )  # a worker's key
     os.makedirs(cache)
     (cache / "peak.json").write_text(json.dumps({key: {"gflops": 100.0, "measured_at": table.utc_now(), "load": 0}}))
     assert os.path.dirname(peak.cache_path()) == str(cache)
     path = str(tmp_path / "summary.csv")
     timeout = 15
-    cfg = RunConfig(**MW, data="synthetic", steps=6, steps_per_loop=1, warmup_steps=1, collective_timeout_s=timeout,
-                    fail_worker_at_step="1:2:stall", results=path)
+    cfg = RunConfig(
+        **MW,
+        data="synthetic",
+        steps=6,
+        steps_per_loop=1,
+        warmup_steps=1,
+        collective_timeout_s=timeout,
+        fail_worker_at_step="1:2:stall",
+        results=path,
+    )
     outcome = driver.run(cfg, out=io.StringIO())
     rows = table.read_rows(path)
     assert outcome.status == "failed" and outcome.exit_code == loop.EXIT_FAILED
@@ -254,9 +295,21 @@ def test_stalled_worker_fails_within_the_timeout_and_matches_mirrored(ray_addres
     # same seed, same global batch, synthetic batches seeded by the global replica id.
     assert rows[0]["total_steps"] == "2"
     assert rows[0]["peak_gflops"] == ""  # the stalled worker never reported its peak: no partial sum
-    mirrored = loop.run(RunConfig(strategy="mirrored", cpu_replicas=2, data="synthetic", n=1, batch_size=16,
-                                  steps=2, steps_per_loop=1, warmup_steps=1, results=str(tmp_path / "m.csv")),
-                        write_row=False, out=io.StringIO())
+    mirrored = loop.run(
+        RunConfig(
+            strategy="mirrored",
+            cpu_replicas=2,
+            data="synthetic",
+            n=1,
+            batch_size=16,
+            steps=2,
+            steps_per_loop=1,
+            warmup_steps=1,
+            results=str(tmp_path / "m.csv"),
+        ),
+        write_row=False,
+        out=io.StringIO(),
+    )
     assert float(rows[0]["final_train_loss"]) == pytest.approx(mirrored.row["final_train_loss"], rel=1e-4)
 
 
@@ -264,9 +317,20 @@ def test_stalled_worker_fails_within_the_timeout_and_matches_mirrored(ray_addres
 def test_crash_without_restarts_is_a_failed_row_exit_1_through_the_cli(ray_address, tmp_path):
     path = tmp_path / "summary.csv"
     start = time.perf_counter()
-    proc = cli("--strategy=multi_worker", "--workers=2", f"--address={ray_address}", "--data=synthetic", "--n=1",
-               "--batch_size=16", "--steps=8", "--steps_per_loop=1", "--warmup_steps=1", "--fail_worker_at_step=1:3",
-               f"--results={path}", timeout=300)
+    proc = cli(
+        "--strategy=multi_worker",
+        "--workers=2",
+        f"--address={ray_address}",
+        "--data=synthetic",
+        "--n=1",
+        "--batch_size=16",
+        "--steps=8",
+        "--steps_per_loop=1",
+        "--warmup_steps=1",
+        "--fail_worker_at_step=1:3",
+        f"--results={path}",
+        timeout=300,
+    )
     assert proc.returncode == 1, proc.stderr[-3000:]
     rows = table.read_rows(str(path))
     assert len(rows) == 1 and rows[0]["status"] == "failed" and rows[0]["restarts"] == "0"
@@ -281,8 +345,14 @@ def test_crash_without_restarts_is_a_failed_row_exit_1_through_the_cli(ray_addre
 def test_sweep_space_gives_multi_worker_trials_their_own_keys_and_resources():
     from sweeps import multiworker_trials, space
 
-    axes = {"strategy": ["default", "multi_worker"], "workers": [1, 2], "steps": [20], "batch_size": [16],
-            "cpus_per_worker": [1.0], "max_failures": [1]}
+    axes = {
+        "strategy": ["default", "multi_worker"],
+        "workers": [1, 2],
+        "steps": [20],
+        "batch_size": [16],
+        "cpus_per_worker": [1.0],
+        "max_failures": [1],
+    }
     trials = space.build_trials(axes, 1, "s")
     keys = [t.key for t in trials]
     assert len(trials) == 3 and "strategy=default,seed=0,workers=none" in keys[0]  # the workers axis collapsed
@@ -310,16 +380,52 @@ def test_sweep_space_gives_multi_worker_trials_their_own_keys_and_resources():
 def test_sweep_of_worker_counts_writes_one_row_per_trial(tmp_path):
     path = tmp_path / "summary.csv"
     env = {**os.environ, "PYTHONPATH": ROOT, "RAY_AUTH_MODE": "disabled"}
-    bad = subprocess.run([sys.executable, "-m", "sweeps.tune", "--strategy=multi_worker", "--workers=2",
-                          "--scheduler=asha", "--name=bad", f"--storage={tmp_path}/ray", f"--results={path}"],
-                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    bad = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "sweeps.tune",
+            "--strategy=multi_worker",
+            "--workers=2",
+            "--scheduler=asha",
+            "--name=bad",
+            f"--storage={tmp_path}/ray",
+            f"--results={path}",
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     lines = bad.stderr.strip().splitlines()
     assert bad.returncode == 2 and len(lines) == 1 and "multi_worker" in lines[0], bad.stderr[-2000:]
-    proc = subprocess.run([sys.executable, "-m", "sweeps.tune", "--strategy=multi_worker", "--workers=1,2", "--n=1",
-                           "--shortcut=B", "--block=preact", "--data=synthetic", "--steps=6", "--warmup_steps=2",
-                           "--steps_per_loop=2", "--batch_size=16", "--name=mw", f"--storage={tmp_path}/ray",
-                           f"--results={path}", "--noreport"], cwd=ROOT, env=env, capture_output=True, text=True,
-                          timeout=600)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "sweeps.tune",
+            "--strategy=multi_worker",
+            "--workers=1,2",
+            "--n=1",
+            "--shortcut=B",
+            "--block=preact",
+            "--data=synthetic",
+            "--steps=6",
+            "--warmup_steps=2",
+            "--steps_per_loop=2",
+            "--batch_size=16",
+            "--name=mw",
+            f"--storage={tmp_path}/ray",
+            f"--results={path}",
+            "--noreport",
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = table.read_rows(str(path))
     assert sorted((r["num_workers"], r["num_replicas"]) for r in rows) == [("1", "1"), ("2", "2")]

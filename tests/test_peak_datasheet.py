@@ -8,11 +8,11 @@ import time
 import numpy as np
 import pytest
 import tensorflow as tf
+from helpers import distributed_iterator, fixed_batch, make_trainer
 
 from bench.hardware import datasheet, peak
 from bench.results import metrics
 from bench.runner.timing import device_sync
-from helpers import distributed_iterator, fixed_batch, make_trainer
 from resnet import cost
 
 # (TF device name, precision, tf32) -> dense TFLOP/s of one device
@@ -47,10 +47,22 @@ def test_datasheet_lookup(name, precision, tf32, tflops):
     assert "datasheet" in source and f"{tflops:g}" in source
 
 
-@pytest.mark.parametrize("name", [
-    "NVIDIA A10G", "NVIDIA L40S", "NVIDIA H100 NVL", "NVIDIA H200 NVL", "NVIDIA GH200 480GB",
-    "Tesla V100S-PCIE-32GB", "Tesla V100-SXM3-32GB", "NVIDIA GeForce RTX 4090", "AMD EPYC 7B13", "", None,
-])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "NVIDIA A10G",
+        "NVIDIA L40S",
+        "NVIDIA H100 NVL",
+        "NVIDIA H200 NVL",
+        "NVIDIA GH200 480GB",
+        "Tesla V100S-PCIE-32GB",
+        "Tesla V100-SXM3-32GB",
+        "NVIDIA GeForce RTX 4090",
+        "AMD EPYC 7B13",
+        "",
+        None,
+    ],
+)
 def test_unknown_or_other_parts_give_none(name):
     tflops, source = datasheet.lookup(name, "float32", False)
     assert tflops is None and "no datasheet figure" in source

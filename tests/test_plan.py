@@ -61,10 +61,29 @@ def test_earlier_rows_of_this_machine_refine_the_estimate(tmp_path, monkeypatch)
     path = str(tmp_path / "summary.csv")
     host = table.base_provenance()["host"]
     for rate in (500.0, 600.0, 700.0):  # ResNet-20 at 245 MFLOP per image: ~147 GFLOP/s sustained
-        table.append_row(path, {"run_id": f"r{rate:.0f}", "status": "ok", "host": host, "precision": "float32",
-                                  "images_per_sec": rate, "flops_per_image": 244879104, "time_to_first_step_s": 10})
-    table.append_row(path, {"run_id": "other", "status": "ok", "host": "elsewhere", "precision": "float32",
-                              "images_per_sec": 5.0, "flops_per_image": 244879104})
+        table.append_row(
+            path,
+            {
+                "run_id": f"r{rate:.0f}",
+                "status": "ok",
+                "host": host,
+                "precision": "float32",
+                "images_per_sec": rate,
+                "flops_per_image": 244879104,
+                "time_to_first_step_s": 10,
+            },
+        )
+    table.append_row(
+        path,
+        {
+            "run_id": "other",
+            "status": "ok",
+            "host": "elsewhere",
+            "precision": "float32",
+            "images_per_sec": 5.0,
+            "flops_per_image": 244879104,
+        },
+    )
     cfg = space.build_trials(_axes(n="3", steps="200"), 1, "s")[0].config
     seconds, flops, text = plan.estimate([cfg], path)
     assert abs(seconds[cfg.trial_key] - (10 + flops / (600 * 244879104))) < 0.01

@@ -88,8 +88,9 @@ def test_option_a_adds_nothing_and_b_c_add_exactly_the_projections(block):
                 assert isinstance(layer, keras.layers.BatchNormalization) and block == "original"
     # B projects only where the shape changes: stage 2 and 3 entries (and stage 1 for bottleneck)
     b = build_resnet(n, block=block, shortcut="B")
-    convs = sorted(layer.name for layer in b.layers if layer.name.endswith("_shortcut")
-                   and isinstance(layer, keras.layers.Conv2D))
+    convs = sorted(
+        layer.name for layer in b.layers if layer.name.endswith("_shortcut") and isinstance(layer, keras.layers.Conv2D)
+    )
     expected = ["stage2_block1_shortcut", "stage3_block1_shortcut"]
     if block == "bottleneck":
         expected = ["stage1_block1_shortcut"] + expected
@@ -109,10 +110,17 @@ def model_macs(model):
     return total
 
 
-@pytest.mark.parametrize("n,block,shortcut", [
-    (3, "preact", "A"), (3, "preact", "B"), (5, "original", "C"), (9, "original", "A"),
-    (2, "bottleneck", "B"), (3, "bottleneck", "C"),
-])
+@pytest.mark.parametrize(
+    "n,block,shortcut",
+    [
+        (3, "preact", "A"),
+        (3, "preact", "B"),
+        (5, "original", "C"),
+        (9, "original", "A"),
+        (2, "bottleneck", "B"),
+        (3, "bottleneck", "C"),
+    ],
+)
 def test_analytic_cost_agrees_with_the_built_model(n, block, shortcut):
     c = cost.cost(n, block, shortcut)
     counted = model_macs(build_resnet(n, block=block, shortcut=shortcut))
@@ -124,9 +132,14 @@ def test_resnet20_costs_40_8_million_multiply_adds():
     assert cost.forward_macs(3, "preact", "B") / 1e6 == pytest.approx(40.8, abs=0.05)
 
 
-@pytest.mark.parametrize("precision,compute", [
-    ("float32", "float32"), ("mixed_float16", "float16"), ("mixed_bfloat16", "bfloat16"),
-])
+@pytest.mark.parametrize(
+    "precision,compute",
+    [
+        ("float32", "float32"),
+        ("mixed_float16", "float16"),
+        ("mixed_bfloat16", "bfloat16"),
+    ],
+)
 def test_shapes_and_dtypes_under_each_policy(precision, compute):
     model = build_resnet(1, precision=precision)
     logits = model(np.zeros((4, 32, 32, 3), np.float32), training=False)
@@ -155,9 +168,20 @@ def test_one_step_gives_finite_gradients(block, shortcut):
 def test_stable_layer_names_and_structure():
     model = build_resnet(2, block="preact", shortcut="B")
     names = {layer.name for layer in model.layers}
-    for name in ("stem_conv", "stage1_block1_preact_bn", "stage1_block1_conv1", "stage1_block2_conv2",
-                 "stage2_block1_conv1", "stage2_block1_shortcut", "stage3_block2_add", "final_bn",
-                 "final_relu", "pool", "fc", "logits"):
+    for name in (
+        "stem_conv",
+        "stage1_block1_preact_bn",
+        "stage1_block1_conv1",
+        "stage1_block2_conv2",
+        "stage2_block1_conv1",
+        "stage2_block1_shortcut",
+        "stage3_block2_add",
+        "final_bn",
+        "final_relu",
+        "pool",
+        "fc",
+        "logits",
+    ):
         assert name in names
     assert model.get_layer("stage2_block1_conv1").strides == (2, 2)
     assert model.get_layer("stage2_block2_conv1").strides == (1, 1)
@@ -167,8 +191,9 @@ def test_stable_layer_names_and_structure():
     assert "stem_bn" in {layer.name for layer in original.layers}
     assert "final_bn" not in {layer.name for layer in original.layers}
     # depth counts weighted layers: convs on the main path + the dense layer
-    main_convs = [layer for layer in model.layers
-                  if isinstance(layer, keras.layers.Conv2D) and "shortcut" not in layer.name]
+    main_convs = [
+        layer for layer in model.layers if isinstance(layer, keras.layers.Conv2D) and "shortcut" not in layer.name
+    ]
     assert len(main_convs) + 1 == spec.depth(2) == 14
 
 
@@ -200,7 +225,7 @@ def test_fused_batch_norm_layer_computes_what_keras_batch_norm_computes(precisio
         layer.build((8, 6, 6, 5))
         layer.gamma.assign(gamma)
         layer.beta.assign(beta)
-    for call in range(3):
+    for _call in range(3):
         x = tf.constant(rng.normal(3.0, 2.5, (8, 6, 6, 5)).astype(np.float32))
         upstream = tf.constant(rng.normal(size=(8, 6, 6, 5)).astype(np.float32))
         outs, grads = [], []
@@ -218,8 +243,12 @@ def test_fused_batch_norm_layer_computes_what_keras_batch_norm_computes(precisio
         np.testing.assert_allclose(layers[1].moving_variance.numpy(), layers[0].moving_variance.numpy(), rtol=1e-4)
     assert layers[1].moving_mean.numpy() == pytest.approx(np.full(5, 3.0 * (1 - 0.9**3)), abs=0.3)
     x = tf.constant(rng.normal(3.0, 2.5, (4, 6, 6, 5)).astype(np.float32))
-    np.testing.assert_allclose(tf.cast(layers[1](x, training=False), tf.float32).numpy(),
-                               tf.cast(layers[0](x, training=False), tf.float32).numpy(), atol=atol, rtol=atol)
+    np.testing.assert_allclose(
+        tf.cast(layers[1](x, training=False), tf.float32).numpy(),
+        tf.cast(layers[0](x, training=False), tf.float32).numpy(),
+        atol=atol,
+        rtol=atol,
+    )
     assert layers[1](x).dtype == layers[0](x).dtype
 
 
@@ -233,12 +262,20 @@ def test_fused_batch_norm_option_and_its_limits():
         build_resnet(1, batch_norm="cudnn")
 
 
-@pytest.mark.parametrize("kwargs,argument", [
-    ({"n": 0}, "n"), ({"n": -3}, "n"), ({"n": 2.5}, "n"), ({"n": 3, "block": "wide"}, "block"),
-    ({"n": 3, "shortcut": "D"}, "shortcut"), ({"n": 3, "input_shape": (32, 32)}, "input_shape"),
-    ({"n": 3, "input_shape": (32, 0, 3)}, "input_shape"), ({"n": 3, "precision": "float64"}, "precision"),
-    ({"n": 3, "num_classes": 0}, "num_classes"),
-])
+@pytest.mark.parametrize(
+    "kwargs,argument",
+    [
+        ({"n": 0}, "n"),
+        ({"n": -3}, "n"),
+        ({"n": 2.5}, "n"),
+        ({"n": 3, "block": "wide"}, "block"),
+        ({"n": 3, "shortcut": "D"}, "shortcut"),
+        ({"n": 3, "input_shape": (32, 32)}, "input_shape"),
+        ({"n": 3, "input_shape": (32, 0, 3)}, "input_shape"),
+        ({"n": 3, "precision": "float64"}, "precision"),
+        ({"n": 3, "num_classes": 0}, "num_classes"),
+    ],
+)
 def test_bad_arguments_raise_value_errors_naming_the_argument(kwargs, argument):
     with pytest.raises(ValueError, match=rf"\b{argument}\b") as err:
         build_resnet(**kwargs)

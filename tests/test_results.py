@@ -11,8 +11,14 @@ from bench.results import table
 
 
 def row(i, **extra):
-    return {"run_id": f"run{i:04d}", "status": "ok", "n": 3, "images_per_sec": 1234.5678 + i,
-            "command": 'python -m bench.run --n 3 --note "quoted, with comma"', **extra}
+    return {
+        "run_id": f"run{i:04d}",
+        "status": "ok",
+        "n": 3,
+        "images_per_sec": 1234.5678 + i,
+        "command": 'python -m bench.run --n 3 --note "quoted, with comma"',
+        **extra,
+    }
 
 
 def _writer(path, start, count):
@@ -76,8 +82,15 @@ def test_file_of_an_older_schema_takes_no_rows_until_upgraded(tmp_path):
     with open(path, "w", newline="") as fh:
         writer = csv.DictWriter(fh, old_schema, lineterminator="\n")
         writer.writeheader()
-        writer.writerow({"run_id": "old1", "status": "ok", "xla": "true", "images_per_sec": "151.2",
-                         "command": "python -m bench.run --x, y"})
+        writer.writerow(
+            {
+                "run_id": "old1",
+                "status": "ok",
+                "xla": "true",
+                "images_per_sec": "151.2",
+                "command": "python -m bench.run --x, y",
+            }
+        )
     original = path.read_bytes()
     with pytest.raises(table.ResultsError, match="older version .*onednn.* upgrade"):
         table.check_results_path(str(path))

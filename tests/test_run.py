@@ -8,12 +8,12 @@ import sys
 import time
 
 import pytest
+from cifar_files import write_cifar
 
+from bench.config.options import ConfigError, RunConfig
 from bench.hardware import devices
 from bench.results import table
 from bench.runner import loop
-from bench.config.options import ConfigError, RunConfig
-from cifar_files import write_cifar
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMALL = dict(n=1, batch_size=16, steps_per_loop=3, warmup_steps=2)
@@ -48,8 +48,16 @@ def test_mirrored_synthetic_run_writes_one_true_row(tmp_path):
 def test_files_run_evaluates_and_stops_at_the_target(tmp_path):
     folder, _ = write_cifar(str(tmp_path / "cifar"), train_per_file=(64, 64), test=40)
     path = str(tmp_path / "summary.csv")
-    cfg = RunConfig(data="files", cifar_dir=folder, steps=40, results=path, target_accuracy=0.01,
-                    eval_every_epochs=1.0, tensorboard_dir=str(tmp_path / "tb"), **SMALL)
+    cfg = RunConfig(
+        data="files",
+        cifar_dir=folder,
+        steps=40,
+        results=path,
+        target_accuracy=0.01,
+        eval_every_epochs=1.0,
+        tensorboard_dir=str(tmp_path / "tb"),
+        **SMALL,
+    )
     out = loop.run(cfg)
     row = table.read_rows(path)[0]
     assert out.status == "ok" and row["data"] == "files"
@@ -76,8 +84,11 @@ def test_a_cached_peak_below_the_achieved_rate_is_measured_again(tmp_path, monke
     from bench.hardware import peak
 
     monkeypatch.setenv("RESNET_BENCH_CACHE", str(tmp_path / "cache"))
-    key = f"CPU:{devices.cpu_model_name()}|tf{devices.import_tensorflow().__version__}" + (
-        "|onednn" if devices.onednn_enabled() else "") + f"|float32|{peak.METHOD}"  # assembly.peak_device_key's
+    key = (
+        f"CPU:{devices.cpu_model_name()}|tf{devices.import_tensorflow().__version__}"
+        + ("|onednn" if devices.onednn_enabled() else "")
+        + f"|float32|{peak.METHOD}"
+    )  # assembly.peak_device_key's
     os.makedirs(tmp_path / "cache")
     recent = {"gflops": 1.0, "measured_at": table.utc_now(), "load": 0.1}  # a fresh, quiet, but low reading
     (tmp_path / "cache" / "peak.json").write_text(json.dumps({key: recent}))
@@ -101,8 +112,9 @@ def test_mixed_float16_on_cpu_warns(capsys):
 def cli(*args, timeout=300, cwd=ROOT, python=("-m", "bench.run")):
     env = {**os.environ, "PYTHONPATH": ROOT}
     env.pop("TF_CPP_MIN_LOG_LEVEL", None)
-    return subprocess.run([sys.executable, *python, *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, *python, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
+    )
 
 
 def bad_inputs(tmp):
@@ -149,8 +161,10 @@ def bad_inputs(tmp):
         "fused BN with sync BN": (["--batch_norm=fused", "--sync_bn"], "cannot synchronize"),
         "unwritable tensorboard dir": ([f"--tensorboard_dir={blocker}/tb"], "not a writable folder"),
         "checkpoint dir is a file": ([f"--checkpoint_dir={blocker}"], "not a writable folder"),
-        "fit with XLA over replicas": (["--loop=fit", "--xla", "--strategy=mirrored", "--cpu_replicas=2"],
-                                       "needs one replica"),
+        "fit with XLA over replicas": (
+            ["--loop=fit", "--xla", "--strategy=mirrored", "--cpu_replicas=2"],
+            "needs one replica",
+        ),
         "results under a missing folder of /proc": (["--results=/proc/no/such/dir/s.csv"], "not a writable folder"),
         "results in /proc (root may 'access' it)": (["--results=/proc/newcomer.csv"], "not a writable folder"),
         "tfds not prepared, offline": (["--data=tfds", f"--tfds_dir={tmp}/tfds"], "cannot be downloaded"),
@@ -160,25 +174,33 @@ def bad_inputs(tmp):
         "inference with a training option": (["--mode=inference", "--loop=fit"], "not for --mode=inference"),
         "negative thread count": (["--intra_op_threads=-1"], "intra_op_threads"),
         "fit whose chunks leave nothing to time": (["--loop=fit", "--steps=15"], "none to time"),
-        "NaN injection where nothing would inject it": (["--mode=inference", "--inject_nan_at_step=3"],
-                                                        "not for --mode=inference"),
+        "NaN injection where nothing would inject it": (
+            ["--mode=inference", "--inject_nan_at_step=3"],
+            "not for --mode=inference",
+        ),
         # issue #16: each of these used to run, hang or end in a traceback
         "profile window past the last step": (["--profile_steps=3,100"], "the profiler would never stop"),
-        "profile window over every timed step": (["--steps=12", "--warmup_steps=2", "--profile_steps=3,12"],
-                                                 "nothing would be timed"),
+        "profile window over every timed step": (
+            ["--steps=12", "--warmup_steps=2", "--profile_steps=3,12"],
+            "nothing would be timed",
+        ),
         "negative seed": (["--seed=-1"], "--seed must be in [0, 4294967295]"),
         "seed past NumPy's range": (["--seed=4294967296"], "--seed must be in [0, 4294967295]"),
         "infinite epochs": (["--epochs=inf"], "--epochs must be a finite number"),
         "infinite eval cadence": (["--eval_every_epochs=inf"], "--eval_every_epochs must be a finite number"),
         "epochs making an absurd length": (["--epochs=1e300"], "makes more than"),
         "steps past int64": (["--steps=100000000000000000000"], "--steps must be <= 1000000000"),
-        "absurd length with checkpoints": (["--steps=1000000000000", f"--checkpoint_dir={tmp}/ckpt"],
-                                           "--steps must be <= 1000000000"),
+        "absurd length with checkpoints": (
+            ["--steps=1000000000000", f"--checkpoint_dir={tmp}/ckpt"],
+            "--steps must be <= 1000000000",
+        ),
         "flag file not UTF-8": ([f"--flagfile={not_utf8}"], f"cannot read --flagfile={not_utf8}"),
         "flag file a FIFO": ([f"--flagfile={fifo}"], "is not a file"),
         "run.json not JSON": ([f"--checkpoint_dir={run_files['not_json']}"], "run.json is not a readable run file"),
-        "run.json not an object": ([f"--checkpoint_dir={run_files['not_an_object']}"],
-                                   "run.json is not a run file of this harness"),
+        "run.json not an object": (
+            [f"--checkpoint_dir={run_files['not_an_object']}"],
+            "run.json is not a run file of this harness",
+        ),
         "results a FIFO": ([f"--results={fifo}"], "not a regular file"),
         "results a binary file": ([f"--results={binary}"], "is not a results table (not UTF-8 text"),
     }
@@ -203,11 +225,24 @@ def test_every_bad_input_is_one_line_exit_2_nothing_written(tmp_path):
 
 def test_onednn_setting_takes_effect_and_is_recorded(tmp_path):
     path = str(tmp_path / "summary.csv")
-    args = ["--data=synthetic", "--n=1", "--batch_size=16", "--steps=4", "--warmup_steps=2",
-            "--steps_per_loop=1", f"--results={path}"]
+    args = [
+        "--data=synthetic",
+        "--n=1",
+        "--batch_size=16",
+        "--steps=4",
+        "--warmup_steps=2",
+        "--steps_per_loop=1",
+        f"--results={path}",
+    ]
     env = {**os.environ, "PYTHONPATH": ROOT, devices.ONEDNN_ENV: "1"}  # the flag wins over the variable
-    proc = subprocess.run([sys.executable, "-m", "bench.run", *args, "--onednn=off"], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench.run", *args, "--onednn=off"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "oneDNN" not in proc.stdout.split("devices", 1)[1].splitlines()[0]
     assert [r["onednn"] for r in table.read_rows(path)] == ["false"]
@@ -238,11 +273,21 @@ def wait_for_checkpoint(folder, at_least, proc, timeout=240):
 def test_sigkilled_run_resumes_and_writes_exactly_one_row(tmp_path):
     ckpt = str(tmp_path / "ckpt")
     path = str(tmp_path / "summary.csv")
-    args = ["--data=synthetic", "--n=1", "--batch_size=16", "--steps=60", "--steps_per_loop=2",
-            "--warmup_steps=2", "--checkpoint_every_steps=4", f"--checkpoint_dir={ckpt}", f"--results={path}"]
+    args = [
+        "--data=synthetic",
+        "--n=1",
+        "--batch_size=16",
+        "--steps=60",
+        "--steps_per_loop=2",
+        "--warmup_steps=2",
+        "--checkpoint_every_steps=4",
+        f"--checkpoint_dir={ckpt}",
+        f"--results={path}",
+    ]
     env = {**os.environ, "PYTHONPATH": ROOT}
-    proc = subprocess.Popen([sys.executable, "-m", "bench.run", *args], cwd=ROOT, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bench.run", *args], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
     try:
         assert wait_for_checkpoint(ckpt, 8, proc), proc.communicate()[1][-2000:] if proc.poll() is not None else ""
         os.kill(proc.pid, signal.SIGKILL)
@@ -267,9 +312,20 @@ def test_sigkilled_run_resumes_and_writes_exactly_one_row(tmp_path):
 @pytest.mark.parametrize("xla", [False, True], ids=["plain", "xla"])
 def test_fp16_overflow_on_one_replica_is_skipped_everywhere_through_the_cli(tmp_path, xla):
     path = str(tmp_path / "summary.csv")
-    proc = cli("--strategy=mirrored", "--cpu_replicas=2", "--precision=mixed_float16", "--inject_inf_grad_at_step=5:1",
-               "--steps=12", "--data=synthetic", "--n=1", "--batch_size=16", "--steps_per_loop=2", "--warmup_steps=2",
-               f"--results={path}", *(["--xla"] if xla else []))
+    proc = cli(
+        "--strategy=mirrored",
+        "--cpu_replicas=2",
+        "--precision=mixed_float16",
+        "--inject_inf_grad_at_step=5:1",
+        "--steps=12",
+        "--data=synthetic",
+        "--n=1",
+        "--batch_size=16",
+        "--steps_per_loop=2",
+        "--warmup_steps=2",
+        f"--results={path}",
+        *(["--xla"] if xla else []),
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     [row] = table.read_rows(path)
     assert row["status"] == "ok" and row["skipped_steps"] == "1" and row["augment"] == "none"
@@ -281,8 +337,17 @@ def test_inference_mode_times_each_batch_with_threads_as_asked(tmp_path):
     from resnet import cost
 
     path = str(tmp_path / "summary.csv")
-    proc = cli("--mode=inference", "--batch_size=1", "--steps=30", "--warmup_steps=5", "--n=1", "--data=synthetic",
-               "--intra_op_threads=1", "--inter_op_threads=1", f"--results={path}")
+    proc = cli(
+        "--mode=inference",
+        "--batch_size=1",
+        "--steps=30",
+        "--warmup_steps=5",
+        "--n=1",
+        "--data=synthetic",
+        "--intra_op_threads=1",
+        "--inter_op_threads=1",
+        f"--results={path}",
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     [row] = table.read_rows(path)
     assert row["mode"] == "inference" and row["global_batch_size"] == "1"
@@ -296,10 +361,25 @@ def test_inference_mode_times_each_batch_with_threads_as_asked(tmp_path):
 
 def test_ctrl_c_stops_at_the_next_window_with_a_row_and_a_checkpoint(tmp_path):
     ckpt, path = str(tmp_path / "ckpt"), str(tmp_path / "summary.csv")
-    args = ["--data=synthetic", "--n=1", "--batch_size=16", "--steps=100000", "--steps_per_loop=2",
-            "--warmup_steps=2", "--checkpoint_every_steps=6", f"--checkpoint_dir={ckpt}", f"--results={path}"]
-    proc = subprocess.Popen([sys.executable, "-m", "bench.run", *args], cwd=ROOT, env={**os.environ, "PYTHONPATH": ROOT},
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    args = [
+        "--data=synthetic",
+        "--n=1",
+        "--batch_size=16",
+        "--steps=100000",
+        "--steps_per_loop=2",
+        "--warmup_steps=2",
+        "--checkpoint_every_steps=6",
+        f"--checkpoint_dir={ckpt}",
+        f"--results={path}",
+    ]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bench.run", *args],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": ROOT},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert wait_for_checkpoint(ckpt, 6, proc), proc.communicate()[1][-2000:] if proc.poll() is not None else ""
         os.kill(proc.pid, signal.SIGINT)
@@ -318,8 +398,14 @@ def test_ctrl_c_stops_at_the_next_window_with_a_row_and_a_checkpoint(tmp_path):
     with open(os.path.join(ckpt, "checkpoint")) as fh:
         assert f"ckpt-{steps}" in fh.read()  # saved where it stopped
     # SIGTERM (a preempted job) the same way, exit 143; the run resumes from the checkpoint and is a new row
-    proc = subprocess.Popen([sys.executable, "-m", "bench.run", *args], cwd=ROOT, env={**os.environ, "PYTHONPATH": ROOT},
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bench.run", *args],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": ROOT},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert wait_for_checkpoint(ckpt, steps + 6, proc)
         os.kill(proc.pid, signal.SIGTERM)
@@ -338,8 +424,19 @@ def test_fit_baseline_writes_a_fit_row(tmp_path, replicas):
     folder, _ = write_cifar(str(tmp_path / "cifar"), train_per_file=(64,), test=20)
     path = str(tmp_path / "summary.csv")
     strategy = "mirrored" if replicas == 2 else "default"
-    cfg = RunConfig(loop="fit", strategy=strategy, cpu_replicas=replicas, data="files", cifar_dir=folder,
-                    steps=12, results=path, n=1, batch_size=16, steps_per_loop=3, warmup_steps=3)
+    cfg = RunConfig(
+        loop="fit",
+        strategy=strategy,
+        cpu_replicas=replicas,
+        data="files",
+        cifar_dir=folder,
+        steps=12,
+        results=path,
+        n=1,
+        batch_size=16,
+        steps_per_loop=3,
+        warmup_steps=3,
+    )
     out = loop.run(cfg)
     row = table.read_rows(path)[0]
     assert out.status == "ok" and row["loop"] == "fit" and row["num_replicas"] == str(replicas)
@@ -356,8 +453,14 @@ def test_fit_refuses_what_only_the_custom_loop_does(tmp_path):
 
 
 def test_profiled_steps_are_traced_and_not_timed(tmp_path):
-    cfg = RunConfig(data="synthetic", steps=10, results=str(tmp_path / "s.csv"), profile_steps=(4, 5),
-                    profile_dir=str(tmp_path / "profile"), **SMALL)
+    cfg = RunConfig(
+        data="synthetic",
+        steps=10,
+        results=str(tmp_path / "s.csv"),
+        profile_steps=(4, 5),
+        profile_dir=str(tmp_path / "profile"),
+        **SMALL,
+    )
     out = loop.run(cfg)
     assert out.status == "ok"
     assert sum(s for s, _ in out.chrono.untimed) == 2  # steps 4-5
@@ -424,8 +527,10 @@ def test_an_unexpected_error_before_the_run_is_one_line_exit_1_nothing_written(t
 
 def test_sigterm_while_setting_up_writes_an_interrupted_row_exit_143(tmp_path):
     path = str(tmp_path / "r.csv")
-    patch = ("import os, signal, time, bench.hardware.devices as d; "
-             "d.setup = lambda cfg: (os.kill(os.getpid(), signal.SIGTERM), time.sleep(60))")
+    patch = (
+        "import os, signal, time, bench.hardware.devices as d; "
+        "d.setup = lambda cfg: (os.kill(os.getpid(), signal.SIGTERM), time.sleep(60))"
+    )
     proc = cli(*TINY, f"--results={path}", python=("-c", PATCHED.format(patch=patch)))
     assert proc.returncode == 143, proc.stderr[-2000:]
     [row] = table.read_rows(path)
@@ -436,16 +541,26 @@ def test_skipped_fp16_steps_keep_the_schedule_on_the_global_step(tmp_path):
     """The lr drops at 50% and 75% of the steps (7 and 10 of 12) although step 5 was skipped: each step's
     applied lr (TensorBoard) follows the global step, while the optimizer made one update fewer."""
     ckpt, tb, path = tmp_path / "ckpt", tmp_path / "tb", str(tmp_path / "r.csv")
-    proc = cli(*TINY, "--strategy=mirrored", "--cpu_replicas=2", "--precision=mixed_float16",
-               "--inject_inf_grad_at_step=5:1", f"--checkpoint_dir={ckpt}", "--checkpoint_every_steps=5",
-               "--steps_per_loop=1", f"--tensorboard_dir={tb}", f"--results={path}")
+    proc = cli(
+        *TINY,
+        "--strategy=mirrored",
+        "--cpu_replicas=2",
+        "--precision=mixed_float16",
+        "--inject_inf_grad_at_step=5:1",
+        f"--checkpoint_dir={ckpt}",
+        "--checkpoint_every_steps=5",
+        "--steps_per_loop=1",
+        f"--tensorboard_dir={tb}",
+        f"--results={path}",
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     [row] = table.read_rows(path)
     assert row["skipped_steps"] == "1" and row["total_steps"] == "12"
     tf = devices.import_tensorflow()
     reader = tf.train.load_checkpoint(str(ckpt))
-    saved = {k: reader.get_tensor(k) for k in reader.get_variable_to_shape_map() if "iteration" in k or
-             k.startswith("step/")}
+    saved = {
+        k: reader.get_tensor(k) for k in reader.get_variable_to_shape_map() if "iteration" in k or k.startswith("step/")
+    }
     assert any(k.startswith("step/") and v == 12 for k, v in saved.items()), saved
     assert any("iteration" in k and v == 11 for k, v in saved.items()), saved  # the skipped step made no update
     lrs = {}
@@ -465,8 +580,9 @@ def test_the_plan_computes_each_boundary_without_listing_them():
 
     from bench.runner.controller import Plan
 
-    plan = Plan(total_steps=10**9, warmup_steps=3, steps_per_loop=10, eval_every=7, checkpoint_every=5,
-                profile_steps=(20, 22))
+    plan = Plan(
+        total_steps=10**9, warmup_steps=3, steps_per_loop=10, eval_every=7, checkpoint_every=5, profile_steps=(20, 22)
+    )
     tracemalloc.start()
     try:
         marks, step = [], 0

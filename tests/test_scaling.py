@@ -7,9 +7,21 @@ import pytest
 from bench.results import table
 from sweeps import report, scaling
 
-BASE = {"device": "CPU: test", "data": "synthetic", "loop": "ctl", "block": "preact", "shortcut": "B", "depth": 20,
-        "n": 3, "precision": "float32", "xla": False, "batch_norm": "fused", "sync_bn": False, "onednn": True,
-        "timestamp_utc": "t"}
+BASE = {
+    "device": "CPU: test",
+    "data": "synthetic",
+    "loop": "ctl",
+    "block": "preact",
+    "shortcut": "B",
+    "depth": 20,
+    "n": 3,
+    "precision": "float32",
+    "xla": False,
+    "batch_norm": "fused",
+    "sync_bn": False,
+    "onednn": True,
+    "timestamp_utc": "t",
+}
 
 
 def write_rows(path):
@@ -25,9 +37,20 @@ def write_rows(path):
         ("default", 1, None, 128, 320.0, "ok", "vm"),  # one replica only: no series of its own
     ]
     for i, (strategy, replicas, workers, batch, ips, status, host) in enumerate(rows):
-        table.append_row(path, {**BASE, "run_id": f"s{i}", "strategy": strategy, "num_replicas": replicas,
-                                  "num_workers": workers, "global_batch_size": batch, "images_per_sec": ips,
-                                  "status": status, "host": host})
+        table.append_row(
+            path,
+            {
+                **BASE,
+                "run_id": f"s{i}",
+                "strategy": strategy,
+                "num_replicas": replicas,
+                "num_workers": workers,
+                "global_batch_size": batch,
+                "images_per_sec": ips,
+                "status": status,
+                "host": host,
+            },
+        )
 
 
 def test_strong_and_weak_series_with_speedup_and_efficiency(tmp_path):
@@ -35,9 +58,14 @@ def test_strong_and_weak_series_with_speedup_and_efficiency(tmp_path):
     write_rows(path)
     points = scaling.scaling_points(report.load(path))
     by = {(r["scaling"], r["strategy"], r["batch"], r["replicas"]): r for r in points.to_dict("records")}
-    assert set(by) == {("strong", "mirrored", 128, 1), ("strong", "mirrored", 128, 2),
-                       ("strong", "multi_worker", 128, 1), ("strong", "multi_worker", 128, 2),
-                       ("weak", "mirrored", 128, 1), ("weak", "mirrored", 128, 2)}
+    assert set(by) == {
+        ("strong", "mirrored", 128, 1),
+        ("strong", "mirrored", 128, 2),
+        ("strong", "multi_worker", 128, 1),
+        ("strong", "multi_worker", 128, 2),
+        ("weak", "mirrored", 128, 1),
+        ("weak", "mirrored", 128, 2),
+    }
     base = by[("strong", "mirrored", 128, 1)]
     assert base["ips"] == 305.0 and base["runs"] == 2 and base["speedup"] == 1.0 and base["efficiency"] == 1.0
     strong = by[("strong", "mirrored", 128, 2)]
@@ -48,12 +76,29 @@ def test_strong_and_weak_series_with_speedup_and_efficiency(tmp_path):
     assert mw["speedup"] == pytest.approx(250 / 280) and mw["workers"] == "2" and mw["hosts"] == "vm (1 host)"
     # inference rows of the same configuration are a series of their own, never mixed with training
     for replicas, ips in ((1, 1000.0), (2, 1900.0)):
-        table.append_row(path, {"run_id": f"inf{replicas}", "status": "ok", "strategy": "mirrored", "mode": "inference",
-                                  "num_replicas": replicas, "global_batch_size": 128, "images_per_sec": ips,
-                                  "device": "CPU: test", "data": "synthetic", "depth": 20, "block": "preact",
-                                  "shortcut": "B", "precision": "float32", "host": "vm"})
+        table.append_row(
+            path,
+            {
+                "run_id": f"inf{replicas}",
+                "status": "ok",
+                "strategy": "mirrored",
+                "mode": "inference",
+                "num_replicas": replicas,
+                "global_batch_size": 128,
+                "images_per_sec": ips,
+                "device": "CPU: test",
+                "data": "synthetic",
+                "depth": 20,
+                "block": "preact",
+                "shortcut": "B",
+                "precision": "float32",
+                "host": "vm",
+            },
+        )
     points = scaling.scaling_points(report.load(path))
-    train = points[(points["mode"] != "inference") & (points["scaling"] == "strong") & (points["strategy"] == "mirrored")]
+    train = points[
+        (points["mode"] != "inference") & (points["scaling"] == "strong") & (points["strategy"] == "mirrored")
+    ]
     inference = points[(points["mode"] == "inference") & (points["scaling"] == "strong")]
     assert sorted(train["ips"]) == [305.0, 330.0] and sorted(inference["ips"]) == [1000.0, 1900.0]
 
@@ -67,14 +112,28 @@ def test_report_writes_scaling_only_when_replica_counts_vary(tmp_path):
     text = (out / "scaling.md").read_text()
     lines = [line for line in text.splitlines() if line.startswith("| strong") or line.startswith("| weak")]
     assert len(lines) == 6
-    assert any("| multi_worker |" in line and "| 1 host × 2 workers | yes: 2 workers per host | vm (1 host) |" in line
-               and "0.89×" in line for line in lines)
+    assert any(
+        "| multi_worker |" in line
+        and "| 1 host × 2 workers | yes: 2 workers per host | vm (1 host) |" in line
+        and "0.89×" in line
+        for line in lines
+    )
     with open(out / "plots" / "scaling.png", "rb") as fh:
         assert fh.read(8) == b"\x89PNG\r\n\x1a\n"
     # one replica count per configuration: no scaling files
     single = str(tmp_path / "single.csv")
-    table.append_row(single, {**BASE, "run_id": "x", "strategy": "mirrored", "num_replicas": 2,
-                                "global_batch_size": 128, "images_per_sec": 1.0, "status": "ok"})
+    table.append_row(
+        single,
+        {
+            **BASE,
+            "run_id": "x",
+            "strategy": "mirrored",
+            "num_replicas": 2,
+            "global_batch_size": 128,
+            "images_per_sec": 1.0,
+            "status": "ok",
+        },
+    )
     assert scaling.build_scaling(report.load(single), str(tmp_path / "none")) is None
     assert not os.path.exists(tmp_path / "none" / "scaling.md")
 
@@ -85,19 +144,40 @@ def test_points_are_grouped_by_hosts_and_workers_per_host_and_say_what_shares_ha
         (1, 280.0, "vm (1 host)", 1, "1 worker: its own devices"),
         (2, 250.0, "vm (1 host)", 1, "sum over 2 workers on 1 host (sharing its devices: ...)"),
         (2, 300.0, "node-a (+1 host)", 2, "sum over 2 workers on 2 hosts (1 per host), all on 1 machine (one kernel)"),
-        (2, 500.0, "gpu1 (+1 host)", None, "sum over 2 workers on 2 hosts (1 per host)"),  # an older row: hosts from the label
+        (
+            2,
+            500.0,
+            "gpu1 (+1 host)",
+            None,
+            "sum over 2 workers on 2 hosts (1 per host)",
+        ),  # an older row: hosts from the label
     ]
     for i, (workers, ips, host, hosts, scope) in enumerate(rows):
-        table.append_row(path, {**BASE, "run_id": f"h{i}", "strategy": "multi_worker", "num_replicas": workers,
-                                "num_workers": workers, "global_batch_size": 128, "images_per_sec": ips, "status": "ok",
-                                "host": host, "num_hosts": hosts, "peak_scope": scope,
-                                "device": "CPU: test" if i < 3 else "GPU: test"})
+        table.append_row(
+            path,
+            {
+                **BASE,
+                "run_id": f"h{i}",
+                "strategy": "multi_worker",
+                "num_replicas": workers,
+                "num_workers": workers,
+                "global_batch_size": 128,
+                "images_per_sec": ips,
+                "status": "ok",
+                "host": host,
+                "num_hosts": hosts,
+                "peak_scope": scope,
+                "device": "CPU: test" if i < 3 else "GPU: test",
+            },
+        )
     points = scaling.scaling_points(report.load(path))
     cpu = points[points["device"] == "CPU: test"].sort_values(["scaling", "ips"])
     strong = cpu[cpu["scaling"] == "strong"]
     assert list(zip(strong["layout"], strong["shared"])) == [
-        ("1 host × 2 workers", "yes: 2 workers per host"), ("1 host × 1 worker", "no"),
-        ("2 hosts × 1 worker", "yes: the hosts are one machine")]
+        ("1 host × 2 workers", "yes: 2 workers per host"),
+        ("1 host × 1 worker", "no"),
+        ("2 hosts × 1 worker", "yes: the hosts are one machine"),
+    ]
     assert scaling.shared("multi_worker", "GPU: test", 2, 2, 2, rows[3][4]) == "no"
     assert scaling._num_hosts({"host": "gpu1 (+1 host)", "num_hosts": ""}) == 2
     md = scaling.markdown(points)

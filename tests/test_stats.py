@@ -80,22 +80,35 @@ def test_abba_cancels_a_linear_drift_that_blocked_order_does_not():
     blocked = estimate(stats.run_pairs(fake_runner(500.0, 500.0, 0.0, drift=-0.03), 6, order=stats.blocked_order))
     assert abs(math.exp(abba.effect) - 1) < 0.005
     assert math.exp(blocked.effect) < 0.80  # B looks 20% slower only because it ran later
-    noisy = [stats.verdict(estimate(stats.run_pairs(fake_runner(500.0, 500.0, 0.02, drift=-0.03,
-                                                                rng=np.random.default_rng(s)), 6, order=o)),
-                           *stats.speed_band(5)).kind for s in range(20) for o in (stats.abba_order, stats.blocked_order)]
+    noisy = [
+        stats.verdict(
+            estimate(
+                stats.run_pairs(fake_runner(500.0, 500.0, 0.02, drift=-0.03, rng=np.random.default_rng(s)), 6, order=o)
+            ),
+            *stats.speed_band(5),
+        ).kind
+        for s in range(20)
+        for o in (stats.abba_order, stats.blocked_order)
+    ]
     assert noisy[0::2].count("lower") <= 2 and noisy[1::2].count("lower") == 20
 
 
 def test_inconclusive_says_how_many_pairs_would_settle_it():
-    est = stats.Estimate(effect=math.log(1.05), low=math.log(0.9), high=math.log(1.22), n=3, sd=0.08, median=0.05,
-                         method="t")
+    est = stats.Estimate(
+        effect=math.log(1.05), low=math.log(0.9), high=math.log(1.22), n=3, sd=0.08, median=0.05, method="t"
+    )
     v = stats.verdict(est, *stats.speed_band(2))
     assert v.kind == "inconclusive" and 10 < v.pairs_needed < 40
     # that many pairs at those numbers (ratio 1.05, pair sd 0.08) do settle it, most of the time
     rng = np.random.default_rng(11)
-    settled = [stats.verdict(estimate(stats.run_pairs(fake_runner(100, 105, 0.08 / math.sqrt(2), rng=rng),
-                                                      v.pairs_needed)), *stats.speed_band(2)).kind != "inconclusive"
-               for _ in range(200)]
+    settled = [
+        stats.verdict(
+            estimate(stats.run_pairs(fake_runner(100, 105, 0.08 / math.sqrt(2), rng=rng), v.pairs_needed)),
+            *stats.speed_band(2),
+        ).kind
+        != "inconclusive"
+        for _ in range(200)
+    ]
     assert 0.7 <= sum(settled) / 200 <= 0.95
     tiny = stats.Estimate(effect=0.0, low=-0.5, high=0.5, n=2, sd=0.3, median=0.0, method="t")
     assert stats.verdict(tiny, *stats.speed_band(0.1)).pairs_needed is None  # no effect, a hair-thin band

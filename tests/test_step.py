@@ -5,8 +5,8 @@ import math
 import numpy as np
 import pytest
 import tensorflow as tf
-
 from helpers import distributed_iterator, fixed_batch, make_trainer, replica_values, weights
+
 from resnet.model import batch_norm_layers
 
 
@@ -121,8 +121,7 @@ def replica_weights(strategy, model):
 def test_overflow_on_one_replica_skips_the_step_on_every_replica(strategies, replicas, xla):
     """inf in the last replica's gradients only: every replica skips, the scale halves once, training goes on."""
     strategy = strategies[replicas]
-    trainer = make_trainer(strategy, precision="mixed_float16", batch=16, xla=xla,
-                           inject_inf_grad_at=(3, replicas - 1))
+    trainer = make_trainer(strategy, precision="mixed_float16", batch=16, xla=xla, inject_inf_grad_at=(3, replicas - 1))
     it = distributed_iterator(strategy, *fixed_batch(16))
     first = run_steps(trainer, it, 2)
     scale_before = replica_values(strategy, trainer.optimizer.dynamic_scale)
@@ -195,7 +194,9 @@ def test_fused_batch_norm_trains_like_the_keras_layer(strategies, replicas):
     for layer in batch_norm_layers(fused_trainer.model):
         r = replica_values(strategy, layer.moving_variance)
         np.testing.assert_array_equal(r[0], r[-1])
-    logits = [t.model(images.astype(np.float32) / 255.0, training=False).numpy() for t in (keras_trainer, fused_trainer)]
+    logits = [
+        t.model(images.astype(np.float32) / 255.0, training=False).numpy() for t in (keras_trainer, fused_trainer)
+    ]
     np.testing.assert_allclose(logits[1], logits[0], rtol=1e-3, atol=1e-4)
 
 

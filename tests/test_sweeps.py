@@ -10,30 +10,43 @@ import time
 import pytest
 
 from bench.config import options
-from bench.results import table
 from bench.config.options import ConfigError
+from bench.results import table
 from sweeps import report, space
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-FAST = ["--data=synthetic", "--steps=6", "--warmup_steps=2", "--steps_per_loop=2", "--batch_size=16",
-        "--block=preact", "--noreport"]
+FAST = [
+    "--data=synthetic",
+    "--steps=6",
+    "--warmup_steps=2",
+    "--steps_per_loop=2",
+    "--batch_size=16",
+    "--block=preact",
+    "--noreport",
+]
 
 
 def sweep_cli(*args, timeout=600):
     env = {**os.environ, "PYTHONPATH": ROOT, "RAY_AUTH_MODE": "disabled"}
-    return subprocess.run([sys.executable, "-m", "sweeps.tune", *args], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "sweeps.tune", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout
+    )
 
 
 FIELDS = {f.name: f for f in options.flag_fields()}
 
 
 def test_space_is_the_product_with_stable_keys():
-    axes = {"n": options.axis_values(FIELDS["n"], "3,5"), "shortcut": options.axis_values(FIELDS["shortcut"], "A,B"),
-            "steps": [20]}
+    axes = {
+        "n": options.axis_values(FIELDS["n"], "3,5"),
+        "shortcut": options.axis_values(FIELDS["shortcut"], "A,B"),
+        "steps": [20],
+    }
     trials = space.build_trials(axes, repeats=2, sweep_name="s")
     assert len(trials) == 8 and len({t.key for t in trials}) == 8
-    assert trials[0].key == "n=3,block=preact,shortcut=A,precision=float32,xla=auto,batch_size=128,strategy=default,seed=0"
+    assert (
+        trials[0].key == "n=3,block=preact,shortcut=A,precision=float32,xla=auto,batch_size=128,strategy=default,seed=0"
+    )
     assert {t.config.seed for t in trials} == {0, 1} and all(t.config.sweep == "s" for t in trials)
     with pytest.raises(ConfigError, match="shortcut"):
         space.build_trials({"shortcut": ["D"]}, 1, "s")
@@ -50,8 +63,15 @@ def test_two_by_two_sweep_leaves_four_ok_rows(tmp_path):
     path = tmp_path / "summary.csv"
     fast = [a for a in FAST if not a.startswith("--steps_per_loop")]
     # any RunConfig field is an axis: steps_per_loop reaches the rows as the architecture does
-    proc = sweep_cli("--n=1,2", "--steps_per_loop=2,3", "--shortcut=A", *fast, "--name=grid",
-                     f"--storage={tmp_path}/ray", f"--results={path}")
+    proc = sweep_cli(
+        "--n=1,2",
+        "--steps_per_loop=2,3",
+        "--shortcut=A",
+        *fast,
+        "--name=grid",
+        f"--storage={tmp_path}/ray",
+        f"--results={path}",
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = table.read_rows(str(path))
     assert len(rows) == 4
@@ -64,8 +84,15 @@ def test_two_by_two_sweep_leaves_four_ok_rows(tmp_path):
 def test_a_diverging_trial_gets_its_row_and_the_others_finish(tmp_path):
     from sweeps import tune as sweep
 
-    axes = {"n": [1], "shortcut": ["A", "B", "C"], "data": ["synthetic"], "steps": [6], "warmup_steps": [2],
-            "steps_per_loop": [2], "batch_size": [16]}
+    axes = {
+        "n": [1],
+        "shortcut": ["A", "B", "C"],
+        "data": ["synthetic"],
+        "steps": [6],
+        "warmup_steps": [2],
+        "steps_per_loop": [2],
+        "batch_size": [16],
+    }
     trials = space.build_trials(axes, 1, "faulty")
     bad = trials[1]
     trials[1] = space.Trial(bad.key, bad.config.replace(inject_nan_at_step=4))
@@ -88,8 +115,14 @@ def test_killed_sweep_resumes_with_one_row_per_trial(tmp_path):
     path = str(tmp_path / "summary.csv")
     args = ["--n=1,2", "--shortcut=A,B", *FAST, "--name=killme", f"--storage={tmp_path}/ray", f"--results={path}"]
     env = {**os.environ, "PYTHONPATH": ROOT, "RAY_AUTH_MODE": "disabled"}
-    proc = subprocess.Popen([sys.executable, "-m", "sweeps.tune", *args], cwd=ROOT, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "sweeps.tune", *args],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     deadline = time.time() + 300
     while time.time() < deadline and _rows_in(path) < 1 and proc.poll() is None:
         time.sleep(0.5)
@@ -105,19 +138,22 @@ def test_killed_sweep_resumes_with_one_row_per_trial(tmp_path):
     assert all(r["status"] == "ok" for r in rows)
 
 
-@pytest.mark.parametrize("args,message", [
-    (["--shortcut=A,Z"], "shortcut"),
-    (["--repeats=0"], "repeats"),
-    (["--num_gpus=1", "--strategy=mirrored"], "GPU"),
-    (["--strategy=default", "--cpu_replicas=2"], "needs --strategy=mirrored"),
-    (["--xla=maybe"], "true/false"),
-    (["--n=3,x"], "--n"),
-    (["--resume", "--name=never_ran"], "no sweep named"),
-    (["--cpus_per_trial=0"], "cpus_per_trial"),
-    (["--cpus_per_trial=4096"], "--cpus_per_trial asks for 4096 CPU(s)"),  # Ray would wait for it forever
-    (["--max_concurrent=0"], "max_concurrent"),
-    (["--name=a/b"], "plain folder name"),
-])
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--shortcut=A,Z"], "shortcut"),
+        (["--repeats=0"], "repeats"),
+        (["--num_gpus=1", "--strategy=mirrored"], "GPU"),
+        (["--strategy=default", "--cpu_replicas=2"], "needs --strategy=mirrored"),
+        (["--xla=maybe"], "true/false"),
+        (["--n=3,x"], "--n"),
+        (["--resume", "--name=never_ran"], "no sweep named"),
+        (["--cpus_per_trial=0"], "cpus_per_trial"),
+        (["--cpus_per_trial=4096"], "--cpus_per_trial asks for 4096 CPU(s)"),  # Ray would wait for it forever
+        (["--max_concurrent=0"], "max_concurrent"),
+        (["--name=a/b"], "plain folder name"),
+    ],
+)
 def test_bad_flags_are_one_line_exit_2_nothing_started(tmp_path, args, message):
     proc = sweep_cli(*args, *FAST, f"--storage={tmp_path}/ray", f"--results={tmp_path}/s.csv")
     lines = proc.stderr.strip().splitlines()
@@ -127,17 +163,42 @@ def test_bad_flags_are_one_line_exit_2_nothing_started(tmp_path, args, message):
 
 
 def write_mixed_results(path):
-    base = {"timestamp_utc": "t", "device": "CPU: test", "strategy": "default", "num_replicas": 1,
-            "precision": "float32", "xla": False, "global_batch_size": 128, "block": "preact", "sweep": "s"}
+    base = {
+        "timestamp_utc": "t",
+        "device": "CPU: test",
+        "strategy": "default",
+        "num_replicas": 1,
+        "precision": "float32",
+        "xla": False,
+        "global_batch_size": 128,
+        "block": "preact",
+        "sweep": "s",
+    }
     rows = []
-    for i, (depth, shortcut, data, status, ips, acc) in enumerate([
-        (20, "A", "files", "ok", 900.0, 0.91), (20, "A", "files", "ok", 880.0, 0.915),
-        (56, "A", "files", "ok", 330.0, 0.93), (20, "B", "tfds", "ok", 870.0, 0.92),
-        (56, "B", "synthetic", "ok", 320.0, None), (110, "B", "files", "failed", None, None),
-        (110, "C", "files", "diverged", None, None),
-    ]):
-        rows.append({**base, "run_id": f"r{i}", "depth": depth, "n": (depth - 2) // 6, "shortcut": shortcut,
-                     "data": data, "status": status, "images_per_sec": ips, "test_accuracy": acc})
+    for i, (depth, shortcut, data, status, ips, acc) in enumerate(
+        [
+            (20, "A", "files", "ok", 900.0, 0.91),
+            (20, "A", "files", "ok", 880.0, 0.915),
+            (56, "A", "files", "ok", 330.0, 0.93),
+            (20, "B", "tfds", "ok", 870.0, 0.92),
+            (56, "B", "synthetic", "ok", 320.0, None),
+            (110, "B", "files", "failed", None, None),
+            (110, "C", "files", "diverged", None, None),
+        ]
+    ):
+        rows.append(
+            {
+                **base,
+                "run_id": f"r{i}",
+                "depth": depth,
+                "n": (depth - 2) // 6,
+                "shortcut": shortcut,
+                "data": data,
+                "status": status,
+                "images_per_sec": ips,
+                "test_accuracy": acc,
+            }
+        )
     for r in rows:
         table.append_row(path, r)
     return rows
@@ -175,19 +236,41 @@ def test_report_never_averages_runs_that_measured_different_things(tmp_path):
     assert set(same["mode"]) == {"", "inference"}
     foreign = tmp_path / "foreign.csv"
     foreign.write_text("a,b\n1,2\n")
-    proc = subprocess.run([sys.executable, "-m", "sweeps.report", f"--results={foreign}"], cwd=ROOT,
-                          env={**os.environ, "PYTHONPATH": ROOT}, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "sweeps.report", f"--results={foreign}"],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": ROOT},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1 and "header" in proc.stderr
 
 
 def test_report_accuracy_excludes_synthetic():
     import pandas as pd
 
-    df = pd.DataFrame([
-        {"sweep": "", "device": "d", "data": "synthetic", "strategy": "default", "num_replicas": 1,
-         "block": "preact", "shortcut": "A", "depth": 20, "precision": "float32", "xla": "false",
-         "global_batch_size": 128, "status": "ok", "images_per_sec": 10.0, "test_accuracy": 0.99, "mfu": 0.1},
-    ])
+    df = pd.DataFrame(
+        [
+            {
+                "sweep": "",
+                "device": "d",
+                "data": "synthetic",
+                "strategy": "default",
+                "num_replicas": 1,
+                "block": "preact",
+                "shortcut": "A",
+                "depth": 20,
+                "precision": "float32",
+                "xla": "false",
+                "global_batch_size": 128,
+                "status": "ok",
+                "images_per_sec": 10.0,
+                "test_accuracy": 0.99,
+                "mfu": 0.1,
+            },
+        ]
+    )
     summary = report.summarize(df)
     assert summary.loc[0, "acc"] is None and summary.loc[0, "ips"] == 10.0
 
@@ -199,9 +282,18 @@ def test_pareto_front():
 
 def test_report_bad_input_is_one_line_exit_2(tmp_path):
     env = {**os.environ, "PYTHONPATH": ROOT}
-    for args, message in ((["--sweep"], "sweep"), ([f"--results={tmp_path}/none.csv"], "no results file"),
-                          (["stray"], "unexpected arguments")):
-        proc = subprocess.run([sys.executable, "-m", "sweeps.report", *args], cwd=ROOT, env=env,
-                              capture_output=True, text=True, timeout=120)
+    for args, message in (
+        (["--sweep"], "sweep"),
+        ([f"--results={tmp_path}/none.csv"], "no results file"),
+        (["stray"], "unexpected arguments"),
+    ):
+        proc = subprocess.run(
+            [sys.executable, "-m", "sweeps.report", *args],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         lines = proc.stderr.strip().splitlines()
         assert proc.returncode == 2 and len(lines) == 1 and message in lines[0], proc.stderr

@@ -5,8 +5,8 @@ the concurrency test uses processes and no TensorFlow.
 """
 
 import csv
-import multiprocessing
 import json
+import multiprocessing
 import os
 import subprocess
 import sys
@@ -22,8 +22,14 @@ B = ["--data=synthetic", "--n=1", "--batch_size=16", "--steps=12", "--warmup_ste
 
 def command(module, *args, timeout=300, wait=True):
     env = {**os.environ, "PYTHONPATH": ROOT, "RAY_AUTH_MODE": "disabled"}
-    popen = subprocess.Popen([sys.executable, "-m", module, *args], cwd=ROOT, env=env, text=True,
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    popen = subprocess.Popen(
+        [sys.executable, "-m", module, *args],
+        cwd=ROOT,
+        env=env,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     if not wait:
         return popen
     out, err = popen.communicate(timeout=timeout)
@@ -39,8 +45,14 @@ def one_line_exit_2(proc, *expected):
 
 
 def a_row(i, **extra):
-    return {"run_id": f"r{i:05d}", "status": "ok", "n": 3, "images_per_sec": 100.0 + i,
-            "command": 'python -m bench.run --note "a, b"\nsecond line', **extra}
+    return {
+        "run_id": f"r{i:05d}",
+        "status": "ok",
+        "n": 3,
+        "images_per_sec": 100.0 + i,
+        "command": 'python -m bench.run --note "a, b"\nsecond line',
+        **extra,
+    }
 
 
 def _appender(path, start, count):
@@ -83,10 +95,14 @@ def test_files_that_are_not_our_table_are_refused_untouched(tmp_path):
     cases = {  # name: (bytes, what the one line must say)
         "blank first line": (b"\nname,score\nalice,3\n", ["not a results table", "first line is empty"]),
         "binary": (bytes(range(256)) * 4 + b"\x89PNG\r\n\x1a\n\xff\xfe", ["not a results table", "binary"]),
-        "byte-order mark": (("\ufeff" + table.format_header()).encode(),
-                            ["not a results table", "column 1 is '\\ufeffrun_id', expected 'run_id'"]),
-        "comma and space": ((", ".join(table.SCHEMA) + "\n").encode(),
-                            ["not a results table", "column 2 is ' timestamp_utc'"]),
+        "byte-order mark": (
+            ("\ufeff" + table.format_header()).encode(),
+            ["not a results table", "column 1 is '\\ufeffrun_id', expected 'run_id'"],
+        ),
+        "comma and space": (
+            (", ".join(table.SCHEMA) + "\n").encode(),
+            ["not a results table", "column 2 is ' timestamp_utc'"],
+        ),
         "older schema": ((older + "\n").encode(), ["older version", "onednn", "upgrade"]),
     }
     for i, (name, (content, expected)) in enumerate(cases.items()):
@@ -160,9 +176,20 @@ def failed_trial_row():
 
 def test_report_counts_failed_rows_and_replaces_the_report_whole(tmp_path):
     path = tmp_path / "summary.csv"
-    ok = {**a_row(1), "device": "CPU: x", "data": "synthetic", "strategy": "default", "num_replicas": 1,
-          "block": "preact", "shortcut": "B", "depth": 20, "precision": "float32", "xla": False,
-          "global_batch_size": 128, "sweep": "s"}
+    ok = {
+        **a_row(1),
+        "device": "CPU: x",
+        "data": "synthetic",
+        "strategy": "default",
+        "num_replicas": 1,
+        "block": "preact",
+        "shortcut": "B",
+        "depth": 20,
+        "precision": "float32",
+        "xla": False,
+        "global_batch_size": 128,
+        "sweep": "s",
+    }
     table.append_row(str(path), ok)
     table.append_row(str(path), failed_trial_row())
     (tmp_path / "summary.md").write_text("the previous report\n")
@@ -192,8 +219,7 @@ def test_report_bad_paths_are_one_line_exit_2(tmp_path):
     bom.write_text("\ufeff" + table.format_header())
     before = sorted(os.listdir(tmp_path))
     one_line_exit_2(command("sweeps.report", f"--results={csv_path}", "--out_dir=/proc/rep"), "/proc/rep")
-    one_line_exit_2(command("sweeps.report", f"--results={tmp_path}", f"--out_dir={tmp_path / 'o'}"),
-                    "not a file")
+    one_line_exit_2(command("sweeps.report", f"--results={tmp_path}", f"--out_dir={tmp_path / 'o'}"), "not a file")
     one_line_exit_2(command("sweeps.report", f"--results={binary}"), "binary")
     one_line_exit_2(command("sweeps.report", f"--results={bom}"), "column 1 is '\\ufeffrun_id'")
     assert not os.path.exists("/proc/rep")

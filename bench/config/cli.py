@@ -107,8 +107,10 @@ def parse_argv(argv, flag_values=flags.FLAGS):
     except flags.Error as err:
         raise options.ConfigError(" ".join(str(err).split())) from None
     except (OSError, ValueError) as err:  # reading a flag file: not UTF-8 (UnicodeDecodeError), unreadable
-        raise options.ConfigError(f"cannot read --flagfile={', '.join(flagfiles) or '?'}: "
-                                  f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}") from None
+        raise options.ConfigError(
+            f"cannot read --flagfile={', '.join(flagfiles) or '?'}: "
+            f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+        ) from None
     if len(rest) > 1:
         raise options.ConfigError(f"unexpected arguments {' '.join(rest[1:])!r} (flags only; see --help)")
     return rest

@@ -27,10 +27,15 @@ def resolve(cfg: RunConfig, device_kind, num_replicas) -> RunConfig:
     """
     xla = cfg.xla
     if xla is None:
-        xla = xla_valid(cfg, num_replicas) and (device_kind == "GPU" or (cfg.mode == "inference" and INFERENCE_XLA_ON_CPU))
+        xla = xla_valid(cfg, num_replicas) and (
+            device_kind == "GPU" or (cfg.mode == "inference" and INFERENCE_XLA_ON_CPU)
+        )
     steps_per_loop = 1 if cfg.mode == "inference" else cfg.steps_per_loop or STEPS_PER_LOOP[device_kind]
-    return cfg.replace(xla=bool(xla), steps_per_loop=steps_per_loop,  # inference: one batch per window
-                       batch_norm=resolve_batch_norm(cfg, device_kind))
+    return cfg.replace(
+        xla=bool(xla),
+        steps_per_loop=steps_per_loop,  # inference: one batch per window
+        batch_norm=resolve_batch_norm(cfg, device_kind),
+    )
 
 
 def resolve_augment(cfg: RunConfig, device_kind, data_kind):
@@ -79,5 +84,3 @@ def onednn_request(cfg: RunConfig):
     if os.environ.get(ONEDNN_ENV) is not None:
         return "off" if os.environ[ONEDNN_ENV].strip().lower() in ("0", "false", "off") else "on"
     return onednn_default(cfg)
-
-

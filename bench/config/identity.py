@@ -10,13 +10,26 @@ import uuid
 
 from bench.config.options import MULTI_WORKER, ConfigError, RunConfig
 
-_UNFINGERPRINTED = ("results", "tensorboard_dir", "profile_steps", "profile_dir", "checkpoint_every_steps",
-                    # the folder run.json lives in is the run's, however it is spelled or wherever it moved
-                    "checkpoint_dir",
-                    # how a multi-worker run reaches its result does not change which run it is
-                    "address", "max_failures", "collective_timeout_s", "restart_timeout_s", "fail_worker_at_step",
-                    "comparison", "arm", "sweep_position",  # labels of the run, not what it runs
-                    "autotune", "tuned")  # how the settings were chosen (the settings themselves count)
+_UNFINGERPRINTED = (
+    "results",
+    "tensorboard_dir",
+    "profile_steps",
+    "profile_dir",
+    "checkpoint_every_steps",
+    # the folder run.json lives in is the run's, however it is spelled or wherever it moved
+    "checkpoint_dir",
+    # how a multi-worker run reaches its result does not change which run it is
+    "address",
+    "max_failures",
+    "collective_timeout_s",
+    "restart_timeout_s",
+    "fail_worker_at_step",
+    "comparison",
+    "arm",
+    "sweep_position",  # labels of the run, not what it runs
+    "autotune",
+    "tuned",
+)  # how the settings were chosen (the settings themselves count)
 _INPUT_FOLDERS = ("cifar_dir", "tfds_dir")  # compared as the folders they name (`./data`, `data/`, `$PWD/data`)
 RUN_FILE = "run.json"
 
@@ -47,14 +60,16 @@ def saved_run(cfg: RunConfig):
         with open(path, encoding="utf-8") as fh:
             saved = json.load(fh)
     except (OSError, ValueError) as err:  # ValueError: not UTF-8, not JSON
-        raise ConfigError(f"{path} is not a readable run file ({type(err).__name__}: {str(err).splitlines()[0]}); "
-                          f"remove it or use a new --checkpoint_dir") from None
+        raise ConfigError(
+            f"{path} is not a readable run file ({type(err).__name__}: {str(err).splitlines()[0]}); "
+            f"remove it or use a new --checkpoint_dir"
+        ) from None
     if not (isinstance(saved, dict) and isinstance(saved.get("run_id"), str) and isinstance(saved.get("config"), dict)):
-        raise ConfigError(f"{path} is not a run file of this harness (expected an object with run_id and config); "
-                          f"remove it or use a new --checkpoint_dir")
+        raise ConfigError(
+            f"{path} is not a run file of this harness (expected an object with run_id and config); "
+            f"remove it or use a new --checkpoint_dir"
+        )
     return saved
-
-
 
 
 def new_run_id():

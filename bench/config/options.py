@@ -9,7 +9,6 @@ and `python -m sweeps.tune` from these fields, so a new option is one edit here
 from __future__ import annotations
 
 import dataclasses
-from typing import Optional
 
 from resnet import spec
 
@@ -32,8 +31,9 @@ class ConfigError(ValueError):
     """Bad user input: reported as one line, exit status 2, nothing written."""
 
 
-def option(default, help, *, kind=None, choices=None, axis=True, sweep_default=None, parse=None, testing=False,
-           bare=None):
+def option(
+    default, help, *, kind=None, choices=None, axis=True, sweep_default=None, parse=None, testing=False, bare=None
+):
     """A RunConfig field that declares its flag.
 
     kind: int | float | bool | str (default: the type of `default`); choices: allowed values;
@@ -43,8 +43,16 @@ def option(default, help, *, kind=None, choices=None, axis=True, sweep_default=N
     testing: fault injection for tests, left out of `--help`;
     bare: the value of the flag given without one (`--autotune` is `--autotune=on`).
     """
-    meta = dict(help=help, kind=kind or type(default), choices=choices, axis=axis, sweep_default=sweep_default,
-                parse=parse, testing=testing, bare=bare)
+    meta = dict(
+        help=help,
+        kind=kind or type(default),
+        choices=choices,
+        axis=axis,
+        sweep_default=sweep_default,
+        parse=parse,
+        testing=testing,
+        bare=bare,
+    )
     return dataclasses.field(default=default, metadata=meta)
 
 
@@ -74,7 +82,7 @@ def parse_profile_steps(text):
     try:
         first, last = (int(p) for p in parts)
     except ValueError:
-        raise ConfigError(f"--profile_steps must be two step numbers 'FIRST,LAST' (e.g. 20,25); got {text!r}")
+        raise ConfigError(f"--profile_steps must be two step numbers 'FIRST,LAST' (e.g. 20,25); got {text!r}") from None
     if not 1 <= first <= last:
         raise ConfigError(f"--profile_steps needs 1 <= FIRST <= LAST; got {text!r}")
     return (first, last)
@@ -82,113 +90,187 @@ def parse_profile_steps(text):
 
 @dataclasses.dataclass(frozen=True)
 class RunConfig:
-    mode: str = option("train", "train: training throughput and accuracy; inference: forward passes only "
-                                "(images/sec and per-batch latency, each batch its own timed window).", choices=MODES)
+    mode: str = option(
+        "train",
+        "train: training throughput and accuracy; inference: forward passes only "
+        "(images/sec and per-batch latency, each batch its own timed window).",
+        choices=MODES,
+    )
     # devices and strategy
-    strategy: str = option("default", "tf.distribute strategy (multi_worker: MultiWorkerMirroredStrategy over "
-                                      "--workers processes launched by Ray Train, on one node or many).",
-                           choices=STRATEGIES)
-    num_gpus: Optional[int] = option(None, "GPUs to use with --strategy=mirrored (default: all visible; in a "
-                                           "sweep: the GPUs Ray reserves for each trial).", kind=int)
+    strategy: str = option(
+        "default",
+        "tf.distribute strategy (multi_worker: MultiWorkerMirroredStrategy over "
+        "--workers processes launched by Ray Train, on one node or many).",
+        choices=STRATEGIES,
+    )
+    num_gpus: int | None = option(
+        None,
+        "GPUs to use with --strategy=mirrored (default: all visible; in a "
+        "sweep: the GPUs Ray reserves for each trial).",
+        kind=int,
+    )
     cpu_replicas: int = option(1, "Without GPUs: split the CPU into this many logical devices (replicas).")
-    workers: Optional[int] = option(None, "--strategy=multi_worker: number of worker processes K (>= 1), placed by "
-                                          "Ray on one node or many.", kind=int)
-    gpus_per_worker: Optional[int] = option(None, "--strategy=multi_worker: GPUs per worker (default 0: each worker "
-                                                  "is one CPU replica).", kind=int)
-    cpus_per_worker: float = option(1.0, "--strategy=multi_worker: CPUs Ray reserves per worker; the worker runs "
-                                         "that many TensorFlow intra-op threads (rounded up) unless "
-                                         "--intra_op_threads says otherwise.")
-    address: Optional[str] = option(None, "Ray cluster address (auto, ray://host:port or host:port) for "
-                                          "--strategy=multi_worker and for sweeps; default: start a local Ray for "
-                                          "the run and stop it after.", kind=str, axis=False)
-    max_failures: int = option(0, "--strategy=multi_worker: worker-group restarts Ray Train may make (each "
-                                  "resumes from --checkpoint_dir).")
-    collective_timeout_s: float = option(600.0, "--strategy=multi_worker: a collective (all-reduce) that waits "
-                                                "longer than this fails the run instead of hanging.")
-    restart_timeout_s: float = option(RESTART_TIMEOUT_S, "--strategy=multi_worker: after a lost worker or node, "
-                                                         "how long a restart may wait for the cluster to place the "
-                                                         "workers again; then the run fails with a row.")
+    workers: int | None = option(
+        None,
+        "--strategy=multi_worker: number of worker processes K (>= 1), placed by Ray on one node or many.",
+        kind=int,
+    )
+    gpus_per_worker: int | None = option(
+        None, "--strategy=multi_worker: GPUs per worker (default 0: each worker is one CPU replica).", kind=int
+    )
+    cpus_per_worker: float = option(
+        1.0,
+        "--strategy=multi_worker: CPUs Ray reserves per worker; the worker runs "
+        "that many TensorFlow intra-op threads (rounded up) unless "
+        "--intra_op_threads says otherwise.",
+    )
+    address: str | None = option(
+        None,
+        "Ray cluster address (auto, ray://host:port or host:port) for "
+        "--strategy=multi_worker and for sweeps; default: start a local Ray for "
+        "the run and stop it after.",
+        kind=str,
+        axis=False,
+    )
+    max_failures: int = option(
+        0, "--strategy=multi_worker: worker-group restarts Ray Train may make (each resumes from --checkpoint_dir)."
+    )
+    collective_timeout_s: float = option(
+        600.0,
+        "--strategy=multi_worker: a collective (all-reduce) that waits "
+        "longer than this fails the run instead of hanging.",
+    )
+    restart_timeout_s: float = option(
+        RESTART_TIMEOUT_S,
+        "--strategy=multi_worker: after a lost worker or node, "
+        "how long a restart may wait for the cluster to place the "
+        "workers again; then the run fails with a row.",
+    )
     # model
     n: int = option(3, "Blocks per stage: depth 6n+2 (9n+2 for bottleneck).", sweep_default="3,5,7,9,18")
     block: str = option("preact", "Residual block type.", choices=spec.BLOCKS, sweep_default="preact,original")
-    shortcut: str = option("B", "Shortcut option of He et al. 2015.", choices=spec.SHORTCUTS,
-                           sweep_default="A,B,C")
+    shortcut: str = option("B", "Shortcut option of He et al. 2015.", choices=spec.SHORTCUTS, sweep_default="A,B,C")
     sync_bn: bool = option(False, "Synchronized batch norm (batch statistics all-reduced over replicas).")
-    batch_norm: str = option("auto", "BN implementation: keras (keras.layers.BatchNormalization) or fused (the "
-                                     "same layer on TF's fused kernel: oneDNN on CPUs, cuDNN on GPUs). auto: fused, "
-                                     "keras with --sync_bn and for --mode=inference on CPUs.", choices=BATCH_NORMS)
+    batch_norm: str = option(
+        "auto",
+        "BN implementation: keras (keras.layers.BatchNormalization) or fused (the "
+        "same layer on TF's fused kernel: oneDNN on CPUs, cuDNN on GPUs). auto: fused, "
+        "keras with --sync_bn and for --mode=inference on CPUs.",
+        choices=BATCH_NORMS,
+    )
     # numerics
-    precision: str = option("float32", "Keras dtype policy (fp32, fp16 and bf16 are accepted too).",
-                            choices=spec.PRECISIONS + tuple(spec.PRECISION_ALIASES))
-    xla: Optional[bool] = option(None, "XLA: on one replica the whole step is compiled, over several the "
-                                       "forward/backward. Unset: on GPUs where valid (not --sync_bn over replicas, "
-                                       "not --loop=fit over replicas); on CPUs off for training (measured slower "
-                                       "there), on for --mode=inference.",
-                                 kind=bool)
-    intra_op_threads: Optional[int] = option(None, "TensorFlow intra-op threads (default: TensorFlow's choice).",
-                                             kind=int)
-    inter_op_threads: Optional[int] = option(None, "TensorFlow inter-op threads (default: TensorFlow's choice).",
-                                             kind=int)
-    onednn: str = option("auto", "oneDNN CPU kernels (TF_ENABLE_ONEDNN_OPTS). auto: the environment variable if "
-                                 "set, else on. TensorFlow turns them on by itself only on CPUs with AVX-512 "
-                                 "VNNI/BF16 or AMX.", choices=ONEDNN)
+    precision: str = option(
+        "float32",
+        "Keras dtype policy (fp32, fp16 and bf16 are accepted too).",
+        choices=spec.PRECISIONS + tuple(spec.PRECISION_ALIASES),
+    )
+    xla: bool | None = option(
+        None,
+        "XLA: on one replica the whole step is compiled, over several the "
+        "forward/backward. Unset: on GPUs where valid (not --sync_bn over replicas, "
+        "not --loop=fit over replicas); on CPUs off for training (measured slower "
+        "there), on for --mode=inference.",
+        kind=bool,
+    )
+    intra_op_threads: int | None = option(None, "TensorFlow intra-op threads (default: TensorFlow's choice).", kind=int)
+    inter_op_threads: int | None = option(None, "TensorFlow inter-op threads (default: TensorFlow's choice).", kind=int)
+    onednn: str = option(
+        "auto",
+        "oneDNN CPU kernels (TF_ENABLE_ONEDNN_OPTS). auto: the environment variable if "
+        "set, else on. TensorFlow turns them on by itself only on CPUs with AVX-512 "
+        "VNNI/BF16 or AMX.",
+        choices=ONEDNN,
+    )
     # schedule
     batch_size: int = option(128, "Global batch size (divided evenly over the replicas).")
-    steps: Optional[int] = option(None, "Training steps (default: the recipe's).", kind=int)
-    epochs: Optional[float] = option(None, "Training epochs instead of --steps.", kind=float)
+    steps: int | None = option(None, "Training steps (default: the recipe's).", kind=int)
+    epochs: float | None = option(None, "Training epochs instead of --steps.", kind=float)
     warmup_steps: int = option(10, "Steps excluded from timing (the first, compiling, step always is).")
-    steps_per_loop: Optional[int] = option(None, "Steps run inside one tf.function call (one timed window). "
-                                                 "Unset: 10 on CPUs, 50 on GPUs (a GPU step is launch-bound).",
-                                           kind=int)
+    steps_per_loop: int | None = option(
+        None,
+        "Steps run inside one tf.function call (one timed window). "
+        "Unset: 10 on CPUs, 50 on GPUs (a GPU step is launch-bound).",
+        kind=int,
+    )
     recipe: str = option("bench", "bench: short throughput run; paper: He et al. schedule.", choices=RECIPES)
     loop: str = option("ctl", "ctl: the custom training loop; fit: Keras model.fit (a baseline).", choices=LOOPS)
     # data
     data: str = option("auto", "Input: tfds, CIFAR binary files, synthetic, or auto.", choices=DATA_KINDS)
-    cifar_dir: Optional[str] = option(None, "Folder with the CIFAR-10 binary files (or its parent).", kind=str,
-                                      axis=False)
-    tfds_dir: Optional[str] = option(None, "tensorflow-datasets data folder.", kind=str, axis=False)
+    cifar_dir: str | None = option(None, "Folder with the CIFAR-10 binary files (or its parent).", kind=str, axis=False)
+    tfds_dir: str | None = option(None, "tensorflow-datasets data folder.", kind=str, axis=False)
     # evaluation
-    target_accuracy: Optional[float] = option(None, "Stop when test accuracy reaches this fraction; record the "
-                                                    "time.", kind=float)
-    eval_every_epochs: Optional[float] = option(None, "Evaluate every this many epochs (default: at the end).",
-                                                kind=float)
+    target_accuracy: float | None = option(
+        None, "Stop when test accuracy reaches this fraction; record the time.", kind=float
+    )
+    eval_every_epochs: float | None = option(None, "Evaluate every this many epochs (default: at the end).", kind=float)
     # reproducibility and outputs
     seed: int = option(0, "Random seed (a sweep's --repeats K runs seed, seed+1, ...).")
     deterministic: bool = option(False, "Deterministic ops (slower).")
     results: str = option("results/summary.csv", "Results CSV to append the row to.", axis=False)
-    checkpoint_dir: Optional[str] = option(None, "Checkpoint here; a rerun with the same flags resumes (in a "
-                                                 "sweep: one subfolder per trial).", kind=str, axis=False)
-    checkpoint_every_steps: Optional[int] = option(None, "Checkpoint cadence (default: each eval, or 50 steps).",
-                                                   kind=int)
-    tensorboard_dir: Optional[str] = option(None, "Write TensorBoard summaries here (in a sweep: one subfolder "
-                                                  "per trial).", kind=str, axis=False)
-    profile_steps: Optional[tuple] = option(None, "FIRST,LAST: TF profiler trace of these steps (not timed).",
-                                            kind=str, axis=False, parse=parse_profile_steps)
-    profile_dir: Optional[str] = option(None, "Where the profiler trace goes (default: <tensorboard_dir>/profile).",
-                                        kind=str, axis=False)
-    augment: str = option("auto", "Where the pad-crop-flip augmentation runs: host (tf.data, per image) or device "
-                                  "(batched inside the step; uint8 batches cross to the device). auto: device "
-                                  "on GPUs, host on CPUs.", choices=AUGMENT)
-    autotune: str = option("off", "Before the run, probe the settings left unset that do not change the computation "
-                                  "(oneDNN, XLA, BN kernel, steps per call, thread pools, augmentation placement on "
-                                  "GPUs), each in short bench.run processes compared in ABBA pairs, and run with "
-                                  "the fastest; the winner is cached per machine and setting. --autotune is "
-                                  "--autotune=on; refresh probes again.", choices=AUTOTUNE, axis=False, bare="on")
+    checkpoint_dir: str | None = option(
+        None,
+        "Checkpoint here; a rerun with the same flags resumes (in a sweep: one subfolder per trial).",
+        kind=str,
+        axis=False,
+    )
+    checkpoint_every_steps: int | None = option(None, "Checkpoint cadence (default: each eval, or 50 steps).", kind=int)
+    tensorboard_dir: str | None = option(
+        None, "Write TensorBoard summaries here (in a sweep: one subfolder per trial).", kind=str, axis=False
+    )
+    profile_steps: tuple | None = option(
+        None,
+        "FIRST,LAST: TF profiler trace of these steps (not timed).",
+        kind=str,
+        axis=False,
+        parse=parse_profile_steps,
+    )
+    profile_dir: str | None = option(
+        None, "Where the profiler trace goes (default: <tensorboard_dir>/profile).", kind=str, axis=False
+    )
+    augment: str = option(
+        "auto",
+        "Where the pad-crop-flip augmentation runs: host (tf.data, per image) or device "
+        "(batched inside the step; uint8 batches cross to the device). auto: device "
+        "on GPUs, host on CPUs.",
+        choices=AUGMENT,
+    )
+    autotune: str = option(
+        "off",
+        "Before the run, probe the settings left unset that do not change the computation "
+        "(oneDNN, XLA, BN kernel, steps per call, thread pools, augmentation placement on "
+        "GPUs), each in short bench.run processes compared in ABBA pairs, and run with "
+        "the fastest; the winner is cached per machine and setting. --autotune is "
+        "--autotune=on; refresh probes again.",
+        choices=AUTOTUNE,
+        axis=False,
+        bare="on",
+    )
     # A/B comparisons (python -m sweeps.compare sets both; not sweep axes)
     comparison: str = option("", "Id of the A/B comparison this run belongs to (sweeps.compare sets it).", axis=False)
-    arm: str = option("", "The arm of --comparison this run is: A or B (sweeps.compare sets it).",
-                      choices=COMPARISON_ARMS, axis=False)
+    arm: str = option(
+        "", "The arm of --comparison this run is: A or B (sweeps.compare sets it).", choices=COMPARISON_ARMS, axis=False
+    )
     # fault injection for tests
-    inject_nan_at_step: Optional[int] = option(None, "Testing: make the loss non-finite at this step.", kind=int,
-                                               axis=False, testing=True)
-    fail_worker_at_step: Optional[str] = option(
-        None, "Testing: 'RANK:STEP' makes that worker exit abruptly (os._exit) the first time the run reaches STEP, "
-              "'RANK:STEP:stall' makes it stop responding; once per run, restarts included.",
-        kind=str, axis=False, testing=True)
-    inject_inf_grad_at_step: Optional[tuple] = option(
-        None, "Testing: STEP[:REPLICA]: make that replica's (default: every replica's) gradients infinite at "
-              "this step (mixed_float16: the step must be skipped on every replica).",
-        kind=str, axis=False, parse=parse_fault_step, testing=True)
+    inject_nan_at_step: int | None = option(
+        None, "Testing: make the loss non-finite at this step.", kind=int, axis=False, testing=True
+    )
+    fail_worker_at_step: str | None = option(
+        None,
+        "Testing: 'RANK:STEP' makes that worker exit abruptly (os._exit) the first time the run reaches STEP, "
+        "'RANK:STEP:stall' makes it stop responding; once per run, restarts included.",
+        kind=str,
+        axis=False,
+        testing=True,
+    )
+    inject_inf_grad_at_step: tuple | None = option(
+        None,
+        "Testing: STEP[:REPLICA]: make that replica's (default: every replica's) gradients infinite at "
+        "this step (mixed_float16: the step must be skipped on every replica).",
+        kind=str,
+        axis=False,
+        parse=parse_fault_step,
+        testing=True,
+    )
     # set by the sweep driver, not flags
     sweep: str = dataclasses.field(default="", metadata={"internal": True})
     trial_key: str = dataclasses.field(default="", metadata={"internal": True})
@@ -247,10 +329,6 @@ def axis_values(f: dataclasses.Field, value):
     return list(dict.fromkeys(values))  # drop repeats, keep order
 
 
-
-
-
-
 def parse_worker_fault(text):
     """`"1:6"` -> (1, 6, "exit"); `"1:6:stall"` -> (1, 6, "stall")."""
     parts = str(text).split(":")
@@ -269,4 +347,3 @@ def parse_worker_fault(text):
 def global_replicas(cfg: RunConfig):
     """Replicas in sync over all workers of a multi-worker run: one per GPU, or one per CPU-only worker."""
     return cfg.workers * max(cfg.gpus_per_worker or 0, 1)
-

@@ -33,8 +33,6 @@ def train_steps(cfg: RunConfig, train_images=CIFAR_TRAIN_IMAGES) -> int:
     return BENCH_STEPS
 
 
-
-
 @dataclasses.dataclass(frozen=True)
 class Schedule:
     """Piecewise-constant SGD learning rate (He et al.): `values[i]` from step `starts[i]` on (0-based steps).

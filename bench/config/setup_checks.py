@@ -39,28 +39,37 @@ def check_setup(cfg: RunConfig, facts: SetupFacts):
             f"{'on' if facts.onednn else 'off'} (it is fixed at import; use --onednn=auto or a new process)"
         )
     if facts.gpus_visible and cfg.cpu_replicas > 1:
-        raise ConfigError(f"--cpu_replicas={cfg.cpu_replicas} is for machines without GPUs; {facts.gpus_visible} "
-                          f"GPU(s) are visible (use --num_gpus)")
+        raise ConfigError(
+            f"--cpu_replicas={cfg.cpu_replicas} is for machines without GPUs; {facts.gpus_visible} "
+            f"GPU(s) are visible (use --num_gpus)"
+        )
     if cfg.num_gpus is not None and cfg.num_gpus > facts.gpus_visible:
         raise ConfigError(f"--num_gpus={cfg.num_gpus} but only {facts.gpus_visible} GPU(s) are visible")
     if not facts.gpus_visible and facts.cpu_devices < cfg.cpu_replicas:
-        raise ConfigError(f"--cpu_replicas={cfg.cpu_replicas}: this process already started TensorFlow with "
-                          f"{facts.cpu_devices} CPU device(s)")
+        raise ConfigError(
+            f"--cpu_replicas={cfg.cpu_replicas}: this process already started TensorFlow with "
+            f"{facts.cpu_devices} CPU device(s)"
+        )
     if cfg.batch_size % facts.num_replicas:
-        raise ConfigError(f"--batch_size={cfg.batch_size} is global and must divide evenly over "
-                          f"{facts.num_replicas} replicas")
+        raise ConfigError(
+            f"--batch_size={cfg.batch_size} is global and must divide evenly over {facts.num_replicas} replicas"
+        )
     check_xla_over_replicas(cfg, facts.num_replicas)
     if cfg.strategy == MULTI_WORKER and (cfg.gpus_per_worker or 0) > facts.gpus_visible:
         raise ConfigError(f"--gpus_per_worker={cfg.gpus_per_worker} but this worker sees {facts.gpus_visible} GPU(s)")
     if cfg.strategy == MULTI_WORKER and facts.num_replicas != global_replicas(cfg):
-        raise ConfigError(f"MultiWorkerMirroredStrategy has {facts.num_replicas} replicas in sync, expected "
-                          f"{global_replicas(cfg)} ({cfg.workers} workers); TF_CONFIG does not match --workers")
+        raise ConfigError(
+            f"MultiWorkerMirroredStrategy has {facts.num_replicas} replicas in sync, expected "
+            f"{global_replicas(cfg)} ({cfg.workers} workers); TF_CONFIG does not match --workers"
+        )
     if facts.data_kind == "unavailable":
         raise ConfigError(facts.data_problem)
     fault = cfg.inject_inf_grad_at_step
     if fault and fault[1] is not None and fault[1] >= facts.num_replicas:
-        raise ConfigError(f"--inject_inf_grad_at_step={fault[0]}:{fault[1]}: there are only {facts.num_replicas} "
-                          f"replicas (0..{facts.num_replicas - 1})")
+        raise ConfigError(
+            f"--inject_inf_grad_at_step={fault[0]}:{fault[1]}: there are only {facts.num_replicas} "
+            f"replicas (0..{facts.num_replicas - 1})"
+        )
     if cfg.target_accuracy is not None and facts.data_kind == "synthetic":
         raise ConfigError("--target_accuracy needs real data, but only synthetic data is available")
     total = train_steps(cfg, facts.train_images)
@@ -68,8 +77,10 @@ def check_setup(cfg: RunConfig, facts: SetupFacts):
     if cfg.loop == "fit":  # Keras fit runs whole steps_per_execution chunks: one must be timed after the warm-up
         chunk = (cfg.steps_per_loop or STEPS_PER_LOOP[facts.device_kind]) if facts.num_replicas == 1 else 1
         if total // chunk * chunk <= max(cfg.warmup_steps, chunk):
-            raise ConfigError(f"--loop=fit runs chunks of {chunk} steps: {total} steps leave none to time after "
-                              f"the warm-up ({cfg.warmup_steps}); give more --steps or a smaller --steps_per_loop")
+            raise ConfigError(
+                f"--loop=fit runs chunks of {chunk} steps: {total} steps leave none to time after "
+                f"the warm-up ({cfg.warmup_steps}); give more --steps or a smaller --steps_per_loop"
+            )
 
 
 def check_cluster(requested, available, what):
@@ -81,8 +92,6 @@ def check_cluster(requested, available, what):
         have = available.get(resource, 0)
         if amount and amount > have:
             raise ConfigError(f"{what} asks for {amount:g} {resource}(s) but the Ray cluster has {have:g}")
-
-
 
 
 def check_ray_request(cfg: RunConfig, cluster, nodes=None):
@@ -97,7 +106,8 @@ def check_ray_request(cfg: RunConfig, cluster, nodes=None):
     if need_cpu > have_cpu or need_gpu > have_gpu:
         raise ConfigError(
             f"{cfg.workers} workers x ({cfg.cpus_per_worker:g} CPU, {gpus} GPU) need {need_cpu:g} CPUs and "
-            f"{need_gpu} GPUs; the Ray cluster has {have_cpu:g} CPUs and {have_gpu:g} GPUs")
+            f"{need_gpu} GPUs; the Ray cluster has {have_cpu:g} CPUs and {have_gpu:g} GPUs"
+        )
     if nodes is not None:
         free = sorted(([n.get("CPU", 0), n.get("GPU", 0)] for n in nodes), reverse=True)  # first fit, largest first
         for _ in range(cfg.workers):
@@ -105,11 +115,10 @@ def check_ray_request(cfg: RunConfig, cluster, nodes=None):
             if node is None:
                 raise ConfigError(
                     f"{cfg.workers} workers x ({cfg.cpus_per_worker:g} CPU, {gpus} GPU) do not fit on the "
-                    f"Ray cluster's nodes (each worker must fit on one node)")
+                    f"Ray cluster's nodes (each worker must fit on one node)"
+                )
             node[0] -= cfg.cpus_per_worker
             node[1] -= gpus
-
-
 
 
 def check_paths_on_hosts(paths, facts):
@@ -122,7 +131,12 @@ def check_paths_on_hosts(paths, facts):
     for fact in sorted(facts, key=lambda f: (f.get("host") or "", f.get("ip") or "")):
         for name, folder in paths.items():
             if not fact["seen"].get(name, True):
-                what = "what the driver's host has there" if name in ("cifar_dir", "tfds_dir") else "the driver's files there"
+                what = (
+                    "what the driver's host has there"
+                    if name in ("cifar_dir", "tfds_dir")
+                    else "the driver's files there"
+                )
                 raise ConfigError(
                     f"--{name}={folder}: {fact.get('host')} ({fact.get('ip')}) does not see {what}; every host "
-                    f"must see it at the same path (shared storage), or leave that host out of the cluster")
+                    f"must see it at the same path (shared storage), or leave that host out of the cluster"
+                )

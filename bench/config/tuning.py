@@ -14,7 +14,6 @@ fixed. `bench.runner.autotune` probes, compares and caches; this module only pla
 from __future__ import annotations
 
 import dataclasses
-from typing import Optional
 
 from bench.config import defaults, options
 from bench.config.options import RunConfig
@@ -26,9 +25,22 @@ TUNABLE = {
 UNSET = {"onednn": "auto", "batch_norm": "auto", "augment": "auto"}  # the others' unset value is None
 GPU_STEPS_PER_LOOP = (10, 200)  # tried against the GPU default (50): launch-bound steps want more per call
 # Flags a probe does not take from the run: where the run writes, labels, what only a long run does.
-NOT_PROBED = ("results", "checkpoint_dir", "checkpoint_every_steps", "tensorboard_dir", "profile_steps",
-              "profile_dir", "comparison", "arm", "autotune", "target_accuracy", "eval_every_epochs", "steps",
-              "epochs", "warmup_steps")
+NOT_PROBED = (
+    "results",
+    "checkpoint_dir",
+    "checkpoint_every_steps",
+    "tensorboard_dir",
+    "profile_steps",
+    "profile_dir",
+    "comparison",
+    "arm",
+    "autotune",
+    "target_accuracy",
+    "eval_every_epochs",
+    "steps",
+    "epochs",
+    "warmup_steps",
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,7 +54,7 @@ class Machine:
     physical_cores: int
     gpus: int = 0
     driver: str = ""  # GPU driver version
-    onednn_env: Optional[str] = None  # TF_ENABLE_ONEDNN_OPTS as the user set it (then it is theirs)
+    onednn_env: str | None = None  # TF_ENABLE_ONEDNN_OPTS as the user set it (then it is theirs)
     tf_loaded: bool = False  # TensorFlow already imported here: its oneDNN state is fixed
 
 
@@ -105,10 +117,21 @@ def key(cfg: RunConfig, machine: Machine):
     else:
         device = f"CPU: {machine.device_name} {machine.logical_cores} cores"
     fixed = [f"{name}={options_text(getattr(cfg, name))}" for name in TUNABLE[cfg.mode] if not is_unset(cfg, name)]
-    parts = [device, f"tf {machine.tf_version}", cfg.mode, f"ResNet-{cfg.depth} {cfg.block}/{cfg.shortcut}",
-             f"batch {cfg.batch_size}", cfg.precision, f"{cfg.strategy} x{replicas(cfg, machine)}",
-             f"data {cfg.data}", cfg.loop] + (["sync_bn"] if cfg.sync_bn else []) + (
-                 [f"fixed {' '.join(fixed)}"] if fixed else [])
+    parts = (
+        [
+            device,
+            f"tf {machine.tf_version}",
+            cfg.mode,
+            f"ResNet-{cfg.depth} {cfg.block}/{cfg.shortcut}",
+            f"batch {cfg.batch_size}",
+            cfg.precision,
+            f"{cfg.strategy} x{replicas(cfg, machine)}",
+            f"data {cfg.data}",
+            cfg.loop,
+        ]
+        + (["sync_bn"] if cfg.sync_bn else [])
+        + ([f"fixed {' '.join(fixed)}"] if fixed else [])
+    )
     return " | ".join(parts)
 
 

@@ -14,8 +14,17 @@ import tempfile
 from bench.config import cifar_files
 from bench.config.defaults import onednn_request
 from bench.config.identity import comparable, fingerprint, saved_run
-from bench.config.options import (MULTI_WORKER, RESTART_TIMEOUT_S, ConfigError, RunConfig, flag_fields, global_replicas,
-                                  parse_fault_step, parse_profile_steps, parse_worker_fault)
+from bench.config.options import (
+    MULTI_WORKER,
+    RESTART_TIMEOUT_S,
+    ConfigError,
+    RunConfig,
+    flag_fields,
+    global_replicas,
+    parse_fault_step,
+    parse_profile_steps,
+    parse_worker_fault,
+)
 from bench.config.recipe import train_steps
 from resnet.spec import canonical_precision
 
@@ -30,8 +39,11 @@ def validate(cfg: RunConfig) -> RunConfig:
     """Check everything that needs no TensorFlow; return the normalised config. Raises ConfigError."""
     _check_choices(cfg)
     _check_text(cfg)
-    cfg = cfg.replace(precision=canonical_precision(cfg.precision), profile_steps=parse_profile_steps(cfg.profile_steps),
-                      inject_inf_grad_at_step=parse_fault_step(cfg.inject_inf_grad_at_step))
+    cfg = cfg.replace(
+        precision=canonical_precision(cfg.precision),
+        profile_steps=parse_profile_steps(cfg.profile_steps),
+        inject_inf_grad_at_step=parse_fault_step(cfg.inject_inf_grad_at_step),
+    )
     _check_numbers(cfg)
     _check_combinations(cfg)
     _check_outputs(cfg)
@@ -112,8 +124,9 @@ def _check_numbers(cfg):
 
 def _check_combinations(cfg):
     if cfg.batch_norm == "fused" and cfg.sync_bn:
-        raise ConfigError("--batch_norm=fused cannot synchronize batch statistics; use --batch_norm=keras or auto "
-                          "with --sync_bn")
+        raise ConfigError(
+            "--batch_norm=fused cannot synchronize batch statistics; use --batch_norm=keras or auto with --sync_bn"
+        )
     if cfg.cpu_replicas > 1 and cfg.strategy != "mirrored":
         raise ConfigError(f"--cpu_replicas={cfg.cpu_replicas} needs --strategy=mirrored (got {cfg.strategy})")
     if cfg.num_gpus is not None and cfg.num_gpus > 1 and cfg.strategy != "mirrored":
@@ -142,17 +155,27 @@ def check_xla_over_replicas(cfg: RunConfig, replicas):
     if not cfg.xla or replicas < 2:
         return
     if cfg.sync_bn:
-        raise ConfigError("--sync_bn with --xla works on one replica only: TF 2.21 cannot all-reduce batch "
-                          "statistics inside the XLA-compiled forward pass; drop one of them")
+        raise ConfigError(
+            "--sync_bn with --xla works on one replica only: TF 2.21 cannot all-reduce batch "
+            "statistics inside the XLA-compiled forward pass; drop one of them"
+        )
     if cfg.loop == "fit":
-        raise ConfigError("--loop=fit --xla needs one replica (Keras compiles the whole step, which fails over "
-                          "replicas)")
+        raise ConfigError(
+            "--loop=fit --xla needs one replica (Keras compiles the whole step, which fails over replicas)"
+        )
 
 
 def _check_fit(cfg):
-    unsupported = [name for name, on in (
-        ("--checkpoint_dir", cfg.checkpoint_dir), ("--target_accuracy", cfg.target_accuracy is not None),
-        ("--eval_every_epochs", cfg.eval_every_epochs is not None), ("--profile_steps", cfg.profile_steps)) if on]
+    unsupported = [
+        name
+        for name, on in (
+            ("--checkpoint_dir", cfg.checkpoint_dir),
+            ("--target_accuracy", cfg.target_accuracy is not None),
+            ("--eval_every_epochs", cfg.eval_every_epochs is not None),
+            ("--profile_steps", cfg.profile_steps),
+        )
+        if on
+    ]
     if unsupported:
         raise ConfigError(f"{', '.join(unsupported)}: supported with --loop=ctl only (fit is a baseline)")
     if cfg.inject_nan_at_step is not None:
@@ -165,11 +188,18 @@ def _check_fit(cfg):
 
 def _check_multi_worker(cfg):
     if cfg.strategy != MULTI_WORKER:
-        given = [name for name, on in (
-            ("--workers", cfg.workers is not None), ("--gpus_per_worker", cfg.gpus_per_worker is not None),
-            ("--max_failures", cfg.max_failures != 0), ("--fail_worker_at_step", cfg.fail_worker_at_step is not None),
-            ("--restart_timeout_s", cfg.restart_timeout_s != RESTART_TIMEOUT_S),
-            ("--address", cfg.address is not None and not cfg.sweep)) if on]
+        given = [
+            name
+            for name, on in (
+                ("--workers", cfg.workers is not None),
+                ("--gpus_per_worker", cfg.gpus_per_worker is not None),
+                ("--max_failures", cfg.max_failures != 0),
+                ("--fail_worker_at_step", cfg.fail_worker_at_step is not None),
+                ("--restart_timeout_s", cfg.restart_timeout_s != RESTART_TIMEOUT_S),
+                ("--address", cfg.address is not None and not cfg.sweep),
+            )
+            if on
+        ]
         if given:
             raise ConfigError(f"{', '.join(given)}: only with --strategy=multi_worker (got {cfg.strategy})")
         return
@@ -182,13 +212,17 @@ def _check_multi_worker(cfg):
         if not getattr(cfg, name) > 0:
             raise ConfigError(f"--{name} must be > 0; got {getattr(cfg, name)}")
     if cfg.num_gpus is not None or cfg.cpu_replicas != 1:
-        raise ConfigError("--num_gpus and --cpu_replicas are for --strategy=mirrored; with multi_worker use "
-                          "--workers and --gpus_per_worker")
+        raise ConfigError(
+            "--num_gpus and --cpu_replicas are for --strategy=mirrored; with multi_worker use "
+            "--workers and --gpus_per_worker"
+        )
     if cfg.loop != "ctl" or cfg.mode != "train":
         raise ConfigError("--strategy=multi_worker runs the custom loop only (--loop=ctl, --mode=train)")
     if cfg.batch_size % global_replicas(cfg):
-        raise ConfigError(f"--batch_size={cfg.batch_size} is global and must divide evenly over "
-                          f"{global_replicas(cfg)} replicas ({cfg.workers} workers x {max(cfg.gpus_per_worker or 0, 1)})")
+        raise ConfigError(
+            f"--batch_size={cfg.batch_size} is global and must divide evenly over "
+            f"{global_replicas(cfg)} replicas ({cfg.workers} workers x {max(cfg.gpus_per_worker or 0, 1)})"
+        )
     if cfg.address is not None:
         _check_address(cfg.address)
     if cfg.fail_worker_at_step is not None:
@@ -203,14 +237,24 @@ def _check_address(address):
         raise ConfigError(f"--address={address!r}: give auto, ray://host:port or host:port")
 
 
-def check_sweep_options(name="sweep", repeats=1, max_concurrent=1, cpus_per_trial=None, scheduler="none",
-                        strategies="", data="auto", eval_every_epochs=None):
+def check_sweep_options(
+    name="sweep",
+    repeats=1,
+    max_concurrent=1,
+    cpus_per_trial=None,
+    scheduler="none",
+    strategies="",
+    data="auto",
+    eval_every_epochs=None,
+):
     """The sweep-only flags of `sweeps.tune` (the trials' own are checked by `validate`)."""
     if repeats < 1:
         raise ConfigError(f"--repeats must be >= 1; got {repeats}")
     if scheduler == "asha" and MULTI_WORKER in (strategies or ""):
-        raise ConfigError("--scheduler=asha ranks trials by their evaluations, which multi_worker trials do not "
-                          "report while they run; use --scheduler=none")
+        raise ConfigError(
+            "--scheduler=asha ranks trials by their evaluations, which multi_worker trials do not "
+            "report while they run; use --scheduler=none"
+        )
     if scheduler == "asha" and (data == "synthetic" or not eval_every_epochs):
         raise ConfigError("--scheduler=asha needs real data and --eval_every_epochs (it ranks trials by accuracy)")
     if max_concurrent < 1:
@@ -233,7 +277,7 @@ def check_comparison(pairs=2, band_pct=5.0, fail_pct=None, base=None, new=None, 
         if path and not os.path.isfile(path):
             raise ConfigError(f"{name}: no results file {path}")
     if not base and not all(arms):
-        raise ConfigError("give both arms (--a=\"FLAGS\" --b=\"FLAGS\") or two tables (--base, --new); see --help")
+        raise ConfigError('give both arms (--a="FLAGS" --b="FLAGS") or two tables (--base, --new); see --help')
     if pairs < 2:
         raise ConfigError(f"--pairs must be >= 2 (an interval needs two pairs); got {pairs}")
     if not 0 < band_pct < 100:
@@ -272,11 +316,20 @@ def check_sweep_storage(name, storage, resume, exists, is_folder):
 
 
 def _check_inference(cfg):
-    training_only = [name for name, on in (
-        ("--loop=fit", cfg.loop == "fit"), ("--checkpoint_dir", cfg.checkpoint_dir),
-        ("--target_accuracy", cfg.target_accuracy is not None), ("--eval_every_epochs", cfg.eval_every_epochs),
-        ("--sync_bn", cfg.sync_bn), ("--inject_inf_grad_at_step", cfg.inject_inf_grad_at_step),
-        ("--augment=device", cfg.augment == "device"), ("--inject_nan_at_step", cfg.inject_nan_at_step)) if on]
+    training_only = [
+        name
+        for name, on in (
+            ("--loop=fit", cfg.loop == "fit"),
+            ("--checkpoint_dir", cfg.checkpoint_dir),
+            ("--target_accuracy", cfg.target_accuracy is not None),
+            ("--eval_every_epochs", cfg.eval_every_epochs),
+            ("--sync_bn", cfg.sync_bn),
+            ("--inject_inf_grad_at_step", cfg.inject_inf_grad_at_step),
+            ("--augment=device", cfg.augment == "device"),
+            ("--inject_nan_at_step", cfg.inject_nan_at_step),
+        )
+        if on
+    ]
     if training_only:
         raise ConfigError(f"{', '.join(training_only)}: training options, not for --mode=inference")
 
@@ -340,8 +393,9 @@ def _check_text_file(path):
         with open(path, "rb"):
             pass
     except OSError as err:
-        raise ConfigError(f"results file {os.path.abspath(path)} cannot be read ({err.strerror or err}); "
-                          "use a new --results file") from None
+        raise ConfigError(
+            f"results file {os.path.abspath(path)} cannot be read ({err.strerror or err}); use a new --results file"
+        ) from None
 
 
 def check_resume(cfg: RunConfig):
@@ -373,11 +427,13 @@ def check_steps(cfg: RunConfig, total_steps: int):
         return
     first, last = cfg.profile_steps
     if last > total_steps:
-        raise ConfigError(f"--profile_steps={first},{last} ends after the run's last step ({total_steps}); "
-                          f"the profiler would never stop")
+        raise ConfigError(
+            f"--profile_steps={first},{last} ends after the run's last step ({total_steps}); "
+            f"the profiler would never stop"
+        )
     profiled = max(0, last - max(first - 1, warm_end))  # profiled steps after the warm-up are not timed either
     if total_steps - warm_end - profiled <= 0:
-        raise ConfigError(f"--profile_steps={first},{last} covers every step after the warm-up "
-                          f"({cfg.warmup_steps}) of the run's {total_steps}: nothing would be timed")
-
-
+        raise ConfigError(
+            f"--profile_steps={first},{last} covers every step after the warm-up "
+            f"({cfg.warmup_steps}) of the run's {total_steps}: nothing would be timed"
+        )

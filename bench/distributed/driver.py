@@ -40,8 +40,7 @@ START_TIMEOUT_ENV = "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S"  # how long Ray Tra
 def _absolute(cfg: RunConfig):
     """Workers do not share the driver's working directory: make every path absolute."""
     fields = ("results", "checkpoint_dir", "cifar_dir", "tfds_dir", "tensorboard_dir", "profile_dir")
-    return cfg.replace(**{f: os.path.abspath(os.path.expanduser(getattr(cfg, f)))
-                          for f in fields if getattr(cfg, f)})
+    return cfg.replace(**{f: os.path.abspath(os.path.expanduser(getattr(cfg, f))) for f in fields if getattr(cfg, f)})
 
 
 def _worker_env(cfg: RunConfig):
@@ -105,8 +104,12 @@ def run(cfg: RunConfig, command="", out=sys.stdout, write_row=True, on_eval=None
     if bad_input:  # the workers' own setup checks refused the run: bad input, as in one process
         raise ConfigError(bad_input[0])
     row = rows.multi_worker_row(cfg, command, state, error)
-    print(f"workers: {row['num_workers']} ({row['host']}), restarts {row['restarts']}, "
-          f"{time.perf_counter() - started:.0f} s in all", file=out, flush=True)
+    print(
+        f"workers: {row['num_workers']} ({row['host']}), restarts {row['restarts']}, "
+        f"{time.perf_counter() - started:.0f} s in all",
+        file=out,
+        flush=True,
+    )
     where = table.save_row(cfg.results, row) if write_row else cfg.results
     if row.get("run_id"):  # the chief's run.json: the same command again says "finished", or resumes
         RunIdentity(cfg).conclude(row["run_id"], row["status"], where if where != cfg.results else None)
@@ -116,8 +119,9 @@ def run(cfg: RunConfig, command="", out=sys.stdout, write_row=True, on_eval=None
         code = EXIT_SIGNAL.get(stopped, EXIT_FAILED)
     if where != cfg.results:  # the table could not take the row: it is kept where the error line says
         code = EXIT_FAILED
-    return MultiWorkerOutcome(row["status"], row, code, reports=reports, fired=state.get("fired", {}),
-                              ended_at=ended_at)
+    return MultiWorkerOutcome(
+        row["status"], row, code, reports=reports, fired=state.get("fired", {}), ended_at=ended_at
+    )
 
 
 @contextlib.contextmanager
@@ -133,22 +137,29 @@ def _console(out):
 
 def _trainer(cfg: RunConfig, command, collector, storage):
     with devices.native_stderr_quieted():
-        from ray.train import FailureConfig, RunConfig as RayRunConfig, ScalingConfig
+        from ray.train import FailureConfig, ScalingConfig
+        from ray.train import RunConfig as RayRunConfig
         from ray.train.tensorflow import TensorflowTrainer
     gpus = cfg.gpus_per_worker or 0
     resources = {"CPU": cfg.cpus_per_worker, **({"GPU": gpus} if gpus else {})}
     # A restart that cannot place the workers fails the run after --restart_timeout_s instead of being
     # retried forever (Ray Train counts it as a controller failure, unlimited by default).
-    failures = FailureConfig(max_failures=cfg.max_failures, max_preemption_failures=cfg.max_failures,
-                             controller_failure_limit=0)
+    failures = FailureConfig(
+        max_failures=cfg.max_failures, max_preemption_failures=cfg.max_failures, controller_failure_limit=0
+    )
     return TensorflowTrainer(
         train_worker,
-        train_loop_config={"cfg": json.loads(json.dumps(dataclasses.asdict(cfg))), "collector": collector,
-                           "command": command},
+        train_loop_config={
+            "cfg": json.loads(json.dumps(dataclasses.asdict(cfg))),
+            "collector": collector,
+            "command": command,
+        },
         scaling_config=ScalingConfig(num_workers=cfg.workers, use_gpu=bool(gpus), resources_per_worker=resources),
         run_config=RayRunConfig(
-            name=f"bench-multi-worker-{os.getpid()}", storage_path=storage,
-            failure_config=failures, callbacks=[failure_listener(collector)],
+            name=f"bench-multi-worker-{os.getpid()}",
+            storage_path=storage,
+            failure_config=failures,
+            callbacks=[failure_listener(collector)],
             worker_runtime_env={"env_vars": _worker_env(cfg)},
         ),
     )
@@ -233,8 +244,11 @@ def _stop_on_signals(console_err):
             os.write(console_err.fileno(), f"\n{name} again: exiting now\n".encode())
             os._exit(EXIT_SIGNAL.get(name, EXIT_FAILED))
         stop["signal"] = name
-        print(f"\n{name}: stopping the workers after the current window (again to exit at once)",
-              file=console_err, flush=True)
+        print(
+            f"\n{name}: stopping the workers after the current window (again to exit at once)",
+            file=console_err,
+            flush=True,
+        )
 
     previous = {s: signal.signal(s, request_stop) for s in (signal.SIGINT, signal.SIGTERM)}
     try:

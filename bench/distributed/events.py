@@ -95,14 +95,17 @@ class EventLog:
         cause = getattr(exc, "controller_failure", None)
         if cause is not None:  # the controller gave up: no worker group could be started again
             if type(cause).__name__ == "WorkerGroupStartupTimeoutError":
-                why = (f"the workers could not be placed{' again' if self.failures else ''} within "
-                       f"--restart_timeout_s={self.cfg.restart_timeout_s:g} s")
+                why = (
+                    f"the workers could not be placed{' again' if self.failures else ''} within "
+                    f"--restart_timeout_s={self.cfg.restart_timeout_s:g} s"
+                )
             else:
                 why = f"{type(cause).__name__}: {str(cause).strip().splitlines()[0] if str(cause).strip() else ''}"
             text = f"{self.last_failure}; {why}" if self.last_failure else why
         else:
             text = self._worker_failures(getattr(exc, "worker_failures", None) or {}) or (
-                f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}")
+                f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
+            )
         return f"{text}; {self.checkpoint_note()}"[:500]
 
     def _worker_failures(self, failures):
@@ -117,8 +120,9 @@ class EventLog:
             elif isinstance(err, RuntimeError) and type(err) is RuntimeError:  # a worker's own failed run
                 line = text.splitlines()[0] if text else "failed"
                 if "DeadlineExceeded" in line:
-                    line += (f" (a collective waited longer than "
-                             f"--collective_timeout_s={self.cfg.collective_timeout_s:g})")
+                    line += (
+                        f" (a collective waited longer than --collective_timeout_s={self.cfg.collective_timeout_s:g})"
+                    )
                 parts.append((1, f"worker {rank}{on}: {line}"))
             elif _died(f"{type(err).__name__} {text}"):
                 parts.append((0, f"worker {rank}{on}: its process died ({type(err).__name__})"))

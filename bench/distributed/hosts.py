@@ -38,8 +38,10 @@ def node_label(where):
 
 def _paths_seen(paths):
     """Runs on one node (a Ray task): {name: whether every file named for it exists here}, host, pid."""
-    seen = {name: all(os.path.exists(os.path.join(folder, f)) for f in files) if files else os.path.isdir(folder)
-            for name, (folder, files) in paths.items()}
+    seen = {
+        name: all(os.path.exists(os.path.join(folder, f)) for f in files) if files else os.path.isdir(folder)
+        for name, (folder, files) in paths.items()
+    }
     return {"host": socket.gethostname(), "pid": os.getpid(), "seen": seen}
 
 
@@ -77,8 +79,11 @@ def check_paths(cfg: RunConfig, out):
     facts = []
     try:
         task = ray.remote(num_cpus=0)(_paths_seen)
-        nodes = {task.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False))
-                 .remote(paths): n for n in ray.nodes() if n.get("Alive")}
+        nodes = {
+            task.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)).remote(paths): n
+            for n in ray.nodes()
+            if n.get("Alive")
+        }
         ready, late = ray.wait(list(nodes), num_returns=len(nodes), timeout=PATH_CHECK_TIMEOUT_S)
         for ref in ready:
             try:
@@ -87,8 +92,12 @@ def check_paths(cfg: RunConfig, out):
                 late.append(ref)
         for ref in late:
             node = nodes[ref]
-            print(f"note: {node['NodeManagerHostname']} ({node['NodeManagerAddress']}) did not answer the path "
-                  f"check within {PATH_CHECK_TIMEOUT_S} s", file=out, flush=True)
+            print(
+                f"note: {node['NodeManagerHostname']} ({node['NodeManagerAddress']}) did not answer the path "
+                f"check within {PATH_CHECK_TIMEOUT_S} s",
+                file=out,
+                flush=True,
+            )
             ray.cancel(ref, force=True)
     finally:
         for marker in markers:
@@ -110,8 +119,9 @@ def lost_nodes(node_ids):
             lost.add(node_id)
             continue
         try:
-            socket.create_connection((node["NodeManagerAddress"], node["NodeManagerPort"]),
-                                     timeout=PROBE_TIMEOUT_S).close()
+            socket.create_connection(
+                (node["NodeManagerAddress"], node["NodeManagerPort"]), timeout=PROBE_TIMEOUT_S
+            ).close()
         except OSError:
             lost.add(node_id)
     return lost

@@ -26,8 +26,8 @@ import time
 from bench.config import identity, options
 from bench.config.options import ConfigError, RunConfig
 from bench.runner import loop
-from bench.runner.loop import first_line
 from bench.runner.controller import RunHooks
+from bench.runner.loop import first_line
 
 _COLLECTOR = None  # the run's collector actor handle, inside a Ray Train worker
 SCRATCH = []  # this worker's temporary folders, removed when its run ends
@@ -72,7 +72,7 @@ def scratch_folder():
     (its node lost, a fault injected) cannot remove its own: each new worker removes those of dead processes."""
     root = tempfile.gettempdir()
     for name in os.listdir(root):
-        pid = name[len(SCRATCH_PREFIX):].split("-", 1)[0]
+        pid = name[len(SCRATCH_PREFIX) :].split("-", 1)[0]
         if name.startswith(SCRATCH_PREFIX) and pid.isdigit() and not _alive(int(pid)):
             shutil.rmtree(os.path.join(root, name), ignore_errors=True)
     folder = tempfile.mkdtemp(prefix=f"{SCRATCH_PREFIX}{os.getpid()}-")
@@ -107,15 +107,21 @@ def train_worker(loop_config):
     global _COLLECTOR
     collector = _COLLECTOR = loop_config["collector"]
     rank = ray.train.get_context().get_world_rank()
-    where = {"host": socket.gethostname(), "ip": ray.util.get_node_ip_address(),
-             "node_id": ray.get_runtime_context().get_node_id(), "pid": os.getpid(), "machine": machine_id()}
+    where = {
+        "host": socket.gethostname(),
+        "ip": ray.util.get_node_ip_address(),
+        "node_id": ray.get_runtime_context().get_node_id(),
+        "pid": os.getpid(),
+        "machine": machine_id(),
+    }
     attempt = ray.get(collector.start.remote(rank, where))
     cfg = worker_config(options.from_dict(loop_config["cfg"]), rank)
     out = _LineForwarder(collector, sys.stdout) if rank == 0 else sys.stdout
     info = {"rank": rank, "attempt": attempt, "host": where["host"], "ip": where["ip"]}
     try:
-        outcome = loop.run(cfg, command=loop_config["command"], out=out, write_row=False,
-                           hooks=_hooks(cfg, rank, attempt))
+        outcome = loop.run(
+            cfg, command=loop_config["command"], out=out, write_row=False, hooks=_hooks(cfg, rank, attempt)
+        )
     except ConfigError as err:
         ray.get(collector.report.remote(rank, attempt, {**info, "config_error": str(err)}))
         raise
@@ -135,13 +141,16 @@ def train_worker(loop_config):
 def _hooks(cfg: RunConfig, rank=0, attempt=1):
     """What the single-run path needs from the worker side: TF's multi-worker checkpoint rule, fault
     injection, and the driver's stop request (asked after every window)."""
+
     def on_step(step):
         at_step(cfg, step)
         return stop_request(rank, attempt, step)
 
     return RunHooks(
         checkpoint_manager=lambda checkpoint, strategy: WorkerCheckpoints(checkpoint, cfg, strategy),
-        on_step=on_step, extra_marks=fault_marks(cfg))
+        on_step=on_step,
+        extra_marks=fault_marks(cfg),
+    )
 
 
 def machine_id():
@@ -228,8 +237,14 @@ class Collector:
 
     def state(self):
         attempt = max(self.starts.values(), default=1)
-        return {"starts": dict(self.starts), "reports": dict(self.reports), "fired": dict(self.fired),
-                "where": dict(self.where), "events": list(self.events), "last_step": self.last_step.get(attempt)}
+        return {
+            "starts": dict(self.starts),
+            "reports": dict(self.reports),
+            "fired": dict(self.fired),
+            "where": dict(self.where),
+            "events": list(self.events),
+            "last_step": self.last_step.get(attempt),
+        }
 
 
 def failure_listener(collector):
@@ -265,8 +280,11 @@ def state_digest(checkpoint):
         return h.hexdigest()[:12]
 
     model, optimizer = checkpoint.model, checkpoint.optimizer
-    return {"trainable": sha(model.trainable_variables), "bn_moving": sha(model.non_trainable_variables),
-            "optimizer": sha(optimizer.variables)}
+    return {
+        "trainable": sha(model.trainable_variables),
+        "bn_moving": sha(model.non_trainable_variables),
+        "optimizer": sha(optimizer.variables),
+    }
 
 
 class WorkerCheckpoints:
@@ -323,8 +341,11 @@ def at_step(cfg: RunConfig, step):
     _FAULT_DONE = True
     if not ray.get(_COLLECTOR.fire_once.remote(cfg.fail_worker_at_step)):
         return
-    print(f"fault injection: worker {rank} {'exits' if mode == 'exit' else 'stalls'} at step {step}",
-          file=sys.stderr, flush=True)
+    print(
+        f"fault injection: worker {rank} {'exits' if mode == 'exit' else 'stalls'} at step {step}",
+        file=sys.stderr,
+        flush=True,
+    )
     if mode == "exit":
         os._exit(17)
     while True:  # stall: stop responding until Ray ends the worker group

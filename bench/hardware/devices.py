@@ -16,8 +16,8 @@ import sys
 import tempfile
 
 from bench.config import defaults, options
-from bench.hardware import cpu_features
 from bench.config.options import RunConfig
+from bench.hardware import cpu_features
 
 
 @contextlib.contextmanager
@@ -160,10 +160,25 @@ def setup(cfg: RunConfig) -> Devices:
         tf.config.experimental.enable_op_determinism()
     replicas = strategy.num_replicas_in_sync
     cpu_devices = len(tf.config.list_logical_devices("CPU")) if kind == "CPU" and not multi_worker else 1
-    facts = dict(gpus_visible=len(gpus), device_kind=kind, cpu_devices=cpu_devices, num_replicas=replicas,
-                 onednn=onednn_enabled())
-    return Devices(strategy, replicas, kind, device_names[0], physical, names[0], onednn_enabled(), facts,
-                   tuple(names), device_names)
+    facts = dict(
+        gpus_visible=len(gpus),
+        device_kind=kind,
+        cpu_devices=cpu_devices,
+        num_replicas=replicas,
+        onednn=onednn_enabled(),
+    )
+    return Devices(
+        strategy,
+        replicas,
+        kind,
+        device_names[0],
+        physical,
+        names[0],
+        onednn_enabled(),
+        facts,
+        tuple(names),
+        device_names,
+    )
 
 
 def _gpus_wanted(cfg: RunConfig, visible):
@@ -210,8 +225,10 @@ def threads_in_effect():
     """(intra, inter) op threads TensorFlow uses; 0 means TensorFlow's own default."""
     import tensorflow as tf
 
-    return (tf.config.threading.get_intra_op_parallelism_threads(),
-            tf.config.threading.get_inter_op_parallelism_threads())
+    return (
+        tf.config.threading.get_intra_op_parallelism_threads(),
+        tf.config.threading.get_inter_op_parallelism_threads(),
+    )
 
 
 def _use_gpus(tf, use):
@@ -281,7 +298,7 @@ def device_sync(value=None):
     context.async_wait()
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _this_workers_devices():
     """None in a single process; under MultiWorkerMirroredStrategy this worker's own devices.
 

@@ -167,8 +167,11 @@ def peak_reading(device, device_key, precision, tf32=False, at_least=None) -> Re
             if kept and kept["gflops"] >= rate:
                 best = {k: kept.get(k) for k in ("gflops", "measured_at", "load")}
             loads = [x for x in (kept.get("quietest_load", kept.get("load")), load) if x is not None]
-            entry = {**best, "readings": kept.get("readings", 1) + 1 if kept else 1,
-                     "quietest_load": min(loads) if loads else None}
+            entry = {
+                **best,
+                "readings": kept.get("readings", 1) + 1 if kept else 1,
+                "quietest_load": min(loads) if loads else None,
+            }
             cache[key] = entry
             tmp = path + ".tmp"
             with open(tmp, "w") as fh:

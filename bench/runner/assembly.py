@@ -29,21 +29,45 @@ def controller_for(cfg, device_setup, source, run_id, command, started, out, hoo
     checkpointer, summaries, profiler = outputs.make(cfg, trainer.checkpoint_objects(), manager)
     progress = checkpointer.restore() if checkpointer else None
     plan = _plan(cfg, source, total, trainer, trainer.steps_done(), hooks.extra_marks)
-    controller = Controller(plan, trainer, cfg.batch_size, out=out, target_accuracy=cfg.target_accuracy,
-                            checkpointer=checkpointer, summaries=summaries, profiler=profiler, progress=progress,
-                            on_step=hooks.on_step)
+    controller = Controller(
+        plan,
+        trainer,
+        cfg.batch_size,
+        out=out,
+        target_accuracy=cfg.target_accuracy,
+        checkpointer=checkpointer,
+        summaries=summaries,
+        profiler=profiler,
+        progress=progress,
+        on_step=hooks.on_step,
+    )
     tflops, peak_source = datasheet.lookup(device_setup.device_name, cfg.precision, tf32)
     reading = _peak(device_setup, cfg.precision, tf32)
     facts = RunFacts(
-        run_id=run_id, command=command, tf_version=tf.__version__, keras_version=keras.__version__,
-        device=f"{device_setup.device_kind}: {device_setup.device_name}", num_replicas=device_setup.num_replicas,
+        run_id=run_id,
+        command=command,
+        tf_version=tf.__version__,
+        keras_version=keras.__version__,
+        device=f"{device_setup.device_kind}: {device_setup.device_name}",
+        num_replicas=device_setup.num_replicas,
         onednn=device_setup.onednn,
-        batch_norm=trainer.batch_norm, params=trainer.params, data=source.kind, train_images=source.train_images,
-        peak_gflops=reading.gflops * device_setup.physical_devices, started=started, augment=trainer.augment, tf32=tf32,
-        device_name=device_setup.device_name, physical_devices=device_setup.physical_devices,
-        intra_op_threads=intra, inter_op_threads=inter, peak_source=peak_source,
+        batch_norm=trainer.batch_norm,
+        params=trainer.params,
+        data=source.kind,
+        train_images=source.train_images,
+        peak_gflops=reading.gflops * device_setup.physical_devices,
+        started=started,
+        augment=trainer.augment,
+        tf32=tf32,
+        device_name=device_setup.device_name,
+        physical_devices=device_setup.physical_devices,
+        intra_op_threads=intra,
+        inter_op_threads=inter,
+        peak_source=peak_source,
         datasheet_tflops=tflops * device_setup.physical_devices if tflops else None,
-        peak_measured_at=reading.measured_at, peak_readings=reading.readings, peak_load=reading.load,
+        peak_measured_at=reading.measured_at,
+        peak_readings=reading.readings,
+        peak_load=reading.load,
     )
     return controller, facts
 
@@ -57,10 +81,17 @@ def _plan(cfg, source, total, trainer, start_step, extra_marks=()):
     checkpoint_steps = None
     if cfg.checkpoint_dir:
         checkpoint_steps = cfg.checkpoint_every_steps or eval_steps or max(cfg.steps_per_loop, 50)
-    return Plan(total_steps=total, start_step=start_step, warmup_steps=cfg.warmup_steps,
-                steps_per_loop=cfg.steps_per_loop, eval_every=eval_steps, checkpoint_every=checkpoint_steps,
-                profile_steps=cfg.profile_steps, fixed_window=trainer.fixed_window,
-                extra_marks=tuple(extra_marks))
+    return Plan(
+        total_steps=total,
+        start_step=start_step,
+        warmup_steps=cfg.warmup_steps,
+        steps_per_loop=cfg.steps_per_loop,
+        eval_every=eval_steps,
+        checkpoint_every=checkpoint_steps,
+        profile_steps=cfg.profile_steps,
+        fixed_window=trainer.fixed_window,
+        extra_marks=tuple(extra_marks),
+    )
 
 
 def checked_peak(cfg, device_setup, facts, controller):
@@ -77,20 +108,32 @@ def checked_peak(cfg, device_setup, facts, controller):
     try:
         reading = _peak(device_setup, cfg.precision, facts.tf32, at_least=achieved)
     except Exception as exc:  # noqa: BLE001 - the row matters more than a better peak
-        print(f"note: measuring the peak again failed ({type(exc).__name__}); MFU may read above 100%",
-              file=controller.out, flush=True)
+        print(
+            f"note: measuring the peak again failed ({type(exc).__name__}); MFU may read above 100%",
+            file=controller.out,
+            flush=True,
+        )
         return facts
-    print(f"note: the cached peak ({per_device:.0f} GFLOP/s) was below this run's {achieved:.0f} GFLOP/s; "
-          f"measured again: {reading.gflops:.0f}", file=controller.out, flush=True)
-    return dataclasses.replace(facts, peak_gflops=reading.gflops * device_setup.physical_devices,
-                               peak_measured_at=reading.measured_at, peak_readings=reading.readings,
-                               peak_load=reading.load)
+    print(
+        f"note: the cached peak ({per_device:.0f} GFLOP/s) was below this run's {achieved:.0f} GFLOP/s; "
+        f"measured again: {reading.gflops:.0f}",
+        file=controller.out,
+        flush=True,
+    )
+    return dataclasses.replace(
+        facts,
+        peak_gflops=reading.gflops * device_setup.physical_devices,
+        peak_measured_at=reading.measured_at,
+        peak_readings=reading.readings,
+        peak_load=reading.load,
+    )
 
 
 def peak_device_key(device_setup):
     """The peak cache's device part: device, TensorFlow version, oneDNN state, thread count."""
     key = f"{device_setup.device_kind}:{device_setup.device_name}|tf{tf.__version__}" + (
-        "|onednn" if device_setup.onednn and device_setup.device_kind == "CPU" else "")
+        "|onednn" if device_setup.onednn and device_setup.device_kind == "CPU" else ""
+    )
     intra = devices.threads_in_effect()[0]
     if intra and device_setup.device_kind == "CPU":  # a reading with fewer threads is not the CPU's peak
         key += f"|intra{intra}"
@@ -99,5 +142,6 @@ def peak_device_key(device_setup):
 
 def _peak(device_setup, precision, tf32, at_least=None):
     """The measured peak reading of one of the devices used (`peak.Reading`; cached, read again when stale)."""
-    return peak.peak_reading(device_setup.first_device, peak_device_key(device_setup), precision, tf32=tf32,
-                             at_least=at_least)
+    return peak.peak_reading(
+        device_setup.first_device, peak_device_key(device_setup), precision, tf32=tf32, at_least=at_least
+    )

@@ -73,32 +73,54 @@ def settle(cfg: RunConfig, out=sys.stdout, measure=None) -> RunConfig:
     machine = detect_machine(cfg)
     plan = tuning.candidates(cfg, machine)
     if not plan:
-        print("autotune: every setting it may change was given as a flag (or does not apply here); nothing to "
-              "probe", file=out, flush=True)
+        print(
+            "autotune: every setting it may change was given as a flag (or does not apply here); nothing to probe",
+            file=out,
+            flush=True,
+        )
         return cfg.replace(tuned="flag")
     key = tuning.key(cfg, machine)
     if cfg.autotune == "on":
         entry = read_cache().get(key)
         if entry and all(name in entry["settings"] for name, _ in plan):
             settings = {name: entry["settings"][name] for name, _ in plan}
-            print(f"autotune: cached choice for {key} (probed {entry.get('probed_utc', '?')}, "
-                  f"--autotune=refresh probes again): {' '.join(tuning.settings_args(settings)) or 'the defaults'}",
-                  file=out, flush=True)
+            print(
+                f"autotune: cached choice for {key} (probed {entry.get('probed_utc', '?')}, "
+                f"--autotune=refresh probes again): {' '.join(tuning.settings_args(settings)) or 'the defaults'}",
+                file=out,
+                flush=True,
+            )
             return tuning.apply(cfg, settings, key)
     started = time.perf_counter()
-    print(f"autotune: {key}\nautotune: probing {', '.join(n for n, _ in plan)} "
-          f"({sum(len(v) - 1 for _, v in plan)} comparisons of {FIRST_PAIRS}-{_max_pairs()} ABBA pairs, each arm a "
-          f"short bench.run process)", file=out, flush=True)
+    print(
+        f"autotune: {key}\nautotune: probing {', '.join(n for n, _ in plan)} "
+        f"({sum(len(v) - 1 for _, v in plan)} comparisons of {FIRST_PAIRS}-{_max_pairs()} ABBA pairs, each arm a "
+        f"short bench.run process)",
+        file=out,
+        flush=True,
+    )
     with tempfile.TemporaryDirectory(prefix="autotune-") as folder:
         measure = measure or process_measure(cfg, machine.device_kind, os.path.join(folder, "probes.csv"))
         settings, probes = choose(plan, measure, out=out)
     seconds = time.perf_counter() - started
     lines = probe_table(probes)
     print("\n".join(lines), file=out)
-    print(f"autotune: chose {' '.join(tuning.settings_args(settings)) or 'the defaults'} in {seconds:.0f} s "
-          f"({sum(len(p.runs) for p in probes)} probe runs); cached in {cache_file()}", file=out, flush=True)
-    write_cache(key, {"settings": settings, "probed_utc": table.utc_now(), "probe_seconds": round(seconds, 1),
-                      "probes": lines, "git_sha": table.git_sha()})
+    print(
+        f"autotune: chose {' '.join(tuning.settings_args(settings)) or 'the defaults'} in {seconds:.0f} s "
+        f"({sum(len(p.runs) for p in probes)} probe runs); cached in {cache_file()}",
+        file=out,
+        flush=True,
+    )
+    write_cache(
+        key,
+        {
+            "settings": settings,
+            "probed_utc": table.utc_now(),
+            "probe_seconds": round(seconds, 1),
+            "probes": lines,
+            "git_sha": table.git_sha(),
+        },
+    )
     return tuning.apply(cfg, settings, key)
 
 
@@ -117,13 +139,19 @@ def choose(plan, measure, out=sys.stdout, first_pairs=FIRST_PAIRS, max_pairs=Non
             while len(probe.runs) < 2 * max_pairs:
                 done = len(probe.runs) // 2
                 probe.runs += stats.run_pairs(
-                    lambda pair, arm, position, done=done: measure(arms[arm], pair + done, arm, position + 2 * done),
-                    first_pairs if not done else min(2, max_pairs - done))
+                    lambda pair, arm, position, done=done, arms=arms: measure(
+                        arms[arm], pair + done, arm, position + 2 * done
+                    ),
+                    first_pairs if not done else min(2, max_pairs - done),
+                )
                 failed = [r for r in probe.runs if r.status != "ok" or not r.images_per_sec]
                 if failed:
                     probe.note = f"{failed[0].status} ({failed[0].error or 'no images/sec'})"
-                    print(f"autotune: {name}={tuning.options_text(value)} skipped: arm {failed[0].arm} "
-                          f"{probe.note}", file=out, flush=True)
+                    print(
+                        f"autotune: {name}={tuning.options_text(value)} skipped: arm {failed[0].arm} {probe.note}",
+                        file=out,
+                        flush=True,
+                    )
                     break
                 probe.estimate = stats.paired_interval(stats.log_ratios(stats.paired_values(probe.runs).values()))
                 probe.verdict = stats.verdict(probe.estimate, *stats.speed_band(band_pct))
@@ -146,16 +174,21 @@ def probe_summary(p: Probe):
     if p.note:
         return f"skipped ({p.note})"
     ratio, low, high = (math.exp(x) for x in (p.estimate.effect, p.estimate.low, p.estimate.high))
-    words = {"higher": "faster", "lower": "slower", "same": f"within ±{BAND_PCT:g}%",
-             "inconclusive": "not settled"}[p.verdict.kind]
-    return (f"{tuning.options_text(p.candidate)} vs {tuning.options_text(p.current)}: {ratio:.3f}x "
-            f"[{low:.3f}-{high:.3f}] over {p.estimate.n} pairs, {words}")
+    words = {"higher": "faster", "lower": "slower", "same": f"within ±{BAND_PCT:g}%", "inconclusive": "not settled"}[
+        p.verdict.kind
+    ]
+    return (
+        f"{tuning.options_text(p.candidate)} vs {tuning.options_text(p.current)}: {ratio:.3f}x "
+        f"[{low:.3f}-{high:.3f}] over {p.estimate.n} pairs, {words}"
+    )
 
 
 def probe_table(probes):
     """The console's probe table: one line per comparison, the images/sec of each arm per pair."""
-    lines = [f"{'setting':<17} {'A (current)':<12} {'B':<8} {'A img/s':<22} {'B img/s':<22} {'B/A [95% CI]':<22} "
-             f"{'verdict':<13} chosen"]
+    lines = [
+        f"{'setting':<17} {'A (current)':<12} {'B':<8} {'A img/s':<22} {'B img/s':<22} {'B/A [95% CI]':<22} "
+        f"{'verdict':<13} chosen"
+    ]
     for p in probes:
         pairs = stats.paired_values(p.runs)
         a = " ".join(f"{x:.1f}" for x, _ in pairs.values()) or "-"
@@ -163,13 +196,17 @@ def probe_table(probes):
         if p.note:
             ci, verdict = "-", "skipped"
         else:
-            ci = "{:.3f}x [{:.3f}-{:.3f}]".format(*(math.exp(x) for x in (p.estimate.effect, p.estimate.low,
-                                                                             p.estimate.high)))
-            verdict = {"higher": "B faster", "lower": "B slower", "same": "same",
-                       "inconclusive": "not settled"}[p.verdict.kind]
+            ci = "{:.3f}x [{:.3f}-{:.3f}]".format(
+                *(math.exp(x) for x in (p.estimate.effect, p.estimate.low, p.estimate.high))
+            )
+            verdict = {"higher": "B faster", "lower": "B slower", "same": "same", "inconclusive": "not settled"}[
+                p.verdict.kind
+            ]
         chosen = tuning.options_text(p.candidate if p.taken else p.current)
-        lines.append(f"{p.field:<17} {tuning.options_text(p.current):<12} {tuning.options_text(p.candidate):<8} "
-                     f"{a:<22} {b:<22} {ci:<22} {verdict:<13} {chosen}")
+        lines.append(
+            f"{p.field:<17} {tuning.options_text(p.current):<12} {tuning.options_text(p.candidate):<8} "
+            f"{a:<22} {b:<22} {ci:<22} {verdict:<13} {chosen}"
+        )
     return lines
 
 
@@ -179,13 +216,15 @@ def process_measure(cfg: RunConfig, device_kind, results_path):
 
     def measure(settings, pair, arm, position):
         args = tuning.probe_args(cfg, settings, device_kind) + [
-            f"--results={results_path}", f"--comparison={label}", f"--arm={arm}"]
+            f"--results={results_path}",
+            f"--comparison={label}",
+            f"--arm={arm}",
+        ]
         done = processes.run_bench(args, results_path, timeout=PROBE_TIMEOUT_S)
         if not done.rows:
             return stats.Run(pair, arm, position, "failed", error=f"exit {done.returncode}: {done.last_line()}")
         row = done.rows[-1]
-        return stats.Run(pair, arm, position, row["status"], probe_rate(row), error=row["error"],
-                         run_id=row["run_id"])
+        return stats.Run(pair, arm, position, row["status"], probe_rate(row), error=row["error"], run_id=row["run_id"])
 
     return measure
 
@@ -208,8 +247,13 @@ def detect_machine(cfg: RunConfig) -> tuning.Machine:
     """Device, driver, TensorFlow version and cores, without importing TensorFlow (oneDNN is still open)."""
     gpus = [] if cfg.num_gpus == 0 or cfg.cpu_replicas > 1 else _nvidia_gpus()
     logical = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    common = dict(tf_version=_tf_version(), logical_cores=logical, physical_cores=min(logical, _physical_cores()),
-                  onednn_env=os.environ.get(devices.ONEDNN_ENV), tf_loaded="tensorflow" in sys.modules)
+    common = dict(
+        tf_version=_tf_version(),
+        logical_cores=logical,
+        physical_cores=min(logical, _physical_cores()),
+        onednn_env=os.environ.get(devices.ONEDNN_ENV),
+        tf_loaded="tensorflow" in sys.modules,
+    )
     if gpus:
         name, driver = gpus[0]
         return tuning.Machine("GPU", name, gpus=len(gpus), driver=driver, **common)
@@ -230,14 +274,19 @@ def _nvidia_gpus():
     if not shutil.which("nvidia-smi"):
         return []
     try:
-        text = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version", "--format=csv,noheader"],
-                              capture_output=True, text=True, timeout=20, check=True).stdout
+        text = subprocess.run(
+            ["nvidia-smi", "--query-gpu=name,driver_version", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            timeout=20,
+            check=True,
+        ).stdout
     except (OSError, subprocess.SubprocessError):
         return []
     gpus = [tuple(part.strip() for part in line.split(",", 1)) for line in text.splitlines() if "," in line]
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")
     if visible is not None:
-        gpus = gpus[:len([v for v in visible.split(",") if v.strip()])]
+        gpus = gpus[: len([v for v in visible.split(",") if v.strip()])]
     return gpus
 
 

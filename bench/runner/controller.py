@@ -18,7 +18,7 @@ import dataclasses
 import math
 import sys
 import time
-from typing import Callable, Optional
+from collections.abc import Callable
 
 from bench.runner.timing import Chrono
 
@@ -27,8 +27,8 @@ from bench.runner.timing import Chrono
 class RunHooks:
     """What a caller of `bench.runner.loop.run` adds to a run (a multi-worker worker's own rules)."""
 
-    checkpoint_manager: Optional[Callable] = None  # (tf.train.Checkpoint, strategy) -> manager
-    on_step: Optional[Callable] = None  # on_step(step) after each window; a returned reason stops the run
+    checkpoint_manager: Callable | None = None  # (tf.train.Checkpoint, strategy) -> manager
+    on_step: Callable | None = None  # on_step(step) after each window; a returned reason stops the run
     extra_marks: tuple = ()  # more steps a window must end at
 
 
@@ -40,10 +40,10 @@ class Plan:
     start_step: int = 0  # steps already trained (a resumed run)
     warmup_steps: int = 10
     steps_per_loop: int = 10
-    eval_every: Optional[int] = None
-    checkpoint_every: Optional[int] = None
-    profile_steps: Optional[tuple] = None  # (first, last)
-    fixed_window: Optional[int] = None  # every window has exactly this many steps (Keras fit's steps_per_execution)
+    eval_every: int | None = None
+    checkpoint_every: int | None = None
+    profile_steps: tuple | None = None  # (first, last)
+    fixed_window: int | None = None  # every window has exactly this many steps (Keras fit's steps_per_execution)
     extra_marks: tuple = ()  # more steps a window must end at (multi-worker fault injection)
 
     def next_mark(self, step):
@@ -83,9 +83,22 @@ class Progress:
 class Controller:
     """Drives one run's windows through a trainer; see the module docstring."""
 
-    def __init__(self, plan: Plan, trainer, batch_size, *, out=sys.stdout, target_accuracy=None,
-                 checkpointer=None, summaries=None, profiler=None, on_eval=None, progress=None, on_step=None,
-                 clock=time.perf_counter):
+    def __init__(
+        self,
+        plan: Plan,
+        trainer,
+        batch_size,
+        *,
+        out=sys.stdout,
+        target_accuracy=None,
+        checkpointer=None,
+        summaries=None,
+        profiler=None,
+        on_eval=None,
+        progress=None,
+        on_step=None,
+        clock=time.perf_counter,
+    ):
         self.plan, self.trainer, self.batch_size = plan, trainer, batch_size
         self.out, self.target_accuracy = out, target_accuracy
         self.checkpointer, self.summaries, self.profiler = checkpointer, summaries, profiler
@@ -212,8 +225,10 @@ class Controller:
         """A log line when mixed_float16's loss scaling skipped steps in the window (read after it closed)."""
         skipped = self.trainer.skipped_steps()
         if skipped is not None and skipped > self._skipped_seen:
-            self.display.message(f"by step {self.step}: {skipped - self._skipped_seen} step(s) skipped "
-                                 f"(non-finite gradients on a replica; loss scale lowered)")
+            self.display.message(
+                f"by step {self.step}: {skipped - self._skipped_seen} step(s) skipped "
+                f"(non-finite gradients on a replica; loss scale lowered)"
+            )
             self._skipped_seen = skipped
 
     def _due(self, every):
@@ -231,8 +246,9 @@ class Controller:
         accuracy, loss, count = self.trainer.evaluate()
         self.last_accuracy = accuracy
         self.progress.best_accuracy = max(self.progress.best_accuracy, accuracy)
-        self.display.message(f"eval at step {self.step}: test accuracy {accuracy:.4f} (loss {loss:.4f}, "
-                             f"{count} images)")
+        self.display.message(
+            f"eval at step {self.step}: test accuracy {accuracy:.4f} (loss {loss:.4f}, {count} images)"
+        )
         if self.summaries:
             self.summaries.scalars(self.step, {"eval/accuracy": accuracy})
         if self.on_eval:

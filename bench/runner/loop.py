@@ -67,20 +67,35 @@ def run(cfg: RunConfig, command="", out=sys.stdout, write_row=True, on_eval=None
     except ConfigError:
         raise
     except Interrupted as stop:
-        return _ended_in_setup(cfg, identity, command, out, write_row, "interrupted",
-                               f"stopped by {stop.name} while setting up", EXIT_SIGNAL[stop.name])
+        return _ended_in_setup(
+            cfg,
+            identity,
+            command,
+            out,
+            write_row,
+            "interrupted",
+            f"stopped by {stop.name} while setting up",
+            EXIT_SIGNAL[stop.name],
+        )
     except Exception as exc:  # noqa: BLE001 - any failure becomes the row's error
         error = first_line(exc)
         log = save_traceback(exc, cfg.results, identity.run_id)
-        print(f"error: run {identity.run_id} failed while setting up: {error} (traceback: {log})", file=sys.stderr,
-              flush=True)
+        print(
+            f"error: run {identity.run_id} failed while setting up: {error} (traceback: {log})",
+            file=sys.stderr,
+            flush=True,
+        )
         return _ended_in_setup(cfg, identity, command, out, write_row, "failed", error, EXIT_FAILED)
     from bench.runner import assembly  # imported by the setup already (it needs TensorFlow)
 
     if controller.step >= controller.plan.total_steps:  # killed after its last checkpoint, before its row
-        print(f"the checkpoint in {cfg.checkpoint_dir} is at step {controller.step} of {controller.plan.total_steps}: "
-              f"nothing is left to train or time, so no row is written (a row that measured nothing would read as "
-              f"a measurement); use a new --checkpoint_dir to measure again", file=out, flush=True)
+        print(
+            f"the checkpoint in {cfg.checkpoint_dir} is at step {controller.step} of {controller.plan.total_steps}: "
+            f"nothing is left to train or time, so no row is written (a row that measured nothing would read as "
+            f"a measurement); use a new --checkpoint_dir to measure again",
+            file=out,
+            flush=True,
+        )
         identity.save(finished=True)
         return Outcome("skipped", {}, EXIT_OK)
 
@@ -109,18 +124,24 @@ def _set_up(cfg, identity, command, started, out, on_eval, hooks):
     from bench.training import data
 
     source = data.resolve(cfg)
-    setup_checks.check_setup(cfg, setup_checks.SetupFacts(
-        **device_setup.facts, data_kind=source.kind, data_problem=source.problem, train_images=source.train_images))
+    setup_checks.check_setup(
+        cfg,
+        setup_checks.SetupFacts(
+            **device_setup.facts, data_kind=source.kind, data_problem=source.problem, train_images=source.train_images
+        ),
+    )
     devices.warn_if_emulated(cfg, device_setup.device_kind)
     if source.warning:
         print(source.warning, file=sys.stderr, flush=True)
     cfg = defaults.resolve(cfg, device_setup.device_kind, device_setup.num_replicas)
     identity.save(finished=False)
-    controller, facts = assembly.controller_for(cfg, device_setup, source, identity.run_id, command, started, out,
-                                                hooks)
+    controller, facts = assembly.controller_for(
+        cfg, device_setup, source, identity.run_id, command, started, out, hooks
+    )
     if on_eval:
-        controller.on_eval = lambda step, acc: on_eval(step, acc, rows.run_row(
-            cfg, facts, controller, "stopped", "stopped by the sweep's scheduler"))
+        controller.on_eval = lambda step, acc: on_eval(
+            step, acc, rows.run_row(cfg, facts, controller, "stopped", "stopped by the sweep's scheduler")
+        )
     return cfg, controller, device_setup, facts
 
 
@@ -128,8 +149,11 @@ def _ended_in_setup(cfg, identity, command, out, write_row, status, error, code)
     """The row of a run that ended before training: what the configuration says, and why."""
     row = {**rows.config_row(cfg, status, error), "run_id": identity.run_id, "command": command}
     where, code = _conclude(cfg, identity, row, write_row, code)
-    print(f"status  {status} ({error}); row in {where}" if write_row else f"status  {status} ({error})",
-          file=out, flush=True)
+    print(
+        f"status  {status} ({error}); row in {where}" if write_row else f"status  {status} ({error})",
+        file=out,
+        flush=True,
+    )
     return Outcome(status, row, code)
 
 
@@ -138,7 +162,9 @@ def _conclude(cfg, identity, row, write_row, code):
     where = table.save_row(cfg.results, row) if write_row else cfg.results
     if where != cfg.results:  # the error line says where it is
         code = EXIT_FAILED
-    if cfg.strategy != options.MULTI_WORKER and identity.saved:  # a worker's attempt may be retried: its driver concludes
+    if (
+        cfg.strategy != options.MULTI_WORKER and identity.saved
+    ):  # a worker's attempt may be retried: its driver concludes
         identity.conclude(row["run_id"], row["status"], where if where != cfg.results else None)
     return where, code
 
@@ -176,8 +202,11 @@ def _train(controller, cfg, run_id):
     except Exception as exc:  # noqa: BLE001 - any failure becomes the row's error
         error = first_line(exc)
         log = save_traceback(exc, cfg.results, run_id)
-        print(f"error: run {run_id} failed at step {controller.step}: {error} (traceback: {log})",
-              file=sys.stderr, flush=True)
+        print(
+            f"error: run {run_id} failed at step {controller.step}: {error} (traceback: {log})",
+            file=sys.stderr,
+            flush=True,
+        )
         return "failed", error, EXIT_FAILED
     if status == "diverged":
         return status, error, EXIT_DIVERGED

@@ -23,8 +23,9 @@ class Checkpointer:
         self._seconds = tf.Variable(0.0, dtype=tf.float64, trainable=False)
         self._best = tf.Variable(-1.0, dtype=tf.float64, trainable=False)
         self._target = tf.Variable(-1.0, dtype=tf.float64, trainable=False)
-        ckpt = tf.train.Checkpoint(**objects, train_seconds=self._seconds, best_accuracy=self._best,
-                                   time_to_target=self._target)
+        ckpt = tf.train.Checkpoint(
+            **objects, train_seconds=self._seconds, best_accuracy=self._best, time_to_target=self._target
+        )
         self.manager = manager(ckpt) if manager else tf.train.CheckpointManager(ckpt, folder, max_to_keep=max_to_keep)
         self._ckpt = ckpt
 
@@ -44,7 +45,8 @@ class Checkpointer:
 class Summaries:
     """TensorBoard scalars."""
 
-    def __init__(self, folder):        self.writer = tf.summary.create_file_writer(folder)
+    def __init__(self, folder):
+        self.writer = tf.summary.create_file_writer(folder)
 
     def scalars(self, step, values):
         with self.writer.as_default(step=step):
@@ -58,9 +60,11 @@ class Profiler:
     def __init__(self, folder):
         self.folder = folder
 
-    def start(self):        tf.profiler.experimental.start(self.folder)
+    def start(self):
+        tf.profiler.experimental.start(self.folder)
 
-    def stop(self):        tf.profiler.experimental.stop()
+    def stop(self):
+        tf.profiler.experimental.stop()
 
 
 def make(cfg, objects, manager=None):

@@ -45,10 +45,13 @@ def run_bench(args, results_path, timeout=None, env=None):
         proc = subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=child_env(env))
         code, stdout, stderr = proc.returncode, proc.stdout, proc.stderr
     except subprocess.TimeoutExpired as err:
-        stdout, stderr = (s.decode(errors="replace") if isinstance(s, bytes) else s or "" for s in (err.stdout, err.stderr))
+        stdout, stderr = (
+            s.decode(errors="replace") if isinstance(s, bytes) else s or "" for s in (err.stdout, err.stderr)
+        )
         code, stderr = -1, f"{stderr}\ntimed out after {timeout:.0f} s"
-    rows = [r for r in table.read_rows(results_path) if r["run_id"] not in before] if os.path.exists(
-        results_path) else []
+    rows = (
+        [r for r in table.read_rows(results_path) if r["run_id"] not in before] if os.path.exists(results_path) else []
+    )
     return Finished(command, code, rows, stdout, stderr)
 
 

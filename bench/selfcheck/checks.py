@@ -7,13 +7,33 @@ import math
 import numpy as np
 
 from bench.hardware import datasheet, peak
-from bench.selfcheck.env import (OK_PREFIX, BN_ATOL, CHI2_BOUND, LOSS_RTOL, PEAK_BAND, PEAK_MAX_SIZE, PER_CELL, PER_REPLICA,
-                                 XLA_LOSS_RTOL, batches, copy_weights, loss_item, make_trainer, random_batch,
-                                 replica_values, replica_weights, skip_one_replica, train, update_items, verdict,
-                                 weights)
+from bench.selfcheck.env import (
+    BN_ATOL,
+    CHI2_BOUND,
+    LOSS_RTOL,
+    OK_PREFIX,
+    PEAK_BAND,
+    PEAK_MAX_SIZE,
+    PER_CELL,
+    PER_REPLICA,
+    XLA_LOSS_RTOL,
+    batches,
+    copy_weights,
+    loss_item,
+    make_trainer,
+    random_batch,
+    replica_values,
+    replica_weights,
+    skip_one_replica,
+    train,
+    update_items,
+    verdict,
+    weights,
+)
 from bench.training import augment, data
 from resnet import spec
 from resnet.model import batch_norm_layers
+
 
 def check_replicas_match_one_device(env):
     """Same weights, same global batch, synchronized BN: one step on 1 device equals one on N replicas."""
@@ -39,8 +59,11 @@ def check_replicas_match_one_device(env):
 def bn_spread(env, trainer):
     """max over BN moving statistics and replicas of |replica r - replica 0|, and how many variables."""
     variables = [v for layer in batch_norm_layers(trainer.model) for v in (layer.moving_mean, layer.moving_variance)]
-    spread = max(float(np.max(np.abs(r - vals[0])))
-                 for vals in (replica_values(env.many, v) for v in variables) for r in vals[1:])
+    spread = max(
+        float(np.max(np.abs(r - vals[0])))
+        for vals in (replica_values(env.many, v) for v in variables)
+        for r in vals[1:]
+    )
     return spread, len(variables)
 
 
@@ -58,14 +81,23 @@ def check_bn_statistics_agree(env):
     # Teeth: one more step without the averaging shows the replicas really saw different batches.
     trainer.train_loop(it, env.tf.constant(1))
     unaveraged, _ = bn_spread(env, trainer)
-    return verdict(name, [
-        (math.isfinite(loss), f"3 steps ({env.batch_norm} BN, sync_bn off), loss {loss:.4f} finite"),
-        (spread <= BN_ATOL, f"{count} moving mean/variance variables, max |replica r − replica 0| over "
-                            f"{env.replicas} replicas: {spread:.3g} ≤ {BN_ATOL:g}"),
-        (stem > 0, f"statistics moved: Σ|stem BN moving mean| {stem:.3g} > 0"),
-        (unaveraged > BN_ATOL, f"without the averaging (one more step) replicas differ by {unaveraged:.3g} > "
-                               f"{BN_ATOL:g}: the comparison has teeth"),
-    ])
+    return verdict(
+        name,
+        [
+            (math.isfinite(loss), f"3 steps ({env.batch_norm} BN, sync_bn off), loss {loss:.4f} finite"),
+            (
+                spread <= BN_ATOL,
+                f"{count} moving mean/variance variables, max |replica r − replica 0| over "
+                f"{env.replicas} replicas: {spread:.3g} ≤ {BN_ATOL:g}",
+            ),
+            (stem > 0, f"statistics moved: Σ|stem BN moving mean| {stem:.3g} > 0"),
+            (
+                unaveraged > BN_ATOL,
+                f"without the averaging (one more step) replicas differ by {unaveraged:.3g} > "
+                f"{BN_ATOL:g}: the comparison has teeth",
+            ),
+        ],
+    )
 
 
 def check_xla_matches(env):
@@ -98,25 +130,46 @@ def check_fp16_overflow_skipped(env):
     before = replica_weights(env.many, trainer.model)
     train(env, trainer, it, 1)  # step 2: replica `last` overflows, the others do not
     after = replica_weights(env.many, trainer.model)
-    moved = [max(float(np.max(np.abs(w1 - w0))) if np.isfinite(w1).all() else math.inf
-                 for w0, w1 in zip(before[r], after[r])) for r in range(n)]
-    spread = max(float(np.max(np.abs(a - b))) if np.isfinite(a).all() and np.isfinite(b).all() else math.inf
-                 for r in range(1, n) for a, b in zip(after[0], after[r])) if n > 1 else 0.0
+    moved = [
+        max(
+            float(np.max(np.abs(w1 - w0))) if np.isfinite(w1).all() else math.inf for w0, w1 in zip(before[r], after[r])
+        )
+        for r in range(n)
+    ]
+    spread = (
+        max(
+            float(np.max(np.abs(a - b))) if np.isfinite(a).all() and np.isfinite(b).all() else math.inf
+            for r in range(1, n)
+            for a, b in zip(after[0], after[r])
+        )
+        if n > 1
+        else 0.0
+    )
     halved = replica_values(env.many, trainer.optimizer.dynamic_scale)
     skipped = int(trainer.skipped_steps.numpy()) - skipped_before
     later = train(env, trainer, it, 3)
     finite = all(np.isfinite(w).all() for w in weights(trainer.model))
     final_skipped = int(trainer.skipped_steps.numpy()) - skipped_before
-    return verdict(name, [
-        (max(moved) == 0, f"inf on replica {last} of {n} at step 2: max |weight change| on replicas 0-{last}: "
-                          f"{', '.join(f'{m:.3g}' for m in moved)} (all = 0)"),
-        (spread == 0, f"weights identical across replicas after it: max |Δ| {spread:.3g} = 0"),
-        (all(h == s / 2 for h, s in zip(halved, scale)),
-         f"loss scale halved once on every replica: {[float(s) for s in scale]} → {[float(h) for h in halved]}"),
-        (skipped == 1, f"skipped_steps counted {skipped} = 1"),
-        (math.isfinite(later) and finite and final_skipped == 1,
-         f"steps 3-5: loss {later:.4f} finite, weights finite: {finite}, no further skip: {final_skipped == 1}"),
-    ])
+    return verdict(
+        name,
+        [
+            (
+                max(moved) == 0,
+                f"inf on replica {last} of {n} at step 2: max |weight change| on replicas 0-{last}: "
+                f"{', '.join(f'{m:.3g}' for m in moved)} (all = 0)",
+            ),
+            (spread == 0, f"weights identical across replicas after it: max |Δ| {spread:.3g} = 0"),
+            (
+                all(h == s / 2 for h, s in zip(halved, scale)),
+                f"loss scale halved once on every replica: {[float(s) for s in scale]} → {[float(h) for h in halved]}",
+            ),
+            (skipped == 1, f"skipped_steps counted {skipped} = 1"),
+            (
+                math.isfinite(later) and finite and final_skipped == 1,
+                f"steps 3-5: loss {later:.4f} finite, weights finite: {finite}, no further skip: {final_skipped == 1}",
+            ),
+        ],
+    )
 
 
 def check_mixed_precision_finite(env):
@@ -129,17 +182,22 @@ def check_mixed_precision_finite(env):
     items, skips = [], []
     for precision in ("mixed_bfloat16", "mixed_float16"):
         if precision == "mixed_bfloat16" and cc is not None and tuple(cc) < (8, 0):
-            skips.append(f"mixed_bfloat16 not run: bfloat16 is native from compute capability 8.0, this GPU is "
-                         f"{cc[0]}.{cc[1]}")
+            skips.append(
+                f"mixed_bfloat16 not run: bfloat16 is native from compute capability 8.0, this GPU is {cc[0]}.{cc[1]}"
+            )
             continue
         trainer = make_trainer(env, env.many, global_batch, precision=precision, seed=6)
         it = batches(env, env.many, images, labels)
         losses = [train(env, trainer, it, 1), train(env, trainer, it, 3)]
         finite = all(np.isfinite(w).all() for w in weights(trainer.model))
         skipped = int(trainer.skipped_steps.numpy())
-        items.append((all(math.isfinite(x) for x in losses) and finite,
-                      f"{precision}, 4 steps: loss {losses[0]:.4f} → {losses[1]:.4f}, weights finite: {finite}"
-                      + (f" (loss scaling skipped {skipped})" if precision == "mixed_float16" else "")))
+        items.append(
+            (
+                all(math.isfinite(x) for x in losses) and finite,
+                f"{precision}, 4 steps: loss {losses[0]:.4f} → {losses[1]:.4f}, weights finite: {finite}"
+                + (f" (loss scaling skipped {skipped})" if precision == "mixed_float16" else ""),
+            )
+        )
     result = verdict(name, items)
     result.lines += [OK_PREFIX + s for s in skips]
     return result
@@ -164,8 +222,12 @@ def check_peak_vs_datasheet(env):
             items.append((True, what))
             continue
         ratio, (low, high) = measured / sheet, PEAK_BAND
-        items.append((low <= ratio <= high, f"{what} = {ratio:.2f}× datasheet {sheet:g} TFLOP/s, in "
-                                            f"[{low}, {high}] ({source.split(';')[0]})"))
+        items.append(
+            (
+                low <= ratio <= high,
+                f"{what} = {ratio:.2f}× datasheet {sheet:g} TFLOP/s, in [{low}, {high}] ({source.split(';')[0]})",
+            )
+        )
     if len(reasons) == len(targets):  # nothing to compare with: a skip, not a failure
         reason = f"no datasheet figure for {env.device_names[0]}" if env.kind == "CPU" else reasons[0]
         return verdict(name, items, skip=reason)
@@ -201,8 +263,9 @@ def augmented_crops(env, n):
     tf = env.tf
     image = coordinate_image()
     with tf.device(env.names[0]):
-        device = augment.pad_crop_flip(tf.constant(np.broadcast_to(image, (n, 32, 32, 3))),
-                                       augment.step_seed(1, 0, 0)).numpy()
+        device = augment.pad_crop_flip(
+            tf.constant(np.broadcast_to(image, (n, 32, 32, 3))), augment.step_seed(1, 0, 0)
+        ).numpy()
     tf.random.set_seed(1)  # the host path draws from TF's stateful RNG: fix its op seeds
     ds = tf.data.Dataset.from_tensors((image, 0)).repeat(n).map(data.augment).batch(4096)
     host = np.concatenate([x.numpy() for x, _ in ds])
@@ -221,10 +284,15 @@ def check_augment_distribution(env):
         counts[path] = c
         chi2 = float(((c - PER_CELL) ** 2 / PER_CELL).sum())
         ok = outside == 0 and c.min() > 0 and chi2 < CHI2_BOUND and abs(flip_rate - 0.5) < 0.02
-        items.append((ok, f"{path} ({n} crops): {positions}×{positions} offsets × 2 flips, all hit: "
-                          f"{c.min() > 0 and outside == 0} (min {c.min()}, max {c.max()} per cell, expected "
-                          f"{PER_CELL}); χ² vs uniform {chi2:.0f} < {CHI2_BOUND:g} ({cells - 1} dof); "
-                          f"flips {flip_rate:.3f} (|−0.5| < 0.02)"))
+        items.append(
+            (
+                ok,
+                f"{path} ({n} crops): {positions}×{positions} offsets × 2 flips, all hit: "
+                f"{c.min() > 0 and outside == 0} (min {c.min()}, max {c.max()} per cell, expected "
+                f"{PER_CELL}); χ² vs uniform {chi2:.0f} < {CHI2_BOUND:g} ({cells - 1} dof); "
+                f"flips {flip_rate:.3f} (|−0.5| < 0.02)",
+            )
+        )
     a, b = counts["device"].astype(float), counts["host"].astype(float)
     both = (a + b) > 0
     two = float(((a - b)[both] ** 2 / (a + b)[both]).sum())
@@ -242,4 +310,3 @@ CHECKS = {
     "augment_distribution": check_augment_distribution,
 }
 MEASURES_AS_RUN = {"peak_vs_datasheet"}  # the others run with TF32 off
-

@@ -89,13 +89,15 @@ def header(env, requested_cpu_replicas):
             where += f" (asked for {requested_cpu_replicas}: TensorFlow had already started)"
     strategy = "MirroredStrategy" if env.replicas > 1 else "one device"
     tf32 = tf.config.experimental.tensor_float_32_execution_enabled() if env.kind == "GPU" else "n/a (CPU)"
-    return "\n".join([
-        f"bench.check: TensorFlow {tf.__version__}, Keras {keras.__version__}, Python {sys.version.split()[0]}",
-        f"devices: {where}",
-        f"replicas: {env.replicas} ({strategy} over {', '.join(env.names)}), {PER_REPLICA} images per replica",
-        f"oneDNN CPU kernels: {'on' if devices.onednn_enabled() else 'off'}; TF32 enabled: {tf32}",
-        f"model: ResNet-{6 * N_BLOCKS + 2} (preact, B), BN {env.batch_norm}; peak check precision: {env.precision}",
-    ])
+    return "\n".join(
+        [
+            f"bench.check: TensorFlow {tf.__version__}, Keras {keras.__version__}, Python {sys.version.split()[0]}",
+            f"devices: {where}",
+            f"replicas: {env.replicas} ({strategy} over {', '.join(env.names)}), {PER_REPLICA} images per replica",
+            f"oneDNN CPU kernels: {'on' if devices.onednn_enabled() else 'off'}; TF32 enabled: {tf32}",
+            f"model: ResNet-{6 * N_BLOCKS + 2} (preact, B), BN {env.batch_norm}; peak check precision: {env.precision}",
+        ]
+    )
 
 
 # -- small builders ------------------------------------------------------------
@@ -160,8 +162,11 @@ def update_items(label, ref, other, start):
     values = sum(u.size for u in upd_ref)
     return [
         (moved > 0, f"the step moved the weights: max |update| {moved:.3g} > 0"),
-        (worst <= 1, f"{label} weight updates ({len(upd_ref)} tensors, {values} values): max |Δ| {diff:.3g}; "
-                     f"worst |Δ|/({UPDATE_ATOL:g} + {UPDATE_RTOL:g}·|update|) = {worst:.3g} ≤ 1"),
+        (
+            worst <= 1,
+            f"{label} weight updates ({len(upd_ref)} tensors, {values} values): max |Δ| {diff:.3g}; "
+            f"worst |Δ|/({UPDATE_ATOL:g} + {UPDATE_RTOL:g}·|update|) = {worst:.3g} ≤ 1",
+        ),
     ]
 
 
@@ -173,5 +178,3 @@ def loss_item(label, ref, other, rtol):
 
 def skip_one_replica(env, name):
     return verdict(name, [], skip=f"one replica ({env.names[0]}): nothing to compare; needs 2 or more devices")
-
-

@@ -36,7 +36,8 @@ def sample_params(batch_size, seed):
     """(dy, dx, flip) for `batch_size` images: int32 offsets in [0, 8], bool flips; independent draws."""
     offset_seed, flip_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2, alg=ALG))
     offsets = tf.random.stateless_uniform(
-        [batch_size, 2], offset_seed, minval=0, maxval=POSITIONS, dtype=tf.int32, alg=ALG)
+        [batch_size, 2], offset_seed, minval=0, maxval=POSITIONS, dtype=tf.int32, alg=ALG
+    )
     coin = tf.random.stateless_uniform([batch_size], flip_seed, minval=0, maxval=2, dtype=tf.int32, alg=ALG)
     flip = coin > 0
     return offsets[:, 0], offsets[:, 1], flip

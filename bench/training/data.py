@@ -19,7 +19,6 @@ from absl import logging
 
 from bench.config import cifar_files
 
-
 IMAGE_SHAPE = (32, 32, 3)
 NUM_CLASSES = 10
 # Per-channel statistics of the CIFAR-10 training images (RGB, pixel/255).
@@ -39,6 +38,7 @@ class DataUnavailable(Exception):
 
 def files_dataset(files):
     """A tf.data.Dataset of (uint8 image HWC, int32 label) from CIFAR-10 binary files."""
+
     def decode(record):
         raw = tf.io.decode_raw(record, tf.uint8)
         label = tf.cast(raw[0], tf.int32)
@@ -154,8 +154,10 @@ def resolve(cfg):
         except DataUnavailable as err:
             if kind == "tfds":
                 return DataSource("unavailable", None, None, 0, 0, problem=str(err))
-            warning = (f"WARNING: {err}.\nWARNING: --data=auto falls back to SYNTHETIC data: the row measures "
-                       f"model speed only and has no accuracy.")
+            warning = (
+                f"WARNING: {err}.\nWARNING: --data=auto falls back to SYNTHETIC data: the row measures "
+                f"model speed only and has no accuracy."
+            )
             return DataSource("synthetic", None, None, 50_000, 0, warning=warning)
     if kind == "files":
         train_files, test_files = cifar_files.find_files(cfg.cifar_dir)
@@ -184,6 +186,7 @@ def distribute_train(strategy, source, global_batch, seed, on_host=True):
 
     `on_host`: augmented here per image; otherwise raw uint8 batches for the step to augment on the device.
     """
+
     def dataset_fn(ctx):
         per_replica = ctx.get_per_replica_batch_size(global_batch)
         ds = source.train.shard(ctx.num_input_pipelines, ctx.input_pipeline_id)
@@ -215,6 +218,7 @@ def distribute_eval(strategy, source, global_batch):
 
 def distribute_inference(strategy, source, global_batch):
     """The test images, repeated, in per-replica batches (`--mode inference` on real data)."""
+
     def dataset_fn(ctx):
         per_replica = ctx.get_per_replica_batch_size(global_batch)
         ds = source.test.shard(ctx.num_input_pipelines, ctx.input_pipeline_id).cache().repeat()

@@ -54,8 +54,6 @@ from bench.training.data import normalize
 from resnet.model import batch_norm_layers, decayed_kernels
 
 
-
-
 class StepFunctions:
     """Compiled training and evaluation loops over a model and optimizer built under `strategy`.
 
@@ -90,9 +88,7 @@ class StepFunctions:
         self.weight_decay = weight_decay
         self.replicas = strategy.num_replicas_in_sync
         self._decayed = decayed_kernels(model)
-        self._moving = [
-            v for layer in batch_norm_layers(model) for v in (layer.moving_mean, layer.moving_variance)
-        ]
+        self._moving = [v for layer in batch_norm_layers(model) for v in (layer.moving_mean, layer.moving_variance)]
         self._average_bn = self.replicas > 1 and not sync_bn
         self._loss_scaled = isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
         self._augment_on_device = augment_on_device
@@ -108,11 +104,21 @@ class StepFunctions:
             optimizer.build(model.trainable_variables)
             self.step = global_step_variable() if step is None else step
             # Steps the loss scaling skipped because some replica's gradients overflowed.
-            self.skipped_steps = tf.Variable(0, dtype=tf.int64, trainable=False, name="skipped_steps",
-                                             aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
+            self.skipped_steps = tf.Variable(
+                0,
+                dtype=tf.int64,
+                trainable=False,
+                name="skipped_steps",
+                aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA,
+            )
             # The learning rate the last step applied (read where the update reads it; TensorBoard shows it).
-            self.last_learning_rate = tf.Variable(0.0, dtype=tf.float32, trainable=False, name="last_learning_rate",
-                                                  aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
+            self.last_learning_rate = tf.Variable(
+                0.0,
+                dtype=tf.float32,
+                trainable=False,
+                name="last_learning_rate",
+                aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA,
+            )
         # XLA: on one replica the whole replica step (forward, backward, optimizer update) is one
         # compiled executable; over several replicas only the forward/backward (TF-STACK-NOTES 3).
         whole_step = xla and self.replicas == 1
@@ -242,8 +248,9 @@ class StepFunctions:
 def global_step_variable():
     """The run's global step (int64, 1-based once a step starts; the same on every replica). Create it
     under the strategy's scope."""
-    return tf.Variable(0, dtype=tf.int64, trainable=False, name="global_step",
-                       aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
+    return tf.Variable(
+        0, dtype=tf.int64, trainable=False, name="global_step", aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA
+    )
 
 
 class GlobalStepSchedule(keras.optimizers.schedules.LearningRateSchedule):

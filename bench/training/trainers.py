@@ -50,8 +50,9 @@ def model_and_optimizer(cfg, strategy, schedule, optimizer_weight_decay=None, st
     keras.utils.set_random_seed(cfg.seed)
     batch_norm = cfg.batch_norm  # decided by bench.config.defaults.resolve
     with strategy.scope():
-        model = build_resnet(cfg.n, cfg.block, cfg.shortcut, precision=cfg.precision, sync_bn=cfg.sync_bn,
-                             batch_norm=batch_norm)
+        model = build_resnet(
+            cfg.n, cfg.block, cfg.shortcut, precision=cfg.precision, sync_bn=cfg.sync_bn, batch_norm=batch_norm
+        )
         optimizer = make_optimizer(schedule, cfg.precision, weight_decay=optimizer_weight_decay, step=step)
     return model, optimizer, batch_norm
 
@@ -67,14 +68,23 @@ class CustomLoopTrainer:
         self.cfg, self.device_setup, self.source = cfg, device_setup, source
         with device_setup.strategy.scope():
             step = global_step_variable()  # the schedule follows it: a skipped fp16 step still counts
-        self.model, self.optimizer, self.batch_norm = model_and_optimizer(cfg, device_setup.strategy, schedule,
-                                                                          step=step)
+        self.model, self.optimizer, self.batch_norm = model_and_optimizer(
+            cfg, device_setup.strategy, schedule, step=step
+        )
         self.augment = resolve_augment(cfg, device_setup.device_kind, source.kind)
         self.steps = StepFunctions(
-            self.model, self.optimizer, device_setup.strategy, cfg.batch_size, weight_decay=spec.DEFAULT_WEIGHT_DECAY,
-            xla=cfg.xla, sync_bn=cfg.sync_bn, inject_nan_at_step=cfg.inject_nan_at_step,
-            inject_inf_grad_at=cfg.inject_inf_grad_at_step, augment_on_device=self.augment == "device",
-            augment_seed=cfg.seed, step=step,
+            self.model,
+            self.optimizer,
+            device_setup.strategy,
+            cfg.batch_size,
+            weight_decay=spec.DEFAULT_WEIGHT_DECAY,
+            xla=cfg.xla,
+            sync_bn=cfg.sync_bn,
+            inject_nan_at_step=cfg.inject_nan_at_step,
+            inject_inf_grad_at=cfg.inject_inf_grad_at_step,
+            augment_on_device=self.augment == "device",
+            augment_seed=cfg.seed,
+            step=step,
         )
         self.params = _count_params(self.model)
         self.xla_scope = self.steps.xla_scope
@@ -84,8 +94,12 @@ class CustomLoopTrainer:
         self._iterator = None
 
     def checkpoint_objects(self):
-        return {"model": self.model, "optimizer": self.optimizer, "step": self.steps.step,
-                "skipped_steps": self.steps.skipped_steps}
+        return {
+            "model": self.model,
+            "optimizer": self.optimizer,
+            "step": self.steps.step,
+            "skipped_steps": self.steps.skipped_steps,
+        }
 
     def skipped_steps(self):
         return int(self.steps.skipped_steps.numpy())
@@ -109,8 +123,11 @@ class CustomLoopTrainer:
         if self.source.kind == "synthetic":
             return data.SyntheticIterator(data.synthetic_batches(strategy, cfg.batch_size, cfg.seed))
         # After a restart the order is reshuffled from a seed tied to the step reached.
-        return iter(data.distribute_train(strategy, self.source, cfg.batch_size, cfg.seed + start_step,
-                                          on_host=self.augment == "host"))
+        return iter(
+            data.distribute_train(
+                strategy, self.source, cfg.batch_size, cfg.seed + start_step, on_host=self.augment == "host"
+            )
+        )
 
     def evaluate(self):
         if self._eval is None:
@@ -126,7 +143,8 @@ class FitTrainer:
     def __init__(self, cfg, device_setup, source, schedule):
         self.cfg, self.device_setup, self.source = cfg, device_setup, source
         core, self.optimizer, self.batch_norm = model_and_optimizer(
-            cfg, device_setup.strategy, schedule, optimizer_weight_decay=spec.DEFAULT_WEIGHT_DECAY)
+            cfg, device_setup.strategy, schedule, optimizer_weight_decay=spec.DEFAULT_WEIGHT_DECAY
+        )
         self.params = _count_params(core)
         # Keras's multi-step train function fails under MirroredStrategy with >= 2 replicas in
         # TF 2.21 (an unfed placeholder, like TF-STACK-NOTES trap 1): one step per call there.
@@ -159,8 +177,7 @@ class FitTrainer:
         windows = controller.windows()
         steps = controller.plan.total_steps // self.fixed_window * self.fixed_window
         callback = _WindowCallback(controller, windows)
-        self.model.fit(self._dataset(), steps_per_epoch=steps, epochs=1, callbacks=[callback], verbose=0,
-                       shuffle=False)
+        self.model.fit(self._dataset(), steps_per_epoch=steps, epochs=1, callbacks=[callback], verbose=0, shuffle=False)
 
     def _dataset(self):
         cfg = self.cfg

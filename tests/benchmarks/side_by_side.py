@@ -40,8 +40,18 @@ def load():
 
 def harness(batch, results, extra):
     steps, warmup = LENGTH[batch]
-    done = processes.run_bench(["--mode=inference", f"--batch_size={batch}", "--data=synthetic", f"--steps={steps}",
-                                f"--warmup_steps={warmup}", f"--results={results}", *extra], results)
+    done = processes.run_bench(
+        [
+            "--mode=inference",
+            f"--batch_size={batch}",
+            "--data=synthetic",
+            f"--steps={steps}",
+            f"--warmup_steps={warmup}",
+            f"--results={results}",
+            *extra,
+        ],
+        results,
+    )
     if not done.rows or done.rows[-1]["status"] != "ok":
         return None, done.last_line()
     row = done.rows[-1]
@@ -50,9 +60,17 @@ def harness(batch, results, extra):
 
 def torch(batch, python):
     steps, warmup = LENGTH[batch]
-    proc = subprocess.run([python, os.path.join(ROOT, "tests", "benchmarks", "torch_resnet20.py"),
-                           f"--batch_size={batch}", f"--steps={steps}", f"--warmup={warmup}"],
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        [
+            python,
+            os.path.join(ROOT, "tests", "benchmarks", "torch_resnet20.py"),
+            f"--batch_size={batch}",
+            f"--steps={steps}",
+            f"--warmup={warmup}",
+        ],
+        capture_output=True,
+        text=True,
+    )
     if proc.returncode:
         return None, proc.stderr.strip().splitlines()[-1:]
     result = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -72,16 +90,33 @@ def main():
     for batch in batches:
         started = time.perf_counter()
         steps, warmup = LENGTH[batch]
-        done = processes.run_bench(["--autotune=refresh", "--mode=inference", f"--batch_size={batch}",
-                                    "--data=synthetic", f"--steps={steps}", f"--warmup_steps={warmup}",
-                                    f"--results={results}"], results)
-        lines = [x for x in done.stdout.splitlines() if x.startswith(("autotune", "setting", "onednn", "xla",
-                                                                      "batch_norm", "inter_op", "intra_op"))]
-        print("\n".join(lines) + f"\n(autotune and its run: {time.perf_counter() - started:.0f} s, exit "
-              f"{done.returncode})", flush=True)
-    arms = {"default": lambda b: harness(b, results, []),
-            "tuned": lambda b: harness(b, results, ["--autotune"]),
-            "pytorch": lambda b: torch(b, args.torch_python)}
+        done = processes.run_bench(
+            [
+                "--autotune=refresh",
+                "--mode=inference",
+                f"--batch_size={batch}",
+                "--data=synthetic",
+                f"--steps={steps}",
+                f"--warmup_steps={warmup}",
+                f"--results={results}",
+            ],
+            results,
+        )
+        lines = [
+            x
+            for x in done.stdout.splitlines()
+            if x.startswith(("autotune", "setting", "onednn", "xla", "batch_norm", "inter_op", "intra_op"))
+        ]
+        print(
+            "\n".join(lines) + f"\n(autotune and its run: {time.perf_counter() - started:.0f} s, exit "
+            f"{done.returncode})",
+            flush=True,
+        )
+    arms = {
+        "default": lambda b: harness(b, results, []),
+        "tuned": lambda b: harness(b, results, ["--autotune"]),
+        "pytorch": lambda b: torch(b, args.torch_python),
+    }
     measured = {(b, a): [] for b in batches for a in arms}
     for r in range(1, args.rounds + 1):
         order = list(arms) if r % 2 else list(arms)[::-1]
@@ -95,8 +130,10 @@ def main():
 
 
 def report(measured, batches, arms):
-    print("\nbatch  arm       p50 latency ms  images/sec  images/sec vs pytorch  p50 latency: pytorch's / this "
-          "(95% CI over rounds; > 1: faster than pytorch)")
+    print(
+        "\nbatch  arm       p50 latency ms  images/sec  images/sec vs pytorch  p50 latency: pytorch's / this "
+        "(95% CI over rounds; > 1: faster than pytorch)"
+    )
     for batch in batches:
         torch_runs = measured[batch, "pytorch"]
         for arm in arms:
@@ -108,8 +145,11 @@ def report(measured, batches, arms):
             ips = statistics.median(v[0] for v in runs)
             ratios = []
             for index, invert in ((0, False), (1, True)):  # images/sec; latency (smaller is better: inverted)
-                pairs = [(t[index], h[index]) if not invert else (h[index], t[index])
-                         for t, h in zip(torch_runs, measured[batch, arm]) if t and h]
+                pairs = [
+                    (t[index], h[index]) if not invert else (h[index], t[index])
+                    for t, h in zip(torch_runs, measured[batch, arm])
+                    if t and h
+                ]
                 if arm == "pytorch" or len(pairs) < 2:
                     ratios.append("")
                     continue

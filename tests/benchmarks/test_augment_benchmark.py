@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from bench.training import augment
 from bench.runner.timing import device_sync
+from bench.training import augment
 
 
 @pytest.mark.parametrize("xla", [False, True], ids=["plain", "xla"])
@@ -34,8 +34,9 @@ def test_device_augmentation(benchmark, batch, xla):
         return out
 
     call()  # trace and compile outside the measurement
-    out = benchmark.pedantic(call, rounds=1 if benchmark.disabled else 50, iterations=1,
-                             warmup_rounds=0 if benchmark.disabled else 5)
+    out = benchmark.pedantic(
+        call, rounds=1 if benchmark.disabled else 50, iterations=1, warmup_rounds=0 if benchmark.disabled else 5
+    )
     assert out.shape == (batch, 32, 32, 3) and out.dtype == tf.uint8
     benchmark.extra_info.update(batch=batch, xla=xla, device="/cpu:0", images_per_call=batch)
     if not benchmark.disabled and benchmark.stats:

@@ -19,14 +19,14 @@ import os
 import numpy as np
 import pytest
 import tensorflow as tf
-
-from bench.config import defaults
-from bench.hardware import cpu_features
-from bench.training import data
-from bench.config.options import RunConfig
-from bench.runner.timing import device_sync
 from cifar_files import write_cifar
 from helpers import make_trainer
+
+from bench.config import defaults
+from bench.config.options import RunConfig
+from bench.hardware import cpu_features
+from bench.runner.timing import device_sync
+from bench.training import data
 
 MODELS = {"resnet20": 3, "resnet56": 9}
 PRECISION_IDS = {"float32": "fp32", "mixed_bfloat16": "bf16"}  # bench.config's aliases for them
@@ -43,10 +43,20 @@ def train_cases():
     its XLA rows alone took 320 s of a 15-minute suite on 2 shared cores (compilation of 56 layers
     plus 7 slow calls each), and XLA and replica scaling are already measured on ResNet-20.
     """
-    return [pytest.param(model, precision, xla, replicas,
-                         id=f"{model}-{PRECISION_IDS[precision]}-{XLA_IDS[xla]}-{REPLICA_IDS[replicas]}")
-            for model in MODELS for precision in PRECISION_IDS for xla in XLA_IDS for replicas in REPLICA_IDS
-            if model == "resnet20" or (not xla and replicas == 1)]
+    return [
+        pytest.param(
+            model,
+            precision,
+            xla,
+            replicas,
+            id=f"{model}-{PRECISION_IDS[precision]}-{XLA_IDS[xla]}-{REPLICA_IDS[replicas]}",
+        )
+        for model in MODELS
+        for precision in PRECISION_IDS
+        for xla in XLA_IDS
+        for replicas in REPLICA_IDS
+        if model == "resnet20" or (not xla and replicas == 1)
+    ]
 
 
 def sizes(benchmark, n):
@@ -86,8 +96,9 @@ def test_train_step(benchmark, strategies, model, precision, xla, replicas):
     strategy = strategies[replicas]
     trainer = make_trainer(strategy, n=n, precision=precision, xla=xla, batch=batch, batch_norm=BN)
     measure_train_calls(benchmark, trainer, strategy, batch, k, rounds)
-    record(benchmark, k * batch, model=model, precision=precision, xla=xla, replicas=replicas, batch=batch,
-           batch_norm=BN)
+    record(
+        benchmark, k * batch, model=model, precision=precision, xla=xla, replicas=replicas, batch=batch, batch_norm=BN
+    )
 
 
 @pytest.mark.parametrize("batch_norm", ["keras", "fused"])
@@ -124,7 +135,8 @@ def test_eval_step(benchmark, strategies, replicas):
     trainer = make_trainer(strategy, n=n, batch=batch, batch_norm=BN)
     images, labels = data.synthetic_batches(strategy, batch, seed=1)
     mask = strategy.experimental_distribute_values_from_function(
-        lambda ctx: tf.ones([batch // strategy.num_replicas_in_sync]))
+        lambda ctx: tf.ones([batch // strategy.num_replicas_in_sync])
+    )
     it = data.SyntheticIterator((images, labels, mask))
     batches = tf.constant(k)
 
@@ -159,9 +171,12 @@ def test_custom_loop_vs_keras_fit(benchmark, strategies, loop):
             return float(loss)
     else:
         model = keras.Sequential([keras.Input((32, 32, 3), dtype="uint8"), Normalize(), trainer.model])
-        model.compile(optimizer=keras.optimizers.SGD(0.05, momentum=0.9, weight_decay=1e-4),
-                      loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), steps_per_execution=k,
-                      jit_compile=False)  # as the custom loop here ("auto" means XLA where GPUs are visible)
+        model.compile(
+            optimizer=keras.optimizers.SGD(0.05, momentum=0.9, weight_decay=1e-4),
+            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+            steps_per_execution=k,
+            jit_compile=False,
+        )  # as the custom loop here ("auto" means XLA where GPUs are visible)
         rng = np.random.default_rng(0)
         images = rng.integers(0, 256, (batch, 32, 32, 3), dtype=np.uint8)
         labels = rng.integers(0, 10, (batch,), dtype=np.int32)

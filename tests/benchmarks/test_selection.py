@@ -11,9 +11,9 @@ import os
 import re
 
 import pytest
+from test_benchmarks import PRECISION_IDS, emulated_skip_reason
 
 from bench.hardware import cpu_features
-from test_benchmarks import PRECISION_IDS, emulated_skip_reason
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 BENCHMARKS = "tests/benchmarks/test_benchmarks.py"
@@ -28,8 +28,9 @@ class Selected:
         self.items = {}
 
     def pytest_collection_finish(self, session):
-        self.items = {item.nodeid: dict(getattr(getattr(item, "callspec", None), "params", {}))
-                      for item in session.items}
+        self.items = {
+            item.nodeid: dict(getattr(getattr(item, "callspec", None), "params", {})) for item in session.items
+        }
 
 
 _inner_runs = itertools.count()
@@ -45,8 +46,20 @@ def run_pytest(tmp_path, *args, plugins=()):
     environ = dict(os.environ)
     basetemp = tmp_path / f"inner-session-{next(_inner_runs)}"
     try:
-        return pytest.main(["-p", "no:cacheprovider", "--rootdir", ROOT, "-c", os.path.join(ROOT, "pyproject.toml"),
-                            f"--basetemp={basetemp}", os.path.join(ROOT, BENCHMARKS), *args], plugins=list(plugins))
+        return pytest.main(
+            [
+                "-p",
+                "no:cacheprovider",
+                "--rootdir",
+                ROOT,
+                "-c",
+                os.path.join(ROOT, "pyproject.toml"),
+                f"--basetemp={basetemp}",
+                os.path.join(ROOT, BENCHMARKS),
+                *args,
+            ],
+            plugins=list(plugins),
+        )
     finally:
         os.environ.clear()
         os.environ.update(environ)
@@ -79,10 +92,14 @@ def test_k_filters_select_what_the_ids_say(tmp_path):
 def test_emulated_skip_reason_from_fake_and_real_cpuinfo():
     """Measured runs skip an emulated precision with a reason; smoke runs and BENCH_EMULATED=1 do not."""
     reason = emulated_skip_reason("mixed_bfloat16", True, environ={}, cpuinfo_text=NO_BF16_CPUINFO)
-    assert reason == ("mixed_bfloat16 is emulated on this CPU (no avx512_bf16/amx_bf16 in the given cpuinfo); "
-                      "set BENCH_EMULATED=1 to run it anyway")
-    assert emulated_skip_reason("mixed_bfloat16", True, environ={"BENCH_EMULATED": "1"},
-                                cpuinfo_text=NO_BF16_CPUINFO) is None
+    assert reason == (
+        "mixed_bfloat16 is emulated on this CPU (no avx512_bf16/amx_bf16 in the given cpuinfo); "
+        "set BENCH_EMULATED=1 to run it anyway"
+    )
+    assert (
+        emulated_skip_reason("mixed_bfloat16", True, environ={"BENCH_EMULATED": "1"}, cpuinfo_text=NO_BF16_CPUINFO)
+        is None
+    )
     assert emulated_skip_reason("mixed_bfloat16", False, environ={}, cpuinfo_text=NO_BF16_CPUINFO) is None
     assert emulated_skip_reason("float32", True, environ={}, cpuinfo_text=NO_BF16_CPUINFO) is None
     with_bf16 = NO_BF16_CPUINFO.replace("avx512f", "avx512f avx512_bf16")
@@ -103,14 +120,18 @@ def test_emulated_bf16_is_skipped_with_its_reason_in_the_summary(tmp_path, monke
     monkeypatch.setattr(cpu_features, "CPUINFO", str(fake))
     monkeypatch.delenv("BENCH_EMULATED", raising=False)
     capsys.readouterr()
-    code = run_pytest(tmp_path, "--benchmark-only", "-k", "train_step and bf16",
-                      f"--benchmark-storage=file://{tmp_path / 'store'}")
+    code = run_pytest(
+        tmp_path, "--benchmark-only", "-k", "train_step and bf16", f"--benchmark-storage=file://{tmp_path / 'store'}"
+    )
     out = capsys.readouterr().out
     assert code == 0, out
     bf16_benchmarks = 5  # ResNet-20: XLA off/on x 1/2 replicas; ResNet-56: plain, 1 replica
-    assert re.search(rf"^SKIPPED \[{bf16_benchmarks}\] {BENCHMARKS}:\d+: mixed_bfloat16 is emulated on this CPU "
-                     rf"\(no avx512_bf16/amx_bf16 in {re.escape(str(fake))}\); set BENCH_EMULATED=1 to run it anyway$",
-                     out, re.MULTILINE), out
+    assert re.search(
+        rf"^SKIPPED \[{bf16_benchmarks}\] {BENCHMARKS}:\d+: mixed_bfloat16 is emulated on this CPU "
+        rf"\(no avx512_bf16/amx_bf16 in {re.escape(str(fake))}\); set BENCH_EMULATED=1 to run it anyway$",
+        out,
+        re.MULTILINE,
+    ), out
     assert re.search(rf"\b{bf16_benchmarks} skipped\b", out) and " passed" not in out, out
 
 
@@ -133,7 +154,7 @@ def test_measured_run_prints_and_saves_images_per_sec(tmp_path, capsys):
     assert info["images_per_sec_sd"] == pytest.approx(info["images_per_call"] * stats["stddev"] / stats["mean"] ** 2)
     # the console: a section after pytest-benchmark's table, one row with the same rate and round count
     assert out.index("benchmark: 1 tests") < out.index("throughput: images/sec")
-    header, row = out[out.index("throughput: images/sec"):].splitlines()[1:3]
+    header, row = out[out.index("throughput: images/sec") :].splitlines()[1:3]
     assert header.split()[:2] == ["benchmark", "images/sec"]
     name, rate, sd, spread, rounds, per_core = row.split()
     assert name == "test_input_pipeline" and int(rounds) == stats["rounds"] == 5

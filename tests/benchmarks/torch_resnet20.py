@@ -71,11 +71,17 @@ def measure(batch_size, steps, warmup, channels_last, n=3):
             if step >= warmup:
                 times.append(time.perf_counter() - start)
     params = sum(p.numel() for p in model.parameters())
-    return {"framework": f"pytorch {torch.__version__} eager", "batch_size": batch_size, "params": params,
-            "threads": torch.get_num_threads(), "channels_last": channels_last, "timed_steps": len(times),
-            "images_per_sec": batch_size * len(times) / sum(times),
-            "step_time_p50_ms": 1e3 * statistics.median(times),
-            "step_time_p99_ms": 1e3 * sorted(times)[min(len(times) - 1, int(0.99 * len(times)))]}
+    return {
+        "framework": f"pytorch {torch.__version__} eager",
+        "batch_size": batch_size,
+        "params": params,
+        "threads": torch.get_num_threads(),
+        "channels_last": channels_last,
+        "timed_steps": len(times),
+        "images_per_sec": batch_size * len(times) / sum(times),
+        "step_time_p50_ms": 1e3 * statistics.median(times),
+        "step_time_p99_ms": 1e3 * sorted(times)[min(len(times) - 1, int(0.99 * len(times)))],
+    }
 
 
 def main():

@@ -35,5 +35,11 @@ Modules: `cluster` (LocalCluster: start, kill, stop by pid), `procs` (processes 
 """
 
 from bench.distributed.localcluster.cluster import (  # noqa: F401 - the public names
-    FIRST_IP, MAX_NODES, STATE_FILE, ClusterError, LocalCluster, namespaces_available)
+    FIRST_IP,
+    MAX_NODES,
+    STATE_FILE,
+    ClusterError,
+    LocalCluster,
+    namespaces_available,
+)
 from bench.distributed.localcluster.procs import _alive, _stat  # noqa: F401 - tests check pids with them

@@ -17,17 +17,29 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _parser():
-    parser = _Parser(prog="python -m bench.distributed.localcluster",
-                     description="A Ray cluster of several hosts on this machine (needs root).")
+    parser = _Parser(
+        prog="python -m bench.distributed.localcluster",
+        description="A Ray cluster of several hosts on this machine (needs root).",
+    )
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     up = commands.add_parser("up", help="start the nodes; return once they are up")
     up.add_argument("--nodes", type=int, default=2, help="how many nodes (hosts), the head included")
     up.add_argument("--cpus_per_node", type=int, default=1, help="CPUs each node offers to Ray")
-    for name, text in [("up", "folder for logs and state"), ("down", "folder given to up"),
-                       ("status", "folder given to up")]:
-        sub = up if name == "up" else commands.add_parser(
-            name, help="stop the cluster of --dir by its pids" if name == "down"
-            else "its nodes and whether they run (exit 1 when none does)")
+    for name, text in [
+        ("up", "folder for logs and state"),
+        ("down", "folder given to up"),
+        ("status", "folder given to up"),
+    ]:
+        sub = (
+            up
+            if name == "up"
+            else commands.add_parser(
+                name,
+                help="stop the cluster of --dir by its pids"
+                if name == "down"
+                else "its nodes and whether they run (exit 1 when none does)",
+            )
+        )
         sub.add_argument("--dir", required=True, help=text)
     return parser
 

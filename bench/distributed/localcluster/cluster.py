@@ -96,8 +96,16 @@ class LocalCluster:
     `LocalCluster.attach(log_dir)` takes over a cluster started by another process (the CLI).
     """
 
-    def __init__(self, nodes=2, cpus_per_node=1, log_dir=None, env=None,
-                 object_store_bytes=OBJECT_STORE_BYTES, start_timeout_s=START_TIMEOUT_S, role_args=None):
+    def __init__(
+        self,
+        nodes=2,
+        cpus_per_node=1,
+        log_dir=None,
+        env=None,
+        object_store_bytes=OBJECT_STORE_BYTES,
+        start_timeout_s=START_TIMEOUT_S,
+        role_args=None,
+    ):
         """`nodes` Ray nodes of `cpus_per_node` CPUs each, logging into `log_dir` (a new temporary
         folder if None). `env` adds environment variables to every node (e.g. Ray's `RAY_...`
         settings); it overrides this tool's own defaults. `role_args`: (head's, other nodes')
@@ -130,8 +138,7 @@ class LocalCluster:
                 state = json.load(f)
         except (OSError, ValueError):
             raise ClusterError(f"no cluster state in {log_dir} (no readable {STATE_FILE})") from None
-        cluster = cls(nodes=max(1, len(state["nodes"])), cpus_per_node=state["cpus_per_node"],
-                      log_dir=log_dir)
+        cluster = cls(nodes=max(1, len(state["nodes"])), cpus_per_node=state["cpus_per_node"], log_dir=log_dir)
         cluster.nodes, cluster.address = state["nodes"], state["address"]
         return cluster
 
@@ -248,12 +255,30 @@ class LocalCluster:
             private_tmp = os.path.join(self.log_dir, hostname)
             os.makedirs(private_tmp, exist_ok=True)
             temp_dir = "/tmp/ray"
-        args = [_ray_cli(), "start", "--block", "--node-ip-address", ip, "--num-cpus", str(self.cpus_per_node),
-                "--temp-dir", temp_dir, "--object-store-memory", str(self._object_store_bytes),
-                # 0 and 0: each worker binds a port the OS picks, not one of 10002-19999 (shared
-                # by every Ray cluster on the machine)
-                "--min-worker-port", "0", "--max-worker-port", "0",
-                "--disable-usage-stats", "--log-style", "record", "--log-color", "false"]
+        args = [
+            _ray_cli(),
+            "start",
+            "--block",
+            "--node-ip-address",
+            ip,
+            "--num-cpus",
+            str(self.cpus_per_node),
+            "--temp-dir",
+            temp_dir,
+            "--object-store-memory",
+            str(self._object_store_bytes),
+            # 0 and 0: each worker binds a port the OS picks, not one of 10002-19999 (shared
+            # by every Ray cluster on the machine)
+            "--min-worker-port",
+            "0",
+            "--max-worker-port",
+            "0",
+            "--disable-usage-stats",
+            "--log-style",
+            "record",
+            "--log-color",
+            "false",
+        ]
         if role:  # the caller's own role arguments, as given
             args += role + (["--include-dashboard", "false"] if head else [])
         else:
@@ -265,14 +290,29 @@ class LocalCluster:
         with open(log, "ab") as out:
             # A session of its own: Ctrl-C in the terminal that started the cluster does not
             # reach the nodes (`up` returns while they run on; `stop` ends them).
-            proc = subprocess.Popen(_UNSHARE + ["sh", "-c", _NODE_SCRIPT, "sh", hostname, private_tmp] + args,
-                                    stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                                    env=self._env, start_new_session=True)
+            proc = subprocess.Popen(
+                _UNSHARE + ["sh", "-c", _NODE_SCRIPT, "sh", hostname, private_tmp] + args,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env=self._env,
+                start_new_session=True,
+            )
         self._procs[proc.pid] = proc
         stat = _stat(proc.pid)
-        self.nodes.append({"hostname": hostname, "ip": ip, "head": head, "pid": proc.pid,
-                           "start": stat[2] if stat else None, "temp_dir": temp_dir, "log": log,
-                           "ports": ports, "children": []})
+        self.nodes.append(
+            {
+                "hostname": hostname,
+                "ip": ip,
+                "head": head,
+                "pid": proc.pid,
+                "start": stat[2] if stat else None,
+                "temp_dir": temp_dir,
+                "log": log,
+                "ports": ports,
+                "children": [],
+            }
+        )
         self._save()
 
     def _wait_until_up(self):
@@ -284,8 +324,9 @@ class LocalCluster:
         while True:
             for node in expected:
                 if not self.node_alive(self.nodes.index(node)):
-                    raise ClusterError(f"{node['hostname']} exited while starting: "
-                                       f"{_tail(node['log'], 3)} (log: {node['log']})")
+                    raise ClusterError(
+                        f"{node['hostname']} exited while starting: {_tail(node['log'], 3)} (log: {node['log']})"
+                    )
             if _port_open(head_ip, int(port)):
                 try:
                     alive = _alive_node_ips(self.address, timeout=5)
@@ -295,8 +336,7 @@ class LocalCluster:
                     break
             if time.monotonic() > deadline:
                 late = [n["hostname"] for n in expected if n["ip"] not in alive]
-                raise ClusterError(f"{', '.join(late)} not up within {self._start_timeout_s} s "
-                                   f"(logs: {self.log_dir})")
+                raise ClusterError(f"{', '.join(late)} not up within {self._start_timeout_s} s (logs: {self.log_dir})")
             time.sleep(0.5)
         for node in self.nodes:
             # raylet, gcs_server, agents: recorded so that `down` can end them even if their
@@ -329,7 +369,7 @@ class LocalCluster:
         deadline = time.monotonic() + GRACE_S
         while self._running(targets) and time.monotonic() < deadline:
             time.sleep(0.2)
-        for pid, start in self._running(targets):
+        for pid, _start in self._running(targets):
             try:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:

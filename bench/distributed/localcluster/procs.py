@@ -20,7 +20,7 @@ def _stat(pid):
             text = f.read()
     except OSError:
         return None
-    fields = text[text.rindex(")") + 2:].split()  # the name in (...) may hold spaces
+    fields = text[text.rindex(")") + 2 :].split()  # the name in (...) may hold spaces
     return fields[0], int(fields[1]), int(fields[19])
 
 
