@@ -25,9 +25,9 @@ import time
 
 from absl import app, flags
 
-from bench.config import cli
+from bench.config import cli, exits
+from bench.config.exits import first_line
 from bench.hardware import devices
-from bench.runner.loop import first_line
 from resnet import spec
 
 # TensorFlow first, through the device setup's import (it makes the oneDNN choice, fixed at TensorFlow's
@@ -125,7 +125,10 @@ def main(argv):
 
 def entry():
     define_flags()
-    app.run(main, flags_parser=lambda argv: cli.parse_flags(argv, usage))
+    app.run(
+        lambda argv: exits.command(main, argv, what="the self-check"),
+        flags_parser=lambda argv: cli.parse_flags(argv, usage),
+    )
 
 
 if __name__ == "__main__":

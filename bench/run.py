@@ -10,14 +10,10 @@ Whatever goes wrong is one line on stderr; a traceback goes to a file that line 
 
 from __future__ import annotations
 
-import sys
-
 from absl import app, flags
 
-from bench.config import cli, options
-from bench.config.options import ConfigError
-from bench.distributed import driver
-from bench.runner import loop
+from bench import launch
+from bench.config import cli, exits, options
 
 FLAGS = flags.FLAGS
 cli.define_run_flags(FLAGS)
@@ -28,27 +24,17 @@ def usage():
 
 
 def main(argv):
-    """The one place that decides the exit status (see the module docstring)."""
+    """Parse the flags into a config and launch the run; its outcome decides the exit status."""
     del argv
-    try:
-        cfg = cli.config_from_flags(FLAGS)
-        runner = driver.run if cfg.strategy == options.MULTI_WORKER else loop.run  # Ray Train drives the workers
-        outcome = runner(cfg, command=cli.typed_command("bench.run"))
-    except ConfigError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return loop.EXIT_BAD_INPUT
-    except KeyboardInterrupt:  # before the run installed its own handler (or a multi-worker driver): no row
-        print("error: interrupted (SIGINT) before the run could write a row; nothing written", file=sys.stderr)
-        return loop.EXIT_SIGNAL["SIGINT"]
-    except Exception as exc:  # noqa: BLE001 - a bug included: one line, the traceback kept in a file
-        log = loop.save_traceback(exc)
-        print(f"error: {loop.first_line(exc)} (unexpected; traceback: {log})", file=sys.stderr)
-        return loop.EXIT_FAILED
-    return outcome.exit_code
+    cfg = cli.config_from_flags(FLAGS)
+    return launch.launch(cfg, command=cli.typed_command("bench.run")).exit_code
 
 
 def entry():
-    app.run(main, flags_parser=lambda argv: cli.parse_flags(argv, usage))
+    app.run(
+        lambda argv: exits.command(main, argv, what="the run", stopped="nothing written"),
+        flags_parser=lambda argv: cli.parse_flags(argv, usage),
+    )
 
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@
 
 Every flag of `bench.run` is a flag here too, with the same default and help (both are built from
 bench.config.RunConfig); axis flags take comma lists (`--n 3,5,9 --precision fp32,bf16`) and the
-trials are every combination, times `--repeats` seeds. Every trial calls `bench.runner.loop.run` (the same
+trials are every combination, times `--repeats` seeds. Every trial calls `bench.launch.launch` (the same
 code as `python -m bench.run`) in its own Ray worker process and reports its row with `ray.tune.report`; only this driver writes rows, one per trial,
 deduplicated by the trial's stable run id. Exit status: 0 every trial ok, 1 some trial not ok,
 2 bad input (nothing started).
@@ -20,11 +20,11 @@ import time
 
 from absl import app, flags
 
-from bench.config import cli, options, setup_checks, validation
+from bench import launch
+from bench.config import cli, exits, options, setup_checks, validation
 from bench.config.options import ConfigError
-from bench.distributed import driver, ray_connection
+from bench.distributed import ray_connection
 from bench.results import rows, table
-from bench.runner import loop
 from sweeps import multiworker_trials, plan, report, space
 
 FLAGS = flags.FLAGS
@@ -93,16 +93,15 @@ def run_trial(params, runs=None):
     from ray import tune
 
     cfg = options.from_dict(runs[params["trial"]])
-    runner = driver.run if cfg.strategy == options.MULTI_WORKER else loop.run  # one multi-worker run per trial
 
     def on_eval(step, accuracy, partial_row):
         tune.report({"test_accuracy": accuracy, "step": step, "final": False, "row": json.dumps(partial_row)})
 
     try:
-        outcome = runner(cfg, command=params.get("command", ""), write_row=False, on_eval=on_eval)
+        outcome = launch.launch(cfg, command=params.get("command", ""), write_row=False, on_eval=on_eval)
         row = outcome.row
     except Exception as exc:  # noqa: BLE001 - any failure becomes the trial's row
-        outcome, row = None, rows.config_row(cfg, "failed", loop.first_line(exc))
+        outcome, row = None, rows.config_row(cfg, "failed", exits.first_line(exc))
         row["command"] = params.get("command", "")
     if outcome is not None and outcome.status == "skipped":  # its checkpoint says finished: its row is written
         tune.report({"final": True, "skipped": True})

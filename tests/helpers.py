@@ -57,7 +57,7 @@ def replica_values(strategy, variable):
 
 def seed_peak_cache(folder, intra=None):
     """A fresh, quiet peak reading for this CPU (oneDNN on and off; `intra`: a worker's thread count) in
-    `folder`/peak.json, so a run there does not spend ~20 s measuring it (bench.runner.assembly's keys)."""
+    `folder`/peak.json, so a run there does not spend ~20 s measuring it (bench.hardware.peak.device_key's keys)."""
     import json
     import os
 

@@ -125,12 +125,11 @@ def test_the_row_says_how_its_settings_were_chosen():
 
 
 def test_inference_defaults_on_cpus_differ_from_training():
-    inference = defaults.resolve(RunConfig(mode="inference"), "CPU", 1)
+    inference = defaults.resolve(RunConfig(mode="inference"), "CPU", 1, "synthetic")
     assert inference.xla and inference.batch_norm == "keras"
-    train = defaults.resolve(RunConfig(), "CPU", 1)
-    assert not train.xla and train.batch_norm == "fused" and defaults.onednn_default(RunConfig()) == "on"
-    assert defaults.onednn_default(RunConfig(mode="inference", batch_size=1)) == "on"
-    gpu = defaults.resolve(RunConfig(mode="inference"), "GPU", 1)
+    train = defaults.resolve(RunConfig(), "CPU", 1, "synthetic")
+    assert not train.xla and train.batch_norm == "fused" and defaults.ONEDNN_DEFAULT == "on"
+    gpu = defaults.resolve(RunConfig(mode="inference"), "GPU", 1, "synthetic")
     assert gpu.xla and gpu.batch_norm == "fused"
 
 
@@ -245,5 +244,5 @@ def test_bench_run_autotune_probes_prints_the_table_caches_and_the_next_run_star
 
 
 def _seed_peak(cache):
-    """A peak FLOP/s reading for this CPU (the keys `bench.runner.assembly` uses)."""
+    """A peak FLOP/s reading for this CPU (the keys `bench.hardware.peak.device_key` makes)."""
     seed_peak_cache(str(cache))

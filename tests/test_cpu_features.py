@@ -6,7 +6,7 @@ import sys
 import pytest
 
 from bench.hardware import cpu_features
-from bench.hardware.cpu_features import cpu_flags, emulated_precision
+from bench.hardware.cpu_features import emulated_precision
 
 # Trimmed from real /proc/cpuinfo files: two processors each, as the kernel prints them.
 X86_AVX2 = """processor\t: 0
@@ -30,6 +30,11 @@ BogoMIPS\t: 50.00
 Features\t: fp asimd evtstrm aes pmull sha1 sha2 crc32 atomics fphp asimdhp cpuid asimdrdm lrcpc dcpop asimddp
 """
 ARM_NEOVERSE_V1 = ARM_NEOVERSE_N1.replace("asimddp", "asimddp bf16 i8mm")
+
+
+def cpu_flags(cpuinfo_text=None):
+    """The flags every processor of `cpuinfo_text` (else /proc/cpuinfo) has, as `emulated_precision` reads them."""
+    return cpu_features._parse(cpu_features._read_cpuinfo(cpuinfo_text))[1]
 
 
 def test_cpu_flags_parses_x86_and_arm_lines():

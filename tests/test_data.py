@@ -52,7 +52,7 @@ def test_bad_files_are_named(tmp_path):
 
 def test_augmentation_keeps_shape_and_moves_pixels():
     image = tf.constant(known_image(3))
-    outs = [data.augment(image, 0)[0].numpy() for _ in range(20)]
+    outs = [data.augment_image(image, 0)[0].numpy() for _ in range(20)]
     assert all(o.shape == (32, 32, 3) and o.dtype == np.uint8 for o in outs)
     assert any(not np.array_equal(o, known_image(3)) for o in outs)
     # a crop of the zero-padded image: every output row is a (possibly flipped) shifted input row or zeros

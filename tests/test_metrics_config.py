@@ -45,14 +45,15 @@ def test_chrono_keeps_compile_and_warmup_out_of_the_windows():
     synced = []
     chrono = timing.Chrono(sync=lambda value=None: synced.append(value), clock=clock)
 
-    def work(seconds):
+    def window(seconds, steps, kind):
+        chrono.begin()
         clock.now += seconds
-        return seconds
+        chrono.end(steps, kind, seconds)
 
-    chrono.call(work, 30.0, steps=1, kind="first")  # trace + compile
-    chrono.call(work, 2.0, steps=10, kind="warmup")
+    window(30.0, steps=1, kind="first")  # trace + compile
+    window(2.0, steps=10, kind="warmup")
     for _ in range(3):
-        chrono.call(work, 1.0, steps=10, kind="timed")
+        window(1.0, steps=10, kind="timed")
     assert synced.count(None) == 5 and synced.count(1.0) == 3  # synced before and after every call
     t = chrono.throughput(100)
     assert t.images_per_sec == pytest.approx(1000.0)  # 30 steps x 100 images / 3 s
@@ -86,17 +87,17 @@ def test_validate_rejects_with_a_message(changes, message):
 
 
 def test_device_defaults_are_decided_once_per_run():
-    cpu = defaults.resolve(RunConfig(), "CPU", 1)
+    cpu = defaults.resolve(RunConfig(), "CPU", 1, "files")
     assert (cpu.xla, cpu.steps_per_loop, cpu.batch_norm) == (False, 10, "fused")
-    gpu = defaults.resolve(RunConfig(strategy="mirrored"), "GPU", 8)
+    gpu = defaults.resolve(RunConfig(strategy="mirrored"), "GPU", 8, "files")
     assert (gpu.xla, gpu.steps_per_loop, gpu.batch_norm) == (True, 50, "fused")
     # XLA only where it is valid: not sync BN's nor fit's all-reduces over replicas; one replica: always
-    assert defaults.resolve(RunConfig(strategy="mirrored", sync_bn=True), "GPU", 2).xla is False
-    assert defaults.resolve(RunConfig(strategy="mirrored", sync_bn=True), "GPU", 2).batch_norm == "keras"
-    assert defaults.resolve(RunConfig(loop="fit", strategy="mirrored"), "GPU", 2).xla is False
-    assert defaults.resolve(RunConfig(loop="fit"), "GPU", 1).xla is True
+    assert defaults.resolve(RunConfig(strategy="mirrored", sync_bn=True), "GPU", 2, "files").xla is False
+    assert defaults.resolve(RunConfig(strategy="mirrored", sync_bn=True), "GPU", 2, "files").batch_norm == "keras"
+    assert defaults.resolve(RunConfig(loop="fit", strategy="mirrored"), "GPU", 2, "files").xla is False
+    assert defaults.resolve(RunConfig(loop="fit"), "GPU", 1, "files").xla is True
     # what the user set is kept
-    kept = defaults.resolve(RunConfig(xla=False, steps_per_loop=7, batch_norm="keras"), "GPU", 1)
+    kept = defaults.resolve(RunConfig(xla=False, steps_per_loop=7, batch_norm="keras"), "GPU", 1, "files")
     assert (kept.xla, kept.steps_per_loop, kept.batch_norm) == (False, 7, "keras")
     assert defaults.resolve_augment(RunConfig(), "GPU", "files") == "device"
     assert defaults.resolve_augment(RunConfig(), "CPU", "files") == "host"

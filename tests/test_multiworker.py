@@ -18,11 +18,11 @@ import time
 import pytest
 from cifar_files import write_cifar
 
-from bench.config import options, setup_checks, validation
+from bench.config import exits, options, setup_checks, validation
 from bench.config.options import ConfigError, RunConfig
 from bench.distributed import driver, worker
 from bench.results import rows, table
-from bench.runner import loop
+from bench.runner import benchmark
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MW = dict(strategy="multi_worker", workers=2, n=1, batch_size=16)
@@ -287,7 +287,7 @@ def test_stalled_worker_fails_within_the_timeout_and_matches_mirrored(ray_addres
     )
     outcome = driver.run(cfg, out=io.StringIO())
     rows = table.read_rows(path)
-    assert outcome.status == "failed" and outcome.exit_code == loop.EXIT_FAILED
+    assert outcome.status == "failed" and outcome.exit_code == exits.EXIT_FAILED
     assert len(rows) == 1 and rows[0]["status"] == "failed" and rows[0]["error"], rows
     stalled_for = outcome.ended_at - outcome.fired["1:2:stall"]
     assert stalled_for < timeout + 30, stalled_for
@@ -295,7 +295,7 @@ def test_stalled_worker_fails_within_the_timeout_and_matches_mirrored(ray_addres
     # same seed, same global batch, synthetic batches seeded by the global replica id.
     assert rows[0]["total_steps"] == "2"
     assert rows[0]["peak_gflops"] == ""  # the stalled worker never reported its peak: no partial sum
-    mirrored = loop.run(
+    mirrored = benchmark.run(
         RunConfig(
             strategy="mirrored",
             cpu_replicas=2,

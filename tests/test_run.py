@@ -10,10 +10,11 @@ import time
 import pytest
 from cifar_files import write_cifar
 
+from bench.config import exits
 from bench.config.options import ConfigError, RunConfig
 from bench.hardware import devices
 from bench.results import table
-from bench.runner import loop
+from bench.runner import benchmark
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMALL = dict(n=1, batch_size=16, steps_per_loop=3, warmup_steps=2)
@@ -22,7 +23,7 @@ SMALL = dict(n=1, batch_size=16, steps_per_loop=3, warmup_steps=2)
 def test_mirrored_synthetic_run_writes_one_true_row(tmp_path):
     path = str(tmp_path / "summary.csv")
     cfg = RunConfig(strategy="mirrored", cpu_replicas=2, data="synthetic", steps=14, results=path, **SMALL)
-    out = loop.run(cfg, command="test")
+    out = benchmark.run(cfg, command="test")
     assert out.status == "ok" and out.exit_code == 0
     rows = table.read_rows(path)
     assert len(rows) == 1
@@ -32,13 +33,13 @@ def test_mirrored_synthetic_run_writes_one_true_row(tmp_path):
     assert row["depth"] == "8" and int(row["params"]) > 0 and int(row["flops_per_image"]) > 0
     assert row["device"].startswith("CPU") and row["tf_version"] and row["python_version"]
     # timing: the first (compiling) step and the warm-up are outside the timed windows
-    chrono = out.chrono
-    assert int(row["timed_steps"]) == 14 - 2 == sum(s for s, _ in chrono.windows)
-    assert chrono.first_call_s is not None and sum(s for s, _ in chrono.warmup) == 1
-    clock_rate = sum(s for s, _ in chrono.windows) * 16 / sum(t for _, t in chrono.windows)
+    measured = out.measured
+    assert int(row["timed_steps"]) == 14 - 2 == sum(s for s, _ in measured.windows)
+    assert measured.compile_s is not None and sum(s for s, _ in measured.warmup) == 1
+    clock_rate = sum(s for s, _ in measured.windows) * 16 / sum(t for _, t in measured.windows)
     assert float(row["images_per_sec"]) == pytest.approx(clock_rate, rel=1e-4)
     assert float(row["compile_s"]) > 0
-    assert float(row["train_time_s"]) >= sum(t for _, t in chrono.windows) + chrono.first_call_s - 1e-6
+    assert float(row["train_time_s"]) >= sum(t for _, t in measured.windows) + measured.compile_s - 1e-6
     assert 0 < float(row["mfu"]) < 1.5
     assert float(row["peak_gflops"]) > 0
     assert row["onednn"] == str(devices.onednn_enabled()).lower()
@@ -58,22 +59,22 @@ def test_files_run_evaluates_and_stops_at_the_target(tmp_path):
         tensorboard_dir=str(tmp_path / "tb"),
         **SMALL,
     )
-    out = loop.run(cfg)
+    out = benchmark.run(cfg)
     row = table.read_rows(path)[0]
     assert out.status == "ok" and row["data"] == "files"
     acc = float(row["test_accuracy"])
     assert 0.01 <= acc <= 1 and float(row["best_test_accuracy"]) >= acc
     assert float(row["time_to_target_s"]) > 0
     # the target is met at the first eval (one epoch = 8 steps), so the run stops early
-    assert sum(s for s, _ in out.chrono.windows + out.chrono.warmup) + 1 == 8
+    assert sum(s for s, _ in out.measured.windows + out.measured.warmup) + 1 == 8
     assert row["total_steps"] == "8" and float(row["epochs"]) == 1.0
     assert os.listdir(tmp_path / "tb")
 
 
 def test_non_finite_loss_is_recorded_as_diverged(tmp_path):
     path = str(tmp_path / "summary.csv")
-    out = loop.run(RunConfig(data="synthetic", steps=12, results=path, inject_nan_at_step=6, **SMALL))
-    assert out.status == "diverged" and out.exit_code == loop.EXIT_DIVERGED
+    out = benchmark.run(RunConfig(data="synthetic", steps=12, results=path, inject_nan_at_step=6, **SMALL))
+    assert out.status == "diverged" and out.exit_code == exits.EXIT_DIVERGED
     row = table.read_rows(path)[0]
     assert row["status"] == "diverged" and "non-finite" in row["error"]
 
@@ -88,11 +89,11 @@ def test_a_cached_peak_below_the_achieved_rate_is_measured_again(tmp_path, monke
         f"CPU:{devices.cpu_model_name()}|tf{devices.import_tensorflow().__version__}"
         + ("|onednn" if devices.onednn_enabled() else "")
         + f"|float32|{peak.METHOD}"
-    )  # assembly.peak_device_key's
+    )  # bench.hardware.peak.device_key's
     os.makedirs(tmp_path / "cache")
     recent = {"gflops": 1.0, "measured_at": table.utc_now(), "load": 0.1}  # a fresh, quiet, but low reading
     (tmp_path / "cache" / "peak.json").write_text(json.dumps({key: recent}))
-    out = loop.run(RunConfig(data="synthetic", steps=8, results=str(tmp_path / "s.csv"), **SMALL))
+    out = benchmark.run(RunConfig(data="synthetic", steps=8, results=str(tmp_path / "s.csv"), **SMALL))
     assert 0 < float(out.row["mfu"]) <= 1 and out.row["peak_gflops"] > 1.0
     entry = json.loads((tmp_path / "cache" / "peak.json").read_text())[key]
     assert entry["gflops"] == out.row["peak_gflops"] and entry["readings"] == 2
@@ -250,7 +251,7 @@ def test_onednn_setting_takes_effect_and_is_recorded(tmp_path):
     other = "off" if devices.onednn_enabled() else "on"
     cfg = RunConfig(data="synthetic", steps=4, onednn=other, results=path, **SMALL)
     with pytest.raises(ConfigError, match="cannot take effect"):
-        loop.run(cfg)
+        benchmark.run(cfg)
     assert len(table.read_rows(path)) == 1
 
 
@@ -437,7 +438,7 @@ def test_fit_baseline_writes_a_fit_row(tmp_path, replicas):
         steps_per_loop=3,
         warmup_steps=3,
     )
-    out = loop.run(cfg)
+    out = benchmark.run(cfg)
     row = table.read_rows(path)[0]
     assert out.status == "ok" and row["loop"] == "fit" and row["num_replicas"] == str(replicas)
     assert int(row["timed_steps"]) > 0 and float(row["images_per_sec"]) > 0
@@ -449,7 +450,7 @@ def test_fit_refuses_what_only_the_custom_loop_does(tmp_path):
     from bench.config.options import ConfigError
 
     with pytest.raises(ConfigError, match="--loop=ctl only"):
-        loop.run(RunConfig(loop="fit", checkpoint_dir=str(tmp_path), results=str(tmp_path / "s.csv")))
+        benchmark.run(RunConfig(loop="fit", checkpoint_dir=str(tmp_path), results=str(tmp_path / "s.csv")))
 
 
 def test_profiled_steps_are_traced_and_not_timed(tmp_path):
@@ -461,10 +462,10 @@ def test_profiled_steps_are_traced_and_not_timed(tmp_path):
         profile_dir=str(tmp_path / "profile"),
         **SMALL,
     )
-    out = loop.run(cfg)
+    out = benchmark.run(cfg)
     assert out.status == "ok"
-    assert sum(s for s, _ in out.chrono.untimed) == 2  # steps 4-5
-    assert sum(s for s, _ in out.chrono.windows) == 10 - 2 - 2  # minus first+warm-up, minus profiled
+    assert sum(s for s, _ in out.measured.untimed) == 2  # steps 4-5
+    assert sum(s for s, _ in out.measured.windows) == 10 - 2 - 2  # minus first+warm-up, minus profiled
     traces = [f for _, _, files in os.walk(tmp_path / "profile") for f in files if f.endswith(".xplane.pb")]
     assert traces
 
@@ -578,7 +579,7 @@ def test_the_plan_computes_each_boundary_without_listing_them():
     """A 10^9-step run with a checkpoint every 5 steps: the next boundary is arithmetic, not a set of 2x10^8."""
     import tracemalloc
 
-    from bench.runner.controller import Plan
+    from bench.runner.loop import Plan
 
     plan = Plan(
         total_steps=10**9, warmup_steps=3, steps_per_loop=10, eval_every=7, checkpoint_every=5, profile_steps=(20, 22)
@@ -600,13 +601,12 @@ def test_the_plan_computes_each_boundary_without_listing_them():
 def test_an_interrupted_run_writes_its_row_before_anything_slow_and_a_late_signal_waits(tmp_path, monkeypatch):
     """Real data, stopped by SIGINT after a timed window: no final evaluation and no peak re-measurement before
     the row; a SIGTERM that arrives while the row is written waits for it (row kept, exit 130)."""
-    from bench.runner import assembly
-    from bench.runner.controller import RunHooks
+    from bench.runner.loop import RunHooks
     from bench.training import trainers
 
     folder, _ = write_cifar(str(tmp_path / "cifar"))
     monkeypatch.setattr(trainers.CustomLoopTrainer, "evaluate", lambda self: pytest.fail("evaluated"))
-    monkeypatch.setattr(assembly, "checked_peak", lambda *a: pytest.fail("peak measured again"))
+    monkeypatch.setattr(benchmark, "_checked_peak", lambda *a: pytest.fail("peak measured again"))
     real_save = table.save_row
 
     def save_row_under_a_signal(path, row):
@@ -623,7 +623,7 @@ def test_an_interrupted_run_writes_its_row_before_anything_slow_and_a_late_signa
 
     hooks = RunHooks(on_step=ctrl_c_once)
     path = tmp_path / "s.csv"
-    out = loop.run(RunConfig(data="files", cifar_dir=folder, steps=12, results=str(path), **SMALL), hooks=hooks)
+    out = benchmark.run(RunConfig(data="files", cifar_dir=folder, steps=12, results=str(path), **SMALL), hooks=hooks)
     [row] = table.read_rows(str(path))
     assert row["status"] == "interrupted" and row["total_steps"] == str(fired[0]) and row["test_accuracy"] == ""
     assert out.exit_code == 130

@@ -57,10 +57,8 @@ def define_field_flags(overrides, flag_values=flags.FLAGS):
 
 
 def format_value(value):
-    """A value as a flag's text: booleans lower-case, None as None (no default)."""
-    if value is None:
-        return None
-    return str(value).lower() if isinstance(value, bool) else str(value)
+    """A value as a flag's default text (`options.flag_text`), None as None (no default)."""
+    return None if value is None else options.flag_text(value)
 
 
 def define_sweep_flags(flag_values=flags.FLAGS):

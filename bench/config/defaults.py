@@ -8,8 +8,6 @@ from bench.config.options import RunConfig
 
 STEPS_PER_LOOP = {"CPU": 10, "GPU": 50}
 ONEDNN_ENV = "TF_ENABLE_ONEDNN_OPTS"
-# CPU inference (forward passes only), measured on the AVX2 development VM (WORKSPACE.md, "Inference mode")
-INFERENCE_XLA_ON_CPU = True
 
 
 def xla_valid(cfg: RunConfig, num_replicas):
@@ -18,23 +16,25 @@ def xla_valid(cfg: RunConfig, num_replicas):
     return num_replicas == 1 or (not cfg.sync_bn and cfg.loop == "ctl")
 
 
-def resolve(cfg: RunConfig, device_kind, num_replicas) -> RunConfig:
-    """The config with every "unset = the device's default" field decided (what runs and what the row records).
+def resolve(cfg: RunConfig, device_kind, num_replicas, data_kind) -> RunConfig:
+    """The config with every "unset = the device's default" field decided (what runs and what the row records):
+    the one place a run's defaults are resolved once its devices and data are known (oneDNN, which must be
+    decided before TensorFlow's import, is `onednn_request`).
 
     GPU defaults (WORKSPACE.md, "Device defaults"): XLA where it is valid, 50 steps per call, the fused BN
-    kernel; CPU defaults: no XLA (measured slower here), 10 steps per call, the fused BN kernel; CPU
-    inference: XLA and Keras's BN layer (measured faster for forward passes; oneDNN: `onednn_default`).
+    kernel, augmentation on the device; CPU defaults: no XLA (measured slower here), 10 steps per call, the
+    fused BN kernel, augmentation on the host; CPU inference: XLA and Keras's BN layer (measured faster for
+    forward passes).
     """
     xla = cfg.xla
     if xla is None:
-        xla = xla_valid(cfg, num_replicas) and (
-            device_kind == "GPU" or (cfg.mode == "inference" and INFERENCE_XLA_ON_CPU)
-        )
+        xla = xla_valid(cfg, num_replicas) and (device_kind == "GPU" or cfg.mode == "inference")
     steps_per_loop = 1 if cfg.mode == "inference" else cfg.steps_per_loop or STEPS_PER_LOOP[device_kind]
     return cfg.replace(
         xla=bool(xla),
         steps_per_loop=steps_per_loop,  # inference: one batch per window
         batch_norm=resolve_batch_norm(cfg, device_kind),
+        augment=resolve_augment(cfg, device_kind, data_kind),
     )
 
 
@@ -66,12 +66,10 @@ def resolve_batch_norm(cfg: RunConfig, device_kind):
     return "keras" if cfg.sync_bn else "fused"
 
 
-def onednn_default(cfg: RunConfig):
-    """oneDNN when nothing asks otherwise: on. Training ~1.7x on an AVX2 CPU; inference with XLA at batch 1
-    1.47x [1.14-1.91] against off here (WORKSPACE.md, "Inference mode"; another AVX2 CPU measured off faster
-    at batch 1, issue #19: `--autotune` settles it per machine)."""
-    del cfg  # one answer for both modes today; decided per run so a mode or batch can get its own
-    return "on"
+# oneDNN when nothing asks otherwise: on. Training ~1.7x on an AVX2 CPU; inference with XLA at batch 1
+# 1.47x [1.14-1.91] against off here (WORKSPACE.md, "Inference mode"; another AVX2 CPU measured off faster
+# at batch 1: `--autotune` settles it per machine).
+ONEDNN_DEFAULT = "on"
 
 
 def onednn_request(cfg: RunConfig):
@@ -83,4 +81,4 @@ def onednn_request(cfg: RunConfig):
         return cfg.onednn
     if os.environ.get(ONEDNN_ENV) is not None:
         return "off" if os.environ[ONEDNN_ENV].strip().lower() in ("0", "false", "off") else "on"
-    return onednn_default(cfg)
+    return ONEDNN_DEFAULT

@@ -191,12 +191,13 @@ def guard_streams():
 # -- the entry ------------------------------------------------------------------------------------------------
 
 
-def command(main, *args, what="the command"):
+def command(main, *args, what="the command", stopped=""):
     """Run a command's `main(*args)` and return its exit status; the one place exceptions become exit codes.
 
     Bad input (`ConfigError`, including an unusable results table) is one line and 2; Ctrl-C or SIGTERM
-    that reached here (before the command installed a handler of its own) is one line and 130 / 143; any
-    other exception is a bug: one line naming the file that keeps its traceback, and 1.
+    that reached here (before the command installed a handler of its own) is one line and 130 / 143
+    (`stopped` adds what that means, e.g. "nothing written"); any other exception is a bug: one line
+    naming the file that keeps its traceback, and 1.
     """
     guard_streams()
     try:
@@ -207,7 +208,7 @@ def command(main, *args, what="the command"):
         return EXIT_BAD_INPUT
     except (KeyboardInterrupt, Interrupted) as stop:
         name = stop.name if isinstance(stop, Interrupted) else "SIGINT"
-        error(f"{what} was stopped by {name}")
+        error(f"{what} was stopped by {name}" + (f"; {stopped}" if stopped else ""))
         return EXIT_SIGNAL[name]
     except Exception as exc:  # noqa: BLE001 - a bug included: one line, the traceback kept in a file
         error(f"{first_line(exc)} (unexpected; traceback: {save_traceback(exc)})")

@@ -31,6 +31,11 @@ class ConfigError(ValueError):
     """Bad user input: reported as one line, exit status 2, nothing written."""
 
 
+def flag_text(value):
+    """A value as it is written on a command line: booleans lower-case (`true`), the rest as `str`."""
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
+
 def option(
     default, help, *, kind=None, choices=None, axis=True, sweep_default=None, parse=None, testing=False, bare=None
 ):

@@ -82,7 +82,7 @@ def candidates(cfg: RunConfig, machine: Machine):
     In the order they are probed: the process-level switch first, then what changes the most.
     """
     kind, n = machine.device_kind, replicas(cfg, machine)
-    resolved = defaults.resolve(cfg, kind, n)
+    resolved = defaults.resolve(cfg, kind, n, cfg.data)
     plan = []
 
     def add(name, default, *others):
@@ -91,7 +91,7 @@ def candidates(cfg: RunConfig, machine: Machine):
             plan.append((name, values))
 
     if kind == "CPU" and machine.onednn_env is None and not machine.tf_loaded:
-        default = defaults.onednn_default(cfg)
+        default = defaults.ONEDNN_DEFAULT
         add("onednn", default, "off" if default == "on" else "on")
     if defaults.xla_valid(cfg, n):
         add("xla", resolved.xla, not resolved.xla)
@@ -116,7 +116,7 @@ def key(cfg: RunConfig, machine: Machine):
         device = f"GPU: {machine.device_name} driver {machine.driver or '?'}"
     else:
         device = f"CPU: {machine.device_name} {machine.logical_cores} cores"
-    fixed = [f"{name}={options_text(getattr(cfg, name))}" for name in TUNABLE[cfg.mode] if not is_unset(cfg, name)]
+    fixed = [f"{name}={options.flag_text(getattr(cfg, name))}" for name in TUNABLE[cfg.mode] if not is_unset(cfg, name)]
     parts = (
         [
             device,
@@ -133,10 +133,6 @@ def key(cfg: RunConfig, machine: Machine):
         + ([f"fixed {' '.join(fixed)}"] if fixed else [])
     )
     return " | ".join(parts)
-
-
-def options_text(value):
-    return str(value).lower() if isinstance(value, bool) else str(value)
 
 
 def settings_args(settings):

@@ -2,7 +2,7 @@
 `tf.distribute.MultiWorkerMirroredStrategy` (MWMS), launched by Ray Train's `TensorflowTrainer`.
 
 Nothing is trained here: each worker runs `bench.distributed.worker.train_worker`, which is
-`bench.runner.loop.run` with the worker's rules. The driver: checks before work (no TensorFlow,
+`bench.runner.benchmark.run` with the worker's rules. The driver: checks before work (no TensorFlow,
 no Ray) -> connects to Ray (`bench.distributed.ray_connection`: `--address`, else a local Ray
 stopped afterwards) -> checks the request against the cluster's resources (an impossible
 request would otherwise wait forever) -> `TensorflowTrainer.fit()` -> one row from the
@@ -25,14 +25,14 @@ import threading
 import time
 
 from bench.config import defaults, setup_checks, validation
+from bench.config.exits import EXIT_DIVERGED, EXIT_FAILED, EXIT_OK, EXIT_SIGNAL, first_line
 from bench.config.identity import RunIdentity
 from bench.config.options import ConfigError, RunConfig
 from bench.distributed import hosts, ray_connection
 from bench.distributed.events import EventLog
-from bench.distributed.worker import Collector, failure_listener, first_line, train_worker
+from bench.distributed.worker import Collector, failure_listener, train_worker
 from bench.hardware import devices
 from bench.results import rows, table
-from bench.runner.loop import EXIT_DIVERGED, EXIT_FAILED, EXIT_OK, EXIT_SIGNAL
 
 START_TIMEOUT_ENV = "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S"  # how long Ray Train waits to place a worker group
 
@@ -69,13 +69,14 @@ class MultiWorkerOutcome:
     ended_at: float = None  # time.time() when the worker group ended
 
 
-def run(cfg: RunConfig, command="", out=sys.stdout, write_row=True, on_eval=None):
+def run(cfg: RunConfig, command="", out=None, write_row=True, on_eval=None):
     """One multi-worker run from the driver; returns a MultiWorkerOutcome. Bad input raises ConfigError.
 
-    The same contract as `bench.runner.loop.run`: exactly one row (written here unless
+    The same contract as `bench.runner.benchmark.run`: exactly one row (written here unless
     `write_row=False`), statuses ok / failed / diverged / interrupted, exit codes 0 / 1 / 3 / 130 / 143.
     `on_eval` is not supported here (the workers evaluate; the driver sees the result).
     """
+    out = out or sys.stdout
     del on_eval
     started = time.perf_counter()
     cfg = validation.validate(_absolute(cfg))

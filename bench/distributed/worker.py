@@ -1,6 +1,6 @@
 """The worker side of `--strategy multi_worker`: what runs inside each Ray Train worker process.
 
-`train_worker` is the function Ray Train runs in every worker: one `bench.runner.loop.run`
+`train_worker` is the function Ray Train runs in every worker: one `bench.runner.benchmark.run`
 (the same loop, step functions, data path and timer as every other strategy), handed the
 worker's own rules through `RunHooks`: checkpoints by TF's multi-worker rule
 (`WorkerCheckpoints`) and the testing-only fault injection (`at_step`). The
@@ -24,10 +24,10 @@ import tempfile
 import time
 
 from bench.config import identity, options
+from bench.config.exits import first_line
 from bench.config.options import ConfigError, RunConfig
-from bench.runner import loop
-from bench.runner.controller import RunHooks
-from bench.runner.loop import first_line
+from bench.runner import benchmark
+from bench.runner.loop import RunHooks
 
 _COLLECTOR = None  # the run's collector actor handle, inside a Ray Train worker
 SCRATCH = []  # this worker's temporary folders, removed when its run ends
@@ -100,7 +100,7 @@ def worker_config(cfg: RunConfig, rank):
 
 
 def train_worker(loop_config):
-    """The Ray Train worker function: one `bench.runner.loop.run` per worker, reported to the collector."""
+    """The Ray Train worker function: one `bench.runner.benchmark.run` per worker, reported to the collector."""
     import ray
     import ray.train
 
@@ -119,7 +119,7 @@ def train_worker(loop_config):
     out = _LineForwarder(collector, sys.stdout) if rank == 0 else sys.stdout
     info = {"rank": rank, "attempt": attempt, "host": where["host"], "ip": where["ip"]}
     try:
-        outcome = loop.run(
+        outcome = benchmark.run(
             cfg, command=loop_config["command"], out=out, write_row=False, hooks=_hooks(cfg, rank, attempt)
         )
     except ConfigError as err:

@@ -57,14 +57,6 @@ def _parse(text):
     return arch, frozenset(flags or ())
 
 
-def cpu_flags(cpuinfo_text: str | None = None) -> frozenset[str]:
-    """The CPU's feature flags (x86 `flags` or Arm `Features`) from `cpuinfo_text`, else from /proc/cpuinfo.
-
-    Empty when nothing can be read (no /proc/cpuinfo, or text without a flags line).
-    """
-    return _parse(_read_cpuinfo(cpuinfo_text))[1]
-
-
 def emulated_precision(precision: str, device_kind: str = "CPU", cpuinfo_text: str | None = None) -> str | None:
     """Why `precision` is emulated on this device, or None when it runs natively.
 

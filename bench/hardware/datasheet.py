@@ -24,7 +24,6 @@ from __future__ import annotations
 import dataclasses
 import re
 
-from bench.results import metrics
 from resnet.spec import COMPUTE_DTYPE, PRECISION_ALIASES
 
 
@@ -196,12 +195,3 @@ def tf32_in_effect(precision: str, compute_capability, tf32_enabled: bool) -> bo
     if _COLUMN.get(precision) != "fp32" or compute_capability is None or not tf32_enabled:
         return False
     return tuple(compute_capability) >= AMPERE
-
-
-def mfu_datasheet(train_flops_per_image, images_per_sec, device_name, num_devices, precision, tf32):
-    """(MFU against the datasheet peak of `num_devices` devices or None, their total TFLOP/s or None, source)."""
-    tflops, source = lookup(device_name, precision, tf32)
-    if tflops is None:
-        return None, None, source
-    total = tflops * num_devices
-    return metrics.mfu(train_flops_per_image, images_per_sec, total * 1e12), total, source

@@ -108,13 +108,12 @@ class Devices:
     strategy: object  # a tf.distribute.Strategy
     num_replicas: int
     device_kind: str  # "GPU" or "CPU"
-    device_name: str  # e.g. "NVIDIA A100-SXM4-40GB" or the CPU model
+    model: str  # the first replica device's model, e.g. "NVIDIA A100-SXM4-40GB" or the CPU's
     physical_devices: int  # GPUs used, or 1 for the (possibly split) CPU
-    first_device: str  # e.g. "/gpu:0": where the peak FLOP/s is measured
     onednn: bool = False  # oneDNN CPU kernels in use (on GPUs: for the ops left on the CPU)
     facts: dict = dataclasses.field(default_factory=dict)  # for bench.config.setup_checks.SetupFacts
-    names: tuple = ()  # this process's replica devices, e.g. ("/cpu:0", "/cpu:1")
-    device_names: tuple = ()  # the model name of each
+    replica_devices: tuple = ()  # this process's replica devices, e.g. ("/cpu:0", "/cpu:1")
+    replica_models: tuple = ()  # the model of each
 
 
 def cpu_model_name():
@@ -171,13 +170,12 @@ def setup(cfg: RunConfig) -> Devices:
         strategy,
         replicas,
         kind,
-        device_names[0],
-        physical,
-        names[0],
-        onednn_enabled(),
-        facts,
-        tuple(names),
-        device_names,
+        model=device_names[0],
+        physical_devices=physical,
+        onednn=onednn_enabled(),
+        facts=facts,
+        replica_devices=tuple(names),
+        replica_models=device_names,
     )
 
 

@@ -34,7 +34,7 @@ import time
 import filelock
 
 from bench.hardware import datasheet
-from bench.hardware.devices import device_sync
+from bench.hardware.devices import device_sync, threads_in_effect
 from resnet.spec import COMPUTE_DTYPE
 
 # TensorFlow is imported inside the functions: it must first be loaded by `devices.import_tensorflow`,
@@ -180,9 +180,21 @@ def peak_reading(device, device_key, precision, tf32=False, at_least=None) -> Re
         return Reading(float(entry["gflops"]), entry["measured_at"], int(entry.get("readings", 1)), entry.get("load"))
 
 
-def peak_gflops(device, device_key, precision, tf32=False, at_least=None):
-    """The cached peak GFLOP/s (see `peak_reading`)."""
-    return peak_reading(device, device_key, precision, tf32, at_least).gflops
+def device_key(devices):
+    """The cache's device part of a run's `devices.Devices`: device, TensorFlow version, oneDNN state, threads."""
+    import tensorflow as tf
+
+    cpu = devices.device_kind == "CPU"
+    key = f"{devices.device_kind}:{devices.model}|tf{tf.__version__}" + ("|onednn" if devices.onednn and cpu else "")
+    intra = threads_in_effect()[0]
+    if intra and cpu:  # a reading with fewer threads is not the CPU's peak
+        key += f"|intra{intra}"
+    return key
+
+
+def reading_for(devices, precision, tf32=False, at_least=None) -> Reading:
+    """The peak reading of one of a run's devices (`peak_reading` of its first device)."""
+    return peak_reading(devices.replica_devices[0], device_key(devices), precision, tf32=tf32, at_least=at_least)
 
 
 def gpu_compute_capability():

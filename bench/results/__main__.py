@@ -4,22 +4,22 @@ from __future__ import annotations
 
 import sys
 
+from bench.config import exits
+from bench.config.options import ConfigError
 from bench.results import table
 
 
 def main(argv):
     """`python -m bench.results upgrade FILE`: convert a table of an older schema (the only command)."""
     if len(argv) != 2 or argv[0] != "upgrade":
-        print(f"usage: {table.UPGRADE_COMMAND} FILE", file=sys.stderr)
-        return 2
+        raise ConfigError(f"usage: {table.UPGRADE_COMMAND} FILE")
     try:
         backup = table.upgrade(argv[1])
-    except (table.ResultsError, OSError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    except OSError as exc:
+        raise ConfigError(f"cannot upgrade {argv[1]}: {exc.strerror or exc}") from None
     print(f"upgraded {argv[1]} to this version's columns; the original is in {backup}")
-    return 0
+    return exits.EXIT_OK
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    sys.exit(exits.command(main, sys.argv[1:], what="the upgrade"))

@@ -34,7 +34,6 @@ class RunFacts:
     started: float  # perf_counter at the start of the run
     augment: str = ""  # device | host | none
     tf32: bool = False
-    device_name: str = ""  # as the device reports it (the datasheet table's key)
     physical_devices: int = 1
     intra_op_threads: int = 0  # in effect (0: TensorFlow's default)
     inter_op_threads: int = 0
@@ -45,17 +44,43 @@ class RunFacts:
     peak_load: float = None  # 1-minute load average per core during that reading
 
 
+FACT_COLUMNS = (
+    "run_id",
+    "command",
+    "tf_version",
+    "keras_version",
+    "device",
+    "num_replicas",
+    "onednn",
+    "batch_norm",
+    "params",
+    "data",
+    "peak_gflops",
+    "augment",
+    "tf32",
+    "intra_op_threads",
+    "inter_op_threads",
+    "peak_source",
+    "datasheet_tflops",
+    "peak_measured_at",
+    "peak_readings",
+    "peak_load",
+)
+
+
 def flops_per_image(cfg: RunConfig):
     """Training FLOPs per image (forward + backward ≈ 3 × forward), or the forward pass's in inference mode."""
     model_cost = cost.cost(cfg.n, cfg.block, cfg.shortcut)
     return model_cost.forward_flops if cfg.mode == "inference" else model_cost.train_flops
 
 
-def config_row(cfg: RunConfig, status, error=""):
-    """The row's columns known from the configuration alone (a trial that failed before running)."""
+def config_row(cfg: RunConfig, status, error="", run_id=None):
+    """The row's columns known from the configuration alone (a trial that failed before running).
+
+    `run_id`: the run's own (made once, by its `RunIdentity`); without one, a new id for this row."""
     return {
         **table.base_provenance(),
-        "run_id": identity.run_id_for(cfg),
+        "run_id": run_id or identity.run_id_for(cfg),
         "timestamp_utc": table.utc_now(),
         "status": status,
         "error": error,
@@ -86,31 +111,46 @@ def config_row(cfg: RunConfig, status, error=""):
     }
 
 
-def run_row(cfg: RunConfig, facts: RunFacts, controller, status, error):
-    """The whole row of a run that set up: configuration, setup facts, and what the controller measured."""
-    chrono = controller.chrono
-    timed = chrono.throughput(cfg.batch_size)
-    trained = chrono.first_call_s is not None
-    progress = controller.progress
+@dataclasses.dataclass(frozen=True)
+class Measured:
+    """What a run measured, as plain values: the controller's record, from which the row is built."""
+
+    status: str  # ok | diverged | interrupted
+    error: str
+    steps: int  # the global step reached
+    timed: metrics.Throughput | None  # the timed windows' throughput (None: no window was timed)
+    compile_s: float | None  # the first call minus one typical step
+    first_step_at: float | None  # perf_counter when the first (compiling) call ended
+    train_time_s: float | None  # training seconds over every restart (None: nothing trained)
+    final_loss: float | None  # the last window's value (inference: the mean logit)
+    last_accuracy: float | None
+    best_accuracy: float | None
+    time_to_target_s: float | None
+    skipped_steps: int | None  # mixed_float16 steps skipped by loss scaling (None: not counted)
+    xla_scope: str
+    windows: tuple = ()  # (steps, seconds) of the timed windows
+    warmup: tuple = ()  # ... of the warm-up windows
+    untimed: tuple = ()  # ... of windows left out on purpose (profiling)
+
+
+def run_row(cfg: RunConfig, facts: RunFacts, measured: Measured):
+    """The whole row of a run that set up: configuration, setup facts, and what the run measured."""
+    timed = measured.timed
     row = {
-        **config_row(cfg, status, error),
-        **{k: getattr(facts, k) for k in ("run_id", "command", "tf_version", "keras_version", "device",
-                                          "num_replicas", "onednn", "batch_norm", "params", "data",
-                                          "peak_gflops", "augment", "tf32", "intra_op_threads",
-                                          "inter_op_threads", "peak_source", "datasheet_tflops", "peak_measured_at",
-                                          "peak_readings", "peak_load")},
+        **config_row(cfg, measured.status, measured.error, run_id=facts.run_id),
+        **{k: getattr(facts, k) for k in FACT_COLUMNS},
         "timed_steps": timed.timed_steps if timed else 0,
-        "total_steps": controller.step,
-        "epochs": controller.step * cfg.batch_size / facts.train_images,
-        "compile_s": chrono.compile_seconds(),
-        "time_to_first_step_s": controller.first_step_at - facts.started if controller.first_step_at else None,
-        "train_time_s": controller.train_seconds() if trained else None,
-        "final_train_loss": controller.final_loss if cfg.mode == "train" else None,
-        "test_accuracy": controller.last_accuracy,
-        "best_test_accuracy": progress.best_accuracy if progress.best_accuracy >= 0 else None,
-        "time_to_target_s": progress.time_to_target if progress.time_to_target >= 0 else None,
-        "skipped_steps": controller.trainer.skipped_steps(),
-        "xla_scope": controller.trainer.xla_scope,
+        "total_steps": measured.steps,
+        "epochs": measured.steps * cfg.batch_size / facts.train_images,
+        "compile_s": measured.compile_s,
+        "time_to_first_step_s": measured.first_step_at - facts.started if measured.first_step_at else None,
+        "train_time_s": measured.train_time_s,
+        "final_train_loss": measured.final_loss if cfg.mode == "train" else None,
+        "test_accuracy": measured.last_accuracy,
+        "best_test_accuracy": measured.best_accuracy,
+        "time_to_target_s": measured.time_to_target_s,
+        "skipped_steps": measured.skipped_steps,
+        "xla_scope": measured.xla_scope,
         "peak_scope": "one process",
     }
     if timed:
@@ -122,7 +162,9 @@ def run_row(cfg: RunConfig, facts: RunFacts, controller, status, error):
             step_time_p90_ms=timed.step_time_p90_ms,
             step_time_p99_ms=timed.step_time_p99_ms,
             mfu=metrics.mfu(row["flops_per_image"], timed.images_per_sec, facts.peak_gflops * 1e9),
-            mfu_datasheet=metrics.mfu(row["flops_per_image"], timed.images_per_sec, (row["datasheet_tflops"] or 0) * 1e12),
+            mfu_datasheet=metrics.mfu(
+                row["flops_per_image"], timed.images_per_sec, (row["datasheet_tflops"] or 0) * 1e12
+            ),
         )
     return row
 

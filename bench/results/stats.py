@@ -44,11 +44,6 @@ def abba_order(pairs):
     return order
 
 
-def blocked_order(pairs):
-    """[(pair, arm)] as A A ... A B B ... B: what ABBA replaces (a drift shows up as an effect)."""
-    return [(pair, arm) for arm in ARMS for pair in range(1, pairs + 1)]
-
-
 @dataclasses.dataclass(frozen=True)
 class Run:
     """One run of one arm: what the runner measured, where it stood in the order."""
@@ -147,20 +142,6 @@ def unpaired_interval(base, new):
     half = metrics.t95(df) * se
     sd = se / math.sqrt(1 / nb + 1 / nn)
     return Estimate(effect, effect - half, effect + half, min(nb, nn), sd, effect, method)
-
-
-def bootstrap_interval(effects, seed=0, resamples=4000, stat=np.median):
-    """Percentile bootstrap 95% interval of `stat` over the pairs (fixed seed: the same output every time).
-
-    Kept to show why the CLI uses `paired_interval`: with 2-5 pairs it covers the truth far less
-    than 95% of the time (tests/test_stats.py measures it).
-    """
-    effects = np.asarray(effects, float)
-    rng = np.random.default_rng(seed)
-    draws = stat(effects[rng.integers(0, len(effects), size=(resamples, len(effects)))], axis=1)
-    low, high = np.percentile(draws, [2.5, 97.5])
-    return Estimate(float(stat(effects)), float(low), float(high), len(effects), float(np.std(effects, ddof=1)),
-                    float(np.median(effects)), "bootstrap percentile")
 
 
 # ---------------------------------------------------------------------------

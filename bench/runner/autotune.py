@@ -34,7 +34,7 @@ import time
 
 import filelock
 
-from bench.config import tuning
+from bench.config import options, tuning
 from bench.config.options import RunConfig
 from bench.hardware import devices, peak
 from bench.results import stats, table
@@ -148,7 +148,7 @@ def choose(plan, measure, out=sys.stdout, first_pairs=FIRST_PAIRS, max_pairs=Non
                 if failed:
                     probe.note = f"{failed[0].status} ({failed[0].error or 'no images/sec'})"
                     print(
-                        f"autotune: {name}={tuning.options_text(value)} skipped: arm {failed[0].arm} {probe.note}",
+                        f"autotune: {name}={options.flag_text(value)} skipped: arm {failed[0].arm} {probe.note}",
                         file=out,
                         flush=True,
                     )
@@ -178,7 +178,7 @@ def probe_summary(p: Probe):
         p.verdict.kind
     ]
     return (
-        f"{tuning.options_text(p.candidate)} vs {tuning.options_text(p.current)}: {ratio:.3f}x "
+        f"{options.flag_text(p.candidate)} vs {options.flag_text(p.current)}: {ratio:.3f}x "
         f"[{low:.3f}-{high:.3f}] over {p.estimate.n} pairs, {words}"
     )
 
@@ -202,9 +202,9 @@ def probe_table(probes):
             verdict = {"higher": "B faster", "lower": "B slower", "same": "same", "inconclusive": "not settled"}[
                 p.verdict.kind
             ]
-        chosen = tuning.options_text(p.candidate if p.taken else p.current)
+        chosen = options.flag_text(p.candidate if p.taken else p.current)
         lines.append(
-            f"{p.field:<17} {tuning.options_text(p.current):<12} {tuning.options_text(p.candidate):<8} "
+            f"{p.field:<17} {options.flag_text(p.current):<12} {options.flag_text(p.candidate):<8} "
             f"{a:<22} {b:<22} {ci:<22} {verdict:<13} {chosen}"
         )
     return lines

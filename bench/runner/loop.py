@@ -1,271 +1,372 @@
-"""One benchmark run, from a validated config to its row: `run(cfg)`.
+"""The loop of a run, like orbit's Controller: windows, cadence, progress, and the record of what was measured.
 
-Order: `validation.validate` (no TensorFlow; bad input raises ConfigError and
-nothing is written) → devices → data → `setup_checks.check_setup` (what only they can
-tell) → trainer → `Controller.run` → one row appended to the results table.
-
-TensorFlow is imported only once the checks that need none have passed, so bad input is
-refused in a fraction of a second.
+The controller owns the loop: it calls `workload.run_steps(num_steps)` window after window and
+decides which window comes next and whether it is timed (the first, compiling call and the warm-up
+never are), when to evaluate, checkpoint and profile, when to stop (end, target accuracy, a stop
+request from a signal), and what the progress line says. Workloads (`bench.training.trainers`: the
+custom loop, Keras fit, forward passes) own only the step and its input; `Workload` below is what the
+controller calls on them. One exception, as in Keras itself: `model.fit` cannot be called window by
+window, so a workload that `drives_own_loop` (the fit baseline) runs once and calls the controller
+back around each chunk. The controller holds no framework state and no global state, so the same
+object runs in one process or in each worker of a multi-worker job. `Controller.run` returns a
+frozen `bench.results.rows.Measured`: the row is built from it, never from the controller.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import os
-import signal
+import math
 import sys
-import tempfile
-import threading
 import time
-import traceback
+from collections.abc import Callable
+from typing import Protocol
 
-from bench.config import defaults, options, setup_checks, validation
-from bench.config.identity import RunIdentity
-from bench.config.options import ConfigError, RunConfig
-from bench.results import rows, table
-from bench.runner import autotune
+from bench.results.rows import Measured
+from bench.runner.timing import Chrono
 
-EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_DIVERGED = 0, 1, 2, 3
-EXIT_SIGNAL = {"SIGINT": 130, "SIGTERM": 143}  # 128 + the signal's number, as shells report it
+
+@dataclasses.dataclass(frozen=True)
+class RunHooks:
+    """What a caller of `bench.runner.benchmark.run` adds to a run (a multi-worker worker's own rules)."""
+
+    checkpoint_manager: Callable | None = None  # (tf.train.Checkpoint, strategy) -> manager
+    on_step: Callable | None = None  # on_step(step) after each window; a returned reason stops the run
+    extra_marks: tuple = ()  # more steps a window must end at
+
+
+class Workload(Protocol):
+    """What the controller calls on a trainer (or on inference's forward passes)."""
+
+    can_evaluate: bool  # there is a test set to evaluate on
+    fixed_window: int | None  # every window has exactly this many steps (Keras fit), or None
+    drives_own_loop: bool  # True: `drive(controller)` runs the loop and calls the controller back
+    value_name: str  # what a window's value is ("loss"; inference: "mean logit")
+    xla_scope: str  # what XLA compiles: step | forward_backward | forward | none
+
+    def run_steps(self, num_steps: int):
+        """`num_steps` steps in one call; returns the window's value (a tensor)."""
+
+    def drive(self, controller: Controller) -> None:
+        """Run the whole loop, calling back `controller.begin_window`/`end_window`/`window_done`."""
+
+    def evaluate(self) -> tuple[float, float, int]:
+        """(test accuracy, mean test loss, images evaluated)."""
+
+    def steps_done(self) -> int:
+        """Steps already trained (restored from a checkpoint)."""
+
+    def skipped_steps(self) -> int | None:
+        """Steps skipped by mixed_float16 loss scaling so far (None: not counted)."""
+
+    def learning_rate(self) -> float | None:
+        """The learning rate the last step applied (None: not known)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """The run's shape in steps (all counts are global optimizer steps)."""
+
+    total_steps: int
+    start_step: int = 0  # steps already trained (a resumed run)
+    warmup_steps: int = 10
+    steps_per_loop: int = 10
+    eval_every: int | None = None
+    checkpoint_every: int | None = None
+    profile_steps: tuple | None = None  # (first, last)
+    fixed_window: int | None = None  # every window has exactly this many steps (Keras fit's steps_per_execution)
+    extra_marks: tuple = ()  # more steps a window must end at (multi-worker fault injection)
+
+    def next_mark(self, step):
+        """The first step after `step` at which a window must end (warm-up end, evals, checkpoints, profile
+        edges, extra marks, the end). Computed from the cadences, never from a list of every mark: a long
+        run with a short cadence would hold millions of them."""
+        total, start = self.total_steps, self.start_step
+        candidates = [total, min(total, start + max(self.warmup_steps, 1)), start + 1, *self.extra_marks]
+        for every in (self.eval_every, self.checkpoint_every):
+            if every:
+                candidates.append((step // every + 1) * every)
+        if self.profile_steps:
+            candidates.extend((self.profile_steps[0] - 1, self.profile_steps[1]))
+        return min(m for m in candidates if step < m and start < m <= total)
+
+
+@dataclasses.dataclass(frozen=True)
+class Window:
+    start: int  # steps done before it
+    steps: int
+    kind: str  # first | warmup | timed | untimed (see bench.runner.timing.Chrono)
+
+    @property
+    def end(self):
+        return self.start + self.steps
 
 
 @dataclasses.dataclass
-class Outcome:
-    status: str  # ok | diverged | interrupted | failed | skipped (a resumed run that had already finished)
-    row: dict
-    exit_code: int
-    chrono: object = None  # the run's bench.runner.timing.Chrono (for inspection)
+class Progress:
+    """What survives restarts of a checkpointed run."""
+
+    train_seconds: float = 0.0  # training seconds of earlier processes
+    best_accuracy: float = -1.0
+    time_to_target: float = -1.0
 
 
-def run(cfg: RunConfig, command="", out=sys.stdout, write_row=True, on_eval=None, hooks=None) -> Outcome:
-    """One benchmark run. Raises ConfigError for bad input before any work is done.
+class Controller:
+    """Drives one run's windows through a trainer; see the module docstring."""
 
-    A run that got past the up-front checks (`validate`, the results path) ends in exactly
-    one row: ok, diverged, interrupted or failed, whatever went wrong while setting it up (a checkpoint
-    that does not restore, a corrupted data file, memory) or training it; only what the devices and the
-    data tell `check_setup` is still bad input (ConfigError, nothing written).
+    def __init__(
+        self,
+        plan: Plan,
+        workload: Workload,
+        batch_size,
+        *,
+        out=sys.stdout,
+        target_accuracy=None,
+        checkpointer=None,
+        summaries=None,
+        profiler=None,
+        on_eval=None,
+        progress=None,
+        on_step=None,
+        clock=time.perf_counter,
+    ):
+        self.plan, self.workload, self.batch_size = plan, workload, batch_size
+        self.out, self.target_accuracy = out, target_accuracy
+        self.checkpointer, self.summaries, self.profiler = checkpointer, summaries, profiler
+        self.on_eval = on_eval  # on_eval(step, accuracy): a sweep reports to its scheduler
+        # on_step(step) after each window (a multi-worker worker: fault injection, the driver's stop
+        # request); a truthy return is a stop reason ("SIGINT"), as if a signal had come here
+        self.on_step = on_step
+        self.progress = progress or Progress()
+        self.chrono = Chrono()
+        self.clock = clock
+        self.step = plan.start_step
+        self.final_loss = None
+        self.last_accuracy = None
+        self.first_step_at = None
+        self.stop_requested = None  # a reason (e.g. "SIGINT") set from a signal handler
+        self.status, self.error = "ok", ""
+        self.display = ProgressLine(out, plan.total_steps, batch_size, workload.value_name)
+        self._profiling = False
+        self._saved_at = None
+        self._last_seconds = None
+        self._skipped_seen = None
 
-    `write_row=False` leaves the row to the caller (a sweep's driver writes every
-    trial's row itself). `on_eval(step, accuracy, partial_row)` is called after each
-    evaluation (a sweep reports it to its scheduler). `hooks`: a
-    `bench.runner.controller.RunHooks` from the caller (a multi-worker worker's checkpoint
-    rule and fault injection); this module knows nothing of multi-worker runs.
+    # -- the loop -------------------------------------------------------------
+
+    def run(self) -> Measured:
+        """Train to the end (or a stop); return what was measured (status: ok | diverged | interrupted)."""
+        if self.step:
+            print(f"resumed from step {self.step} of {self.plan.total_steps}", file=self.out, flush=True)
+        self._skipped_seen = self.workload.skipped_steps()  # a resumed run restored its count
+        if self.workload.drives_own_loop:  # Keras fit: the workload calls back (see the module docstring)
+            self.workload.drive(self)
+        else:
+            for window in self.windows():
+                if self.window_done(window, self.train_window(window)):
+                    break
+        self.display.close()
+        if self.status == "ok" and self.stop_requested:
+            self.status, self.error = "interrupted", f"stopped by {self.stop_requested} at step {self.step}"
+        # An interrupted run skips the final evaluation: its row must land within a preemption's grace
+        # period (Kubernetes gives 30 s); it keeps the accuracy of its last scheduled evaluation, if any.
+        if self.status == "ok" and self.last_accuracy is None and self.workload.can_evaluate:
+            self.evaluate()
+        if self.checkpointer and self.status != "diverged" and self._saved_at != self.step:
+            self.save()
+        return self.measured()
+
+    def measured(self, status=None, error=None) -> Measured:
+        """The record of what was measured so far (`status`/`error` override the run's own: a sweep's
+        scheduler reads a partial record after each evaluation)."""
+        chrono, progress = self.chrono, self.progress
+        return Measured(
+            status=status or self.status,
+            error=self.error if error is None else error,
+            steps=self.step,
+            timed=chrono.throughput(self.batch_size),
+            compile_s=chrono.compile_seconds(),
+            first_step_at=self.first_step_at,
+            train_time_s=self.train_seconds() if chrono.first_call_s is not None else None,
+            final_loss=self.final_loss,
+            last_accuracy=self.last_accuracy,
+            best_accuracy=progress.best_accuracy if progress.best_accuracy >= 0 else None,
+            time_to_target_s=progress.time_to_target if progress.time_to_target >= 0 else None,
+            skipped_steps=self.workload.skipped_steps(),
+            xla_scope=self.workload.xla_scope,
+            windows=tuple(chrono.windows),
+            warmup=tuple(chrono.warmup),
+            untimed=tuple(chrono.untimed),
+        )
+
+    def windows(self):
+        """The windows still to train, computed one at a time from the step reached."""
+        plan = self.plan
+        warm_end = min(plan.total_steps, plan.start_step + max(plan.warmup_steps, 1))
+        while self.step < self._last_step() and not self.stop_requested:
+            yield self._next_window(warm_end)
+
+    def _last_step(self):
+        q = self.plan.fixed_window or 1
+        return self.plan.total_steps // q * q
+
+    def _next_window(self, warm_end):
+        plan, step = self.plan, self.step
+        if plan.fixed_window:  # Keras fit: whole steps_per_execution chunks, no marks inside
+            steps = plan.fixed_window
+        else:
+            steps = min(plan.steps_per_loop, plan.next_mark(step) - step)
+        if step == plan.start_step:
+            kind = "first"
+        elif step < warm_end:
+            kind = "warmup"
+        else:
+            kind = "untimed" if self._profiling or self._profile_starts(step) else "timed"
+        return Window(step, steps, kind)
+
+    def _profile_starts(self, step):
+        return bool(self.plan.profile_steps) and step + 1 == self.plan.profile_steps[0]
+
+    def train_window(self, window: Window):
+        """One training call of `window.steps` steps, timed by the chrono; return its loss."""
+        self.begin_window(window)
+        loss = self.workload.run_steps(window.steps)
+        return self.end_window(window, loss)
+
+    def begin_window(self, window: Window):
+        """Open a window (for trainers that are called back, such as Keras fit)."""
+        if self._profile_starts(window.start) and self.profiler:
+            self.profiler.start()
+            self._profiling = True
+        self.chrono.begin()
+
+    def end_window(self, window: Window, loss):
+        """Sync and close `window`; return its loss as a float."""
+        seconds = self.chrono.end(window.steps, window.kind, loss)
+        if window.kind == "first":
+            self.first_step_at = self.clock()
+        self._last_seconds = seconds
+        return float(loss)
+
+    def window_done(self, window: Window, loss):
+        """Bookkeeping after a window; True when training must end (diverged, target reached)."""
+        self.step = window.end
+        stop = self.on_step(self.step) if self.on_step else None
+        if stop and not self.stop_requested:
+            self.stop_requested = stop
+        if self._profiling and self.step >= self.plan.profile_steps[1]:
+            self.profiler.stop()
+            self._profiling = False
+        self.final_loss = loss
+        if not math.isfinite(loss):
+            self.status = "diverged"
+            self.error = f"non-finite training loss ({loss}) in steps {window.start + 1}-{window.end}"
+            return True
+        rate = window.steps * self.batch_size / self._last_seconds
+        if self.summaries:
+            values = {"train/loss": loss, "train/images_per_sec": rate}
+            lr = self.workload.learning_rate()  # the custom loop: the lr its last step used
+            if lr is not None:
+                values["train/learning_rate"] = lr
+            self.summaries.scalars(self.step, values)
+        self.display.update(self.step, loss, self.chrono)
+        self._report_skipped()
+        reached = self._maybe_evaluate()
+        if self.checkpointer and (self._due(self.plan.checkpoint_every) or reached):
+            self.save()
+        return reached
+
+    def _report_skipped(self):
+        """A log line when mixed_float16's loss scaling skipped steps in the window (read after it closed)."""
+        skipped = self.workload.skipped_steps()
+        if skipped is not None and skipped > self._skipped_seen:
+            self.display.message(
+                f"by step {self.step}: {skipped - self._skipped_seen} step(s) skipped "
+                f"(non-finite gradients on a replica; loss scale lowered)"
+            )
+            self._skipped_seen = skipped
+
+    def _due(self, every):
+        return bool(every) and (self.step % every == 0 or self.step == self.plan.total_steps)
+
+    # -- evaluation and checkpoints -------------------------------------------
+
+    def _maybe_evaluate(self):
+        if not self._due(self.plan.eval_every) or not self.workload.can_evaluate:
+            return False
+        return self.evaluate()
+
+    def evaluate(self):
+        """Test accuracy now; True when the target accuracy is reached for the first time."""
+        accuracy, loss, count = self.workload.evaluate()
+        self.last_accuracy = accuracy
+        self.progress.best_accuracy = max(self.progress.best_accuracy, accuracy)
+        self.display.message(
+            f"eval at step {self.step}: test accuracy {accuracy:.4f} (loss {loss:.4f}, {count} images)"
+        )
+        if self.summaries:
+            self.summaries.scalars(self.step, {"eval/accuracy": accuracy})
+        if self.on_eval:
+            self.on_eval(self.step, accuracy)
+        target = self.target_accuracy
+        if target is not None and accuracy >= target and self.progress.time_to_target < 0:
+            self.progress.time_to_target = self.train_seconds()
+            self.display.message(f"target accuracy {target} reached after {self.train_seconds():.1f} s of training")
+            return True
+        return False
+
+    def save(self):
+        self.checkpointer.save(self.step, dataclasses.replace(self.progress, train_seconds=self.train_seconds()))
+        self._saved_at = self.step
+
+    def train_seconds(self):
+        """Training time over all restarts of this run (compile included, eval and checkpoints not)."""
+        return self.progress.train_seconds + self.chrono.train_seconds
+
+
+def _clock_text(seconds):
+    """H:MM:SS, hours unbounded (a paper-recipe run on a CPU takes days)."""
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours:02d}:{minutes:02d}:{secs:02d}"
+
+
+class ProgressLine:
+    """Progress on the console: a line rewritten after every window on a terminal, a few lines otherwise.
+
+    The ETA counts only windows after the first (compiling) call, so it is honest
+    from the first warm-up or timed window on.
     """
-    started = time.perf_counter()
-    cfg = validation.validate(cfg)
-    table.check_results_path(cfg.results)
-    identity = RunIdentity(cfg)
-    if identity.finished:
-        print(identity.finished_line(cfg), file=out)
-        return Outcome("skipped", {}, EXIT_OK)
-    try:
-        with _on_signals(_interrupt):  # until the controller can stop between windows
-            # autotune before TensorFlow's import (its probes may choose oneDNN); the same computation
-            cfg = autotune.settle(cfg, out)
-            cfg, controller, device_setup, facts = _set_up(cfg, identity, command, started, out, on_eval, hooks)
-    except ConfigError:
-        raise
-    except Interrupted as stop:
-        return _ended_in_setup(
-            cfg,
-            identity,
-            command,
-            out,
-            write_row,
-            "interrupted",
-            f"stopped by {stop.name} while setting up",
-            EXIT_SIGNAL[stop.name],
-        )
-    except Exception as exc:  # noqa: BLE001 - any failure becomes the row's error
-        error = first_line(exc)
-        log = save_traceback(exc, cfg.results, identity.run_id)
-        print(
-            f"error: run {identity.run_id} failed while setting up: {error} (traceback: {log})",
-            file=sys.stderr,
-            flush=True,
-        )
-        return _ended_in_setup(cfg, identity, command, out, write_row, "failed", error, EXIT_FAILED)
-    from bench.runner import assembly  # imported by the setup already (it needs TensorFlow)
 
-    if controller.step >= controller.plan.total_steps:  # killed after its last checkpoint, before its row
-        print(
-            f"the checkpoint in {cfg.checkpoint_dir} is at step {controller.step} of {controller.plan.total_steps}: "
-            f"nothing is left to train or time, so no row is written (a row that measured nothing would read as "
-            f"a measurement); use a new --checkpoint_dir to measure again",
-            file=out,
-            flush=True,
-        )
-        identity.save(finished=True)
-        return Outcome("skipped", {}, EXIT_OK)
+    def __init__(self, out, total_steps, batch_size, label="loss", every_seconds=30.0):
+        self.out, self.total, self.batch_size, self.label = out, total_steps, batch_size, label
+        self.tty = hasattr(out, "isatty") and out.isatty()
+        self.every = every_seconds
+        self._last = None
+        self._dirty = False
 
-    with _on_signals(_request_stop(controller)):
-        status, error, code = _train(controller, cfg, identity.run_id)
-    late = _Deferred()
-    with _on_signals(late):  # a signal now waits for the row: it is never lost to a late Ctrl-C or SIGTERM
-        if status != "interrupted":  # a stopped run's row comes first: no peak re-measurement (~20 s)
-            facts = assembly.checked_peak(cfg, device_setup, facts, controller)
-        row = rows.run_row(cfg, facts, controller, status, error)
-        where, code = _conclude(cfg, identity, row, write_row, code)
-        print(rows.summary_text(row, where), file=out, flush=True)
-    if late.name and code == EXIT_OK:
-        code = EXIT_SIGNAL[late.name]
-    return Outcome(status, row, code, controller.chrono)
+    def update(self, step, loss, chrono: Chrono):
+        parts = chrono.warmup + chrono.windows + chrono.untimed
+        steps, seconds = sum(s for s, _ in parts), sum(t for _, t in parts)
+        rate = f"{steps * self.batch_size / seconds:8.1f} img/s" if seconds else "      -- img/s"
+        eta = _clock_text((self.total - step) * seconds / steps) if steps else "--:--:--"
+        width = len(str(self.total))
+        bar = "#" * int(20 * step / self.total)
+        text = f"step {step:>{width}}/{self.total} [{bar:<20}] {self.label} {loss:7.4f} | {rate} | ETA {eta}"
+        now = time.monotonic()
+        if self.tty:
+            self.out.write("\r" + text)
+            self._dirty = True
+        elif self._last is None or now - self._last >= self.every or step == self.total:
+            self.out.write(text + "\n")
+            self._last = now
+        self.out.flush()
 
+    def message(self, text):
+        self.close()
+        print(f"  {text}", file=self.out, flush=True)
 
-def _set_up(cfg, identity, command, started, out, on_eval, hooks):
-    """(resolved cfg, controller, device setup, row facts): devices, data, `check_setup`, model, restore."""
-    # TensorFlow is imported here, by the device setup, which makes the oneDNN choice first (it is fixed at
-    # TensorFlow's import); the modules that use TensorFlow are imported only after it.
-    from bench.hardware import devices
-
-    device_setup = devices.setup(cfg)
-    from bench.runner import assembly
-    from bench.training import data
-
-    source = data.resolve(cfg)
-    setup_checks.check_setup(
-        cfg,
-        setup_checks.SetupFacts(
-            **device_setup.facts, data_kind=source.kind, data_problem=source.problem, train_images=source.train_images
-        ),
-    )
-    devices.warn_if_emulated(cfg, device_setup.device_kind)
-    if source.warning:
-        print(source.warning, file=sys.stderr, flush=True)
-    cfg = defaults.resolve(cfg, device_setup.device_kind, device_setup.num_replicas)
-    identity.save(finished=False)
-    controller, facts = assembly.controller_for(
-        cfg, device_setup, source, identity.run_id, command, started, out, hooks
-    )
-    if on_eval:
-        controller.on_eval = lambda step, acc: on_eval(
-            step, acc, rows.run_row(cfg, facts, controller, "stopped", "stopped by the sweep's scheduler")
-        )
-    return cfg, controller, device_setup, facts
-
-
-def _ended_in_setup(cfg, identity, command, out, write_row, status, error, code):
-    """The row of a run that ended before training: what the configuration says, and why."""
-    row = {**rows.config_row(cfg, status, error), "run_id": identity.run_id, "command": command}
-    where, code = _conclude(cfg, identity, row, write_row, code)
-    print(
-        f"status  {status} ({error}); row in {where}" if write_row else f"status  {status} ({error})",
-        file=out,
-        flush=True,
-    )
-    return Outcome(status, row, code)
-
-
-def _conclude(cfg, identity, row, write_row, code):
-    """(where the row is, exit code): the row appended, or kept beside a table that cannot take it (exit 1)."""
-    where = table.save_row(cfg.results, row) if write_row else cfg.results
-    if where != cfg.results:  # the error line says where it is
-        code = EXIT_FAILED
-    if (
-        cfg.strategy != options.MULTI_WORKER and identity.saved
-    ):  # a worker's attempt may be retried: its driver concludes
-        identity.conclude(row["run_id"], row["status"], where if where != cfg.results else None)
-    return where, code
-
-
-def first_line(exc):
-    """An exception as one line (a row's `error`): its type and the first non-empty line of its message."""
-    line = next((ln.strip() for ln in str(exc).strip().splitlines() if ln.strip()), "")
-    return (f"{type(exc).__name__}: {line}" if line else type(exc).__name__)[:500]
-
-
-def save_traceback(exc, results_path=None, name=None):
-    """Write `exc`'s traceback to `<results folder>/tracebacks/<name>.txt` (else the temp folder); return the path.
-
-    Failures are one line on stderr; the whole traceback is kept here for whoever debugs them.
-    """
-    text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-    name = name or f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
-    folders = [os.path.join(os.path.dirname(os.path.abspath(results_path)), "tracebacks")] if results_path else []
-    for folder in folders + [tempfile.gettempdir()]:
-        path = os.path.join(folder, f"{name}.txt" if folder != tempfile.gettempdir() else f"bench-{name}.txt")
-        try:
-            os.makedirs(folder, exist_ok=True)
-            with open(path, "w", encoding="utf-8", errors="replace") as fh:
-                fh.write(text)
-            return path
-        except OSError:
-            continue
-    return "not saved (no writable folder)"
-
-
-def _train(controller, cfg, run_id):
-    """(status, error, exit code) of the controller's run; a crash mid-run still gives a row saying so."""
-    try:
-        status, error = controller.run()
-    except Exception as exc:  # noqa: BLE001 - any failure becomes the row's error
-        error = first_line(exc)
-        log = save_traceback(exc, cfg.results, run_id)
-        print(
-            f"error: run {run_id} failed at step {controller.step}: {error} (traceback: {log})",
-            file=sys.stderr,
-            flush=True,
-        )
-        return "failed", error, EXIT_FAILED
-    if status == "diverged":
-        return status, error, EXIT_DIVERGED
-    if status == "interrupted":
-        return status, error, EXIT_SIGNAL.get(controller.stop_requested, EXIT_FAILED)
-    return status, error, EXIT_OK
-
-
-class Interrupted(BaseException):
-    """Ctrl-C or SIGTERM while a run was being set up (before the controller could stop it between windows)."""
-
-    def __init__(self, name):
-        super().__init__(name)
-        self.name = name
-
-
-def _interrupt(signum, frame):
-    raise Interrupted(signal.Signals(signum).name)
-
-
-def _request_stop(controller):
-    """Ctrl-C or SIGTERM while training: finish the current window, then stop with a row; a second one exits
-    at once, writing nothing."""
-
-    def request_stop(signum, frame):
-        name = signal.Signals(signum).name
-        if controller.stop_requested:  # the second one: leave now, writing nothing
-            os.write(2, f"\n{name} again: exiting now\n".encode())
-            os._exit(EXIT_SIGNAL.get(name, EXIT_FAILED))
-        controller.stop_requested = name
-        print(f"\n{name}: stopping after the current window (again to exit at once)", file=sys.stderr, flush=True)
-
-    return request_stop
-
-
-class _Deferred:
-    """A handler for Ctrl-C / SIGTERM that only notes the signal (the row is being written)."""
-
-    def __init__(self):
-        self.name = None
-
-    def __call__(self, signum, frame):
-        self.name = signal.Signals(signum).name
-        os.write(2, f"\n{self.name}: writing the row first\n".encode())
-
-
-@contextlib.contextmanager
-def _on_signals(handler):
-    """`handler` for Ctrl-C and SIGTERM inside the block, the previous handlers after it.
-
-    Signal handlers can only be installed from the main thread (not inside a Ray
-    worker's training thread, where Ray handles termination itself).
-    """
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler)
+    def close(self):
+        if self._dirty:
+            self.out.write("\n")
+            self.out.flush()
+            self._dirty = False

@@ -1,7 +1,7 @@
 """What a run writes besides its row: checkpoints, TensorBoard summaries, profiler traces.
 
 Small wrappers over TensorFlow's own tools (`tf.train.CheckpointManager`,
-`tf.summary`, `tf.profiler`), so that `bench.runner.controller` decides *when* and
+`tf.summary`, `tf.profiler`), so that `bench.runner.loop.Controller` decides *when* and
 these decide *how*.
 """
 
@@ -11,7 +11,7 @@ import os
 
 import tensorflow as tf
 
-from bench.runner.controller import Progress
+from bench.runner.loop import Progress
 
 
 class Checkpointer:

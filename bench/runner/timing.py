@@ -24,13 +24,6 @@ class Chrono:
         self.windows = []  # (steps, seconds) of timed calls
         self.untimed = []  # (steps, seconds) of calls excluded on purpose (profiling)
 
-    def call(self, fn, *args, steps, kind):
-        """Run `fn(*args)` as one window of `steps` steps; kind is first | warmup | timed | untimed."""
-        self.begin()
-        out = fn(*args)
-        seconds = self.end(steps, kind, out)
-        return out, seconds
-
     def begin(self):
         """Sync, then start a window (for loops that call back, such as Keras fit)."""
         self._sync()

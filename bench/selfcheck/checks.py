@@ -210,7 +210,11 @@ def check_peak_vs_datasheet(env):
     dtype = spec.COMPUTE_DTYPE[env.precision]
     tf32 = peak.tf32_in_effect(env.precision) if env.kind == "GPU" else False
     size = PEAK_MAX_SIZE[env.kind]
-    targets = list(zip(env.names, env.device_names)) if env.kind == "GPU" else [(env.names[0], env.device_names[0])]
+    targets = (
+        list(zip(env.replica_devices, env.replica_models))
+        if env.kind == "GPU"
+        else [(env.replica_devices[0], env.replica_models[0])]
+    )
     items, reasons = [], []
     for device, model in targets:
         measured = peak.measure(device, dtype, max_size=size) / 1000.0  # TFLOP/s
@@ -229,7 +233,7 @@ def check_peak_vs_datasheet(env):
             )
         )
     if len(reasons) == len(targets):  # nothing to compare with: a skip, not a failure
-        reason = f"no datasheet figure for {env.device_names[0]}" if env.kind == "CPU" else reasons[0]
+        reason = f"no datasheet figure for {env.replica_models[0]}" if env.kind == "CPU" else reasons[0]
         return verdict(name, items, skip=reason)
     return verdict(name, items)
 
@@ -262,12 +266,12 @@ def augmented_crops(env, n):
 
     tf = env.tf
     image = coordinate_image()
-    with tf.device(env.names[0]):
+    with tf.device(env.replica_devices[0]):
         device = augment.pad_crop_flip(
             tf.constant(np.broadcast_to(image, (n, 32, 32, 3))), augment.step_seed(1, 0, 0)
         ).numpy()
     tf.random.set_seed(1)  # the host path draws from TF's stateful RNG: fix its op seeds
-    ds = tf.data.Dataset.from_tensors((image, 0)).repeat(n).map(data.augment).batch(4096)
+    ds = tf.data.Dataset.from_tensors((image, 0)).repeat(n).map(data.augment_image).batch(4096)
     host = np.concatenate([x.numpy() for x, _ in ds])
     return device, host
 

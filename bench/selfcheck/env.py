@@ -53,16 +53,16 @@ def verdict(name, items, skip=None):
 class Env:
     tf: object
     kind: str  # GPU | CPU
-    names: list  # replica devices, e.g. ["/gpu:0", "/gpu:1"]
-    device_names: list  # model names of the replica devices
-    one: object  # OneDeviceStrategy on names[0]
-    many: object  # MirroredStrategy over names (the one-device strategy when there is one)
+    replica_devices: list  # e.g. ["/gpu:0", "/gpu:1"]
+    replica_models: list  # the model of each
+    one: object  # OneDeviceStrategy on replica_devices[0]
+    many: object  # MirroredStrategy over replica_devices (the one-device strategy when there is one)
     precision: str  # for the peak check
     batch_norm: str  # the BN implementation a run uses by default here
 
     @property
     def replicas(self):
-        return len(self.names)
+        return len(self.replica_devices)
 
 
 def setup(cpu_replicas, precision):
@@ -72,19 +72,21 @@ def setup(cpu_replicas, precision):
     tf = devices.import_tensorflow()
     # Each check builds its own step functions, which TF then warns are "retracing": by design here.
     tf.get_logger().setLevel("ERROR")
-    names = list(found.names)
+    names = list(found.replica_devices)
     one = tf.distribute.OneDeviceStrategy(names[0])
     many = found.strategy if len(names) > 1 else one
     batch_norm = defaults.resolve_batch_norm(run, found.device_kind)
-    return Env(tf, found.device_kind, names, list(found.device_names), one, many, precision, batch_norm)
+    return Env(tf, found.device_kind, names, list(found.replica_models), one, many, precision, batch_norm)
 
 
 def header(env, requested_cpu_replicas):
     tf = env.tf
     if env.kind == "GPU":
-        where = f"{env.replicas} GPU(s): " + ", ".join(f"{n} {d}" for n, d in zip(env.names, env.device_names))
+        where = f"{env.replicas} GPU(s): " + ", ".join(
+            f"{n} {d}" for n, d in zip(env.replica_devices, env.replica_models)
+        )
     else:
-        where = f"CPU {env.device_names[0]!r} split into {len(tf.config.list_logical_devices('CPU'))} logical devices"
+        where = f"CPU {env.replica_models[0]!r} split into {len(tf.config.list_logical_devices('CPU'))} logical devices"
         if env.replicas < requested_cpu_replicas:
             where += f" (asked for {requested_cpu_replicas}: TensorFlow had already started)"
     strategy = "MirroredStrategy" if env.replicas > 1 else "one device"
@@ -93,7 +95,7 @@ def header(env, requested_cpu_replicas):
         [
             f"bench.check: TensorFlow {tf.__version__}, Keras {keras.__version__}, Python {sys.version.split()[0]}",
             f"devices: {where}",
-            f"replicas: {env.replicas} ({strategy} over {', '.join(env.names)}), {PER_REPLICA} images per replica",
+            f"replicas: {env.replicas} ({strategy} over {', '.join(env.replica_devices)}), {PER_REPLICA} images per replica",
             f"oneDNN CPU kernels: {'on' if devices.onednn_enabled() else 'off'}; TF32 enabled: {tf32}",
             f"model: ResNet-{6 * N_BLOCKS + 2} (preact, B), BN {env.batch_norm}; peak check precision: {env.precision}",
         ]
@@ -177,4 +179,6 @@ def loss_item(label, ref, other, rtol):
 
 
 def skip_one_replica(env, name):
-    return verdict(name, [], skip=f"one replica ({env.names[0]}): nothing to compare; needs 2 or more devices")
+    return verdict(
+        name, [], skip=f"one replica ({env.replica_devices[0]}): nothing to compare; needs 2 or more devices"
+    )

@@ -1,6 +1,6 @@
 """CIFAR augmentation on the device, batched: 4-pixel zero pad, random 32x32 crop, random flip.
 
-The same distribution as the host path (`bench.training.data.augment`, per image in
+The same distribution as the host path (`bench.training.data.augment_image`, per image in
 tf.data): each image independently gets a crop offset (dy, dx) uniform over the
 9 x 9 = 81 positions of a 32x32 window in the 40x40 zero-padded image, and a
 horizontal flip with probability 1/2, independent of the offset.

@@ -1,9 +1,10 @@
 """CIFAR-10 input: tensorflow-datasets, the binary files, or synthetic batches on the device.
 
 Every source yields uint8 images (32x32x3, HWC) and int32 labels; augmentation
-(4-pixel zero pad, random 32x32 crop, horizontal flip) runs in tf.data, the
-per-channel normalisation runs on the device inside the step (`normalize`), so
-only uint8 crosses to the accelerator. Files are read with tf.data
+(4-pixel zero pad, random 32x32 crop, horizontal flip) runs either here in tf.data, per
+image (`augment_image`, `--augment host`), or batched inside the step on the device
+(`bench.training.augment`, `--augment device`); the per-channel normalisation runs on the
+device inside the step (`normalize`), so only uint8 crosses to the accelerator. Files are read with tf.data
 (`FixedLengthRecordDataset`); nothing is ever unpickled.
 """
 
@@ -113,7 +114,7 @@ def _tfds_quiet():
 # Augmentation, normalisation, distribution
 
 
-def augment(image, label, seed=None):
+def augment_image(image, label, seed=None):
     """4-pixel zero pad, random 32x32 crop, random horizontal flip (uint8 in, uint8 out)."""
     padded = tf.pad(image, [[4, 4], [4, 4], [0, 0]])
     image = tf.image.random_crop(padded, IMAGE_SHAPE, seed=seed)
@@ -193,7 +194,7 @@ def distribute_train(strategy, source, global_batch, seed, on_host=True):
         ds = ds.cache() if source.kind != "tfds" else ds
         ds = ds.shuffle(SHUFFLE_BUFFER, seed=seed, reshuffle_each_iteration=True).repeat()
         if on_host:
-            ds = ds.map(augment, num_parallel_calls=tf.data.AUTOTUNE, deterministic=seed is not None)
+            ds = ds.map(augment_image, num_parallel_calls=tf.data.AUTOTUNE, deterministic=seed is not None)
         ds = ds.batch(per_replica, drop_remainder=True)  # static shapes (XLA, no retracing)
         return ds.prefetch(tf.data.AUTOTUNE)
 

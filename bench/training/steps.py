@@ -102,7 +102,7 @@ class StepFunctions:
             # Trap: under MirroredStrategy the optimizer's slots must exist before the first
             # traced step, or the first call fails with an unfed placeholder.
             optimizer.build(model.trainable_variables)
-            self.step = global_step_variable() if step is None else step
+            self.global_step = global_step_variable() if step is None else step
             # Steps the loss scaling skipped because some replica's gradients overflowed.
             self.skipped_steps = tf.Variable(
                 0,
@@ -209,9 +209,9 @@ class StepFunctions:
         """Run `num_steps` steps; return the mean cross-entropy of these steps (float32 scalar)."""
         total = tf.constant(0.0, tf.float32)
         for _ in tf.range(num_steps):
-            self.step.assign_add(1)
+            self.global_step.assign_add(1)
             images, labels = next(iterator)
-            ce, skipped, lr = self.strategy.run(self._step_fn, args=(images, labels, self.step.read_value()))
+            ce, skipped, lr = self.strategy.run(self._step_fn, args=(images, labels, self.global_step.read_value()))
             total += self.strategy.reduce(tf.distribute.ReduceOp.SUM, ce, axis=None)
             # Every replica holds the same all-reduced value: take replica 0's, no collective.
             self.skipped_steps.assign_add(self.strategy.experimental_local_results(skipped)[0])

@@ -1,11 +1,11 @@
-"""Trainers: what owns the step and its input. The custom loop, the Keras `fit` baseline and inference, as siblings.
+"""Workloads: what owns the step and its input. The custom loop, the Keras `fit` baseline and inference, as siblings.
 
-Like orbit's trainers, they are called by `bench.runner.controller.Controller`, which
-owns the loop: `train(num_steps)` runs that many steps in one call and returns the
-loss, `evaluate()` returns (accuracy, mean loss, images); besides `can_evaluate`,
-`checkpoint_objects()`, `steps_done()`, `skipped_steps()` and the facts a row needs
-(`params`, `batch_norm`, `augment`, `xla_scope`). The fit baseline alone has
-`drive(controller)` instead of `train`: Keras runs the loop and calls the controller back.
+Like orbit's trainers, they are called by `bench.runner.loop.Controller`, which owns the loop,
+through its `Workload` protocol: `run_steps(num_steps)` runs that many steps in one call and
+returns the window's value, `evaluate()` returns (accuracy, mean loss, images); besides
+`can_evaluate`, `checkpoint_objects()`, `steps_done()`, `skipped_steps()`, `learning_rate()` and
+the facts a row needs (`params`, `batch_norm`, `augment`, `xla_scope`). The fit baseline alone
+`drives_own_loop`: Keras runs the loop and calls the controller back.
 
 `--loop fit` runs the same model, data, precision, strategy, batch and schedule
 through `model.fit`; the differences are Keras's own:
@@ -27,7 +27,6 @@ import math
 import keras
 import tensorflow as tf
 
-from bench.config.defaults import resolve_augment
 from bench.training import data
 from bench.training.steps import StepFunctions, global_step_variable, make_optimizer
 from resnet import spec
@@ -35,9 +34,9 @@ from resnet.model import build_resnet
 
 
 def build(cfg, device_setup, source, schedule):
-    """The trainer `cfg.loop` asks for, its model and optimizer built under the strategy."""
+    """The workload `cfg.mode` and `cfg.loop` ask for, its model and optimizer built under the strategy."""
     if cfg.mode == "inference":
-        return InferenceTrainer(cfg, device_setup, source, schedule)
+        return Inference(cfg, device_setup, source, schedule)
     trainer_class = FitTrainer if cfg.loop == "fit" else CustomLoopTrainer
     return trainer_class(cfg, device_setup, source, schedule)
 
@@ -71,8 +70,8 @@ class CustomLoopTrainer:
         self.model, self.optimizer, self.batch_norm = model_and_optimizer(
             cfg, device_setup.strategy, schedule, step=step
         )
-        self.augment = resolve_augment(cfg, device_setup.device_kind, source.kind)
-        self.steps = StepFunctions(
+        self.augment = cfg.augment  # resolved by bench.config.defaults.resolve: device | host | none
+        self.step_fns = StepFunctions(
             self.model,
             self.optimizer,
             device_setup.strategy,
@@ -87,8 +86,10 @@ class CustomLoopTrainer:
             step=step,
         )
         self.params = _count_params(self.model)
-        self.xla_scope = self.steps.xla_scope
+        self.xla_scope = self.step_fns.xla_scope
         self.fixed_window = None  # the controller sizes each window
+        self.drives_own_loop = False
+        self.value_name = "loss"
         self.can_evaluate = source.test is not None and source.test_images > 0
         self._eval = None
         self._iterator = None
@@ -97,25 +98,28 @@ class CustomLoopTrainer:
         return {
             "model": self.model,
             "optimizer": self.optimizer,
-            "step": self.steps.step,
-            "skipped_steps": self.steps.skipped_steps,
+            "step": self.step_fns.global_step,
+            "skipped_steps": self.step_fns.skipped_steps,
         }
 
     def skipped_steps(self):
-        return int(self.steps.skipped_steps.numpy())
+        return int(self.step_fns.skipped_steps.numpy())
 
     def learning_rate(self):
         """The learning rate the last step applied (the schedule at the global step)."""
-        return float(self.steps.last_learning_rate.numpy())
+        return float(self.step_fns.last_learning_rate.numpy())
 
     def steps_done(self):
-        return int(self.steps.step.numpy())
+        return int(self.step_fns.global_step.numpy())
 
-    def train(self, num_steps):
+    def drive(self, controller):
+        raise NotImplementedError("the controller drives the custom loop")
+
+    def run_steps(self, num_steps):
         """`num_steps` steps in one call (the input is created on the first: an iterator starts prefetching)."""
         if self._iterator is None:
             self._iterator = self._train_iterator(self.steps_done())
-        return self.steps.train(self._iterator, tf.constant(num_steps, tf.int32))
+        return self.step_fns.train(self._iterator, tf.constant(num_steps, tf.int32))
 
     def _train_iterator(self, start_step):
         """The training input from `start_step` on."""
@@ -133,7 +137,7 @@ class CustomLoopTrainer:
         if self._eval is None:
             self._eval = data.distribute_eval(self.device_setup.strategy, self.source, self.cfg.batch_size)
         dataset, batches = self._eval
-        correct, loss_sum, count = self.steps.eval_loop(iter(dataset), tf.constant(batches))
+        correct, loss_sum, count = self.step_fns.eval_loop(iter(dataset), tf.constant(batches))
         return float(correct) / float(count), float(loss_sum) / float(count), int(count)
 
 
@@ -149,8 +153,10 @@ class FitTrainer:
         # Keras's multi-step train function fails under MirroredStrategy with >= 2 replicas in
         # TF 2.21 (an unfed placeholder, like TF-STACK-NOTES trap 1): one step per call there.
         self.fixed_window = cfg.steps_per_loop if device_setup.num_replicas == 1 else 1
-        self.augment = resolve_augment(cfg, device_setup.device_kind, source.kind)  # host (or none): tf.data
+        self.augment = cfg.augment  # host (or none: synthetic), resolved by bench.config.defaults.resolve
         self.xla_scope = "step" if cfg.xla else "none"  # Keras compiles its whole train step
+        self.drives_own_loop = True  # Keras runs the loop; a callback opens and closes the windows
+        self.value_name = "loss"
         self.can_evaluate = source.test is not None and source.test_images > 0
         with device_setup.strategy.scope():
             self.model = keras.Sequential([keras.Input((32, 32, 3), dtype="uint8"), Normalize(), core])
@@ -173,6 +179,12 @@ class FitTrainer:
     def skipped_steps(self):
         return None  # Keras fit does not count the steps its loss scaling skips
 
+    def learning_rate(self):
+        return None  # not read back from Keras's loop
+
+    def run_steps(self, num_steps):
+        raise NotImplementedError("Keras fit runs its own loop (drive)")
+
     def drive(self, controller):
         windows = controller.windows()
         steps = controller.plan.total_steps // self.fixed_window * self.fixed_window
@@ -187,7 +199,7 @@ class FitTrainer:
             labels = g.uniform((cfg.batch_size,), 0, data.NUM_CLASSES, tf.int32)
             return tf.data.Dataset.from_tensors((images, labels)).repeat()
         ds = self.source.train.cache().shuffle(data.SHUFFLE_BUFFER, seed=cfg.seed).repeat()
-        ds = ds.map(data.augment, num_parallel_calls=tf.data.AUTOTUNE)
+        ds = ds.map(data.augment_image, num_parallel_calls=tf.data.AUTOTUNE)
         return ds.batch(cfg.batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
 
     def evaluate(self):
@@ -226,7 +238,7 @@ class Normalize(keras.layers.Layer):
         return data.normalize(images)
 
 
-class InferenceTrainer:
+class Inference:
     """`--mode inference`: forward passes only, one batch per step, each step its own window (its latency).
 
     Input: the test set, repeated (real data), or one batch made on each device (synthetic). The
@@ -242,10 +254,10 @@ class InferenceTrainer:
         self.value_name = "mean logit"  # what each window returns (the progress line shows it)
         self.params = _count_params(self.model)
         self.fixed_window = 1  # true per-batch latency percentiles
+        self.drives_own_loop = False
         self.can_evaluate = False
         forward = tf.function(self._forward, jit_compile=True) if cfg.xla else self._forward
         self._replica_forward = forward
-        self._loop = tf.function(self._infer)
         self._one = tf.function(self._infer_one)
         self._iterator = None
 
@@ -266,22 +278,20 @@ class InferenceTrainer:
         per_replica = self.device_setup.strategy.run(self._replica_forward, args=(images,))
         return self.device_setup.strategy.reduce(tf.distribute.ReduceOp.MEAN, per_replica, axis=None)
 
-    def _infer(self, iterator, num_steps):
-        strategy = self.device_setup.strategy
-        total = tf.constant(0.0)
-        for _ in tf.range(num_steps):
-            images, _ = next(iterator)
-            per_replica = strategy.run(self._replica_forward, args=(images,))
-            total += strategy.reduce(tf.distribute.ReduceOp.MEAN, per_replica, axis=None)
-        return total / tf.cast(num_steps, tf.float32)
+    def learning_rate(self):
+        return None
 
-    def train(self, num_steps):
-        """`num_steps` forward passes in one call; their mean logit (the controller calls every call training)."""
+    def drive(self, controller):
+        raise NotImplementedError("the controller drives the forward passes")
+
+    def run_steps(self, num_steps):
+        """One forward pass of one batch (every window is one: `fixed_window`; no in-graph loop around a single
+        batch, ~0.7 ms less per call at batch 1); returns its mean logit."""
+        if num_steps != 1:
+            raise ValueError(f"inference windows are one batch each, not {num_steps}")
         if self._iterator is None:
             self._iterator = self._input()
-        if num_steps == 1:  # every window (fixed_window): no in-graph loop around one batch (~0.7 ms at batch 1)
-            return self._one(self._iterator)
-        return self._loop(self._iterator, tf.constant(num_steps, tf.int32))
+        return self._one(self._iterator)
 
     def _input(self):
         cfg, strategy = self.cfg, self.device_setup.strategy

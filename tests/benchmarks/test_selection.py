@@ -106,7 +106,7 @@ def test_emulated_skip_reason_from_fake_and_real_cpuinfo():
     assert emulated_skip_reason("mixed_bfloat16", True, environ={}, cpuinfo_text=with_bf16) is None
     # This machine, through the real /proc/cpuinfo: every precision the benchmarks use gets a verdict
     # that agrees with the flags.
-    native = bool(cpu_features.cpu_flags() & {"avx512_bf16", "amx_bf16", "bf16"})
+    native = cpu_features.emulated_precision("mixed_bfloat16") is None
     for precision in PRECISION_IDS:
         skipped = emulated_skip_reason(precision, True, environ={}) is not None
         assert skipped == (precision == "mixed_bfloat16" and not native)
