@@ -12,7 +12,7 @@ ONEDNN_ENV = "TF_ENABLE_ONEDNN_OPTS"
 
 def xla_valid(cfg: RunConfig, num_replicas):
     """Whether XLA can compile this run: one replica, or neither sync BN nor Keras fit over replicas
-    (their all-reduces fail under XLA in TF 2.21, TF-STACK-NOTES 3; `validation.check_xla_over_replicas`)."""
+    (they fail under XLA in TF 2.21: WORKSPACE.md, "Traps": XLA over replicas; `validation.check_xla_over_replicas`)."""
     return num_replicas == 1 or (not cfg.sync_bn and cfg.loop == "ctl")
 
 

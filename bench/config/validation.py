@@ -151,7 +151,7 @@ def _check_combinations(cfg):
 
 
 def check_xla_over_replicas(cfg: RunConfig, replicas):
-    """XLA over two or more replicas fails for synchronized BN and for Keras fit in TF 2.21 (TF-STACK-NOTES 3)."""
+    """XLA over 2+ replicas fails for sync BN and Keras fit in TF 2.21 (WORKSPACE.md, "Traps": XLA over replicas)."""
     if not cfg.xla or replicas < 2:
         return
     if cfg.sync_bn:

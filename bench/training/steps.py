@@ -120,7 +120,7 @@ class StepFunctions:
                 aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA,
             )
         # XLA: on one replica the whole replica step (forward, backward, optimizer update) is one
-        # compiled executable; over several replicas only the forward/backward (TF-STACK-NOTES 3).
+        # compiled executable; over several only the forward/backward (WORKSPACE.md, "Traps": XLA over replicas).
         whole_step = xla and self.replicas == 1
         self.xla_scope = "step" if whole_step else ("forward_backward" if xla else "none")
         fb = self._forward_backward

@@ -151,7 +151,7 @@ class FitTrainer:
         )
         self.params = _count_params(core)
         # Keras's multi-step train function fails under MirroredStrategy with >= 2 replicas in
-        # TF 2.21 (an unfed placeholder, like TF-STACK-NOTES trap 1): one step per call there.
+        # TF 2.21 (an unfed placeholder, like WORKSPACE.md, "Traps": optimizer.build first): one step per call there.
         self.fixed_window = cfg.steps_per_loop if device_setup.num_replicas == 1 else 1
         self.augment = cfg.augment  # host (or none: synthetic), resolved by bench.config.defaults.resolve
         self.xla_scope = "step" if cfg.xla else "none"  # Keras compiles its whole train step
@@ -160,7 +160,7 @@ class FitTrainer:
         self.can_evaluate = source.test is not None and source.test_images > 0
         with device_setup.strategy.scope():
             self.model = keras.Sequential([keras.Input((32, 32, 3), dtype="uint8"), Normalize(), core])
-            self.optimizer.build(self.model.trainable_variables)  # TF-STACK-NOTES trap 1, as in the custom loop
+            self.optimizer.build(self.model.trainable_variables)  # WORKSPACE.md, "Traps": optimizer.build first
             self.model.compile(
                 optimizer=self.optimizer,
                 loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
