@@ -29,6 +29,7 @@ from bench.config import cli, options, validation
 from bench.config.options import ConfigError
 from bench.results import stats, table
 from bench.runner import processes
+from sweeps import table_compare
 
 COMPARE_FLAGS = (
     "a",
@@ -290,19 +291,17 @@ def main(argv):
     del argv  # cli.parse_flags refused stray arguments
     try:
         if FLAGS.base or FLAGS.new:
-            from sweeps import tables
-
             validation.check_comparison(
                 band_pct=FLAGS.band,
                 fail_pct=FLAGS.fail_on_regression,
                 base=FLAGS.base,
                 new=FLAGS.new,
                 arms=(FLAGS.a or "", FLAGS.b or ""),
-                unknown_vary=[c for c in FLAGS.vary if c not in tables.match_columns()],
+                unknown_vary=[c for c in FLAGS.vary if c not in table_compare.match_columns()],
             )
             for path in (FLAGS.base, FLAGS.new):
                 table.check_header(path)  # another file's header: ResultsError, below
-            return tables.main(FLAGS)
+            return table_compare.run(FLAGS)
         return run_arms(FLAGS)
     except (ConfigError, table.ResultsError) as err:
         return _bad_input(str(err))

@@ -178,7 +178,7 @@ def plot(matches, columns, path, band_pct):
     plt.close(fig)
 
 
-def main(values):
+def run(values):
     """--base/--new: write compare.md and plots/compare.png, print the flags; return the exit status."""
     base_df, new_df = report.load(values.base), report.load(values.new)
     vary_values = {
