@@ -8,7 +8,6 @@ matplotlib is imported only where a plot is drawn (a sweep's driver and `--help`
 
 from __future__ import annotations
 
-import io
 import os
 import sys
 import tempfile
@@ -18,7 +17,7 @@ from absl import app, flags
 
 from bench.config import cli
 from bench.results import metrics, table
-from sweeps import scaling
+from sweeps import files, scaling
 
 FLAGS = flags.FLAGS
 
@@ -300,18 +299,11 @@ def pareto_front(points):
 def _save(fig, out_dir, name):
     path = os.path.join(out_dir, name)
     fig.tight_layout()
-    save_figure(fig, path)
+    files.write_figure(fig, path)
     import matplotlib.pyplot as plt
 
     plt.close(fig)
     return path
-
-
-def save_figure(fig, path):
-    """A PNG replaced whole (rendered first, then renamed into place): never a half-written plot."""
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    table.replace_atomically(path, buf.getvalue())
 
 
 def build(results_path, out_dir, sweep=None, data=None, device=None):
@@ -330,7 +322,7 @@ def build(results_path, out_dir, sweep=None, data=None, device=None):
     scaled = scaling.build_scaling(df, out_dir)
     if scaled:
         pngs.append(scaled[1])
-    table.replace_atomically(md_path, text.encode("utf-8"))  # last: it names what the others hold
+    files.write_text(md_path, text)  # last: it names what the others hold
     return md_path, pngs
 
 

@@ -17,7 +17,7 @@ import os
 import numpy as np
 
 from bench.results import stats
-from sweeps import report
+from sweeps import files, report
 
 NOT_MATCHED = ("sweep",)  # a name, not a measurement
 
@@ -173,8 +173,7 @@ def plot(matches, columns, path, band_pct):
     ax.legend(fontsize=8, loc="lower right")
     ax.grid(alpha=0.3, axis="x")
     fig.tight_layout()
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    fig.savefig(path, dpi=110)
+    files.write_figure(fig, path)
     plt.close(fig)
 
 
@@ -189,11 +188,9 @@ def run(values):
     )
     out_dir = values.out_dir or os.path.dirname(os.path.abspath(values.new))
     md = markdown(matches, only_base, only_new, columns, values.base, values.new, values.band, vary_values)
-    os.makedirs(out_dir, exist_ok=True)
     md_path = os.path.join(out_dir, "compare.md")
-    with open(md_path, "w") as fh:
-        fh.write(md)
     plot(matches, columns, os.path.join(out_dir, "plots", "compare.png"), values.band)
+    files.write_text(md_path, md)  # last, as the report's
     flagged = [m for m in matches if "regression" in m.flag or m.flag == "improvement"]
     print(
         f"{len(matches)} configurations in both tables, {len(only_base)} only in base, {len(only_new)} only in "
