@@ -105,7 +105,7 @@ def load(path, sweep=None, data=None, device=None):
     return df
 
 
-def summarize(df):
+def per_configuration(df):
     """One record per configuration: counts of statuses, mean ± CI of speed and (real data) accuracy."""
     df = df.assign(**{c: "" for c in SETUP_COLUMNS if c not in df.columns})
     records = []
@@ -313,7 +313,7 @@ def build(results_path, out_dir, sweep=None, data=None, device=None):
     beside it, then renamed): an existing report is only ever replaced by a complete new one.
     """
     df = load(results_path, sweep, data, device)
-    summary = summarize(df)
+    summary = per_configuration(df)
     text = markdown(summary, results_path, filtered=bool(sweep or data or device))
     check_out_dir(out_dir)
     md_path = os.path.join(out_dir, "summary.md")
