@@ -9,13 +9,13 @@ matplotlib is imported only where a plot is drawn (a sweep's driver and `--help`
 from __future__ import annotations
 
 import os
-import sys
 import tempfile
 
 import pandas as pd
 from absl import app, flags
 
-from bench.config import cli
+from bench.config import cli, exits
+from bench.config.options import ConfigError
 from bench.results import metrics, table
 from sweeps import files, scaling
 
@@ -337,31 +337,25 @@ def check_out_dir(out_dir):
 
 
 def main(argv):
+    """The command; bad input raises ConfigError (a file that is not a results table: ResultsError, one too)."""
     del argv  # cli.parse_flags refused stray arguments
     out_dir = FLAGS.out_dir or os.path.dirname(os.path.abspath(FLAGS.results))
     if not os.path.isfile(FLAGS.results):
-        what = (
+        raise ConfigError(
             f"results path {FLAGS.results} is not a file"
             if os.path.exists(FLAGS.results)
             else f"no results file {FLAGS.results}"
         )
-        print(f"error: {what}", file=sys.stderr)
-        return 2
-    try:
-        md, pngs = build(FLAGS.results, out_dir, FLAGS.sweep, FLAGS.data, FLAGS.device)
-    except table.ResultsError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    md, pngs = build(FLAGS.results, out_dir, FLAGS.sweep, FLAGS.data, FLAGS.device)
     print(f"wrote {md} and {len(pngs)} plots in {os.path.dirname(pngs[0])}")
     if any(p.endswith("scaling.png") for p in pngs):
         print(f"wrote {os.path.join(out_dir, 'scaling.md')}")
-    return 0
+    return exits.EXIT_OK
 
 
 def entry():
-
     define_flags()
-    app.run(main, flags_parser=cli.parse_flags)
+    app.run(lambda argv: exits.command(main, argv, what="the report"), flags_parser=cli.parse_flags)
 
 
 if __name__ == "__main__":

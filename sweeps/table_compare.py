@@ -16,6 +16,7 @@ import os
 
 import numpy as np
 
+from bench.config import exits
 from bench.results import stats
 from sweeps import files, report
 
@@ -203,5 +204,5 @@ def run(values):
             f"FAIL: {len(regressions(matches, values.fail_on_regression))} configuration(s) slower by more than "
             f"{values.fail_on_regression:g}% with 95% confidence"
         )
-        return 1
-    return 0
+        return exits.EXIT_FAILED
+    return exits.EXIT_OK
