@@ -134,7 +134,7 @@ def process_runner(common, arms, comparison, results_path, log=None):
         if log:
             log.write(f"$ {shlex.join(done.command)}\n{done.stdout}{done.stderr}\n")
         rows = [r for r in done.rows if r["comparison"] == comparison and r["arm"] == arm]
-        if done.returncode == 2 and not rows:
+        if done.returncode == exits.EXIT_BAD_INPUT and not rows:
             raise BadArm(arm, done.last_line())
         if not rows:
             return stats.Run(pair, arm, position, "failed", error=f"exit {done.returncode}: {done.last_line()}")
