@@ -20,7 +20,6 @@ from __future__ import annotations
 import math
 import os
 import shlex
-import sys
 import time
 import uuid
 
@@ -126,13 +125,11 @@ def comparison_id():
     return time.strftime("cmp-%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:4]
 
 
-def process_runner(common, arms, comparison, results_path, log=None):
+def process_runner(common, arms, comparison, results_path):
     """runner(pair, arm, position) -> stats.Run: one `python -m bench.run` process, its row read back."""
 
     def run(pair, arm, position):
         done = processes.run_bench([*common, *arms[arm], f"--comparison={comparison}", f"--arm={arm}"], results_path)
-        if log:
-            log.write(f"$ {shlex.join(done.command)}\n{done.stdout}{done.stderr}\n")
         rows = [r for r in done.rows if r["comparison"] == comparison and r["arm"] == arm]
         if done.returncode == exits.EXIT_BAD_INPUT and not rows:
             raise BadArm(arm, done.last_line())
@@ -240,10 +237,9 @@ def report_lines(runs, band_pct, accuracy_band):
 # The command
 
 
-def run_arms(values=FLAGS, out=None):
+def run_arms(values=FLAGS):
     """Validate, run the pairs, print; return the exit status. Bad input (an arm bench.run refuses
     included) raises ConfigError."""
-    out = out or sys.stdout  # looked up now: `exits.command` guards the stream it finds
     validation.check_comparison(values.pairs, values.band, values.fail_if_slower, arms=(values.a or "", values.b or ""))
     common = common_args(values)
     cfgs, arms = {}, {}
@@ -258,26 +254,23 @@ def run_arms(values=FLAGS, out=None):
     print(
         f"comparison {comparison}: A = {values.a!r}, B = {values.b!r}, {values.pairs} pairs in ABBA order; "
         f"common flags: {shlex.join(common) or '(none)'}; rows in {results_path}",
-        file=out,
         flush=True,
     )
     runner = process_runner(common, arms, comparison, results_path)
     try:
-        runs = stats.run_pairs(
-            runner, values.pairs, on_run=lambda r, k, n: print(progress_line(r, k, n), file=out, flush=True)
-        )
+        runs = stats.run_pairs(runner, values.pairs, on_run=lambda r, k, n: print(progress_line(r, k, n), flush=True))
     except (KeyboardInterrupt, exits.Interrupted):  # the exit status and the error line: exits.command
-        print(f"comparison {comparison} stopped; the rows written so far stay in {results_path}", file=out, flush=True)
+        print(f"comparison {comparison} stopped; the rows written so far stay in {results_path}", flush=True)
         raise
     lines, est = report_lines(runs, values.band, values.accuracy_band)
-    print("\n".join(lines), file=out, flush=True)
+    print("\n".join(lines), flush=True)
     failed = est is None or any(r.status != "ok" for r in runs)
     if (
         est is not None
         and values.fail_if_slower is not None
         and stats.slower_with_confidence(est, values.fail_if_slower)
     ):
-        print(f"FAIL: B is slower than A by more than {values.fail_if_slower:g}% with 95% confidence", file=out)
+        print(f"FAIL: B is slower than A by more than {values.fail_if_slower:g}% with 95% confidence")
         failed = True
     return exits.EXIT_FAILED if failed else exits.EXIT_OK
 
