@@ -5,7 +5,7 @@ which `sweeps.report` groups rows (less the sweep's name and the `--vary` column
 each configuration in both tables: the ratio new/base of the geometric means of
 images/sec over the repeats, with a 95% interval (Welch's t on the log rates), and a flag:
 regression, improvement, no change, or inconclusive. Configurations in one table only
-are listed, never dropped.
+are listed, never dropped. matplotlib is imported only where the plot is drawn.
 """
 
 from __future__ import annotations
