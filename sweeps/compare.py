@@ -11,7 +11,8 @@ pairs that would likely settle it. Test accuracy compares the same way when both
 Two tables: every configuration of both (matched as sweeps.report groups rows), the ratio new/base of
 images/sec with its interval over the repeats, into compare.md and plots/compare.png.
 Exit status: 0 done; 1 a run failed, or B slower than --fail_if_slower allows (a regression beyond
---fail_on_regression); 2 bad input (one line on stderr, nothing run or written).
+--fail_on_regression); 2 bad input (one line on stderr, nothing run or written); 130 / 143 stopped by
+Ctrl-C / SIGTERM (the rows written so far stay in the table).
 """
 
 from __future__ import annotations
@@ -19,16 +20,16 @@ from __future__ import annotations
 import math
 import os
 import shlex
-import sys
 import time
 import uuid
 
 from absl import app, flags
 
-from bench.config import cli, options, validation
+from bench.config import cli, exits, options, validation
 from bench.config.options import ConfigError
 from bench.results import stats, table
 from bench.runner import processes
+from sweeps import table_compare
 
 COMPARE_FLAGS = (
     "a",
@@ -124,15 +125,13 @@ def comparison_id():
     return time.strftime("cmp-%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:4]
 
 
-def process_runner(common, arms, comparison, results_path, log=None):
+def process_runner(common, arms, comparison, results_path):
     """runner(pair, arm, position) -> stats.Run: one `python -m bench.run` process, its row read back."""
 
     def run(pair, arm, position):
         done = processes.run_bench([*common, *arms[arm], f"--comparison={comparison}", f"--arm={arm}"], results_path)
-        if log:
-            log.write(f"$ {shlex.join(done.command)}\n{done.stdout}{done.stderr}\n")
         rows = [r for r in done.rows if r["comparison"] == comparison and r["arm"] == arm]
-        if done.returncode == 2 and not rows:
+        if done.returncode == exits.EXIT_BAD_INPUT and not rows:
             raise BadArm(arm, done.last_line())
         if not rows:
             return stats.Run(pair, arm, position, "failed", error=f"exit {done.returncode}: {done.last_line()}")
@@ -151,7 +150,7 @@ def process_runner(common, arms, comparison, results_path, log=None):
     return run
 
 
-class BadArm(Exception):
+class BadArm(ConfigError):
     """bench.run refused an arm at setup (exit 2): what only the devices can tell, e.g. --num_gpus."""
 
     def __init__(self, arm, message):
@@ -238,8 +237,9 @@ def report_lines(runs, band_pct, accuracy_band):
 # The command
 
 
-def run_arms(values=FLAGS, out=sys.stdout):
-    """Validate, run the pairs, print; return the exit status."""
+def run_arms(values=FLAGS):
+    """Validate, run the pairs, print; return the exit status. Bad input (an arm bench.run refuses
+    included) raises ConfigError."""
     validation.check_comparison(values.pairs, values.band, values.fail_if_slower, arms=(values.a or "", values.b or ""))
     common = common_args(values)
     cfgs, arms = {}, {}
@@ -247,39 +247,32 @@ def run_arms(values=FLAGS, out=sys.stdout):
         try:
             cfgs[name], arms[name] = arm_config(common, text)
         except (flags.Error, ValueError) as err:  # ConfigError is a ValueError: one line either way
-            return _bad_input(f"--{name.lower()}={text!r}: {err}")
+            raise ConfigError(f"--{name.lower()}={text!r}: {err}") from None
     validation.check_arms(cfgs["A"], cfgs["B"], values.a, values.b)
     comparison = values.comparison or comparison_id()
     results_path = os.path.abspath(cfgs["A"].results)
     print(
         f"comparison {comparison}: A = {values.a!r}, B = {values.b!r}, {values.pairs} pairs in ABBA order; "
         f"common flags: {shlex.join(common) or '(none)'}; rows in {results_path}",
-        file=out,
         flush=True,
     )
     runner = process_runner(common, arms, comparison, results_path)
     try:
-        runs = stats.run_pairs(
-            runner, values.pairs, on_run=lambda r, k, n: print(progress_line(r, k, n), file=out, flush=True)
-        )
-    except BadArm as err:
-        return _bad_input(str(err))
+        runs = stats.run_pairs(runner, values.pairs, on_run=lambda r, k, n: print(progress_line(r, k, n), flush=True))
+    except (KeyboardInterrupt, exits.Interrupted):  # the exit status and the error line: exits.command
+        print(f"comparison {comparison} stopped; the rows written so far stay in {results_path}", flush=True)
+        raise
     lines, est = report_lines(runs, values.band, values.accuracy_band)
-    print("\n".join(lines), file=out, flush=True)
+    print("\n".join(lines), flush=True)
     failed = est is None or any(r.status != "ok" for r in runs)
     if (
         est is not None
         and values.fail_if_slower is not None
         and stats.slower_with_confidence(est, values.fail_if_slower)
     ):
-        print(f"FAIL: B is slower than A by more than {values.fail_if_slower:g}% with 95% confidence", file=out)
+        print(f"FAIL: B is slower than A by more than {values.fail_if_slower:g}% with 95% confidence")
         failed = True
-    return 1 if failed else 0
-
-
-def _bad_input(message):
-    print(f"error: {message}", file=sys.stderr)
-    return 2
+    return exits.EXIT_FAILED if failed else exits.EXIT_OK
 
 
 def usage():
@@ -287,33 +280,29 @@ def usage():
 
 
 def main(argv):
+    """The command; bad input raises ConfigError (a table that is not a results table: ResultsError, one too)."""
     del argv  # cli.parse_flags refused stray arguments
-    try:
-        if FLAGS.base or FLAGS.new:
-            from sweeps import tables
-
-            validation.check_comparison(
-                band_pct=FLAGS.band,
-                fail_pct=FLAGS.fail_on_regression,
-                base=FLAGS.base,
-                new=FLAGS.new,
-                arms=(FLAGS.a or "", FLAGS.b or ""),
-                unknown_vary=[c for c in FLAGS.vary if c not in tables.match_columns()],
-            )
-            for path in (FLAGS.base, FLAGS.new):
-                table.check_header(path)  # another file's header: ResultsError, below
-            return tables.main(FLAGS)
-        return run_arms(FLAGS)
-    except (ConfigError, table.ResultsError) as err:
-        return _bad_input(str(err))
-    except KeyboardInterrupt:
-        print("comparison stopped (Ctrl-C); the rows written so far stay in the table", file=sys.stderr)
-        return 130
+    if FLAGS.base or FLAGS.new:
+        validation.check_comparison(
+            band_pct=FLAGS.band,
+            fail_pct=FLAGS.fail_on_regression,
+            base=FLAGS.base,
+            new=FLAGS.new,
+            arms=(FLAGS.a or "", FLAGS.b or ""),
+            unknown_vary=[c for c in FLAGS.vary if c not in table_compare.match_columns()],
+        )
+        for path in (FLAGS.base, FLAGS.new):
+            table.check_header(path)  # another file's header: ResultsError
+        return table_compare.run(FLAGS)
+    return run_arms(FLAGS)
 
 
 def entry():
     define_flags()
-    app.run(main, flags_parser=lambda argv: cli.parse_flags(argv, usage))
+    app.run(
+        lambda argv: exits.command(main, argv, what="the comparison"),
+        flags_parser=lambda argv: cli.parse_flags(argv, usage),
+    )
 
 
 if __name__ == "__main__":

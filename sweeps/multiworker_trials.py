@@ -32,7 +32,7 @@ def check_cluster(runs, ray):
 def trial_resources(runs, single):
     """Per-trial resources for `tune.with_resources`: `single` for single-process trials, the driver's
     memory for multi-worker trials (their workers are reserved by Ray Train when the trial starts)."""
-    from ray.tune.execution.placement_groups import resource_dict_to_pg_factory
+    from ray.tune.execution.placement_groups import resource_dict_to_pg_factory  # Ray: only once a sweep starts
 
     multi = set(_multi_worker(runs))
     if not multi:

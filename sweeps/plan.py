@@ -37,9 +37,9 @@ def _float(text):
     return value if math.isfinite(value) and value > 0 else None
 
 
-def machine_history(results_path, host=None):
+def machine_history(results_path):
     """Earlier ok rows of this host: [(precision, sustained FLOP/s, start-up seconds, peak GFLOP/s)]."""
-    host = host or socket.gethostname()
+    host = socket.gethostname()
     found = []
     for r in table.read_rows(results_path):
         if r.get("status") != "ok" or r.get("host") != host:

@@ -8,17 +8,16 @@ matplotlib is imported only where a plot is drawn (a sweep's driver and `--help`
 
 from __future__ import annotations
 
-import io
 import os
-import sys
 import tempfile
 
 import pandas as pd
 from absl import app, flags
 
-from bench.config import cli
+from bench.config import cli, exits
+from bench.config.options import ConfigError
 from bench.results import metrics, table
-from sweeps import scaling
+from sweeps import files, scaling
 
 FLAGS = flags.FLAGS
 
@@ -106,7 +105,7 @@ def load(path, sweep=None, data=None, device=None):
     return df
 
 
-def summarize(df):
+def per_configuration(df):
     """One record per configuration: counts of statuses, mean ± CI of speed and (real data) accuracy."""
     df = df.assign(**{c: "" for c in SETUP_COLUMNS if c not in df.columns})
     records = []
@@ -300,18 +299,11 @@ def pareto_front(points):
 def _save(fig, out_dir, name):
     path = os.path.join(out_dir, name)
     fig.tight_layout()
-    save_figure(fig, path)
+    files.write_figure(fig, path)
     import matplotlib.pyplot as plt
 
     plt.close(fig)
     return path
-
-
-def save_figure(fig, path):
-    """A PNG replaced whole (rendered first, then renamed into place): never a half-written plot."""
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    table.replace_atomically(path, buf.getvalue())
 
 
 def build(results_path, out_dir, sweep=None, data=None, device=None):
@@ -321,7 +313,7 @@ def build(results_path, out_dir, sweep=None, data=None, device=None):
     beside it, then renamed): an existing report is only ever replaced by a complete new one.
     """
     df = load(results_path, sweep, data, device)
-    summary = summarize(df)
+    summary = per_configuration(df)
     text = markdown(summary, results_path, filtered=bool(sweep or data or device))
     check_out_dir(out_dir)
     md_path = os.path.join(out_dir, "summary.md")
@@ -330,7 +322,7 @@ def build(results_path, out_dir, sweep=None, data=None, device=None):
     scaled = scaling.build_scaling(df, out_dir)
     if scaled:
         pngs.append(scaled[1])
-    table.replace_atomically(md_path, text.encode("utf-8"))  # last: it names what the others hold
+    files.write_text(md_path, text)  # last: it names what the others hold
     return md_path, pngs
 
 
@@ -345,31 +337,25 @@ def check_out_dir(out_dir):
 
 
 def main(argv):
+    """The command; bad input raises ConfigError (a file that is not a results table: ResultsError, one too)."""
     del argv  # cli.parse_flags refused stray arguments
     out_dir = FLAGS.out_dir or os.path.dirname(os.path.abspath(FLAGS.results))
     if not os.path.isfile(FLAGS.results):
-        what = (
+        raise ConfigError(
             f"results path {FLAGS.results} is not a file"
             if os.path.exists(FLAGS.results)
             else f"no results file {FLAGS.results}"
         )
-        print(f"error: {what}", file=sys.stderr)
-        return 2
-    try:
-        md, pngs = build(FLAGS.results, out_dir, FLAGS.sweep, FLAGS.data, FLAGS.device)
-    except table.ResultsError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    md, pngs = build(FLAGS.results, out_dir, FLAGS.sweep, FLAGS.data, FLAGS.device)
     print(f"wrote {md} and {len(pngs)} plots in {os.path.dirname(pngs[0])}")
     if any(p.endswith("scaling.png") for p in pngs):
         print(f"wrote {os.path.join(out_dir, 'scaling.md')}")
-    return 0
+    return exits.EXIT_OK
 
 
 def entry():
-
     define_flags()
-    app.run(main, flags_parser=cli.parse_flags)
+    app.run(lambda argv: exits.command(main, argv, what="the report"), flags_parser=cli.parse_flags)
 
 
 if __name__ == "__main__":

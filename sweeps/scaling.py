@@ -24,7 +24,8 @@ import re
 
 import pandas as pd
 
-from bench.results import metrics, table
+from bench.results import metrics
+from sweeps import files
 
 STRATEGIES = ("mirrored", "multi_worker")  # strategies whose replica count varies
 CONFIG = [
@@ -205,9 +206,7 @@ def plot(points, path):
     fig.suptitle(f"{', '.join(sorted(set(points['device'])))} — hosts: {', '.join(hosts) or 'unknown'}", fontsize=9)
     right.legend(fontsize=7, loc="lower left")
     fig.tight_layout()
-    from sweeps.report import save_figure  # renders, then renames into place
-
-    save_figure(fig, path)
+    files.write_figure(fig, path)
     plt.close(fig)
     return path
 
@@ -218,8 +217,7 @@ def build_scaling(df, out_dir):
     points = scaling_points(df)
     if points.empty:
         return None
-    os.makedirs(os.path.join(out_dir, "plots"), exist_ok=True)
     md_path = os.path.join(out_dir, "scaling.md")
     png = plot(points, os.path.join(out_dir, "plots", "scaling.png"))
-    table.replace_atomically(md_path, markdown(points).encode("utf-8"))  # whole, after the plot
+    files.write_text(md_path, markdown(points))  # after the plot
     return md_path, png

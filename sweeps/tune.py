@@ -15,7 +15,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import sys
 import time
 
 from absl import app, flags
@@ -317,28 +316,28 @@ def usage():
 
 
 def main(argv):
+    """The command; bad input raises ConfigError (one line and exit 2 from exits.command, nothing started)."""
     del argv
-    try:
-        trials = trials_from_flags(FLAGS)
-        opts = options_from_flags(FLAGS, trials)
-        check_storage(opts)
-        if not opts.resume:
-            print(plan.estimate([t.config for t in trials], opts.results)[2], flush=True)
-        trial_rows = run_sweep(trials, opts)
-    except ConfigError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    trials = trials_from_flags(FLAGS)
+    opts = options_from_flags(FLAGS, trials)
+    check_storage(opts)
+    if not opts.resume:
+        print(plan.estimate([t.config for t in trials], opts.results)[2], flush=True)
+    trial_rows = run_sweep(trials, opts)
     bad = [r for r in trial_rows if r["status"] != "ok"]
     print(f"sweep {opts.name}: {len(trial_rows)} trial rows in {opts.results} ({len(bad)} not ok)")
     if FLAGS.report:
         out_dir = FLAGS.report_dir or os.path.dirname(opts.results)
         report.build(opts.results, out_dir, sweep=opts.name)
         print(f"report: {os.path.join(out_dir, 'summary.md')} and {os.path.join(out_dir, 'plots')}/")
-    return 1 if bad else 0
+    return exits.EXIT_FAILED if bad else exits.EXIT_OK
 
 
 def entry():
-    app.run(main, flags_parser=lambda argv: cli.parse_flags(argv, usage))
+    app.run(
+        lambda argv: exits.command(main, argv, what="the sweep"),
+        flags_parser=lambda argv: cli.parse_flags(argv, usage),
+    )
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from bench.results import stats, table
-from sweeps import compare, tables
+from sweeps import compare, table_compare
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ["--data=synthetic", "--n=1", "--batch_size=16", "--steps=12", "--warmup_steps=2"]
@@ -179,9 +179,9 @@ def test_varied_columns_still_match():
         ]
     )
     new = base.assign(tf_version="2.22.0", images_per_sec=[110.0, 111.0])
-    matches, only_base, only_new, _ = tables.compare(base.copy(), new.copy())
+    matches, only_base, only_new, _ = table_compare.compare(base.copy(), new.copy())
     assert not matches and len(only_base) == len(only_new) == 1
-    matches, *_ = tables.compare(base.copy(), new.copy(), vary=["tf_version"])
+    matches, *_ = table_compare.compare(base.copy(), new.copy(), vary=["tf_version"])
     assert len(matches) == 1 and math.isclose(matches[0].ratio, math.sqrt(110 * 111 / (100 * 101)))
 
 

@@ -10,9 +10,9 @@ from bench.results import metrics
 from bench.runner import timing
 
 
-def test_summarize_agrees_with_the_clock():
+def test_window_throughput_agrees_with_the_clock():
     windows = [(10, 2.0), (10, 2.5), (10, 2.0), (5, 1.0)]
-    t = metrics.summarize(windows, 128)
+    t = metrics.window_throughput(windows, 128)
     assert t.images_per_sec == pytest.approx(35 * 128 / 7.5)
     rates = [640.0, 512.0, 640.0, 640.0]
     assert t.jitter == 0.0  # median 640, MAD 0

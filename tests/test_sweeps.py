@@ -230,7 +230,7 @@ def test_report_never_averages_runs_that_measured_different_things(tmp_path):
     table.append_row(path, twin)
     table.append_row(path, {**rows[0], "run_id": "old", "onednn": False})
     table.append_row(path, {**rows[0], "run_id": "infer", "mode": "inference"})
-    summary = report.summarize(report.load(path))
+    summary = report.per_configuration(report.load(path))
     same = summary[(summary["depth"] == 20) & (summary["shortcut"] == "A") & (summary["data"] == "files")]
     assert sorted(same["runs"]) == [1, 1, 1, 2] and set(same["loop"]) == {"", "fit"}
     assert set(same["mode"]) == {"", "inference"}
@@ -271,7 +271,7 @@ def test_report_accuracy_excludes_synthetic():
             },
         ]
     )
-    summary = report.summarize(df)
+    summary = report.per_configuration(df)
     assert summary.loc[0, "acc"] is None and summary.loc[0, "ips"] == 10.0
 
 

@@ -33,7 +33,7 @@ def percentile(values, q):
     return xs[lo] + (xs[hi] - xs[lo]) * (pos - lo)
 
 
-def summarize(windows, global_batch_size):
+def window_throughput(windows, global_batch_size):
     """Throughput from timed windows, each `(steps, seconds)`.
 
     The headline rate is total images over total seconds, so it agrees with the

@@ -57,10 +57,10 @@ class Chrono:
             return None
         step = None
         if self.windows:
-            step = metrics.summarize(self.windows, 1).step_time_p50_ms / 1000.0
+            step = metrics.window_throughput(self.windows, 1).step_time_p50_ms / 1000.0
         elif self.warmup:
             step = min(t / s for s, t in self.warmup)
         return max(0.0, self.first_call_s - (step or 0.0))
 
     def throughput(self, global_batch_size):
-        return metrics.summarize(self.windows, global_batch_size) if self.windows else None
+        return metrics.window_throughput(self.windows, global_batch_size) if self.windows else None

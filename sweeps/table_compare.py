@@ -5,7 +5,7 @@ which `sweeps.report` groups rows (less the sweep's name and the `--vary` column
 each configuration in both tables: the ratio new/base of the geometric means of
 images/sec over the repeats, with a 95% interval (Welch's t on the log rates), and a flag:
 regression, improvement, no change, or inconclusive. Configurations in one table only
-are listed, never dropped.
+are listed, never dropped. matplotlib is imported only where the plot is drawn.
 """
 
 from __future__ import annotations
@@ -16,8 +16,9 @@ import os
 
 import numpy as np
 
+from bench.config import exits
 from bench.results import stats
-from sweeps import report
+from sweeps import files, report
 
 NOT_MATCHED = ("sweep",)  # a name, not a measurement
 
@@ -173,12 +174,11 @@ def plot(matches, columns, path, band_pct):
     ax.legend(fontsize=8, loc="lower right")
     ax.grid(alpha=0.3, axis="x")
     fig.tight_layout()
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    fig.savefig(path, dpi=110)
+    files.write_figure(fig, path)
     plt.close(fig)
 
 
-def main(values):
+def run(values):
     """--base/--new: write compare.md and plots/compare.png, print the flags; return the exit status."""
     base_df, new_df = report.load(values.base), report.load(values.new)
     vary_values = {
@@ -189,11 +189,9 @@ def main(values):
     )
     out_dir = values.out_dir or os.path.dirname(os.path.abspath(values.new))
     md = markdown(matches, only_base, only_new, columns, values.base, values.new, values.band, vary_values)
-    os.makedirs(out_dir, exist_ok=True)
     md_path = os.path.join(out_dir, "compare.md")
-    with open(md_path, "w") as fh:
-        fh.write(md)
     plot(matches, columns, os.path.join(out_dir, "plots", "compare.png"), values.band)
+    files.write_text(md_path, md)  # last, as the report's
     flagged = [m for m in matches if "regression" in m.flag or m.flag == "improvement"]
     print(
         f"{len(matches)} configurations in both tables, {len(only_base)} only in base, {len(only_new)} only in "
@@ -206,5 +204,5 @@ def main(values):
             f"FAIL: {len(regressions(matches, values.fail_on_regression))} configuration(s) slower by more than "
             f"{values.fail_on_regression:g}% with 95% confidence"
         )
-        return 1
-    return 0
+        return exits.EXIT_FAILED
+    return exits.EXIT_OK
