@@ -6,7 +6,7 @@ Nothing is trained here: each worker runs `bench.distributed.worker.train_worker
 no Ray) -> connects to Ray (`bench.distributed.ray_connection`: `--address`, else a local Ray
 stopped afterwards) -> checks the request against the cluster's resources (an impossible
 request would otherwise wait forever) -> `TensorflowTrainer.fit()` -> one row from the
-workers' reports (`bench.results.rows.multi_worker_row`), written once, here.
+workers' reports (`bench.distributed.aggregate.multi_worker_row`), written once, here.
 
 No TensorFlow and no Ray at import time (Ray is imported inside the functions that use it).
 """
@@ -27,7 +27,7 @@ import time
 from bench.config import defaults, setup_checks, validation
 from bench.config.identity import RunIdentity
 from bench.config.options import ConfigError, RunConfig
-from bench.distributed import hosts, ray_connection
+from bench.distributed import aggregate, hosts, ray_connection
 from bench.distributed.events import EventLog
 from bench.distributed.worker import Collector, failure_listener, first_line, train_worker
 from bench.hardware import devices
@@ -103,7 +103,7 @@ def run(cfg: RunConfig, command="", out=sys.stdout, write_row=True, on_eval=None
     bad_input = [r["config_error"] for r in reports.values() if r.get("config_error")]
     if bad_input:  # the workers' own setup checks refused the run: bad input, as in one process
         raise ConfigError(bad_input[0])
-    row = rows.multi_worker_row(cfg, command, state, error)
+    row = aggregate.multi_worker_row(cfg, command, state, error)
     print(
         f"workers: {row['num_workers']} ({row['host']}), restarts {row['restarts']}, "
         f"{time.perf_counter() - started:.0f} s in all",
