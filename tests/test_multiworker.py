@@ -20,7 +20,7 @@ from cifar_files import write_cifar
 
 from bench.config import options, setup_checks, validation
 from bench.config.options import ConfigError, RunConfig
-from bench.distributed import aggregate, driver, worker
+from bench.distributed import aggregate, driver, faults, scratch
 from bench.results import table
 from bench.runner import loop
 
@@ -62,7 +62,7 @@ def test_multi_worker_fields_are_validated(changes, message):
 def test_fault_spec_parses():
     assert options.parse_worker_fault("1:6") == (1, 6, "exit")
     assert options.parse_worker_fault("0:2:stall") == (0, 2, "stall")
-    assert worker.fault_marks(RunConfig(**MW, fail_worker_at_step="1:7")) == {7}
+    assert faults.fault_marks(RunConfig(**MW, fail_worker_at_step="1:7")) == {7}
 
 
 def test_resource_check_refuses_what_the_cluster_cannot_hold():
@@ -436,14 +436,16 @@ def test_a_killed_workers_scratch_folders_are_removed_by_the_next_worker(tmp_pat
     """A worker killed mid-run (a lost node, os._exit) leaves its temporary folder; the next one removes it."""
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    stale = tmp_path / f"{worker.SCRATCH_PREFIX}{int(dead.stdout)}-abc"
+    stale = tmp_path / f"{scratch.PREFIX}{int(dead.stdout)}-abc"
     stale.mkdir()
     (stale / "unused.csv").write_text("x")
-    mine = worker.scratch_folder()
+    folders = scratch.ScratchFolders()
+    mine = folders.new()
     try:
         assert not stale.exists() and os.path.isdir(mine)
-        assert os.path.basename(mine).startswith(f"{worker.SCRATCH_PREFIX}{os.getpid()}-")
-        again = worker.scratch_folder()  # a live process's folder is kept
+        assert os.path.basename(mine).startswith(f"{scratch.PREFIX}{os.getpid()}-")
+        again = folders.new()  # a live process's folder is kept
         assert os.path.isdir(mine) and os.path.isdir(again)
     finally:
-        worker.SCRATCH.clear()
+        folders.remove_all()
+    assert not os.path.exists(mine) and not os.path.exists(again) and folders.folders == []

@@ -28,11 +28,12 @@ from bench.config import defaults, setup_checks, validation
 from bench.config.identity import RunIdentity
 from bench.config.options import ConfigError, RunConfig
 from bench.distributed import aggregate, hosts, ray_connection
+from bench.distributed.collector import Collector, failure_listener
 from bench.distributed.events import EventLog
-from bench.distributed.worker import Collector, failure_listener, first_line, train_worker
+from bench.distributed.worker import train_worker
 from bench.hardware import devices
 from bench.results import rows, table
-from bench.runner.loop import EXIT_DIVERGED, EXIT_FAILED, EXIT_OK, EXIT_SIGNAL
+from bench.runner.loop import EXIT_DIVERGED, EXIT_FAILED, EXIT_OK, EXIT_SIGNAL, first_line
 
 START_TIMEOUT_ENV = "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S"  # how long Ray Train waits to place a worker group
 
