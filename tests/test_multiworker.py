@@ -373,7 +373,7 @@ def test_sweep_space_gives_multi_worker_trials_their_own_keys_and_resources():
             return {"CPU": 1.0}
 
     with pytest.raises(ConfigError, match="need 2 CPUs"):
-        multiworker_trials.check_cluster(runs, FakeRay)
+        multiworker_trials.check_workers_fit(runs, FakeRay)
 
 
 @pytest.mark.slow
