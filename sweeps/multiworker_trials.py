@@ -22,7 +22,7 @@ def _multi_worker(runs):
     return {key: options.from_dict(cfg) for key, cfg in runs.items() if cfg.get("strategy") == options.MULTI_WORKER}
 
 
-def check_cluster(runs, ray):
+def check_workers_fit(runs, ray):
     """ConfigError unless every multi-worker trial's workers fit on the connected cluster."""
     alive = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
     for cfg in _multi_worker(runs).values():

@@ -205,8 +205,8 @@ def start_ray(opts: SweepOptions):
     ray_connection.connect(opts.address)  # an address that does not answer: refused within 30 s
     try:
         # Ray would wait forever for a trial that can never be placed
-        setup_checks.check_cluster({"GPU": opts.gpus_per_trial}, ray.cluster_resources(), "--num_gpus (per trial)")
-        setup_checks.check_cluster({"CPU": opts.cpus_per_trial}, ray.cluster_resources(), "--cpus_per_trial")
+        setup_checks.check_cluster_has({"GPU": opts.gpus_per_trial}, ray.cluster_resources(), "--num_gpus (per trial)")
+        setup_checks.check_cluster_has({"CPU": opts.cpus_per_trial}, ray.cluster_resources(), "--cpus_per_trial")
     except ConfigError:
         ray.shutdown()
         raise
@@ -233,7 +233,7 @@ def run_sweep(trials, opts: SweepOptions):
             with open(plan_file, "w") as fh:
                 json.dump({"command": opts.command, "shuffle_seed": opts.shuffle_seed, "runs": runs}, fh, indent=1)
 
-        multiworker_trials.check_cluster(runs, ray)
+        multiworker_trials.check_workers_fit(runs, ray)
         trainable = tune.with_resources(
             tune.with_parameters(run_trial, runs=runs),
             multiworker_trials.trial_resources(runs, {"cpu": cpus, "gpu": opts.gpus_per_trial}),

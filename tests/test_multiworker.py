@@ -20,8 +20,8 @@ from cifar_files import write_cifar
 
 from bench.config import exits, options, setup_checks, validation
 from bench.config.options import ConfigError, RunConfig
-from bench.distributed import driver, worker
-from bench.results import rows, table
+from bench.distributed import aggregate, driver, faults, scratch
+from bench.results import table
 from bench.runner import benchmark
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -62,7 +62,7 @@ def test_multi_worker_fields_are_validated(changes, message):
 def test_fault_spec_parses():
     assert options.parse_worker_fault("1:6") == (1, 6, "exit")
     assert options.parse_worker_fault("0:2:stall") == (0, 2, "stall")
-    assert worker.fault_marks(RunConfig(**MW, fail_worker_at_step="1:7")) == {7}
+    assert faults.fault_marks(RunConfig(**MW, fail_worker_at_step="1:7")) == {7}
 
 
 def test_resource_check_refuses_what_the_cluster_cannot_hold():
@@ -93,7 +93,7 @@ def _report(rank, host, peak, attempt=1, **row):
 def test_row_assembly_sums_peaks_and_names_the_hosts():
     cfg = RunConfig(**MW)
     state = {"starts": {0: 2, 1: 2}, "reports": {0: _report(0, "node1", 100.0, 2), 1: _report(1, "node2", 60.0, 2)}}
-    row = rows.multi_worker_row(cfg, "cmd", state)
+    row = aggregate.multi_worker_row(cfg, "cmd", state)
     assert row["peak_gflops"] == 160.0 and row["mfu"] == pytest.approx(1e9 * 50 / 160e9)
     assert row["host"] == "node1 (+1 host)" and row["num_workers"] == 2 and row["restarts"] == 1
     assert row["command"] == "cmd" and row["num_replicas"] == 2 and row["num_hosts"] == 2
@@ -101,15 +101,15 @@ def test_row_assembly_sums_peaks_and_names_the_hosts():
     table.format_row(row)  # every column is in the schema
     # a report left from an earlier attempt does not count
     stale = {"starts": {0: 2, 1: 2}, "reports": {0: _report(0, "node1", 100.0, 2), 1: _report(1, "node2", 60.0, 1)}}
-    assert rows.multi_worker_row(cfg, "", stale)["peak_gflops"] is None
+    assert aggregate.multi_worker_row(cfg, "", stale)["peak_gflops"] is None
     one_host = {"starts": {0: 1}, "reports": {0: _report(0, "vm", 100.0), 1: _report(1, "vm", 100.0)}}
-    shared = rows.multi_worker_row(cfg, "", one_host)
+    shared = aggregate.multi_worker_row(cfg, "", one_host)
     assert shared["host"] == "vm (1 host)" and shared["num_hosts"] == 1 and "sharing" in shared["peak_scope"]
     # the chief finished but the worker group failed: the row says failed
-    failed = rows.multi_worker_row(cfg, "", one_host, error="worker 1: died")
+    failed = aggregate.multi_worker_row(cfg, "", one_host, error="worker 1: died")
     assert failed["status"] == "failed" and failed["error"] == "worker 1: died"
     # no report at all: a failed row from the configuration
-    empty = rows.multi_worker_row(cfg, "", {"starts": {}, "reports": {}}, error="worker 0: gone")
+    empty = aggregate.multi_worker_row(cfg, "", {"starts": {}, "reports": {}}, error="worker 0: gone")
     assert empty["status"] == "failed" and empty["num_replicas"] == 2 and empty["peak_gflops"] is None
     table.format_row(empty)
 
@@ -373,7 +373,7 @@ def test_sweep_space_gives_multi_worker_trials_their_own_keys_and_resources():
             return {"CPU": 1.0}
 
     with pytest.raises(ConfigError, match="need 2 CPUs"):
-        multiworker_trials.check_cluster(runs, FakeRay)
+        multiworker_trials.check_workers_fit(runs, FakeRay)
 
 
 @pytest.mark.slow
@@ -436,14 +436,16 @@ def test_a_killed_workers_scratch_folders_are_removed_by_the_next_worker(tmp_pat
     """A worker killed mid-run (a lost node, os._exit) leaves its temporary folder; the next one removes it."""
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    stale = tmp_path / f"{worker.SCRATCH_PREFIX}{int(dead.stdout)}-abc"
+    stale = tmp_path / f"{scratch.PREFIX}{int(dead.stdout)}-abc"
     stale.mkdir()
     (stale / "unused.csv").write_text("x")
-    mine = worker.scratch_folder()
+    folders = scratch.ScratchFolders()
+    mine = folders.new()
     try:
         assert not stale.exists() and os.path.isdir(mine)
-        assert os.path.basename(mine).startswith(f"{worker.SCRATCH_PREFIX}{os.getpid()}-")
-        again = worker.scratch_folder()  # a live process's folder is kept
+        assert os.path.basename(mine).startswith(f"{scratch.PREFIX}{os.getpid()}-")
+        again = folders.new()  # a live process's folder is kept
         assert os.path.isdir(mine) and os.path.isdir(again)
     finally:
-        worker.SCRATCH.clear()
+        folders.remove_all()
+    assert not os.path.exists(mine) and not os.path.exists(again) and folders.folders == []

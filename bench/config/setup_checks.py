@@ -83,7 +83,7 @@ def check_setup(cfg: RunConfig, facts: SetupFacts):
             )
 
 
-def check_cluster(requested, available, what):
+def check_cluster_has(requested, available, what):
     """Refuse a request for more of a Ray resource ("CPU", "GPU") than the cluster has.
 
     Ray itself would wait for it forever.

@@ -6,7 +6,7 @@ Nothing is trained here: each worker runs `bench.distributed.worker.train_worker
 no Ray) -> connects to Ray (`bench.distributed.ray_connection`: `--address`, else a local Ray
 stopped afterwards) -> checks the request against the cluster's resources (an impossible
 request would otherwise wait forever) -> `TensorflowTrainer.fit()` -> one row from the
-workers' reports (`bench.results.rows.multi_worker_row`), written once, here.
+workers' reports (`bench.distributed.aggregate.multi_worker_row`), written once, here.
 
 No TensorFlow and no Ray at import time (Ray is imported inside the functions that use it).
 """
@@ -18,19 +18,19 @@ import dataclasses
 import json
 import os
 import shutil
-import signal
 import sys
 import tempfile
 import threading
 import time
 
-from bench.config import defaults, setup_checks, validation
+from bench.config import defaults, exits, setup_checks, validation
 from bench.config.exits import EXIT_DIVERGED, EXIT_FAILED, EXIT_OK, EXIT_SIGNAL, first_line
 from bench.config.identity import RunIdentity
 from bench.config.options import ConfigError, RunConfig
-from bench.distributed import hosts, ray_connection
+from bench.distributed import aggregate, hosts, ray_connection
+from bench.distributed.collector import Collector, failure_listener
 from bench.distributed.events import EventLog
-from bench.distributed.worker import Collector, failure_listener, train_worker
+from bench.distributed.worker import train_worker
 from bench.hardware import devices
 from bench.results import rows, table
 
@@ -58,12 +58,12 @@ def _worker_env(cfg: RunConfig):
 
 @dataclasses.dataclass
 class MultiWorkerOutcome:
-    """What `bench.runner.loop.Outcome` holds, plus what the workers reported (for inspection and tests)."""
+    """What a single run's `Outcome` holds but its timer (which stays in the chief's process), plus what the
+    workers reported (for inspection and tests)."""
 
     status: str
     row: dict
     exit_code: int
-    chrono: object = None  # the chief's timer stays in the chief's process
     reports: dict = dataclasses.field(default_factory=dict)  # rank -> {host, status, row, digest, ...}
     fired: dict = dataclasses.field(default_factory=dict)  # fault injections -> time.time() when they fired
     ended_at: float = None  # time.time() when the worker group ended
@@ -104,7 +104,7 @@ def run(cfg: RunConfig, command="", out=None, write_row=True, on_eval=None):
     bad_input = [r["config_error"] for r in reports.values() if r.get("config_error")]
     if bad_input:  # the workers' own setup checks refused the run: bad input, as in one process
         raise ConfigError(bad_input[0])
-    row = rows.multi_worker_row(cfg, command, state, error)
+    row = aggregate.multi_worker_row(cfg, command, state, error)
     print(
         f"workers: {row['num_workers']} ({row['host']}), restarts {row['restarts']}, "
         f"{time.perf_counter() - started:.0f} s in all",
@@ -187,10 +187,11 @@ def _launch(cfg: RunConfig, command, out, console_err):
             outcome["error"] = exc
 
     events = EventLog(cfg)
+    stop = exits.StopRequest(announce="stopping the workers after the current window")
     thread = threading.Thread(target=fit, name="ray-train-fit", daemon=True)
     try:
         thread.start()
-        with _stop_on_signals(console_err) as stop:
+        with exits.on_signals(_on_console(stop, console_err)):
             _watch(thread, collector, events, stop, out)
     finally:
         _restore_env(START_TIMEOUT_ENV, previous_timeout)
@@ -202,11 +203,12 @@ def _launch(cfg: RunConfig, command, out, console_err):
     except Exception as exc:  # noqa: BLE001 - the cluster itself went away
         state = {}
         error = error or f"lost contact with the Ray cluster ({first_line(exc)})"
-    return state, error, stop.get("signal")
+    return state, error, stop.name
 
 
 def _watch(thread, collector, events, stop, out):
-    """Until fit() ends: print the chief's progress lines and one line per event; relay a stop request."""
+    """Until fit() ends: print the chief's progress lines and one line per event; relay a stop request
+    (here, not in the signal handler: a handler must not call into Ray, which the main thread may be in)."""
     import ray
 
     seen_lines = seen_events = 0
@@ -214,8 +216,8 @@ def _watch(thread, collector, events, stop, out):
     while True:
         thread.join(0.5)
         finished = not thread.is_alive()
-        if stop.get("signal") and not relayed:
-            collector.request_stop.remote(stop["signal"])
+        if stop.name and not relayed:
+            collector.request_stop.remote(stop.name)
             relayed = True
         try:
             lines, news = ray.get(collector.news.remote(seen_lines, seen_events), timeout=10)
@@ -230,33 +232,20 @@ def _watch(thread, collector, events, stop, out):
             return
 
 
-@contextlib.contextmanager
-def _stop_on_signals(console_err):
-    """Ctrl-C or SIGTERM: ask every worker to stop after the current window (the driver then writes one
-    `interrupted` row); a second one exits at once, writing nothing. Main thread only."""
-    stop = {}
-    if threading.current_thread() is not threading.main_thread():
-        yield stop
-        return
+def _on_console(handler, console):
+    """A signal handler whose lines reach the console: `exits` writes them to file descriptor 2, which
+    points at Ray's log file while the driver holds Ray's console (`hosts.ray_console_to_file`)."""
 
-    def request_stop(signum, frame):
-        name = signal.Signals(signum).name
-        if stop.get("signal"):
-            os.write(console_err.fileno(), f"\n{name} again: exiting now\n".encode())
-            os._exit(EXIT_SIGNAL.get(name, EXIT_FAILED))
-        stop["signal"] = name
-        print(
-            f"\n{name}: stopping the workers after the current window (again to exit at once)",
-            file=console_err,
-            flush=True,
-        )
+    def on_console(signum, frame):
+        saved = os.dup(2)
+        os.dup2(console.fileno(), 2)
+        try:
+            handler(signum, frame)  # a second signal exits from here
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
 
-    previous = {s: signal.signal(s, request_stop) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield stop
-    finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler)
+    return on_console
 
 
 def _restore_env(name, value):

@@ -1,6 +1,6 @@
 """One console line per event of a multi-worker run, and the failed row's error line.
 
-Events come from the collector (`bench.distributed.worker.Collector`): every rank of an attempt
+Events come from the collector (`bench.distributed.collector.Collector`): every rank of an attempt
 started (where each runs), an attempt failed (each failed rank's error, from the Ray Train
 controller's callback, and the step the workers had reached). A failed rank is placed by the host it
 reported at start; whether its node is lost is asked of the node's raylet (`hosts.lost_nodes`).

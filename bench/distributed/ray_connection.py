@@ -13,8 +13,8 @@ import socket
 import threading
 import time
 
+from bench.config.exits import first_line
 from bench.config.options import ConfigError
-from bench.distributed.worker import first_line
 from bench.hardware.devices import native_stderr_captured
 
 CONNECT_TIMEOUT_S = 30  # an --address that does not answer fails within this

@@ -27,8 +27,8 @@ paths must stay short) and is moved into DIR when the cluster stops.
 Layout of DIR: cluster.json (the state), node-a.log, node-b.log ... (what `ray start` printed),
 node-a/, node-b/ ... (each node's Ray temp folder: session_*/logs holds raylet.out, gcs_server.out).
 
-No TensorFlow and nothing from `bench` outside this package; Ray is imported only to ask the GCS which nodes
-are alive.
+No TensorFlow; from `bench` outside this package only the command's entry (`bench.config.exits`,
+`ConfigError`). Ray is imported only to ask the GCS which nodes are alive.
 
 Modules: `cluster` (LocalCluster: start, kill, stop by pid), `procs` (processes and ports read from
 /proc), `__main__` (the command line).

@@ -1,4 +1,8 @@
-"""python -m bench.distributed.localcluster up|status|down: a local multi-host cluster from a shell."""
+"""python -m bench.distributed.localcluster up|status|down: a local multi-host cluster from a shell.
+
+Enters through `bench.config.exits.command`: bad input (a bad flag, a folder without a cluster) is
+one line and exit 2; a cluster that cannot start or stop is one line and exit 1.
+"""
 
 from __future__ import annotations
 
@@ -6,14 +10,14 @@ import argparse
 import os
 import sys
 
+from bench.config import exits
+from bench.config.options import ConfigError
 from bench.distributed.localcluster.cluster import ClusterError, LocalCluster
 
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message):
-        # Bad input: one line, exit 2, no usage block.
-        print(f"localcluster: {message}", file=sys.stderr)
-        sys.exit(2)
+        raise ConfigError(message)  # bad input: one line, exit 2, no usage block
 
 
 def _parser():
@@ -52,32 +56,44 @@ def _print_status(cluster):
         print(f"{node['hostname']} {node['ip']} {role} pid {node['pid']} {state}")
 
 
+def _attach(folder):
+    try:
+        return LocalCluster.attach(folder)
+    except ClusterError as e:  # no cluster state there
+        raise ConfigError(str(e)) from None
+
+
+def _up(args):
+    try:
+        cluster = LocalCluster(nodes=args.nodes, cpus_per_node=args.cpus_per_node, log_dir=args.dir)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    cluster.start()
+    _print_status(cluster)
+    print(f"logs {cluster.log_dir}")
+    print(f"connect: ray.init(address='{cluster.address}') or --address {cluster.address}")
+    print(f"down: {sys.executable} -m bench.distributed.localcluster down --dir {cluster.log_dir}")
+
+
 def main(argv=None):
-    """The CLI: `up`, `status` and `down` of a cluster kept in --dir. Returns the exit code."""
+    """The CLI: `up`, `status` and `down` of a cluster kept in --dir. Returns the exit code; bad input raises
+    ConfigError."""
     args = _parser().parse_args(argv)
     try:
         if args.command == "up":
-            cluster = LocalCluster(nodes=args.nodes, cpus_per_node=args.cpus_per_node, log_dir=args.dir)
-            cluster.start()
-            _print_status(cluster)
-            print(f"logs {cluster.log_dir}")
-            print(f"connect: ray.init(address='{cluster.address}') or --address {cluster.address}")
-            print(f"down: {sys.executable} -m bench.distributed.localcluster down --dir {cluster.log_dir}")
+            _up(args)
         elif args.command == "status":
-            cluster = LocalCluster.attach(args.dir)
+            cluster = _attach(args.dir)
             _print_status(cluster)
-            return 0 if cluster.running() else 1
+            return exits.EXIT_OK if cluster.running() else exits.EXIT_FAILED
         else:
-            LocalCluster.attach(args.dir).stop()
+            _attach(args.dir).stop()
             print(f"stopped; logs in {os.path.abspath(args.dir)}")
-    except ValueError as e:
-        print(f"localcluster: {e}", file=sys.stderr)
-        return 2
-    except ClusterError as e:
-        print(f"localcluster: {e}", file=sys.stderr)
-        return 2 if "no cluster state" in str(e) else 1
-    return 0
+    except ClusterError as e:  # the cluster would not start or stop: not a bug, one line
+        exits.error(e)
+        return exits.EXIT_FAILED
+    return exits.EXIT_OK
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(exits.command(main, sys.argv[1:], what="localcluster"))
