@@ -33,6 +33,8 @@ import time
 
 import filelock
 
+from bench.config import exits
+from bench.config.options import ConfigError
 from bench.hardware import datasheet
 from bench.hardware.devices import device_sync, threads_in_effect
 from resnet.spec import COMPUTE_DTYPE
@@ -225,18 +227,20 @@ def main(argv):
     if argv[1:] == ["--show"]:
         for key, entry in sorted(read_cache().items()):
             print(f"{key}: {entry}")
-        return 0
+        return exits.EXIT_OK
     if argv[1:]:
-        print("usage: python -m bench.hardware.peak [--show]  (without --show: clear the peak cache)", file=sys.stderr)
-        return 2
+        raise ConfigError("usage: python -m bench.hardware.peak [--show]  (without --show: clear the peak cache)")
     path = cache_path()
-    if os.path.exists(path):
-        os.remove(path)
-        print(f"removed {path}: the next run measures the peak again")
-    else:
+    if not os.path.exists(path):
         print(f"no peak cache at {path}")
-    return 0
+        return exits.EXIT_OK
+    try:
+        os.remove(path)
+    except OSError as err:
+        raise ConfigError(f"cannot remove the peak cache {path}: {err.strerror or err}") from None
+    print(f"removed {path}: the next run measures the peak again")
+    return exits.EXIT_OK
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv))
+    sys.exit(exits.command(main, sys.argv, what="clearing the peak cache"))
