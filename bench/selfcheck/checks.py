@@ -20,7 +20,7 @@ from bench.selfcheck.env import (
     batches,
     copy_weights,
     loss_item,
-    make_trainer,
+    make_step_functions,
     random_batch,
     replica_values,
     replica_weights,
@@ -42,8 +42,8 @@ def check_replicas_match_one_device(env):
         return skip_one_replica(env, name)
     global_batch = PER_REPLICA * env.replicas
     images, labels = random_batch(global_batch)
-    one = make_trainer(env, env.one, global_batch, sync_bn=True, seed=7)
-    many = make_trainer(env, env.many, global_batch, sync_bn=True, seed=7)
+    one = make_step_functions(env, env.one, global_batch, sync_bn=True, seed=7)
+    many = make_step_functions(env, env.many, global_batch, sync_bn=True, seed=7)
     copy_weights(many.model, one.model)
     start = weights(one.model)
     same_start = max(float(np.max(np.abs(a - b))) for a, b in zip(weights(many.model), start))
@@ -56,9 +56,9 @@ def check_replicas_match_one_device(env):
     return verdict(name, items)
 
 
-def bn_spread(env, trainer):
+def bn_spread(env, step_fns):
     """max over BN moving statistics and replicas of |replica r - replica 0|, and how many variables."""
-    variables = [v for layer in batch_norm_layers(trainer.model) for v in (layer.moving_mean, layer.moving_variance)]
+    variables = [v for layer in batch_norm_layers(step_fns.model) for v in (layer.moving_mean, layer.moving_variance)]
     spread = max(
         float(np.max(np.abs(r - vals[0])))
         for vals in (replica_values(env.many, v) for v in variables)
@@ -73,14 +73,14 @@ def check_bn_statistics_agree(env):
     if env.replicas < 2:
         return skip_one_replica(env, name)
     global_batch = PER_REPLICA * env.replicas
-    trainer = make_trainer(env, env.many, global_batch, seed=3)
+    step_fns = make_step_functions(env, env.many, global_batch, seed=3)
     it = batches(env, env.many, *random_batch(global_batch))
-    loss = train(env, trainer, it, 3)  # the real path: 3 steps, then the replicas' statistics averaged
-    spread, count = bn_spread(env, trainer)
-    stem = float(np.abs(batch_norm_layers(trainer.model)[0].moving_mean.numpy()).sum())
+    loss = train(env, step_fns, it, 3)  # the real path: 3 steps, then the replicas' statistics averaged
+    spread, count = bn_spread(env, step_fns)
+    stem = float(np.abs(batch_norm_layers(step_fns.model)[0].moving_mean.numpy()).sum())
     # Teeth: one more step without the averaging shows the replicas really saw different batches.
-    trainer.train_loop(it, env.tf.constant(1))
-    unaveraged, _ = bn_spread(env, trainer)
+    step_fns.train_loop(it, env.tf.constant(1))
+    unaveraged, _ = bn_spread(env, step_fns)
     return verdict(
         name,
         [
@@ -105,8 +105,8 @@ def check_xla_matches(env):
     name = "xla_matches"
     global_batch = PER_REPLICA * env.replicas
     images, labels = random_batch(global_batch, seed=2)
-    plain = make_trainer(env, env.many, global_batch, seed=5)
-    xla = make_trainer(env, env.many, global_batch, seed=5, xla=True)
+    plain = make_step_functions(env, env.many, global_batch, seed=5)
+    xla = make_step_functions(env, env.many, global_batch, seed=5, xla=True)
     copy_weights(xla.model, plain.model)
     start = weights(plain.model)
     loss_plain = train(env, plain, batches(env, env.many, images, labels), 1)
@@ -122,14 +122,14 @@ def check_fp16_overflow_skipped(env):
     name = "fp16_overflow_skipped"
     n, last = env.replicas, env.replicas - 1
     global_batch = PER_REPLICA * n
-    trainer = make_trainer(env, env.many, global_batch, precision="mixed_float16", inject_inf_grad_at=(2, last))
+    step_fns = make_step_functions(env, env.many, global_batch, precision="mixed_float16", inject_inf_grad_at=(2, last))
     it = batches(env, env.many, *random_batch(global_batch))
-    train(env, trainer, it, 1)
-    scale = replica_values(env.many, trainer.optimizer.dynamic_scale)
-    skipped_before = int(trainer.skipped_steps.numpy())
-    before = replica_weights(env.many, trainer.model)
-    train(env, trainer, it, 1)  # step 2: replica `last` overflows, the others do not
-    after = replica_weights(env.many, trainer.model)
+    train(env, step_fns, it, 1)
+    scale = replica_values(env.many, step_fns.optimizer.dynamic_scale)
+    skipped_before = int(step_fns.skipped_steps.numpy())
+    before = replica_weights(env.many, step_fns.model)
+    train(env, step_fns, it, 1)  # step 2: replica `last` overflows, the others do not
+    after = replica_weights(env.many, step_fns.model)
     moved = [
         max(
             float(np.max(np.abs(w1 - w0))) if np.isfinite(w1).all() else math.inf for w0, w1 in zip(before[r], after[r])
@@ -145,11 +145,11 @@ def check_fp16_overflow_skipped(env):
         if n > 1
         else 0.0
     )
-    halved = replica_values(env.many, trainer.optimizer.dynamic_scale)
-    skipped = int(trainer.skipped_steps.numpy()) - skipped_before
-    later = train(env, trainer, it, 3)
-    finite = all(np.isfinite(w).all() for w in weights(trainer.model))
-    final_skipped = int(trainer.skipped_steps.numpy()) - skipped_before
+    halved = replica_values(env.many, step_fns.optimizer.dynamic_scale)
+    skipped = int(step_fns.skipped_steps.numpy()) - skipped_before
+    later = train(env, step_fns, it, 3)
+    finite = all(np.isfinite(w).all() for w in weights(step_fns.model))
+    final_skipped = int(step_fns.skipped_steps.numpy()) - skipped_before
     return verdict(
         name,
         [
@@ -186,11 +186,11 @@ def check_mixed_precision_finite(env):
                 f"mixed_bfloat16 not run: bfloat16 is native from compute capability 8.0, this GPU is {cc[0]}.{cc[1]}"
             )
             continue
-        trainer = make_trainer(env, env.many, global_batch, precision=precision, seed=6)
+        step_fns = make_step_functions(env, env.many, global_batch, precision=precision, seed=6)
         it = batches(env, env.many, images, labels)
-        losses = [train(env, trainer, it, 1), train(env, trainer, it, 3)]
-        finite = all(np.isfinite(w).all() for w in weights(trainer.model))
-        skipped = int(trainer.skipped_steps.numpy())
+        losses = [train(env, step_fns, it, 1), train(env, step_fns, it, 3)]
+        finite = all(np.isfinite(w).all() for w in weights(step_fns.model))
+        skipped = int(step_fns.skipped_steps.numpy())
         items.append(
             (
                 all(math.isfinite(x) for x in losses) and finite,

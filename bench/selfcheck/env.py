@@ -105,7 +105,7 @@ def header(env, requested_cpu_replicas):
 # -- small builders ------------------------------------------------------------
 
 
-def make_trainer(env, strategy, global_batch, precision="float32", seed=0, sync_bn=False, batch_norm=None, **kw):
+def make_step_functions(env, strategy, global_batch, precision="float32", seed=0, sync_bn=False, batch_norm=None, **kw):
     """StepFunctions over a fresh ResNet-8 built (with `seed`) under `strategy`, as a run builds them."""
     bn = "keras" if sync_bn else (batch_norm or env.batch_norm)
     cfg = RunConfig(n=N_BLOCKS, precision=precision, sync_bn=sync_bn, batch_norm=bn, seed=seed)
@@ -125,8 +125,8 @@ def batches(env, strategy, images, labels):
     return iter(strategy.experimental_distribute_dataset(ds))
 
 
-def train(env, trainer, iterator, steps):
-    return float(trainer.train(iterator, env.tf.constant(steps)))
+def train(env, step_fns, iterator, steps):
+    return float(step_fns.train(iterator, env.tf.constant(steps)))
 
 
 def weights(model):
