@@ -25,7 +25,7 @@ import time
 from bench.config import defaults, exits, options, recipe, setup_checks, validation
 from bench.config.identity import RunIdentity
 from bench.config.options import ConfigError, RunConfig
-from bench.results import rows, table
+from bench.results import console, rows, table
 from bench.results.rows import Measured, RunFacts
 from bench.runner import autotune
 from bench.runner.loop import Controller, Plan, RunHooks
@@ -103,7 +103,7 @@ def run(cfg: RunConfig, command="", out=None, write_row=True, on_eval=None, hook
             facts = _checked_peak(cfg, devices, facts, measured, out)
         row = rows.run_row(cfg, facts, measured)
         where, code = _conclude(cfg, identity, row, write_row, code)
-        print(rows.summary_text(row, where), file=out, flush=True)
+        print(console.summary_text(row, where), file=out, flush=True)
     if late.name and code == exits.EXIT_OK:
         code = exits.EXIT_SIGNAL[late.name]
     return Outcome(measured.status, row, code, measured)
