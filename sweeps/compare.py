@@ -11,8 +11,10 @@ pairs that would likely settle it. Test accuracy compares the same way when both
 Two tables: every configuration of both (matched as sweeps.report groups rows), the ratio new/base of
 images/sec with its interval over the repeats, into compare.md and plots/compare.png.
 Exit status: 0 done; 1 a run failed, or B slower than --fail_if_slower allows (a regression beyond
---fail_on_regression); 2 bad input (one line on stderr, nothing run or written); 130 / 143 stopped by
-Ctrl-C / SIGTERM (the rows written so far stay in the table).
+--fail_on_regression, or a configuration with no ok run on a side); 2 bad input (one line on stderr,
+nothing run or written: both arms are checked before either runs); 130 / 143 stopped by Ctrl-C /
+SIGTERM (the running bench.run is told, finishes its window and writes its `interrupted` row, which
+the comparison waits for; the rows written so far stay in the table).
 """
 
 from __future__ import annotations
