@@ -14,6 +14,7 @@ from absl import app, flags
 
 from bench import launch
 from bench.config import cli, exits, options
+from bench.runner import processes
 
 FLAGS = flags.FLAGS
 cli.define_run_flags(FLAGS)
@@ -31,6 +32,7 @@ def main(argv):
 
 
 def entry():
+    processes.follow_parent()  # a child of another command (sweeps.compare, --autotune) ends with its parent
     app.run(
         lambda argv: exits.command(main, argv, what="the run", stopped="nothing written"),
         flags_parser=lambda argv: cli.parse_flags(argv, usage),

@@ -103,7 +103,7 @@ class Deferred:
 
     def __call__(self, signum, frame):
         self.name = signal_name(signum)
-        _raw_stderr(f"\n{self.name}: {self.what}\n")
+        raw_stderr(f"\n{self.name}: {self.what}\n")
 
 
 class StopRequest:
@@ -116,15 +116,15 @@ class StopRequest:
     def __call__(self, signum, frame):
         name = signal_name(signum)
         if self.name:  # the second one: leave now
-            _raw_stderr(f"\n{name} again: exiting now\n")
+            raw_stderr(f"\n{name} again: exiting now\n")
             os._exit(EXIT_SIGNAL.get(name, EXIT_FAILED))
         self.name = name
-        _raw_stderr(f"\n{name}: {self.announce} (again to exit at once)\n")
+        raw_stderr(f"\n{name}: {self.announce} (again to exit at once)\n")
         if self.on_request:
             self.on_request(name)
 
 
-def _raw_stderr(text):
+def raw_stderr(text):
     """Write from a signal handler: straight to the file descriptor, never raising (it may be closed)."""
     with contextlib.suppress(OSError):
         os.write(2, text.encode())

@@ -188,6 +188,12 @@ def speed_band(band_pct):
     return math.log1p(-band_pct / 100), math.log1p(band_pct / 100)
 
 
+def ratio_bound(est: Estimate):
+    """How far from 1 a speed ratio inside the interval (of its log) can be: 0.955-1.030x is within ±4.5%
+    (not ±4.7%, which is 1/0.955: the log scale's symmetric bound read back as a ratio)."""
+    return max(-math.expm1(est.low), math.expm1(est.high), 0.0)
+
+
 def slower_with_confidence(est: Estimate, pct):
     """B slower than A by more than `pct`% with 95% confidence: the whole interval of B/A below 1 - pct/100."""
     return est.high < math.log1p(-pct / 100)

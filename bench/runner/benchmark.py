@@ -22,7 +22,7 @@ import functools
 import sys
 import time
 
-from bench.config import defaults, exits, options, recipe, setup_checks, validation
+from bench.config import defaults, exits, options, recipe, setup_checks, tuning, validation
 from bench.config.identity import RunIdentity
 from bench.config.options import ConfigError, RunConfig
 from bench.results import console, rows, table
@@ -50,8 +50,7 @@ def run(cfg: RunConfig, command="", out=None, write_row=True, on_eval=None, hook
     started = time.perf_counter()
 
     # ---- 1. check the input ------------------------------------------------------------------------------
-    cfg = validation.validate(cfg)
-    table.check_results_path(cfg.results)
+    cfg = check(cfg)
     identity = RunIdentity(cfg)
     if identity.finished:
         print(identity.finished_line(cfg), file=out)
@@ -107,6 +106,52 @@ def run(cfg: RunConfig, command="", out=None, write_row=True, on_eval=None, hook
     if late.name and code == exits.EXIT_OK:
         code = exits.EXIT_SIGNAL[late.name]
     return Outcome(measured.status, row, code, measured)
+
+
+# ---- 1. check the input ----------------------------------------------------------------------------------------
+
+
+def check(cfg: RunConfig) -> RunConfig:
+    """What a run refuses before any work (ConfigError; a table that cannot take its row: ResultsError, one
+    too); the normalised config. `sweeps.compare` checks each arm with it before running either."""
+    cfg = validation.validate(cfg)
+    table.check_results_path(cfg.results)
+    return cfg
+
+
+def expected_setup(cfg: RunConfig, machine=None) -> RunConfig:
+    """What sections 2-3 will make of a checked `cfg` on this machine, as far as it is known before
+    TensorFlow's import (the machine as `--autotune` detects it: `nvidia-smi` for GPUs): ConfigError for what
+    `setup_checks.check_setup` will refuse, else the config with its defaults resolved and oneDNN decided.
+
+    A multi-worker run's setup is its workers' (judged by the driver against the cluster) and an
+    `--autotune` run's settings are chosen by its probes: both come back as they are.
+    """
+    if cfg.strategy == options.MULTI_WORKER:
+        return cfg
+    machine = machine or autotune.detect_machine(cfg)
+    replicas = tuning.replicas(cfg, machine)
+    if cfg.data == "synthetic":
+        data_kind = "synthetic"
+    elif cfg.data == "files" or (cfg.data == "auto" and cfg.cifar_dir):
+        data_kind = "files"
+    else:
+        data_kind = "tfds"  # or, for auto, synthetic if it is not there: only its import can tell
+    onednn = defaults.onednn_request(cfg)
+    setup_checks.check_setup(
+        cfg,
+        setup_checks.SetupFacts(
+            gpus_visible=machine.gpus,
+            device_kind=machine.device_kind,
+            cpu_devices=cfg.cpu_replicas,  # a fresh process splits the CPU as asked
+            num_replicas=replicas,
+            onednn=onednn == "on",
+            data_kind=data_kind,
+        ),
+    )
+    if cfg.autotune != "off":
+        return cfg
+    return defaults.resolve(cfg, machine.device_kind, replicas, data_kind).replace(onednn=onednn)
 
 
 # ---- 3. devices and data ---------------------------------------------------------------------------------------
