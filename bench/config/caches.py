@@ -30,6 +30,8 @@ def reason(exc):
     """An OSError (or any exception) in a few words: `Permission denied`, `Not a directory`, ..."""
     if isinstance(exc, filelock.Timeout):
         return "its lock is held by another process"
+    if isinstance(exc, (FileExistsError, NotADirectoryError)):
+        return "a file is where its folder should be"
     if getattr(exc, "strerror", None):
         return exc.strerror
     return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
