@@ -119,7 +119,7 @@ def test_inference_probes_are_judged_by_median_latency():
 
 
 def test_the_row_says_how_its_settings_were_chosen():
-    assert table.SCHEMA[-1] == "tuned"
+    assert table.SCHEMA[-2:] == ("tuned", "autotune_s")  # autotune_s: the probing, after it
     assert rows.config_row(RunConfig(), "failed")["tuned"] == "default"
     assert rows.config_row(RunConfig(tuned="K"), "failed")["tuned"] == "K"
 
@@ -208,6 +208,7 @@ def test_settle_caches_the_winner_and_refresh_probes_again(tmp_path, monkeypatch
 
 
 @pytest.mark.slow
+@pytest.mark.e2e
 def test_bench_run_autotune_probes_prints_the_table_caches_and_the_next_run_starts_at_once(tmp_path):
     cache = tmp_path / "cache"
     cache.mkdir()
@@ -241,6 +242,8 @@ def test_bench_run_autotune_probes_prints_the_table_caches_and_the_next_run_star
     assert len(found) == 2 and found[0]["tuned"] == found[1]["tuned"]
     assert "batch 16" in found[0]["tuned"] and "fixed onednn=on xla=true inter_op_threads=0" in found[0]["tuned"]
     assert found[0]["batch_norm"] == found[1]["batch_norm"] and found[0]["status"] == "ok"
+    probed, cached = (float(r["autotune_s"]) for r in found)  # four probe processes, then one JSON read
+    assert probed > 4 * cached and probed > 1.0
 
 
 def _seed_peak(cache):
@@ -381,3 +384,57 @@ def test_bench_run_with_a_bad_pairs_budget_is_one_line_exit_2_nothing_written(tm
     assert proc.returncode == 2 and len(lines) == 1, proc.stderr[-2000:]
     assert lines[0].startswith("error: ") and autotune.MAX_PAIRS_ENV in lines[0] and "'abc'" in lines[0]
     assert os.listdir(tmp_path) == []  # no table, no cache, no traceback
+
+
+# ---------------------------------------------------------------------------
+# Probing time in its own column
+
+
+def test_probing_time_is_its_own_column_not_part_of_the_time_to_the_first_step(tmp_path, monkeypatch):
+    import time
+
+    from bench.runner import benchmark
+
+    machine = dataclasses.replace(CPU, onednn_env="set")  # oneDNN is this test process's: not a candidate
+    monkeypatch.setattr(autotune, "detect_machine", lambda cfg: machine)
+    monkeypatch.setenv("RESNET_BENCH_CACHE", str(tmp_path / "cache"))
+    seed_peak_cache(str(tmp_path / "cache"))
+    nap = 0.4
+
+    def slow_probes(cfg, device_kind, results_path):
+        def measure(settings, pair, arm, position):
+            time.sleep(nap)  # a probe process's start-up
+            return stats.Run(pair, arm, position, "ok", 100.0 * (1.5 if settings.get("xla") is False else 1) * pair)
+
+        return measure
+
+    monkeypatch.setattr(autotune, "process_measure", slow_probes)
+    path = str(tmp_path / "s.csv")
+    cfg = RunConfig(n=1, batch_size=16, data="synthetic", steps=6, warmup_steps=2, steps_per_loop=2, results=path)
+    start = time.perf_counter()
+    out = benchmark.run(cfg.replace(autotune="on"), command="test")
+    elapsed = time.perf_counter() - start
+    assert out.status == "ok", out.row.get("error")
+    plan = tuning.candidates(cfg, machine)
+    probes = sum(len(values) - 1 for _, values in plan) * 2 * autotune.FIRST_PAIRS  # each settled in two pairs
+    [row] = table.read_rows(path)
+    assert row["tuned"] == tuning.key(cfg, machine)
+    assert float(row["autotune_s"]) >= probes * nap
+    assert 0 < float(row["time_to_first_step_s"]) < elapsed - float(row["autotune_s"])
+    # a cached choice: a JSON read; without --autotune: empty
+    benchmark.run(cfg.replace(autotune="on", seed=1), command="test")
+    benchmark.run(cfg.replace(seed=2), command="test")
+    cached, plain = table.read_rows(path)[1:]
+    assert float(cached["autotune_s"]) < nap and plain["autotune_s"] == "" and plain["tuned"] == "default"
+
+
+def test_a_table_of_the_previous_schema_is_read_and_upgraded_for_the_new_column(tmp_path):
+    previous = table.SCHEMA[: table.SCHEMA.index("tuned") + 1]  # the schema before autotune_s
+    path = tmp_path / "old.csv"
+    path.write_text(",".join(previous) + "\n" + "r1,t,ok" + "," * (len(previous) - 3) + "\n")
+    table.check_header(str(path))  # readable as it is (the report)
+    with pytest.raises(table.ResultsError, match="older version .*autotune_s"):
+        table.check_results_path(str(path))
+    table.upgrade(str(path))
+    [row] = table.read_rows(str(path))
+    assert tuple(row) == table.SCHEMA and row["run_id"] == "r1" and row["autotune_s"] == ""

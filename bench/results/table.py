@@ -104,6 +104,7 @@ SCHEMA = (
     "num_hosts",  # distinct hosts (machines) the workers of a multi-worker run's last attempt ran on
     "peak_scope",  # what peak_gflops covers: one process's devices, or a sum over workers and hosts
     "tuned",  # how the tunable settings were chosen: the --autotune cache key, default or flag
+    "autotune_s",  # seconds --autotune took before the run (its probes, or reading its cache); not in time_to_first_step_s
 )
 
 STATUSES = ("ok", "diverged", "failed", "stopped", "interrupted")  # stopped: by ASHA; interrupted: Ctrl-C, SIGTERM
