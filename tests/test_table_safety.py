@@ -12,6 +12,8 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 from bench.config import identity
 from bench.config.options import RunConfig
 from bench.results import rows, table
@@ -242,3 +244,23 @@ def test_an_older_table_is_upgraded_only_on_request(tmp_path):
     assert tuple(got[0]) == table.SCHEMA and [r["run_id"] for r in got] == ["old1", "r00002"]
     assert got[0]["command"] == "python -m bench.run --x, y" and got[0]["onednn"] == ""
     one_line_exit_2(command("bench.results", "upgrade", str(path)), "already")
+
+
+@pytest.mark.e2e
+def test_an_upgrade_of_an_immutable_file_can_be_retried_and_leaves_nothing(tmp_path):
+    path = tmp_path / "old.csv"
+    path.write_text(
+        ",".join(c for c in table.SCHEMA if c != "onednn") + "\nold1,t,ok" + "," * (len(table.SCHEMA) - 4) + "\n"
+    )
+    if subprocess.run(["chattr", "+i", str(path)], capture_output=True).returncode:
+        pytest.skip("chattr +i is not available here (needs root and a file system that has it)")
+    try:
+        for _ in range(2):
+            one_line_exit_2(command("bench.results", "upgrade", str(path)), "cannot upgrade", "not permitted")
+            assert os.listdir(tmp_path) == ["old.csv"]
+    finally:
+        subprocess.run(["chattr", "-i", str(path)], check=True)
+    assert command("bench.results", "upgrade", str(path)).returncode == 0
+    assert sorted(os.listdir(tmp_path)) == ["old.csv", "old.csv.before-upgrade", "old.csv.lock"]
+    one_line_exit_2(command("bench.results", "upgrade", str(tmp_path / "missing.csv")), "no results file")
+    assert not (tmp_path / "missing.csv.lock").exists()

@@ -11,7 +11,7 @@ import math
 import os
 import tempfile
 
-from bench.config import cifar_files
+from bench.config import cifar_files, tuning
 from bench.config.defaults import onednn_request
 from bench.config.identity import comparable, fingerprint, saved_run
 from bench.config.options import (
@@ -142,6 +142,8 @@ def _check_combinations(cfg):
         raise ConfigError("--arm and --comparison go together (sweeps.compare sets both)")
     if cfg.autotune != "off" and cfg.strategy == MULTI_WORKER:
         raise ConfigError("--autotune probes single-process runs; give a multi-worker run its settings as flags")
+    if cfg.autotune != "off":
+        tuning.max_pairs()  # its budget, from the environment
 
     if cfg.loop == "fit":
         _check_fit(cfg)

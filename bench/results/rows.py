@@ -41,6 +41,8 @@ class RunFacts:
     peak_measured_at: str = ""  # when the measured peak's best reading was taken (UTC)
     peak_readings: int = None  # how many readings that best is over
     peak_load: float = None  # 1-minute load average per core during that reading
+    autotune_s: float = None  # seconds --autotune took before the run (None: not asked for); not in the time to
+    # the first step, which is counted from `started` less these
 
 
 FACT_COLUMNS = (
@@ -64,6 +66,7 @@ FACT_COLUMNS = (
     "peak_measured_at",
     "peak_readings",
     "peak_load",
+    "autotune_s",
 )
 
 
@@ -142,7 +145,9 @@ def run_row(cfg: RunConfig, facts: RunFacts, measured: Measured):
         "total_steps": measured.steps,
         "epochs": measured.steps * cfg.batch_size / facts.train_images,
         "compile_s": measured.compile_s,
-        "time_to_first_step_s": measured.first_step_at - facts.started if measured.first_step_at else None,
+        "time_to_first_step_s": (
+            measured.first_step_at - facts.started - (facts.autotune_s or 0.0) if measured.first_step_at else None
+        ),
         "train_time_s": measured.train_time_s,
         "final_train_loss": measured.final_loss if cfg.mode == "train" else None,
         "test_accuracy": measured.last_accuracy,

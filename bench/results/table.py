@@ -104,6 +104,7 @@ SCHEMA = (
     "num_hosts",  # distinct hosts (machines) the workers of a multi-worker run's last attempt ran on
     "peak_scope",  # what peak_gflops covers: one process's devices, or a sum over workers and hosts
     "tuned",  # how the tunable settings were chosen: the --autotune cache key, default or flag
+    "autotune_s",  # seconds --autotune took before the run (its probes, or reading its cache); not in time_to_first_step_s
 )
 
 STATUSES = ("ok", "diverged", "failed", "stopped", "interrupted")  # stopped: by ASHA; interrupted: Ctrl-C, SIGTERM
@@ -375,20 +376,51 @@ def upgrade(path):
 
     Its rows keep every value and get empty new columns; the file is replaced atomically (mode kept)
     and the original bytes are kept beside it as `<table>.before-upgrade`. Returns that copy's path.
+    An upgrade that fails (the file cannot be replaced: immutable, a read-only folder) leaves the file
+    as it was and nothing beside it (neither the copy nor a lock it created), so it can simply be tried
+    again; a copy of exactly these bytes left by an earlier version is taken as this one's, another
+    file of that name is the user's and refused. Nothing is created for a path that is not a file.
     """
     real = table_path(path)
-    with filelock.FileLock(real + ".lock", timeout=120):
-        header = _header_of(real)
-        if header == SCHEMA:
-            raise ResultsError(f"{path} already has this version's header")
-        check_header(real)  # an older schema, or ResultsError
-        before = _read_bytes(real)
-        rows = list(csv.DictReader(io.StringIO(before.decode("utf-8"), newline="")))
-        backup = real + ".before-upgrade"
+    if not os.path.isfile(real):
+        raise ResultsError(f"results path {path} is not a regular file" if os.path.lexists(real) else
+                           f"no results file {path}")
+    lock_path = real + ".lock"
+    new_lock = not os.path.lexists(lock_path)
+    try:
+        with filelock.FileLock(lock_path, timeout=120):
+            return _upgrade_locked(path, real)
+    except BaseException:
+        if new_lock:  # nothing changed: leave nothing behind (only our own upgrades wait on this new lock)
+            with contextlib.suppress(OSError):
+                os.unlink(lock_path)
+        raise
+
+
+def _upgrade_locked(path, real):
+    header = _header_of(real)
+    if header == SCHEMA:
+        raise ResultsError(f"{path} already has this version's header")
+    check_header(real)  # an older schema, or ResultsError
+    before = _read_bytes(real)
+    rows = list(csv.DictReader(io.StringIO(before.decode("utf-8"), newline="")))
+    backup = real + ".before-upgrade"
+    if os.path.lexists(backup):
+        if not os.path.isfile(backup) or _read_bytes(backup) != before:
+            raise ResultsError(f"{backup} exists and is not a copy of {path}; move it away, then upgrade again")
+        made = False  # an earlier upgrade that failed left it: the same bytes
+    else:
         with open(backup, "xb") as fh:
             fh.write(before)
-        new = format_header() + "".join(_csv_line(r.get(c) or "" for c in SCHEMA) for r in rows)
+        made = True
+    new = format_header() + "".join(_csv_line(r.get(c) or "" for c in SCHEMA) for r in rows)
+    try:
         replace_atomically(real, new.encode("utf-8"))
+    except BaseException:
+        if made:
+            with contextlib.suppress(OSError):
+                os.unlink(backup)
+        raise
     return backup
 
 

@@ -56,25 +56,29 @@ def run(cfg: RunConfig, command="", out=None, write_row=True, on_eval=None, hook
         print(identity.finished_line(cfg), file=out)
         return Outcome("skipped", {}, exits.EXIT_OK)
 
+    autotune_s = None  # the probing's seconds: a column of their own, not part of the time to the first step
     try:
         with exits.on_signals(exits.raise_interrupted):  # until the controller can stop between windows
             # ---- 2. settle the settings (before TensorFlow's import: the probes may choose oneDNN) -----------
+            settling = time.perf_counter()
             cfg = autotune.settle(cfg, out)
+            autotune_s = time.perf_counter() - settling if cfg.autotune != "off" else None
             # ---- 3. devices and data -----------------------------------------------------------------------
             cfg, devices, source = _devices_and_data(cfg)
             identity.save(finished=False)
             # ---- 4. build ------------------------------------------------------------------------------------
             controller, facts = _build(cfg, devices, source, identity.run_id, command, started, out, hooks)
+            facts = dataclasses.replace(facts, autotune_s=autotune_s)
     except ConfigError:
         raise
     except exits.Interrupted as stop:
         status, error, code = "interrupted", f"stopped by {stop.name} while setting up", exits.EXIT_SIGNAL[stop.name]
-        return _ended_in_setup(cfg, identity, command, out, write_row, status, error, code)
+        return _ended_in_setup(cfg, identity, command, out, write_row, status, error, code, autotune_s)
     except Exception as exc:  # noqa: BLE001 - any failure becomes the row's error
         error = exits.first_line(exc)
         log = exits.save_traceback(exc, cfg.results, identity.run_id)
         exits.error(f"run {identity.run_id} failed while setting up: {error} (traceback: {log})")
-        return _ended_in_setup(cfg, identity, command, out, write_row, "failed", error, exits.EXIT_FAILED)
+        return _ended_in_setup(cfg, identity, command, out, write_row, "failed", error, exits.EXIT_FAILED, autotune_s)
     if controller.step >= controller.plan.total_steps:  # killed after its last checkpoint, before its row
         print(
             f"the checkpoint in {cfg.checkpoint_dir} is at step {controller.step} of {controller.plan.total_steps}: "
@@ -322,9 +326,10 @@ def _checked_peak(cfg, devices, facts, measured, out):
     )
 
 
-def _ended_in_setup(cfg, identity, command, out, write_row, status, error, code):
-    """The row of a run that ended before training: what the configuration says, and why."""
-    row = {**rows.config_row(cfg, status, error, run_id=identity.run_id), "command": command}
+def _ended_in_setup(cfg, identity, command, out, write_row, status, error, code, autotune_s=None):
+    """The row of a run that ended before training: what the configuration says (and the probing's seconds), and
+    why."""
+    row = {**rows.config_row(cfg, status, error, run_id=identity.run_id), "command": command, "autotune_s": autotune_s}
     where, code = _conclude(cfg, identity, row, write_row, code)
     print(
         f"status  {status} ({error}); row in {where}" if write_row else f"status  {status} ({error})",
