@@ -60,7 +60,7 @@ def test_a_cache_folder_that_cannot_be_written_is_read_as_it_is(tmp_path, monkey
     again = peak.peak_reading("/cpu:0", "CPU:ro-test", "float32")  # a run reads it twice (after training too)
     assert again == got
     [line] = warnings_in(capsys.readouterr().err)
-    assert "peak FLOP/s cache" in line and "cannot be written" in line and "caching nothing" in line
+    assert "peak FLOP/s cache" in line and "cannot be written" in line and "nothing is cached" in line
     assert (folder / "peak.json").read_bytes() == before and sorted(os.listdir(folder)) == [
         "peak.json",
         "peak.json.lock",
@@ -194,3 +194,17 @@ def test_caches_folder_follows_the_variable(monkeypatch):
     assert peak.cache_path() == "/some/where/peak.json"
     monkeypatch.delenv("RESNET_BENCH_CACHE")
     assert peak.cache_path() == os.path.join(os.path.expanduser("~"), ".cache", "resnet-bench", "peak.json")
+
+
+def test_a_read_only_cache_folder_is_one_line_for_the_peak_and_the_autotune_caches(tmp_path, monkeypatch, capsys):
+    from bench.runner import autotune
+
+    folder = read_only_cache(tmp_path / "ro", {peak.cache_key("CPU:ro-test", "float32"): fresh(123.0)})
+    os.makedirs(folder / "autotune.json.lock")
+    monkeypatch.setenv("RESNET_BENCH_CACHE", str(folder))
+    monkeypatch.setattr(peak, "measure", no_measuring)
+    assert peak.peak_reading("/cpu:0", "CPU:ro-test", "float32").gflops == 123.0
+    assert autotune.write_cache("a key", {"settings": {}}) is False
+    [line] = warnings_in(capsys.readouterr().err)
+    assert f"the cache folder {folder} cannot be written" in line
+    assert not (folder / "autotune.json").exists()

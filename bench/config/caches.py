@@ -3,8 +3,9 @@
 A cache is an optimisation, never a failure. A cache folder that cannot be written (read-only, not a
 folder, on /proc), a file that cannot be read or is not what this version wrote, an entry that is
 malformed or from another version: each is one `warning:` line on stderr (one per cache file and
-process), and the run goes on without it: it reads what it can, measures what it must, and caches
-nothing that nothing measured. No TensorFlow here.
+process; a folder that cannot be written is one line for all its caches), and the run goes on without
+it: it reads what it can, measures what it must, and caches nothing that nothing measured. No
+TensorFlow here.
 """
 
 from __future__ import annotations
@@ -38,7 +39,8 @@ def reason(exc):
 
 
 def warn(path, text):
-    """`warning: <text>` on stderr, once per cache file `path` and process (later problems of it are the same one)."""
+    """`warning: <text>` on stderr, once per cache file or folder `path` and process (later problems of it are the
+    same one)."""
     if path in _warned:
         return
     _warned.add(path)
@@ -82,10 +84,11 @@ def locked(path, what, timeout):
         lock.acquire()
     except (OSError, filelock.Timeout) as exc:
         lock = None
+        where = os.path.dirname(path)  # one line for the folder: every cache in it is read as it is
         warn(
-            path,
-            f"the {what} in {os.path.dirname(path)} cannot be written ({reason(exc)}); using what it holds "
-            "and caching nothing",
+            where,
+            f"the cache folder {where} cannot be written ({reason(exc)}): the {what} and the others there "
+            "are read as they are and nothing is cached",
         )
     if lock is None:
         yield False
