@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Callable, Optional
+from collections.abc import Callable
 
 import numpy as np
 
@@ -52,8 +52,8 @@ class Run:
     arm: str
     position: int  # 1-based place in the order of the comparison
     status: str  # ok | failed | diverged | ... (the row's status)
-    images_per_sec: Optional[float] = None
-    test_accuracy: Optional[float] = None  # None: synthetic data
+    images_per_sec: float | None = None
+    test_accuracy: float | None = None  # None: synthetic data
     error: str = ""
     run_id: str = ""
 
@@ -109,8 +109,15 @@ def paired_interval(effects):
     if len(effects) < 2:
         raise ValueError("an interval needs at least two pairs")
     mean, half = metrics.mean_ci95(effects)
-    return Estimate(mean, mean - half, mean + half, len(effects), float(np.std(effects, ddof=1)),
-                    float(np.median(effects)), "t over pairs")
+    return Estimate(
+        mean,
+        mean - half,
+        mean + half,
+        len(effects),
+        float(np.std(effects, ddof=1)),
+        float(np.median(effects)),
+        "t over pairs",
+    )
 
 
 def log_ratios(pairs):
@@ -135,7 +142,9 @@ def unpaired_interval(base, new):
         df = (vb + vn) ** 2 / ((vb**2 / (nb - 1)) + (vn**2 / (nn - 1))) if vb + vn > 0 else nb + nn - 2
         method = "Welch t"
     else:
-        pooled = ((nb - 1) * base.var(ddof=1 if nb > 1 else 0) + (nn - 1) * new.var(ddof=1 if nn > 1 else 0)) / (nb + nn - 2)
+        pooled = ((nb - 1) * base.var(ddof=1 if nb > 1 else 0) + (nn - 1) * new.var(ddof=1 if nn > 1 else 0)) / (
+            nb + nn - 2
+        )
         se = math.sqrt(pooled * (1 / nb + 1 / nn))
         df = nb + nn - 2
         method = "pooled t"
@@ -152,7 +161,7 @@ def unpaired_interval(base, new):
 class Verdict:
     kind: str  # higher | lower | same | inconclusive
     bound: float  # same: the largest effect the interval allows (|low| or |high|)
-    pairs_needed: Optional[int] = None  # inconclusive: pairs in all that would likely settle it (None: > MAX_PAIRS)
+    pairs_needed: int | None = None  # inconclusive: pairs in all that would likely settle it (None: > MAX_PAIRS)
 
 
 def verdict(est: Estimate, band_low, band_high):

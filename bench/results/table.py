@@ -211,8 +211,9 @@ def check_header(path, older_ok=True):
             f"would lose them there, so nothing is appended; use a new --results file, or convert this one "
             f"once with: {UPGRADE_COMMAND} {path}"
         )
-    raise ResultsError(f"{path} is not a results table (header: {_first_difference(header)}); "
-                       "use another --results file")
+    raise ResultsError(
+        f"{path} is not a results table (header: {_first_difference(header)}); use another --results file"
+    )
 
 
 def check_results_path(path):
@@ -231,8 +232,10 @@ def check_results_path(path):
             raise ResultsError(f"results file {path} is not writable")
         links = os.stat(real).st_nlink
         if links > 1:  # the table is replaced by a new file: its other names would keep the old one
-            raise ResultsError(f"results file {path} has {links} hard links; rows would reach only one of them "
-                               "(use a symlink or a copy)")
+            raise ResultsError(
+                f"results file {path} has {links} hard links; rows would reach only one of them "
+                "(use a symlink or a copy)"
+            )
         check_header(real, older_ok=False)
 
 
@@ -298,8 +301,10 @@ def replace_atomically(path, data, mode=0o644, expect=None):
             fh.flush()
             os.fsync(fh.fileno())
         if expect is not None and _read_bytes(path) != expect:
-            raise ResultsError(f"{path} changed while the row was being added (a program writing it without "
-                               "the lock?); it was left as that program wrote it")
+            raise ResultsError(
+                f"{path} changed while the row was being added (a program writing it without "
+                "the lock?); it was left as that program wrote it"
+            )
         os.chmod(tmp, like.st_mode & 0o7777 if like else mode)
         if like and (like.st_uid, like.st_gid) != (os.getuid(), os.getgid()):
             with contextlib.suppress(OSError):  # only root may give a file away; the mode is kept either way
@@ -366,8 +371,13 @@ def save_row(path, row, err=None):
         print(f"error: the row was not added to {path} ({problem}); it is in {fallback}", file=err, flush=True)
         return fallback
     except OSError as exc:
-        print(f"error: the row was not added to {path} ({problem}), nor saved beside it ({exc.strerror}); "
-              f"here it is, with the header:\n{table}", file=err, end="", flush=True)
+        print(
+            f"error: the row was not added to {path} ({problem}), nor saved beside it ({exc.strerror}); "
+            f"here it is, with the header:\n{table}",
+            file=err,
+            end="",
+            flush=True,
+        )
         return "stderr"
 
 
@@ -383,8 +393,9 @@ def upgrade(path):
     """
     real = table_path(path)
     if not os.path.isfile(real):
-        raise ResultsError(f"results path {path} is not a regular file" if os.path.lexists(real) else
-                           f"no results file {path}")
+        raise ResultsError(
+            f"results path {path} is not a regular file" if os.path.lexists(real) else f"no results file {path}"
+        )
     lock_path = real + ".lock"
     new_lock = not os.path.lexists(lock_path)
     try:
