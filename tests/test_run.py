@@ -627,3 +627,34 @@ def test_an_interrupted_run_writes_its_row_before_anything_slow_and_a_late_signa
     [row] = table.read_rows(str(path))
     assert row["status"] == "interrupted" and row["total_steps"] == str(fired[0]) and row["test_accuracy"] == ""
     assert out.exit_code == 130
+
+
+@pytest.mark.e2e
+def test_a_closed_or_vanished_output_never_costs_the_row(tmp_path):
+    """Outputs closed before the start (`>&- 2>&-`) and a reader gone after one byte (`2>&1 | head -c1`):
+    the run's row is ok and so is its exit status."""
+    env = {**os.environ, "PYTHONPATH": ROOT}
+    closed = str(tmp_path / "closed.csv")
+    script = 'exec "$0" -m bench.run "$@" >&- 2>&-'
+    proc = subprocess.run(
+        ["bash", "-c", script, sys.executable, *TINY, f"--results={closed}"], cwd=ROOT, env=env, timeout=300
+    )
+    [row] = table.read_rows(closed)
+    assert proc.returncode == 0 and row["status"] == "ok", row["error"]
+    gone = str(tmp_path / "gone.csv")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bench.run", *TINY, "--steps=40", f"--results={gone}"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        assert proc.stdout.read(1)  # `head -c1`: one byte, then the reader is gone
+        proc.stdout.close()
+        assert proc.wait(300) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    [row] = table.read_rows(gone)
+    assert row["status"] == "ok", row["error"]

@@ -181,11 +181,36 @@ class _Guarded(io.TextIOBase):
 
 
 def guard_streams():
-    """Make sys.stdout and sys.stderr survive a reader that goes away (idempotent)."""
+    """Make sys.stdout and sys.stderr survive a reader that goes away (idempotent).
+
+    An output closed before the command started (`>&-`, `2>&-`: Python then has no sys.stdout or
+    sys.stderr) writes nowhere, and its file descriptor is pointed at /dev/null: otherwise the next file
+    opened would take that number, and whatever a native library prints would land in it (a results table).
+    """
+    for fd in (1, 2):
+        _keep_open(fd)
     for name in ("stdout", "stderr"):
         stream = getattr(sys, name)
-        if stream is not None and not isinstance(stream, _Guarded):
+        if stream is None:
+            setattr(sys, name, _Guarded(open(os.devnull, "w", encoding="utf-8")))
+        elif not isinstance(stream, _Guarded):
             setattr(sys, name, _Guarded(stream))
+
+
+def _keep_open(fd):
+    """Point a closed file descriptor (1 or 2) at /dev/null."""
+    try:
+        os.fstat(fd)
+        return
+    except OSError:
+        pass
+    with contextlib.suppress(OSError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        if devnull == fd:
+            os.set_inheritable(fd, True)  # what the process starts sees it as its own output
+        else:
+            os.dup2(devnull, fd)
+            os.close(devnull)
 
 
 # -- the entry ------------------------------------------------------------------------------------------------

@@ -119,7 +119,7 @@ class Controller:
         workload: Workload,
         batch_size,
         *,
-        out=sys.stdout,
+        out=None,
         target_accuracy=None,
         checkpointer=None,
         summaries=None,
@@ -130,7 +130,8 @@ class Controller:
         clock=time.perf_counter,
     ):
         self.plan, self.workload, self.batch_size = plan, workload, batch_size
-        self.out, self.target_accuracy = out, target_accuracy
+        # sys.stdout looked up now, not when this module was imported: the command's guarded stream
+        self.out, self.target_accuracy = out or sys.stdout, target_accuracy
         self.checkpointer, self.summaries, self.profiler = checkpointer, summaries, profiler
         self.on_eval = on_eval  # on_eval(step, accuracy): a sweep reports to its scheduler
         # on_step(step) after each window (a multi-worker worker: fault injection, the driver's stop
@@ -145,7 +146,7 @@ class Controller:
         self.first_step_at = None
         self.stop_requested = None  # a reason (e.g. "SIGINT") set from a signal handler
         self.status, self.error = "ok", ""
-        self.display = ProgressLine(out, plan.total_steps, batch_size, workload.value_name)
+        self.display = ProgressLine(self.out, plan.total_steps, batch_size, workload.value_name)
         self._profiling = False
         self._saved_at = None
         self._last_seconds = None
