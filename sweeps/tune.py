@@ -191,7 +191,10 @@ def _failed_row(runs, trial, error):
     return row
 
 
-def check_storage(opts: SweepOptions):
+def check_paths(opts: SweepOptions):
+    """The sweep's folder (`<storage>/<name>`), after checking what a sweep writes to: the results table takes
+    rows (as `bench.run` checks it) and the folder is there exactly when resuming. Bad input raises ConfigError."""
+    table.check_results_path(opts.results)
     path = os.path.join(opts.storage, opts.name)
     validation.check_sweep_storage(
         opts.name, opts.storage, opts.resume, exists=os.path.exists(path), is_folder=os.path.isdir(path)
@@ -215,7 +218,7 @@ def start_ray(opts: SweepOptions):
 
 def run_sweep(trials, opts: SweepOptions):
     """Run (or resume) the sweep; return the rows of its trials, one per trial."""
-    path = os.path.abspath(check_storage(opts))
+    path = os.path.abspath(check_paths(opts))
     ray = start_ray(opts)
     from ray import tune
 
@@ -229,11 +232,11 @@ def run_sweep(trials, opts: SweepOptions):
                 runs = json.load(fh)["runs"]
         else:
             runs = {t.key: json.loads(json.dumps(dataclasses.asdict(t.config))) for t in trials}
+        multiworker_trials.check_cluster(runs, ray)
+        if not opts.resume:  # the folder once the cluster can hold the trials: a refused sweep leaves none
             os.makedirs(path)
             with open(plan_file, "w") as fh:
                 json.dump({"command": opts.command, "shuffle_seed": opts.shuffle_seed, "runs": runs}, fh, indent=1)
-
-        multiworker_trials.check_cluster(runs, ray)
         trainable = tune.with_resources(
             tune.with_parameters(run_trial, runs=runs),
             multiworker_trials.trial_resources(runs, {"cpu": cpus, "gpu": opts.gpus_per_trial}),
@@ -320,7 +323,7 @@ def main(argv):
     del argv
     trials = trials_from_flags(FLAGS)
     opts = options_from_flags(FLAGS, trials)
-    check_storage(opts)
+    check_paths(opts)
     if not opts.resume:
         print(plan.estimate([t.config for t in trials], opts.results)[2], flush=True)
     trial_rows = run_sweep(trials, opts)

@@ -297,3 +297,26 @@ def test_report_bad_input_is_one_line_exit_2(tmp_path):
         )
         lines = proc.stderr.strip().splitlines()
         assert proc.returncode == 2 and len(lines) == 1 and message in lines[0], proc.stderr
+
+
+def test_a_results_file_that_is_not_a_table_is_refused_before_anything_starts(tmp_path):
+    """As `bench.run` checks its table: no Ray, no trial, no sweep folder (a rerun needs no new name)."""
+    from sweeps import tune as sweep
+
+    foreign = tmp_path / "foreign.csv"
+    foreign.write_text("a,b\n1,2\n")
+    trials = space.build_trials({"n": [1], "data": ["synthetic"], "steps": [6], "warmup_steps": [2]}, 1, "foreign")
+    opts = sweep.SweepOptions(name="foreign", storage=str(tmp_path / "ray"), results=str(foreign))
+    with pytest.raises(ConfigError, match="not a results table"):
+        sweep.run_sweep(trials, opts)
+    assert foreign.read_text() == "a,b\n1,2\n" and os.listdir(tmp_path) == ["foreign.csv"]
+
+
+@pytest.mark.e2e
+def test_the_command_refuses_a_results_file_that_is_not_a_table_exit_2(tmp_path):
+    foreign = tmp_path / "foreign.csv"
+    foreign.write_text("a,b\n1,2\n")
+    proc = sweep_cli(*FAST, "--n=1", "--shortcut=A", f"--storage={tmp_path}/ray", f"--results={foreign}")
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1 and "not a results table" in lines[0], proc.stderr[-2000:]
+    assert os.listdir(tmp_path) == ["foreign.csv"] and foreign.read_text() == "a,b\n1,2\n"
