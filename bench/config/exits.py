@@ -214,6 +214,14 @@ class StopRequest:
             os.close(write_end)
 
 
+def stop_requested():
+    """The signal the `StopRequest` handling Ctrl-C here has noted, or None (none, or no StopRequest installed).
+
+    For code the handler cannot reach (a Ray Tune callback, which Ray pickles)."""
+    handler = signal.getsignal(signal.SIGINT)
+    return handler.name if isinstance(handler, StopRequest) else None
+
+
 def _raw_stderr(text):
     """Write from a signal handler: straight to the file descriptor, never raising (it may be closed)."""
     with contextlib.suppress(OSError):
