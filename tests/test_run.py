@@ -627,3 +627,82 @@ def test_an_interrupted_run_writes_its_row_before_anything_slow_and_a_late_signa
     [row] = table.read_rows(str(path))
     assert row["status"] == "interrupted" and row["total_steps"] == str(fired[0]) and row["test_accuracy"] == ""
     assert out.exit_code == 130
+
+
+@pytest.mark.parametrize("loop", ["ctl", "fit"])
+def test_sigterm_during_the_final_evaluation_ends_it_and_the_run_is_interrupted(tmp_path, monkeypatch, loop):
+    """A preemption during the final evaluation: the evaluation ends at its next chunk (a window's worth of
+    batches), nothing of it is recorded, the row says interrupted and the exit status is 143."""
+    from helpers import seed_peak_cache
+
+    from bench.training import trainers
+
+    monkeypatch.setenv("RESNET_BENCH_CACHE", str(tmp_path / "cache"))
+    seed_peak_cache(str(tmp_path / "cache"))  # no peak measurement first (~20 s)
+    folder, _ = write_cifar(str(tmp_path / "cifar"), train_per_file=(40, 40), test=100)  # 7 batches of 16
+    chunks = []
+    if loop == "ctl":
+        real_evaluate = trainers.CustomLoopTrainer.evaluate
+
+        def evaluate(self, *args, **kwargs):
+            real_loop = self.step_fns.eval_loop
+
+            def eval_loop(iterator, batches):
+                sums = real_loop(iterator, batches)
+                chunks.append(int(batches))
+                if len(chunks) == 1:
+                    os.kill(os.getpid(), signal.SIGTERM)  # the preemption, while the test set is evaluated
+                return sums
+
+            self.step_fns.eval_loop = eval_loop
+            return real_evaluate(self, *args, **kwargs)
+
+        monkeypatch.setattr(trainers.CustomLoopTrainer, "evaluate", evaluate)
+    else:
+        real_evaluate = trainers.FitTrainer.evaluate
+
+        def evaluate(self, *args, **kwargs):
+            os.kill(os.getpid(), signal.SIGTERM)
+            return real_evaluate(self, *args, **kwargs)
+
+        monkeypatch.setattr(trainers.FitTrainer, "evaluate", evaluate)
+    path = str(tmp_path / "s.csv")
+    cfg = RunConfig(data="files", cifar_dir=folder, steps=12, loop=loop, results=path, **SMALL)
+    out = benchmark.run(cfg)
+    [row] = table.read_rows(path)
+    assert row["status"] == "interrupted" and "SIGTERM" in row["error"], row["error"]
+    assert "final evaluation" in row["error"] and row["test_accuracy"] == "" and row["total_steps"] == "12"
+    assert out.exit_code == 143
+    if loop == "ctl":
+        assert chunks == [3]  # the rest of the test set was not evaluated
+
+
+@pytest.mark.e2e
+def test_a_closed_or_vanished_output_never_costs_the_row(tmp_path):
+    """Outputs closed before the start (`>&- 2>&-`) and a reader gone after one byte (`2>&1 | head -c1`):
+    the run's row is ok and so is its exit status."""
+    env = {**os.environ, "PYTHONPATH": ROOT}
+    closed = str(tmp_path / "closed.csv")
+    script = 'exec "$0" -m bench.run "$@" >&- 2>&-'
+    proc = subprocess.run(
+        ["bash", "-c", script, sys.executable, *TINY, f"--results={closed}"], cwd=ROOT, env=env, timeout=300
+    )
+    [row] = table.read_rows(closed)
+    assert proc.returncode == 0 and row["status"] == "ok", row["error"]
+    gone = str(tmp_path / "gone.csv")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bench.run", *TINY, "--steps=40", f"--results={gone}"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        assert proc.stdout.read(1)  # `head -c1`: one byte, then the reader is gone
+        proc.stdout.close()
+        assert proc.wait(300) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    [row] = table.read_rows(gone)
+    assert row["status"] == "ok", row["error"]

@@ -42,8 +42,13 @@ def native_stderr_captured(replay_on_error=False):
 
     `replay_on_error`: if the block raises, what was captured is written to stderr.
     """
-    sys.stderr.flush()
-    saved = os.dup(2)
+    with contextlib.suppress(AttributeError, OSError, ValueError):  # no sys.stderr (closed), or its reader gone
+        sys.stderr.flush()
+    try:
+        saved = os.dup(2)
+    except OSError:  # descriptor 2 closed: nothing to hide it from
+        yield
+        return
     with tempfile.TemporaryFile() as sink:
         os.dup2(sink.fileno(), 2)
         try:
@@ -52,7 +57,8 @@ def native_stderr_captured(replay_on_error=False):
             os.dup2(saved, 2)
             if replay_on_error:
                 sink.seek(0)
-                sys.stderr.write(sink.read().decode(errors="replace"))
+                with contextlib.suppress(AttributeError, OSError, ValueError):
+                    sys.stderr.write(sink.read().decode(errors="replace"))
             raise
         finally:
             os.dup2(saved, 2)

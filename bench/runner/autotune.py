@@ -68,9 +68,10 @@ class Probe:
     note: str = ""  # why it was skipped
 
 
-def settle(cfg: RunConfig, out=sys.stdout, measure=None) -> RunConfig:
+def settle(cfg: RunConfig, out=None, measure=None) -> RunConfig:
     """`cfg` with its `tuned` label and, under --autotune, the chosen settings. `measure` replaces the probe
-    processes (tests)."""
+    processes (tests). `out`: where it reports (default: sys.stdout when called, the command's guarded stream)."""
+    out = out or sys.stdout
     if cfg.autotune == "off":
         return cfg.replace(tuned=tuning.origin(cfg))
     machine = detect_machine(cfg)
@@ -138,11 +139,12 @@ def settle(cfg: RunConfig, out=sys.stdout, measure=None) -> RunConfig:
     return tuning.apply(cfg, settings, key)
 
 
-def choose(plan, measure, out=sys.stdout, first_pairs=FIRST_PAIRS, max_pairs=None, band_pct=BAND_PCT):
+def choose(plan, measure, out=None, first_pairs=FIRST_PAIRS, max_pairs=None, band_pct=BAND_PCT):
     """(chosen settings, [Probe]): each field in turn, its current value (A) against each alternative (B).
 
     `measure(settings, pair, arm, position) -> stats.Run` runs one arm with those settings.
     """
+    out = out or sys.stdout
     max_pairs = max_pairs or _max_pairs()
     current = {name: values[0] for name, values in plan}
     probes = []
