@@ -99,6 +99,20 @@ def on_signals(handler):
             signal.signal(s, old)
 
 
+@contextlib.contextmanager
+def leave_on_signals(what):
+    """Ctrl-C or SIGTERM inside the block (a slow import at start-up, before anything is written): one line
+    and the signal's exit status at once, no traceback."""
+
+    def leave(signum, frame):
+        name = signal_name(signum)
+        raw_stderr(f"error: {what} was stopped by {name}; nothing done\n")
+        os._exit(EXIT_SIGNAL.get(name, EXIT_FAILED))
+
+    with on_signals(leave):
+        yield
+
+
 class Deferred:
     """A handler that only notes the signal: the command is writing what must not be lost (a row)."""
 
