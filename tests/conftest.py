@@ -37,6 +37,17 @@ def strategies():
     }
 
 
+@pytest.fixture(scope="session")
+def check_env():
+    """The self-check's setting (`bench.selfcheck.env.setup` over the two logical CPUs), which its builders
+    (`make_trainer`, `batches`) take; Keras's BatchNormalization where a test names no BN kernel."""
+    import dataclasses
+
+    from bench.selfcheck import env
+
+    return dataclasses.replace(env.setup(2, "float32"), batch_norm="keras")
+
+
 @pytest.hookimpl(tryfirst=True)
 def pytest_configure(config):
     config.addinivalue_line("markers", "slow: takes more than ~20 s on a 2-core CPU")

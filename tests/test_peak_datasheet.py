@@ -8,11 +8,11 @@ import time
 import numpy as np
 import pytest
 import tensorflow as tf
-from helpers import distributed_iterator, fixed_batch, make_trainer
 
 from bench.hardware import datasheet, peak
 from bench.results import metrics
 from bench.runner.timing import device_sync
+from bench.selfcheck.env import N_BLOCKS, batches, make_trainer, random_batch
 from resnet import cost
 
 # (TF device name, precision, tf32) -> dense TFLOP/s of one device
@@ -128,17 +128,17 @@ def test_tf32_is_part_of_the_peak_cache_key(monkeypatch):
     assert {"GPU:test-tf32|float32|scalar-sync", "GPU:test-tf32|float32|tf32|scalar-sync"} <= keys
 
 
-def test_measured_peak_bounds_a_training_run_mfu(strategies):
+def test_measured_peak_bounds_a_training_run_mfu(check_env, strategies):
     """The measured CPU peak is positive and a small ResNet's training MFU against it is in (0, 1]."""
     gflops = peak.measure("/cpu:0", "float32", max_size=1024)
     assert gflops > 0
-    trainer = make_trainer(strategies[1], n=1, batch=16)
-    it = distributed_iterator(strategies[1], *fixed_batch(16))
+    trainer = make_trainer(check_env, strategies[1], 16)
+    it = batches(check_env, strategies[1], *random_batch(16))
     device_sync(trainer.train(it, tf.constant(2)))  # trace + warm-up
     start = time.perf_counter()
     device_sync(trainer.train(it, tf.constant(5)))
     images_per_sec = 5 * 16 / (time.perf_counter() - start)
-    mfu = metrics.mfu(cost.cost(1).train_flops, images_per_sec, gflops * 1e9)
+    mfu = metrics.mfu(cost.cost(N_BLOCKS).train_flops, images_per_sec, gflops * 1e9)
     assert 0 < mfu <= 1, (mfu, gflops, images_per_sec)
 
 
