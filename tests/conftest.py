@@ -40,7 +40,7 @@ def strategies():
 @pytest.fixture(scope="session")
 def check_env():
     """The self-check's setting (`bench.selfcheck.env.setup` over the two logical CPUs), which its builders
-    (`make_trainer`, `batches`) take; Keras's BatchNormalization where a test names no BN kernel."""
+    (`make_step_functions`, `batches`) take; Keras's BatchNormalization where a test names no BN kernel."""
     import dataclasses
 
     from bench.selfcheck import env
@@ -65,8 +65,14 @@ def pytest_configure(config):
             config.option.benchmark_storage = "file://" + tempfile.mkdtemp(prefix="bench-smoke-")
 
 
+@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config, items):
-    """The long fuzz runs only when asked for (`-m fuzz`); the default suite runs a few hundred examples."""
+    """A slow test is an end-to-end one (`-m e2e`): the default suite (pyproject's `-m "not e2e and not fuzz"`)
+    stays within minutes. The long fuzz runs only when asked for (`-m fuzz`); the default suite runs a few
+    hundred examples."""
+    for item in items:
+        if "slow" in item.keywords and "e2e" not in item.keywords:
+            item.add_marker(pytest.mark.e2e)
     if "fuzz" in (config.getoption("-m") or ""):
         return
     skip = pytest.mark.skip(reason="a long fuzz run: select it with -m fuzz")

@@ -1,5 +1,5 @@
 """Small builders shared by the tests (no assertions here). The step-function builders are the self-check's
-(bench.selfcheck.env: make_trainer, random_batch, batches, ...), with conftest's `check_env` fixture."""
+(bench.selfcheck.env: make_step_functions, random_batch, batches, ...), with conftest's `check_env` fixture."""
 
 
 def seed_peak_cache(folder, intra=None):

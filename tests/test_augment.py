@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from bench.selfcheck.env import batches, make_trainer, random_batch
+from bench.selfcheck.env import batches, make_step_functions, random_batch
 from bench.training import augment
 
 PER_CELL = 200
@@ -110,8 +110,8 @@ def test_trainer_augmenting_on_device_trains(check_env, strategies):
     injection (tested on two replicas in test_step), and the two-replica draw is tested above."""
     strategy = strategies[1]
     images, labels = brightness_batch()
-    plain = make_trainer(check_env, strategy, 16, seed=2)
-    aug = make_trainer(check_env, strategy, 16, seed=2, augment_on_device=True)
+    plain = make_step_functions(check_env, strategy, 16, seed=2)
+    aug = make_step_functions(check_env, strategy, 16, seed=2, augment_on_device=True)
     it_plain, it_aug = (batches(check_env, strategy, images, labels) for _ in range(2))
     first_plain = float(plain.train(it_plain, tf.constant(1)))
     first = float(aug.train(it_aug, tf.constant(1)))

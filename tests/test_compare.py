@@ -28,6 +28,7 @@ def compare_cli(*args, timeout=600):
     )
 
 
+@pytest.mark.e2e
 def test_bad_input_is_one_line_exit_2_and_nothing_written(tmp_path):
     out = str(tmp_path / "summary.csv")
     cases = [
@@ -52,6 +53,7 @@ def test_bad_input_is_one_line_exit_2_and_nothing_written(tmp_path):
         assert not os.path.exists(out) and not os.path.exists(tmp_path / "ck"), args
 
 
+@pytest.mark.e2e
 def test_help_lists_the_comparison_flags_and_the_run_flags():
     proc = compare_cli("--help")
     assert proc.returncode == 0
@@ -117,6 +119,7 @@ def _table(path, rows):
         )
 
 
+@pytest.mark.e2e
 def test_table_against_table_flags_regressions_lists_the_unmatched_and_fails_on_request(tmp_path):
     base, new = tmp_path / "base.csv", tmp_path / "new.csv"
     _table(
@@ -187,6 +190,7 @@ def test_varied_columns_still_match():
     assert len(matches) == 1 and math.isclose(matches[0].ratio, math.sqrt(110 * 111 / (100 * 101)))
 
 
+@pytest.mark.e2e
 @pytest.mark.slow
 def test_a_real_comparison_of_two_tiny_arms_in_abba_order(tmp_path):
     out = tmp_path / "summary.csv"

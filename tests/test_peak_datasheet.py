@@ -12,7 +12,7 @@ import tensorflow as tf
 from bench.hardware import datasheet, peak
 from bench.results import metrics
 from bench.runner.timing import device_sync
-from bench.selfcheck.env import N_BLOCKS, batches, make_trainer, random_batch
+from bench.selfcheck.env import N_BLOCKS, batches, make_step_functions, random_batch
 from resnet import cost
 
 # (TF device name, precision, tf32) -> dense TFLOP/s of one device
@@ -132,7 +132,7 @@ def test_measured_peak_bounds_a_training_run_mfu(check_env, strategies):
     """The measured CPU peak is positive and a small ResNet's training MFU against it is in (0, 1]."""
     gflops = peak.measure("/cpu:0", "float32", max_size=1024)
     assert gflops > 0
-    trainer = make_trainer(check_env, strategies[1], 16)
+    trainer = make_step_functions(check_env, strategies[1], 16)
     it = batches(check_env, strategies[1], *random_batch(16))
     device_sync(trainer.train(it, tf.constant(2)))  # trace + warm-up
     start = time.perf_counter()

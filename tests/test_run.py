@@ -207,6 +207,7 @@ def bad_inputs(tmp):
     }
 
 
+@pytest.mark.e2e
 def test_every_bad_input_is_one_line_exit_2_nothing_written(tmp_path):
     cases = bad_inputs(str(tmp_path))
     results_file = tmp_path / "summary.csv"
@@ -224,6 +225,7 @@ def test_every_bad_input_is_one_line_exit_2_nothing_written(tmp_path):
     assert (tmp_path / "foreign.csv").read_text() == "a,b\n1,2\n"
 
 
+@pytest.mark.e2e
 def test_onednn_setting_takes_effect_and_is_recorded(tmp_path):
     path = str(tmp_path / "summary.csv")
     args = [
@@ -271,6 +273,7 @@ def wait_for_checkpoint(folder, at_least, proc, timeout=240):
     return False
 
 
+@pytest.mark.e2e
 def test_sigkilled_run_resumes_and_writes_exactly_one_row(tmp_path):
     ckpt = str(tmp_path / "ckpt")
     path = str(tmp_path / "summary.csv")
@@ -310,6 +313,7 @@ def test_sigkilled_run_resumes_and_writes_exactly_one_row(tmp_path):
     assert len(table.read_rows(path)) == 1
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("xla", [False, True], ids=["plain", "xla"])
 def test_fp16_overflow_on_one_replica_is_skipped_everywhere_through_the_cli(tmp_path, xla):
     path = str(tmp_path / "summary.csv")
@@ -334,6 +338,7 @@ def test_fp16_overflow_on_one_replica_is_skipped_everywhere_through_the_cli(tmp_
     assert "1 step(s) skipped" in proc.stdout
 
 
+@pytest.mark.e2e
 def test_inference_mode_times_each_batch_with_threads_as_asked(tmp_path):
     from resnet import cost
 
@@ -360,6 +365,7 @@ def test_inference_mode_times_each_batch_with_threads_as_asked(tmp_path):
     assert row["command"].startswith("python -m bench.run --mode=inference")
 
 
+@pytest.mark.e2e
 def test_ctrl_c_stops_at_the_next_window_with_a_row_and_a_checkpoint(tmp_path):
     ckpt, path = str(tmp_path / "ckpt"), str(tmp_path / "summary.csv")
     args = [
@@ -474,6 +480,7 @@ def test_profiled_steps_are_traced_and_not_timed(tmp_path):
 TINY = ["--data=synthetic", "--n=1", "--batch_size=16", "--steps=12", "--warmup_steps=2"]
 
 
+@pytest.mark.e2e
 def test_a_checkpoint_folder_spelled_another_way_is_the_same_run(tmp_path):
     """Exit 3 through the CLI, and `D`, `$PWD/D`, `D/`, `./D` name one run (paths compared normalised)."""
     path = str(tmp_path / "r.csv")
@@ -488,6 +495,7 @@ def test_a_checkpoint_folder_spelled_another_way_is_the_same_run(tmp_path):
     assert len(table.read_rows(path)) == 1
 
 
+@pytest.mark.e2e
 def test_a_checkpoint_that_does_not_restore_ends_in_a_failed_row_exit_1(tmp_path):
     ckpt, path = tmp_path / "ckpt", str(tmp_path / "r.csv")
     ckpt.mkdir()
@@ -509,6 +517,7 @@ def test_a_checkpoint_that_does_not_restore_ends_in_a_failed_row_exit_1(tmp_path
 PATCHED = "import sys, bench.run as r; {patch}; sys.argv[0] = 'bench.run'; r.entry()"
 
 
+@pytest.mark.e2e
 def test_an_unexpected_error_before_the_run_is_one_line_exit_1_nothing_written(tmp_path):
     path = tmp_path / "r.csv"
     patch = "import bench.config.validation as v; v.validate = lambda cfg: {}['a bug']"
@@ -526,6 +535,7 @@ def test_an_unexpected_error_before_the_run_is_one_line_exit_1_nothing_written(t
     assert not path.exists()
 
 
+@pytest.mark.e2e
 def test_sigterm_while_setting_up_writes_an_interrupted_row_exit_143(tmp_path):
     path = str(tmp_path / "r.csv")
     patch = (
@@ -538,6 +548,7 @@ def test_sigterm_while_setting_up_writes_an_interrupted_row_exit_143(tmp_path):
     assert row["status"] == "interrupted" and "SIGTERM" in row["error"] and "Traceback" not in proc.stderr
 
 
+@pytest.mark.e2e
 def test_skipped_fp16_steps_keep_the_schedule_on_the_global_step(tmp_path):
     """The lr drops at 50% and 75% of the steps (7 and 10 of 12) although step 5 was skipped: each step's
     applied lr (TensorBoard) follows the global step, while the optimizer made one update fewer."""

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from bench.selfcheck.env import batches, make_trainer, random_batch, replica_values, replica_weights, weights
+from bench.selfcheck.env import batches, make_step_functions, random_batch, replica_values, replica_weights, weights
 from resnet.model import batch_norm_layers
 
 
@@ -15,7 +15,7 @@ def run_steps(trainer, iterator, n):
 
 
 def test_loss_falls_on_a_learnable_task(check_env, strategies):
-    trainer = make_trainer(check_env, strategies[1], 16)
+    trainer = make_step_functions(check_env, strategies[1], 16)
     it = batches(check_env, strategies[1], *random_batch(16))
     first = run_steps(trainer, it, 1)
     later = [run_steps(trainer, it, 5) for _ in range(4)]
@@ -29,7 +29,7 @@ def test_two_replicas_match_one_device_on_the_first_step(check_env, strategies):
     images, labels = random_batch(16)
     out = {}
     for k, strategy in strategies.items():
-        trainer = make_trainer(check_env, strategy, 16, sync_bn=True, seed=7)
+        trainer = make_step_functions(check_env, strategy, 16, sync_bn=True, seed=7)
         before = weights(trainer.model)
         loss = run_steps(trainer, batches(check_env, strategy, images, labels), 1)
         out[k] = (loss, before, weights(trainer.model))
@@ -42,7 +42,7 @@ def test_two_replicas_match_one_device_on_the_first_step(check_env, strategies):
 
 def test_per_replica_bn_statistics_are_averaged_and_eval_matches_one_device(check_env, strategies):
     images, labels = random_batch(16)
-    mirrored = make_trainer(check_env, strategies[2], 16, seed=3)
+    mirrored = make_step_functions(check_env, strategies[2], 16, seed=3)
     run_steps(mirrored, batches(check_env, strategies[2], images, labels), 3)
     for layer in batch_norm_layers(mirrored.model):
         for var in (layer.moving_mean, layer.moving_variance):
@@ -51,7 +51,7 @@ def test_per_replica_bn_statistics_are_averaged_and_eval_matches_one_device(chec
     stem = batch_norm_layers(mirrored.model)[0].moving_mean
     assert float(np.abs(stem.numpy()).sum()) > 0  # statistics did move
     # Evaluation on two replicas equals evaluation of the same weights on one device.
-    one = make_trainer(check_env, strategies[1], 16, seed=3)
+    one = make_step_functions(check_env, strategies[1], 16, seed=3)
     for dst, src in zip(one.model.weights, mirrored.model.weights):
         dst.assign(src.numpy())
     mask = np.ones(16, np.float32)
@@ -69,7 +69,7 @@ def test_without_averaging_replica_statistics_would_differ(check_env, strategies
     """Guards the test above: the two replicas really see different batches."""
     images, labels = random_batch(16)
     images[8:] = 255 - images[8:]
-    trainer = make_trainer(check_env, strategies[2], 16, seed=3)
+    trainer = make_step_functions(check_env, strategies[2], 16, seed=3)
     trainer._average_bn = False
     run_steps(trainer, batches(check_env, strategies[2], images, labels), 1)
     r0, r1 = replica_values(strategies[2], batch_norm_layers(trainer.model)[0].moving_mean)
@@ -83,7 +83,7 @@ def test_without_averaging_replica_statistics_would_differ(check_env, strategies
 @pytest.mark.parametrize("replicas", [1, 2])
 def test_mixed_precision_stays_finite_and_learns(check_env, strategies, precision, replicas):
     strategy = strategies[replicas]
-    trainer = make_trainer(check_env, strategy, 16, precision=precision)
+    trainer = make_step_functions(check_env, strategy, 16, precision=precision)
     it = batches(check_env, strategy, *random_batch(16))
     first = run_steps(trainer, it, 1)
     last = run_steps(trainer, it, 8)
@@ -95,7 +95,7 @@ def test_mixed_precision_stays_finite_and_learns(check_env, strategies, precisio
 @pytest.mark.parametrize("replicas", [1, 2])
 def test_loss_scale_skips_a_step_with_an_injected_inf(check_env, strategies, replicas):
     strategy = strategies[replicas]
-    trainer = make_trainer(check_env, strategy, 16, precision="mixed_float16", inject_inf_grad_at_step=3)
+    trainer = make_step_functions(check_env, strategy, 16, precision="mixed_float16", inject_inf_grad_at_step=3)
     it = batches(check_env, strategy, *random_batch(16))
     run_steps(trainer, it, 2)
     scale_before = float(trainer.optimizer.dynamic_scale.numpy())
@@ -115,7 +115,7 @@ def test_loss_scale_skips_a_step_with_an_injected_inf(check_env, strategies, rep
 def test_overflow_on_one_replica_skips_the_step_on_every_replica(check_env, strategies, replicas, xla):
     """inf in the last replica's gradients only: every replica skips, the scale halves once, training goes on."""
     strategy = strategies[replicas]
-    trainer = make_trainer(
+    trainer = make_step_functions(
         check_env, strategy, 16, precision="mixed_float16", xla=xla, inject_inf_grad_at=(3, replicas - 1)
     )
     it = batches(check_env, strategy, *random_batch(16))
@@ -145,14 +145,14 @@ def test_xla_and_no_xla_give_the_same_loss(check_env, strategies, replicas):
     images, labels = random_batch(16)
     losses = []
     for xla in (False, True):
-        trainer = make_trainer(check_env, strategy, 16, seed=5, xla=xla)
+        trainer = make_step_functions(check_env, strategy, 16, seed=5, xla=xla)
         it = batches(check_env, strategy, images, labels)
         losses.append([run_steps(trainer, it, 1) for _ in range(3)])
     np.testing.assert_allclose(losses[0], losses[1], rtol=1e-3)
 
 
 def test_injected_nan_makes_the_loss_non_finite(check_env, strategies):
-    trainer = make_trainer(check_env, strategies[1], 16, inject_nan_at_step=2)
+    trainer = make_step_functions(check_env, strategies[1], 16, inject_nan_at_step=2)
     it = batches(check_env, strategies[1], *random_batch(16))
     assert math.isfinite(run_steps(trainer, it, 1))
     assert not math.isfinite(run_steps(trainer, it, 1))
@@ -166,7 +166,7 @@ def test_sync_bn_with_xla_over_replicas_is_refused_by_the_one_rule(check_env, st
     with pytest.raises(ConfigError, match="sync_bn"):
         validation.check_xla_over_replicas(RunConfig(sync_bn=True, xla=True, batch_norm="keras"), 2)
     validation.check_xla_over_replicas(RunConfig(sync_bn=True, xla=True, batch_norm="keras"), 1)
-    make_trainer(check_env, strategies[1], 16, sync_bn=True, xla=True)  # one replica: builds
+    make_step_functions(check_env, strategies[1], 16, sync_bn=True, xla=True)  # one replica: builds
 
 
 @pytest.mark.parametrize("replicas", [1, 2])
@@ -177,7 +177,7 @@ def test_fused_batch_norm_trains_like_the_keras_layer(check_env, strategies, rep
     images, labels = random_batch(16)
     nets = {}
     for bn in ("keras", "fused"):
-        trainer = make_trainer(check_env, strategy, 16, seed=11, batch_norm=bn)
+        trainer = make_step_functions(check_env, strategy, 16, seed=11, batch_norm=bn)
         it = batches(check_env, strategy, images, labels)
         losses = [run_steps(trainer, it, 1) for _ in range(3)]
         nets[bn] = (trainer, losses)
@@ -202,7 +202,7 @@ def test_fused_batch_norm_under_xla_and_bfloat16(check_env, strategies, replicas
     images, labels = random_batch(16)
     losses = {}
     for xla, precision in ((False, "float32"), (True, "float32"), (False, "mixed_bfloat16")):
-        trainer = make_trainer(check_env, strategy, 16, seed=5, xla=xla, precision=precision, batch_norm="fused")
+        trainer = make_step_functions(check_env, strategy, 16, seed=5, xla=xla, precision=precision, batch_norm="fused")
         it = batches(check_env, strategy, images, labels)
         losses[xla, precision] = [run_steps(trainer, it, 1) for _ in range(3)]
     np.testing.assert_allclose(losses[True, "float32"], losses[False, "float32"], rtol=1e-3)

@@ -61,6 +61,7 @@ def test_space_is_the_product_with_stable_keys():
     assert len({t.config.tensorboard_dir for t in folders}) == 4
 
 
+@pytest.mark.e2e
 def test_two_by_two_sweep_leaves_four_ok_rows(tmp_path):
     path = tmp_path / "summary.csv"
     fast = [a for a in FAST if not a.startswith("--steps_per_loop")]
@@ -83,6 +84,7 @@ def test_two_by_two_sweep_leaves_four_ok_rows(tmp_path):
     assert {r["depth"] for r in rows} == {"8", "14"}
 
 
+@pytest.mark.e2e
 def test_a_diverging_trial_gets_its_row_and_the_others_finish(tmp_path):
     from sweeps import tune as sweep
 
@@ -113,6 +115,7 @@ def _rows_in(path):
         return max(0, sum(1 for _ in csv.reader(fh)) - 1)
 
 
+@pytest.mark.e2e
 def test_killed_sweep_resumes_with_one_row_per_trial(tmp_path):
     path = str(tmp_path / "summary.csv")
     args = ["--n=1,2", "--shortcut=A,B", *FAST, "--name=killme", f"--storage={tmp_path}/ray", f"--results={path}"]
@@ -140,6 +143,7 @@ def test_killed_sweep_resumes_with_one_row_per_trial(tmp_path):
     assert all(r["status"] == "ok" for r in rows)
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize(
     "args,message",
     [
@@ -225,6 +229,7 @@ def test_report_from_mixed_rows(tmp_path):
         assert os.path.getsize(png) > 5000
 
 
+@pytest.mark.e2e
 def test_report_never_averages_runs_that_measured_different_things(tmp_path):
     path = str(tmp_path / "summary.csv")
     rows = write_mixed_results(path)
@@ -282,6 +287,7 @@ def test_pareto_front():
     assert report.pareto_front(pts) == [(50, 0.95), (100, 0.90), (120, 0.80)]
 
 
+@pytest.mark.e2e
 def test_report_bad_input_is_one_line_exit_2(tmp_path):
     env = {**os.environ, "PYTHONPATH": ROOT}
     for args, message in (
@@ -301,6 +307,7 @@ def test_report_bad_input_is_one_line_exit_2(tmp_path):
         assert proc.returncode == 2 and len(lines) == 1 and message in lines[0], proc.stderr
 
 
+@pytest.mark.e2e
 def test_a_results_file_that_is_not_a_table_is_refused_before_anything_starts(tmp_path):
     """As `bench.run` checks its table: no Ray, no trial, no sweep folder (a rerun needs no new name)."""
     from sweeps import tune as sweep

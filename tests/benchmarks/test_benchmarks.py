@@ -81,7 +81,7 @@ def emulated_skip_reason(precision, measuring, environ=os.environ, cpuinfo_text=
 def sized_trainer(check_env, monkeypatch, strategy, n, batch, **kwargs):
     """bench.selfcheck's step builder (its ResNet-8) with `n` blocks per stage."""
     monkeypatch.setattr(selfcheck, "N_BLOCKS", n)
-    return selfcheck.make_trainer(check_env, strategy, batch, **kwargs)
+    return selfcheck.make_step_functions(check_env, strategy, batch, **kwargs)
 
 
 def synthetic_iterator(strategy, batch):
