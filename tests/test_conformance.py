@@ -185,16 +185,6 @@ def test_a_read_only_cache_is_a_warning_and_an_ok_row(tmp_path):
     assert "cache" in err.lower() and "Traceback" not in err
 
 
-def test_a_read_only_cache_keeps_every_arm_of_a_comparison(tmp_path):
-    results = tmp_path / "s.csv"
-    code, out, err = run(
-        "sweeps.compare", "--a=--batch_norm=keras", "--b=--batch_norm=fused", "--pairs=2", *TINY,
-        f"--results={results}", cache=UNWRITABLE,
-    )  # fmt: skip
-    assert code == 0, err[-2000:]
-    assert [r["status"] for r in table.read_rows(str(results))] == ["ok"] * 4
-
-
 # ---- signals ----------------------------------------------------------------------------------------------------------
 
 
