@@ -313,3 +313,67 @@ def test_cli_scenario_run_and_bad_input(tmp_path):
     assert "LoadGen: VALID" in ok.stdout or "LoadGen: INVALID" in ok.stdout
     row = read_row(path)
     assert row["scenario"] == "SingleStream" and row["command"].startswith("python -m bench.run --mode=inference")
+
+
+def test_report_shows_latency_against_throughput_per_depth(tmp_path):
+    from sweeps import report
+
+    path = str(tmp_path / "summary.csv")
+    base = dict(
+        status="ok",
+        device="CPU: x",
+        data="synthetic",
+        strategy="default",
+        num_replicas=1,
+        block="preact",
+        shortcut="B",
+        precision="float32",
+        xla=True,
+        mode="inference",
+        loadgen_mode="performance",
+        loadgen_shortened=False,
+        sweep="serve",
+    )
+    points = [  # depth, scenario, batch, qps, samples/s, p50, p99, metric, verdict
+        (20, "SingleStream", 1, None, 180.0, 5.0, 7.0, 6.1, "VALID"),
+        (20, "SingleStream", 1, None, 200.0, 4.5, 6.0, 5.5, "VALID"),
+        (20, "Server", 16, 150.0, 149.0, 6.0, 9.0, 9.0, "VALID"),
+        (20, "Server", 16, 5000.0, 900.0, 500.0, 900.0, 900.0, "INVALID"),
+        (20, "Offline", 128, None, 800.0, 400.0, 700.0, None, "VALID"),
+        (56, "Offline", 128, None, 300.0, 900.0, 1700.0, None, "VALID"),
+    ]
+    for i, (depth, name, batch, qps, ips, p50, p99, metric, verdict) in enumerate(points):
+        table.append_row(
+            path,
+            {
+                **base,
+                "run_id": f"r{i}",
+                "depth": depth,
+                "n": (depth - 2) // 6,
+                "scenario": name,
+                "global_batch_size": batch,
+                "loadgen_target_qps": qps,
+                "images_per_sec": ips,
+                "step_time_p50_ms": p50,
+                "step_time_p99_ms": p99,
+                "loadgen_latency_ms": metric,
+                "loadgen_result": verdict,
+                "loadgen_latency_percentile": {"SingleStream": 90, "Server": 99}.get(name),
+                "loadgen_invalid_reason": "performance constraints not met" if verdict == "INVALID" else "",
+            },
+        )
+    table.append_row(
+        path, {**base, "run_id": "quick", "depth": 20, "n": 3, "scenario": "none", "images_per_sec": 999.0}
+    )
+    md, pngs = report.build(path, str(tmp_path / "out"))
+    serving = (tmp_path / "out" / "serving.md").read_text()
+    lines = [line for line in serving.splitlines() if line.startswith("| CPU: x |")]
+    assert len(lines) == 5  # the two SingleStream repeats are one point; the quick look is not a LoadGen point
+    single = next(line for line in lines if "| SingleStream |" in line)
+    assert "| 2 | 190.0 ±" in single and "p90 5.80" in single
+    assert "Server 5000 qps, batch 16" in serving and "| INVALID |" in serving
+    assert any("ResNet-56" in line and "Offline, batch 128" in line for line in lines)
+    assert str(tmp_path / "out" / "plots" / "serving.png") in pngs
+    summary = report.per_configuration(report.load(path))  # LoadGen rows never averaged with the quick look
+    assert set(summary[summary["depth"] == 20]["scenario"]) == {"SingleStream", "Server", "Offline", "none"}
+    assert "inference SingleStream" in open(md).read()
