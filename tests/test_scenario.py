@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from cifar_files import known_image, write_cifar
 
-from bench.config import validation
+from bench.config import options, validation
 from bench.config.options import ConfigError, RunConfig
 from bench.results import loadgen, table
 from bench.runner import benchmark, scenario
@@ -377,3 +377,24 @@ def test_report_shows_latency_against_throughput_per_depth(tmp_path):
     summary = report.per_configuration(report.load(path))  # LoadGen rows never averaged with the quick look
     assert set(summary[summary["depth"] == 20]["scenario"]) == {"SingleStream", "Server", "Offline", "none"}
     assert "inference SingleStream" in open(md).read()
+
+
+def test_mlperfs_multistream_default_is_loadgens():
+    assert scenario.mlperf_settings("MultiStream").multi_stream_samples_per_query == options.MULTISTREAM_SAMPLES
+
+
+def test_autotune_probes_a_scenario_run_as_the_quick_look_at_its_batch():
+    from bench.config import tuning
+
+    run = RunConfig(
+        mode="inference", scenario="SingleStream", batch_size=64, min_duration_s=5.0, autotune="on", data="synthetic"
+    )
+    asked = tuning.question(run)
+    assert asked.scenario == "none" and asked.batch_size == 1 and asked.min_duration_s is None
+    machine = tuning.Machine("CPU", "x", "2.21", 2, 2)
+    args = tuning.probe_args(asked, {"xla": False}, "CPU")
+    assert "--batch_size=1" in args and not any("scenario" in a or "min_duration" in a for a in args)
+    assert "batch 1" in tuning.key(asked, machine)
+    offline = run.replace(scenario="Offline")
+    assert tuning.question(offline).batch_size == 64
+    assert tuning.question(run.replace(scenario="MultiStream")).batch_size == 8

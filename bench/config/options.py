@@ -389,6 +389,19 @@ def parse_worker_fault(text):
     return rank, step, mode
 
 
+MULTISTREAM_SAMPLES = 8  # MLPerf's MultiStream samples per query (LoadGen's default; tests/test_scenario.py checks)
+
+
+def scenario_batch(cfg: RunConfig):
+    """The largest batch a `--scenario` run computes: one image (SingleStream), a query (MultiStream, at most
+    --batch_size), or up to --batch_size of what is queued (Server, Offline: dynamic batching)."""
+    if cfg.scenario == "SingleStream":
+        return 1
+    if cfg.scenario == "MultiStream":
+        return min(cfg.batch_size, cfg.samples_per_query or MULTISTREAM_SAMPLES)
+    return cfg.batch_size
+
+
 def global_replicas(cfg: RunConfig):
     """Replicas in sync over all workers of a multi-worker run: one per GPU, or one per CPU-only worker."""
     return cfg.workers * max(cfg.gpus_per_worker or 0, 1)

@@ -58,6 +58,26 @@ class Machine:
     tf_loaded: bool = False  # TensorFlow already imported here: its oneDNN state is fixed
 
 
+def question(cfg: RunConfig) -> RunConfig:
+    """The run whose speed the probes measure. A `--scenario` run (MLPerf LoadGen) is probed as the quick look
+    (fixed batches, a few seconds a probe) at the batch its scenario computes (SingleStream 1, MultiStream a
+    query, Server and Offline --batch_size), without its LoadGen flags and weights; its winner is cached under
+    that question's key, shared with quick-look runs of that batch."""
+    if cfg.scenario == "none":
+        return cfg
+    return cfg.replace(
+        scenario="none",
+        loadgen_mode="performance",
+        target_qps=None,
+        target_latency_ms=None,
+        samples_per_query=None,
+        min_duration_s=None,
+        min_query_count=None,
+        checkpoint_dir=None,
+        batch_size=options.scenario_batch(cfg),
+    )
+
+
 def is_unset(cfg: RunConfig, name):
     return getattr(cfg, name) == UNSET.get(name)
 

@@ -70,6 +70,7 @@ def settle(cfg: RunConfig, out=sys.stdout, measure=None) -> RunConfig:
     processes (tests)."""
     if cfg.autotune == "off":
         return cfg.replace(tuned=tuning.origin(cfg))
+    run, cfg = cfg, tuning.question(cfg)  # a --scenario run is probed as the quick look at its scenario's batch
     machine = detect_machine(cfg)
     plan = tuning.candidates(cfg, machine)
     if not plan:
@@ -78,7 +79,7 @@ def settle(cfg: RunConfig, out=sys.stdout, measure=None) -> RunConfig:
             file=out,
             flush=True,
         )
-        return cfg.replace(tuned="flag")
+        return run.replace(tuned="flag")
     key = tuning.key(cfg, machine)
     if cfg.autotune == "on":
         entry = read_cache().get(key)
@@ -90,7 +91,7 @@ def settle(cfg: RunConfig, out=sys.stdout, measure=None) -> RunConfig:
                 file=out,
                 flush=True,
             )
-            return tuning.apply(cfg, settings, key)
+            return tuning.apply(run, settings, key)
     started = time.perf_counter()
     print(
         f"autotune: {key}\nautotune: probing {', '.join(n for n, _ in plan)} "
@@ -121,7 +122,7 @@ def settle(cfg: RunConfig, out=sys.stdout, measure=None) -> RunConfig:
             "git_sha": table.git_sha(),
         },
     )
-    return tuning.apply(cfg, settings, key)
+    return tuning.apply(run, settings, key)
 
 
 def choose(plan, measure, out=sys.stdout, first_pairs=FIRST_PAIRS, max_pairs=None, band_pct=BAND_PCT):

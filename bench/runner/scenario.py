@@ -37,6 +37,7 @@ import time
 import mlperf_loadgen as lg
 import numpy as np
 
+from bench.config import options
 from bench.results import loadgen, metrics
 from bench.results.rows import Measured
 from bench.training import data
@@ -52,17 +53,12 @@ MIN_WARMUP_CALLS = 2  # per bucket: the first compiles, the rest give the latenc
 
 
 def max_batch(cfg):
-    """The largest batch the system under test runs: one image (SingleStream), a query (MultiStream), or
-    up to --batch_size of what is queued (Server, Offline)."""
-    if cfg.scenario == "SingleStream":
-        return 1
-    if cfg.scenario == "MultiStream":
-        return min(cfg.batch_size, samples_per_query(cfg))
-    return cfg.batch_size
+    """The largest batch the system under test runs (`options.scenario_batch`)."""
+    return options.scenario_batch(cfg)
 
 
 def samples_per_query(cfg):
-    return cfg.samples_per_query or int(mlperf_settings(cfg.scenario).multi_stream_samples_per_query)
+    return cfg.samples_per_query or options.MULTISTREAM_SAMPLES
 
 
 def buckets(largest):
