@@ -62,7 +62,7 @@ def test_gpu_training_tunes_steps_per_call_and_augmentation_placement_with_real_
 def test_the_key_names_the_machine_and_the_question():
     key = tuning.key(RunConfig(mode="inference", batch_size=1, xla=True), CPU)
     for part in (
-        "CPU: Test CPU 2 cores",
+        "CPU: Test CPU (avx2) 2 cores",
         "tf 2.21.0",
         "inference",
         "ResNet-20 preact/B",

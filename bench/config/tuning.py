@@ -56,6 +56,7 @@ class Machine:
     driver: str = ""  # GPU driver version
     onednn_env: str | None = None  # TF_ENABLE_ONEDNN_OPTS as the user set it (then it is theirs)
     tf_loaded: bool = False  # TensorFlow already imported here: its oneDNN state is fixed
+    cpu_kind: str = defaults.FALLBACK_CPU_KIND  # bench.hardware.cpu_features.cpu_kind: its CPU inference defaults
 
 
 def question(cfg: RunConfig) -> RunConfig:
@@ -102,7 +103,7 @@ def candidates(cfg: RunConfig, machine: Machine):
     In the order they are probed: the process-level switch first, then what changes the most.
     """
     kind, n = machine.device_kind, replicas(cfg, machine)
-    resolved = defaults.resolve(cfg, kind, n, cfg.data)
+    resolved = defaults.resolve(cfg, kind, n, cfg.data, machine.cpu_kind)
     plan = []
 
     def add(name, default, *others):
@@ -111,7 +112,7 @@ def candidates(cfg: RunConfig, machine: Machine):
             plan.append((name, values))
 
     if kind == "CPU" and machine.onednn_env is None and not machine.tf_loaded:
-        default = defaults.ONEDNN_DEFAULT
+        default = defaults.onednn_request(cfg, machine.cpu_kind)
         add("onednn", default, "off" if default == "on" else "on")
     if defaults.xla_valid(cfg, n):
         add("xla", resolved.xla, not resolved.xla)
@@ -135,7 +136,8 @@ def key(cfg: RunConfig, machine: Machine):
     if machine.device_kind == "GPU":
         device = f"GPU: {machine.device_name} driver {machine.driver or '?'}"
     else:
-        device = f"CPU: {machine.device_name} {machine.logical_cores} cores"
+        # the kind too: two CPUs of one name ("AMD EPYC") with other instruction sets want other settings
+        device = f"CPU: {machine.device_name} ({machine.cpu_kind}) {machine.logical_cores} cores"
     fixed = [f"{name}={options.flag_text(getattr(cfg, name))}" for name in TUNABLE[cfg.mode] if not is_unset(cfg, name)]
     parts = (
         [

@@ -114,6 +114,7 @@ class Devices:
     facts: dict = dataclasses.field(default_factory=dict)  # for bench.config.setup_checks.SetupFacts
     replica_devices: tuple = ()  # this process's replica devices, e.g. ("/cpu:0", "/cpu:1")
     replica_models: tuple = ()  # the model of each
+    cpu_kind: str = ""  # `cpu_features.cpu_kind()`: which CPU inference defaults apply (`defaults.CPU_INFERENCE`)
 
 
 def cpu_model_name():
@@ -133,7 +134,8 @@ def setup(cfg: RunConfig) -> Devices:
     Raises nothing for impossible requests: it sets up what it can and reports the
     facts (`Devices.facts`), which `bench.config.setup_checks.check_setup` judges before any work.
     """
-    tf = import_tensorflow(defaults.onednn_request(cfg))  # auto: the variable if set, else the mode's default
+    cpu = cpu_features.cpu_kind()
+    tf = import_tensorflow(defaults.onednn_request(cfg, cpu))  # auto: the variable if set, else the default
     multi_worker = cfg.strategy == options.MULTI_WORKER
     if multi_worker and cfg.intra_op_threads is None:
         # Ray reserves --cpus_per_worker CPUs; TensorFlow would otherwise use every core of the node.
@@ -176,6 +178,7 @@ def setup(cfg: RunConfig) -> Devices:
         facts=facts,
         replica_devices=tuple(names),
         replica_models=device_names,
+        cpu_kind=cpu,
     )
 
 

@@ -36,7 +36,7 @@ import filelock
 
 from bench.config import options, tuning
 from bench.config.options import RunConfig
-from bench.hardware import devices, peak
+from bench.hardware import cpu_features, devices, peak
 from bench.results import stats, table
 from bench.runner import processes
 
@@ -254,6 +254,7 @@ def detect_machine(cfg: RunConfig) -> tuning.Machine:
         physical_cores=min(logical, _physical_cores()),
         onednn_env=os.environ.get(devices.ONEDNN_ENV),
         tf_loaded="tensorflow" in sys.modules,
+        cpu_kind=cpu_features.cpu_kind(),
     )
     if gpus:
         name, driver = gpus[0]

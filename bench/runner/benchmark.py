@@ -134,7 +134,21 @@ def _devices_and_data(cfg):
     devices.warn_if_emulated(cfg, found.device_kind)
     if source.warning:
         print(source.warning, file=sys.stderr, flush=True)
-    return defaults.resolve(cfg, found.device_kind, found.num_replicas, source.kind), found, source
+    _note_cpu_defaults(cfg, found)
+    resolved = defaults.resolve(cfg, found.device_kind, found.num_replicas, source.kind, found.cpu_kind)
+    return resolved, found, source
+
+
+def _note_cpu_defaults(cfg, found):
+    """One line when CPU inference runs on a kind of CPU its defaults were not measured on (`--autotune` finds its)."""
+    _, measured = defaults.cpu_inference(found.cpu_kind)
+    if cfg.mode == "inference" and found.device_kind == "CPU" and not measured and cfg.autotune == "off":
+        print(
+            f"note: the CPU inference defaults were measured on {defaults.FALLBACK_CPU_KIND} CPUs, not on this "
+            f"{found.cpu_kind} one; --autotune finds this CPU's fastest settings",
+            file=sys.stderr,
+            flush=True,
+        )
 
 
 # ---- 4. build ----------------------------------------------------------------------------------------------------
