@@ -398,3 +398,34 @@ def test_autotune_probes_a_scenario_run_as_the_quick_look_at_its_batch():
     offline = run.replace(scenario="Offline")
     assert tuning.question(offline).batch_size == 64
     assert tuning.question(run.replace(scenario="MultiStream")).batch_size == 8
+
+
+@pytest.mark.e2e
+def test_ctrl_c_ends_a_loadgen_run_within_seconds_with_an_interrupted_row(tmp_path):
+    import signal
+    import time
+
+    path = str(tmp_path / "summary.csv")
+    args = ["--mode=inference", "--scenario=SingleStream", "--n=1", "--data=synthetic", "--min_duration_s=300"]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bench.run", *args, "--warmup_steps=3", f"--results={path}"],
+        env={**os.environ, "PYTHONPATH": ROOT},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        for line in proc.stdout:
+            if line.startswith("LoadGen SingleStream performance"):
+                break
+        time.sleep(3)  # LoadGen is issuing queries
+        proc.send_signal(signal.SIGINT)
+        stopped = time.monotonic()
+        proc.wait(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130 and time.monotonic() - stopped < 60
+    row = read_row(path)
+    assert row["status"] == "interrupted" and row["error"].startswith("stopped by SIGINT")
+    assert row["images_per_sec"] == "" and row["loadgen_result"] == ""  # queries answered unrun are no result
+    assert os.path.isfile(row["loadgen_detail_log"])

@@ -302,7 +302,8 @@ class ScenarioRun:
         """The record of what was measured (`status`/`error` override: a crash)."""
         record, cfg = self._record, self.cfg
         perf = acc = None
-        if "performance" in record:
+        # after a stop the queries still issued were answered without computing: LoadGen's numbers would count them
+        if "performance" in record and not self._stop:
             perf = loadgen.performance(record["performance"]["folder"], cfg.scenario)
             p = perf
             self.say(
@@ -325,8 +326,9 @@ class ScenarioRun:
             detail_log=os.path.join(folder, loadgen.DETAIL_LOG) if folder else "",
         )
         status = status or ("interrupted" if self._stop else "ok")
-        if error is None:
-            error = f"stopped by {self._stop}" if self._stop else ""
+        if error is None and self._stop:
+            error = f"stopped by {self._stop}; no result (LoadGen's logs count the queries answered unrun after it)"
+        error = error or ""
         if status == "ok" and result.accuracy_check.startswith("DIFFERS"):
             status, error = (
                 "failed",
