@@ -429,3 +429,13 @@ def test_ctrl_c_ends_a_loadgen_run_within_seconds_with_an_interrupted_row(tmp_pa
     assert row["status"] == "interrupted" and row["error"].startswith("stopped by SIGINT")
     assert row["images_per_sec"] == "" and row["loadgen_result"] == ""  # queries answered unrun are no result
     assert os.path.isfile(row["loadgen_detail_log"])
+
+
+def test_accuracy_on_data_that_fell_back_to_synthetic_is_refused_after_setup():
+    from bench.config import setup_checks
+
+    facts = setup_checks.SetupFacts(0, "CPU", 2, 1, True, "synthetic")
+    cfg = RunConfig(mode="inference", scenario="Offline", loadgen_mode="both")  # --data=auto: no CIFAR found
+    with pytest.raises(ConfigError, match="--loadgen_mode=both needs real data"):
+        setup_checks.check_setup(cfg, facts)
+    setup_checks.check_setup(cfg.replace(loadgen_mode="performance"), facts)
