@@ -439,3 +439,15 @@ def test_accuracy_on_data_that_fell_back_to_synthetic_is_refused_after_setup():
     with pytest.raises(ConfigError, match="--loadgen_mode=both needs real data"):
         setup_checks.check_setup(cfg, facts)
     setup_checks.check_setup(cfg.replace(loadgen_mode="performance"), facts)
+
+
+def test_a_sweeps_plan_counts_a_scenario_trial_by_its_minimum_duration(tmp_path):
+    from sweeps import plan
+
+    trials = [
+        RunConfig(mode="inference", scenario="Offline", min_duration_s=30.0, trial_key="a"),
+        RunConfig(mode="inference", scenario="SingleStream", trial_key="b"),
+    ]
+    seconds, flops, _ = plan.estimate(trials, str(tmp_path / "none.csv"))
+    assert flops == 0
+    assert seconds["a"] == pytest.approx(plan.DEFAULT_STARTUP_S + 30) and seconds["b"] == pytest.approx(615)
