@@ -101,7 +101,8 @@ class RunConfig:
     mode: str = option(
         "train",
         "train: training throughput and accuracy; inference: forward passes only "
-        "(images/sec and per-batch latency, each batch its own timed window).",
+        "(images/sec and per-batch latency, each batch its own timed window: the quick look; "
+        "--scenario runs MLPerf's LoadGen, the measurement to publish).",
         choices=MODES,
     )
     # MLPerf LoadGen (--mode=inference --scenario=...): bench/runner/scenario.py
