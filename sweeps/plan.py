@@ -24,9 +24,22 @@ ASSUMED_MFU = 0.5  # without rows of this machine; ResNet-20..56 reached 0.4-0.6
 DEFAULT_STARTUP_S = 15.0  # without rows: import, data, first (compiling) step, Ray's trial start
 
 
+MLPERF_MIN_DURATION_S = 600.0  # a LoadGen scenario trial lasts at least its minimum duration (MLPerf's default)
+
+
 def trial_flops(cfg):
-    """Training FLOPs of one trial (inference: forward passes), from the analytic cost per image."""
+    """Training FLOPs of one trial (inference: forward passes), from the analytic cost per image (a LoadGen
+    scenario trial: 0, its length is its minimum duration, `loadgen_seconds`)."""
+    if cfg.scenario != "none":
+        return 0.0
     return recipe.train_steps(cfg) * cfg.batch_size * rows.flops_per_image(cfg)
+
+
+def loadgen_seconds(cfg):
+    """A LoadGen scenario trial's length: its minimum duration (LoadGen stops soon after it), 0 otherwise."""
+    if cfg.scenario == "none":
+        return 0.0
+    return MLPERF_MIN_DURATION_S if cfg.min_duration_s is None else cfg.min_duration_s
 
 
 def _float(text):
@@ -87,6 +100,9 @@ def estimate(configs, results_path):
         total += flops
         rate, source = rate_for(cfg.precision, history)
         sources.add(source)
+        if cfg.scenario != "none":
+            seconds[cfg.trial_key] = startup + loadgen_seconds(cfg)
+            continue
         seconds[cfg.trial_key] = startup + flops / rate if rate else None
     known = [s for s in seconds.values() if s is not None]
     amount = f"{total / 1e12:.1f} TFLOP" if total >= 1e11 else f"{total / 1e9:.1f} GFLOP"

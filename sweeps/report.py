@@ -17,7 +17,7 @@ from absl import app, flags
 from bench.config import cli, exits
 from bench.config.options import ConfigError
 from bench.results import metrics, table
-from sweeps import files, scaling
+from sweeps import files, scaling, serving
 
 FLAGS = flags.FLAGS
 
@@ -54,6 +54,7 @@ CONFIG_COLUMNS = [
 # Columns that also change what was measured: rows differing in them are never averaged together.
 SETUP_COLUMNS = [
     "mode",
+    "scenario",  # MLPerf LoadGen's scenario (sweeps/serving.py): never averaged with the quick look
     "loop",
     "batch_norm",
     "onednn",
@@ -157,7 +158,8 @@ def _setup(r):
     """What else was held fixed, compactly: loop, BN kernel, oneDNN, step budget, TensorFlow."""
     onednn = {"true": ", oneDNN", "false": ", no oneDNN"}.get(r.onednn, "")
     steps = f"{r.budget} steps" if r.budget else "steps ?"
-    mode = "inference, " if r.mode == "inference" else ""
+    scenario = f" {r.scenario}" if getattr(r, "scenario", "") not in ("", "none") else ""
+    mode = f"inference{scenario}, " if r.mode == "inference" else ""
     workers = f", {r.num_workers} workers" if r.num_workers else ""
     return f"{mode}{r.loop or 'ctl'}, {r.batch_norm or '?'} BN{onednn}{workers}, {steps}, TF {r.tf_version or '?'}"
 
@@ -350,6 +352,9 @@ def build(results_path, out_dir, sweep=None, data=None, device=None):
     scaled = scaling.build_scaling(df, out_dir)
     if scaled:
         pngs.append(scaled[1])
+    served = serving.build_serving(df, out_dir)
+    if served:
+        pngs.append(served[1])
     files.write_text(md_path, text)  # last: it names what the others hold
     return md_path, pngs
 

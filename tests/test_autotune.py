@@ -62,7 +62,7 @@ def test_gpu_training_tunes_steps_per_call_and_augmentation_placement_with_real_
 def test_the_key_names_the_machine_and_the_question():
     key = tuning.key(RunConfig(mode="inference", batch_size=1, xla=True), CPU)
     for part in (
-        "CPU: Test CPU 2 cores",
+        "CPU: Test CPU (avx2) 2 cores",
         "tf 2.21.0",
         "inference",
         "ResNet-20 preact/B",
@@ -119,7 +119,7 @@ def test_inference_probes_are_judged_by_median_latency():
 
 
 def test_the_row_says_how_its_settings_were_chosen():
-    assert table.SCHEMA[-2:] == ("tuned", "autotune_s")  # autotune_s: the probing, after it
+    assert table.SCHEMA.index("autotune_s") == table.SCHEMA.index("tuned") + 1  # the probing, after it
     assert rows.config_row(RunConfig(), "failed")["tuned"] == "default"
     assert rows.config_row(RunConfig(tuned="K"), "failed")["tuned"] == "K"
 

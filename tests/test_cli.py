@@ -53,6 +53,8 @@ def test_a_sweep_axis_over_any_field_reaches_the_trials_config():
             continue
         values = options.axis_values(f, text)
         companions = {"strategy": ["mirrored"]} if f.name in ("cpu_replicas", "num_gpus") else {}
+        if f.name == "scenario":
+            companions = {"mode": ["inference"]}
         if f.name in (
             "workers",
             "gpus_per_worker",

@@ -123,3 +123,42 @@ def test_module_imports_no_tensorflow():
     code = "import sys, bench.hardware.cpu_features; sys.exit('tensorflow' in sys.modules)"
     root = cpu_features.__file__.rsplit("/bench/", 1)[0]
     assert subprocess.run([sys.executable, "-c", code], cwd=root).returncode == 0
+
+
+def test_cpu_kind_names_the_instruction_sets():
+    def flags(*names):
+        return "processor : 0\nflags : fpu sse2 " + " ".join(names) + "\n"
+
+    assert cpu_features.cpu_kind(flags("avx", "avx2", "fma")) == "avx2"
+    assert cpu_features.cpu_kind(flags("avx2", "avx512f", "avx512bw")) == "avx512"
+    assert cpu_features.cpu_kind(flags("avx2", "avx512f", "avx512_bf16")) == "avx512_bf16"
+    assert cpu_features.cpu_kind(flags("avx2", "amx_bf16", "amx_tile")) == "avx512_bf16"
+    assert cpu_features.cpu_kind(flags("sse4_2")) == "x86"
+    assert cpu_features.cpu_kind("Features : fp asimd bf16\n") == "arm"
+    assert cpu_features.cpu_kind("") == "unknown"
+    # a hybrid CPU is judged by its weakest core
+    assert cpu_features.cpu_kind(flags("avx2", "avx512f") + flags("avx2")) == "avx2"
+
+
+def test_cpu_inference_defaults_are_chosen_per_kind_of_cpu(monkeypatch):
+    from bench.config import defaults
+    from bench.config.options import RunConfig
+
+    monkeypatch.delenv(defaults.ONEDNN_ENV, raising=False)
+    inference = RunConfig(mode="inference")
+    measured = defaults.CpuInference("off", False, "fused", "a test CPU")
+    monkeypatch.setitem(defaults.CPU_INFERENCE, "avx512_bf16", measured)
+    resolved = defaults.resolve(inference, "CPU", 1, "synthetic", "avx512_bf16")
+    assert (resolved.xla, resolved.batch_norm) == (False, "fused")
+    assert defaults.onednn_request(inference, "avx512_bf16") == "off"
+    avx2 = defaults.resolve(inference, "CPU", 1, "synthetic", "avx2")
+    assert (avx2.xla, avx2.batch_norm, defaults.onednn_request(inference, "avx2")) == (True, "keras", "on")
+    # a kind nobody measured takes the fallback's, and says so
+    assert defaults.cpu_inference("arm") == (defaults.CPU_INFERENCE[defaults.FALLBACK_CPU_KIND], False)
+    assert defaults.resolve(inference, "CPU", 1, "synthetic", "arm").xla is True
+    # training and GPUs are not per kind of CPU
+    assert defaults.onednn_request(RunConfig(), "avx512_bf16") == defaults.ONEDNN_DEFAULT
+    assert defaults.resolve(RunConfig(), "CPU", 1, "synthetic", "avx512_bf16").batch_norm == "fused"
+    assert defaults.resolve(inference, "GPU", 1, "synthetic", "avx512_bf16").xla is True
+    # the user's flag wins
+    assert defaults.resolve(inference.replace(xla=True), "CPU", 1, "synthetic", "avx512_bf16").xla is True

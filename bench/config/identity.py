@@ -51,7 +51,7 @@ def comparable(config):
 
 def saved_run(cfg: RunConfig):
     """The `run.json` of `cfg.checkpoint_dir` as a dict, or None. ConfigError if it is not one this harness wrote."""
-    if not cfg.checkpoint_dir:
+    if not cfg.checkpoint_dir or cfg.scenario != "none":  # a LoadGen run only reads weights there: not its run
         return None
     path = os.path.join(cfg.checkpoint_dir, RUN_FILE)
     if not os.path.lexists(path):
@@ -105,7 +105,8 @@ class RunIdentity:
 
     def __init__(self, cfg: RunConfig):
         # only the chief of a multi-worker run writes run.json (every single-process run is its own chief)
-        self.path = os.path.join(cfg.checkpoint_dir, RUN_FILE) if cfg.checkpoint_dir and is_chief(cfg) else None
+        writes = cfg.checkpoint_dir and cfg.scenario == "none"  # a LoadGen run only reads weights there
+        self.path = os.path.join(cfg.checkpoint_dir, RUN_FILE) if writes and is_chief(cfg) else None
         self.fingerprint = fingerprint(cfg)
         saved = saved_run(cfg)  # validate() made sure it is this configuration's
         self.run_id = saved["run_id"] if saved else run_id_for(cfg)

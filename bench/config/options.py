@@ -25,6 +25,9 @@ AUGMENT = ("auto", "host", "device")  # auto: device when training on GPUs, host
 MODES = ("train", "inference")
 AUTOTUNE = ("off", "on", "refresh")  # on: probe once per machine and setting, then use the cached winner
 COMPARISON_ARMS = ("", "A", "B")  # empty: not part of an A/B comparison
+# MLPerf Inference scenarios, run by MLPerf's LoadGen (bench/runner/scenario.py); none: the quick look
+SCENARIOS = ("none", "SingleStream", "MultiStream", "Server", "Offline")
+LOADGEN_MODES = ("performance", "accuracy", "both")
 
 
 class ConfigError(ValueError):
@@ -98,8 +101,46 @@ class RunConfig:
     mode: str = option(
         "train",
         "train: training throughput and accuracy; inference: forward passes only "
-        "(images/sec and per-batch latency, each batch its own timed window).",
+        "(images/sec and per-batch latency, each batch its own timed window: the quick look; "
+        "--scenario runs MLPerf's LoadGen, the measurement to publish).",
         choices=MODES,
+    )
+    # MLPerf LoadGen (--mode=inference --scenario=...): bench/runner/scenario.py
+    scenario: str = option(
+        "none",
+        "--mode=inference: run the model through MLPerf's LoadGen in this scenario (SingleStream: one image "
+        "per query, p90 latency; MultiStream: --samples_per_query per query, p99; Server: Poisson arrivals at "
+        "--target_qps under --target_latency_ms; Offline: all at once, samples/sec). none: the quick look "
+        "(fixed batches, one per timed window).",
+        choices=SCENARIOS,
+    )
+    loadgen_mode: str = option(
+        "performance",
+        "--scenario: LoadGen's performance run, its accuracy run over the whole test set (top-1 checked "
+        "against the training-mode evaluation of the same weights), or both.",
+        choices=LOADGEN_MODES,
+    )
+    target_qps: float | None = option(
+        None, "--scenario=Server: the queries per second LoadGen sends (Poisson arrivals); required.", kind=float
+    )
+    target_latency_ms: float | None = option(
+        None,
+        "--scenario=Server: the latency bound its 99th percentile must meet (default: MLPerf's, 10 ms).",
+        kind=float,
+    )
+    samples_per_query: int | None = option(
+        None, "--scenario=MultiStream: images per query (default: MLPerf's, 8).", kind=int
+    )
+    min_duration_s: float | None = option(
+        None,
+        "--scenario: LoadGen's minimum test duration (default: MLPerf's, 600 s); shorter marks the row shortened.",
+        kind=float,
+    )
+    min_query_count: int | None = option(
+        None,
+        "--scenario: LoadGen's minimum query count (default: MLPerf's for the scenario); fewer marks the row "
+        "shortened.",
+        kind=int,
     )
     # devices and strategy
     strategy: str = option(
@@ -347,6 +388,19 @@ def parse_worker_fault(text):
     if rank < 0 or step < 1:
         raise ConfigError(f"--fail_worker_at_step takes RANK:STEP[:stall] with RANK >= 0 and STEP >= 1; got {text!r}")
     return rank, step, mode
+
+
+MULTISTREAM_SAMPLES = 8  # MLPerf's MultiStream samples per query (LoadGen's default; tests/test_scenario.py checks)
+
+
+def scenario_batch(cfg: RunConfig):
+    """The largest batch a `--scenario` run computes: one image (SingleStream), a query (MultiStream, at most
+    --batch_size), or up to --batch_size of what is queued (Server, Offline: dynamic batching)."""
+    if cfg.scenario == "SingleStream":
+        return 1
+    if cfg.scenario == "MultiStream":
+        return min(cfg.batch_size, cfg.samples_per_query or MULTISTREAM_SAMPLES)
+    return cfg.batch_size
 
 
 def global_replicas(cfg: RunConfig):

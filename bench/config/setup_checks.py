@@ -70,8 +70,7 @@ def check_setup(cfg: RunConfig, facts: SetupFacts):
             f"--inject_inf_grad_at_step={fault[0]}:{fault[1]}: there are only {facts.num_replicas} "
             f"replicas (0..{facts.num_replicas - 1})"
         )
-    if cfg.target_accuracy is not None and facts.data_kind == "synthetic":
-        raise ConfigError("--target_accuracy needs real data, but only synthetic data is available")
+    _check_accuracy_data(cfg, facts.data_kind)
     total = train_steps(cfg, facts.train_images)
     check_steps(cfg, total)
     if cfg.loop == "fit":  # Keras fit runs whole steps_per_execution chunks: one must be timed after the warm-up
@@ -81,6 +80,16 @@ def check_setup(cfg: RunConfig, facts: SetupFacts):
                 f"--loop=fit runs chunks of {chunk} steps: {total} steps leave none to time after "
                 f"the warm-up ({cfg.warmup_steps}); give more --steps or a smaller --steps_per_loop"
             )
+
+
+def _check_accuracy_data(cfg: RunConfig, data_kind):
+    """What measures accuracy needs real data (`--data=auto` may have fallen back to synthetic)."""
+    if data_kind != "synthetic":
+        return
+    if cfg.target_accuracy is not None:
+        raise ConfigError("--target_accuracy needs real data, but only synthetic data is available")
+    if cfg.scenario != "none" and cfg.loadgen_mode != "performance":
+        raise ConfigError(f"--loadgen_mode={cfg.loadgen_mode} needs real data, but only synthetic data is available")
 
 
 def check_cluster_has(requested, available, what):

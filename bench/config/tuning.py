@@ -82,6 +82,27 @@ class Machine:
     driver: str = ""  # GPU driver version
     onednn_env: str | None = None  # TF_ENABLE_ONEDNN_OPTS as the user set it (then it is theirs)
     tf_loaded: bool = False  # TensorFlow already imported here: its oneDNN state is fixed
+    cpu_kind: str = defaults.FALLBACK_CPU_KIND  # bench.hardware.cpu_features.cpu_kind: its CPU inference defaults
+
+
+def question(cfg: RunConfig) -> RunConfig:
+    """The run whose speed the probes measure. A `--scenario` run (MLPerf LoadGen) is probed as the quick look
+    (fixed batches, a few seconds a probe) at the batch its scenario computes (SingleStream 1, MultiStream a
+    query, Server and Offline --batch_size), without its LoadGen flags and weights; its winner is cached under
+    that question's key, shared with quick-look runs of that batch."""
+    if cfg.scenario == "none":
+        return cfg
+    return cfg.replace(
+        scenario="none",
+        loadgen_mode="performance",
+        target_qps=None,
+        target_latency_ms=None,
+        samples_per_query=None,
+        min_duration_s=None,
+        min_query_count=None,
+        checkpoint_dir=None,
+        batch_size=options.scenario_batch(cfg),
+    )
 
 
 def is_unset(cfg: RunConfig, name):
@@ -108,7 +129,7 @@ def candidates(cfg: RunConfig, machine: Machine):
     In the order they are probed: the process-level switch first, then what changes the most.
     """
     kind, n = machine.device_kind, replicas(cfg, machine)
-    resolved = defaults.resolve(cfg, kind, n, cfg.data)
+    resolved = defaults.resolve(cfg, kind, n, cfg.data, machine.cpu_kind)
     plan = []
 
     def add(name, default, *others):
@@ -117,7 +138,7 @@ def candidates(cfg: RunConfig, machine: Machine):
             plan.append((name, values))
 
     if kind == "CPU" and machine.onednn_env is None and not machine.tf_loaded:
-        default = defaults.ONEDNN_DEFAULT
+        default = defaults.onednn_request(cfg, machine.cpu_kind)
         add("onednn", default, "off" if default == "on" else "on")
     if defaults.xla_valid(cfg, n):
         add("xla", resolved.xla, not resolved.xla)
@@ -141,7 +162,8 @@ def key(cfg: RunConfig, machine: Machine):
     if machine.device_kind == "GPU":
         device = f"GPU: {machine.device_name} driver {machine.driver or '?'}"
     else:
-        device = f"CPU: {machine.device_name} {machine.logical_cores} cores"
+        # the kind too: two CPUs of one name ("AMD EPYC") with other instruction sets want other settings
+        device = f"CPU: {machine.device_name} ({machine.cpu_kind}) {machine.logical_cores} cores"
     fixed = [f"{name}={options.flag_text(getattr(cfg, name))}" for name in TUNABLE[cfg.mode] if not is_unset(cfg, name)]
     parts = (
         [

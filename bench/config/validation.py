@@ -149,6 +149,7 @@ def _check_combinations(cfg):
         _check_fit(cfg)
     if cfg.mode == "inference":
         _check_inference(cfg)
+    _check_scenario(cfg)
     _check_multi_worker(cfg)
 
 
@@ -370,7 +371,7 @@ def _check_inference(cfg):
         name
         for name, on in (
             ("--loop=fit", cfg.loop == "fit"),
-            ("--checkpoint_dir", cfg.checkpoint_dir),
+            ("--checkpoint_dir", cfg.checkpoint_dir and cfg.scenario == "none"),  # LoadGen runs read weights there
             ("--target_accuracy", cfg.target_accuracy is not None),
             ("--eval_every_epochs", cfg.eval_every_epochs),
             ("--sync_bn", cfg.sync_bn),
@@ -384,11 +385,90 @@ def _check_inference(cfg):
         raise ConfigError(f"{', '.join(training_only)}: training options, not for --mode=inference")
 
 
+SCENARIO_FIELDS = {  # --scenario's own flags: the scenario each applies to (None: every scenario)
+    "loadgen_mode": None,
+    "min_duration_s": None,
+    "min_query_count": None,
+    "target_qps": "Server",
+    "target_latency_ms": "Server",
+    "samples_per_query": "MultiStream",
+}
+
+
+def _check_scenario(cfg):
+    """--scenario and its flags: MLPerf LoadGen drives one device's forward passes (bench/runner/scenario.py).
+
+    A sweep may give a scenario's flags to trials of other scenarios (`--scenario SingleStream,Server
+    --target_qps 200`): there a flag that does not apply is left unused, as `--address` is.
+    """
+    given = [name for name in SCENARIO_FIELDS if getattr(cfg, name) != RunConfig.__dataclass_fields__[name].default]
+    if cfg.scenario == "none":
+        if given and not cfg.sweep:
+            raise ConfigError(f"{', '.join('--' + n for n in given)}: only with --scenario (MLPerf LoadGen runs)")
+        return
+    if cfg.mode != "inference":
+        raise ConfigError(f"--scenario={cfg.scenario} runs forward passes: it needs --mode=inference")
+    misplaced = [n for n in given if SCENARIO_FIELDS[n] not in (None, cfg.scenario)]
+    if misplaced and not cfg.sweep:
+        raise ConfigError(
+            ", ".join(f"--{n} is for --scenario={SCENARIO_FIELDS[n]}" for n in misplaced) + f" (got {cfg.scenario})"
+        )
+    for name in ("target_qps", "target_latency_ms", "min_duration_s"):
+        value = getattr(cfg, name)
+        if value is not None and not value > 0:
+            raise ConfigError(f"--{name} must be > 0; got {value}")
+    for name in ("samples_per_query", "min_query_count"):
+        _at_least(cfg, name, 1)
+    if cfg.scenario == "Server" and cfg.target_qps is None:
+        raise ConfigError("--scenario=Server needs --target_qps (the queries per second LoadGen sends)")
+    if cfg.loadgen_mode != "performance" and cfg.data == "synthetic":
+        raise ConfigError(
+            f"--loadgen_mode={cfg.loadgen_mode} measures top-1 accuracy: it needs real data, not synthetic"
+        )
+    if cfg.strategy not in ("default", "one_device"):
+        raise ConfigError(f"--scenario runs one device's forward function; --strategy={cfg.strategy} is not supported")
+    length = [
+        name
+        for name, on in (
+            ("--steps", cfg.steps is not None),
+            ("--epochs", cfg.epochs is not None),
+            ("--profile_steps", cfg.profile_steps),
+            ("--tensorboard_dir", cfg.tensorboard_dir),
+        )
+        if on
+    ]
+    if length and not cfg.sweep:  # a sweep's quick-look trials may need them
+        raise ConfigError(
+            f"{', '.join(length)}: LoadGen decides a scenario run's length (--min_duration_s, --min_query_count)"
+        )
+    if cfg.checkpoint_dir:
+        _check_weights_folder(cfg)
+
+
+def _check_weights_folder(cfg):
+    """A scenario run reads its weights from --checkpoint_dir (never writes there): a checkpoint of this model."""
+    folder = cfg.checkpoint_dir
+    if not os.path.isfile(os.path.join(folder, "checkpoint")):
+        raise ConfigError(f"--checkpoint_dir={folder}: no checkpoint there to read the weights from")
+    saved = saved_run(cfg.replace(scenario="none"))  # the run.json of the run that trained them, if any
+    if saved:
+        theirs = saved["config"]
+        differ = [k for k in ("n", "block", "shortcut") if k in theirs and theirs[k] != getattr(cfg, k)]
+        if differ:
+            raise ConfigError(
+                f"--checkpoint_dir={folder} holds the weights of another model ("
+                + ", ".join(f"--{k}={theirs[k]}" for k in differ)
+                + ")"
+            )
+
+
 def _check_outputs(cfg):
     if not cfg.results:
         raise ConfigError("--results must name a CSV file")
     _check_results_file(cfg.results)
     for name in ("checkpoint_dir", "tensorboard_dir", "profile_dir"):
+        if name == "checkpoint_dir" and cfg.scenario != "none":
+            continue  # read, never written (_check_weights_folder)
         path = getattr(cfg, name)
         if path:
             if os.path.exists(path) and not os.path.isdir(path):

@@ -88,3 +88,17 @@ def emulated_precision(precision: str, device_kind: str = "CPU", cpuinfo_text: s
     # Simplification: recent x86 parts (AVX512-FP16, AMX-FP16) have float16 instructions, but the
     # measured mixed_float16 CPU path here (about 81 images/sec, loss scaling) is far below float32.
     return f"{precision} is emulated on x86 CPUs (float16 is taken as native only on GPUs and Arm fphp+asimdhp)"
+
+
+def cpu_kind(cpuinfo_text: str | None = None) -> str:
+    """The kind of CPU by the instruction sets its kernels can use (`bench.config.defaults.CPU_INFERENCE` is keyed
+    by it): `avx512_bf16` (AVX-512 with native bfloat16, or AMX), `avx512`, `avx2`, `x86` (older), `arm`, or
+    `unknown` (no flags readable). The weakest core decides (`_parse`)."""
+    arch, flags = _parse(_read_cpuinfo(cpuinfo_text))
+    if arch != "x86":
+        return arch
+    if flags.intersection(X86_BF16_FLAGS):
+        return "avx512_bf16"
+    if "avx512f" in flags:
+        return "avx512"
+    return "avx2" if "avx2" in flags else "x86"

@@ -119,6 +119,7 @@ class Devices:
     facts: dict = dataclasses.field(default_factory=dict)  # for bench.config.setup_checks.SetupFacts
     replica_devices: tuple = ()  # this process's replica devices, e.g. ("/cpu:0", "/cpu:1")
     replica_models: tuple = ()  # the model of each
+    cpu_kind: str = ""  # `cpu_features.cpu_kind()`: which CPU inference defaults apply (`defaults.CPU_INFERENCE`)
 
 
 def cpu_model_name():
@@ -138,7 +139,8 @@ def setup(cfg: RunConfig) -> Devices:
     Raises nothing for impossible requests: it sets up what it can and reports the
     facts (`Devices.facts`), which `bench.config.setup_checks.check_setup` judges before any work.
     """
-    tf = import_tensorflow(defaults.onednn_request(cfg))  # auto: the variable if set, else the mode's default
+    cpu = cpu_features.cpu_kind()
+    tf = import_tensorflow(defaults.onednn_request(cfg, cpu))  # auto: the variable if set, else the default
     multi_worker = cfg.strategy == options.MULTI_WORKER
     _set_threads(tf, defaults.intra_op_threads(cfg), cfg.inter_op_threads)
     gpus = tf.config.list_physical_devices("GPU")
@@ -178,6 +180,7 @@ def setup(cfg: RunConfig) -> Devices:
         facts=facts,
         replica_devices=tuple(names),
         replica_models=device_names,
+        cpu_kind=cpu,
     )
 
 

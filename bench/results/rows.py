@@ -10,7 +10,7 @@ import dataclasses
 
 from bench.config import identity, tuning
 from bench.config.options import RunConfig
-from bench.results import metrics, table
+from bench.results import loadgen, metrics, table
 from resnet import cost
 
 
@@ -110,6 +110,7 @@ def config_row(cfg: RunConfig, status, error="", run_id=None):
         "arm": cfg.arm,
         "sweep_position": cfg.sweep_position or None,
         "tuned": cfg.tuned or tuning.origin(cfg),
+        **loadgen.config_columns(cfg),
     }
 
 
@@ -133,6 +134,9 @@ class Measured:
     windows: tuple = ()  # (steps, seconds) of the timed windows
     warmup: tuple = ()  # ... of the warm-up windows
     untimed: tuple = ()  # ... of windows left out on purpose (profiling)
+    scenario_result: loadgen.Result | None = (
+        None  # a --scenario run: LoadGen's result (its numbers are also in `timed`)
+    )
 
 
 def run_row(cfg: RunConfig, facts: RunFacts, measured: Measured):
@@ -156,6 +160,7 @@ def run_row(cfg: RunConfig, facts: RunFacts, measured: Measured):
         "skipped_steps": measured.skipped_steps,
         "xla_scope": measured.xla_scope,
         "peak_scope": "one process",
+        **loadgen.result_columns(measured.scenario_result),
     }
     if timed:
         row.update(

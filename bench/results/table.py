@@ -105,6 +105,24 @@ SCHEMA = (
     "peak_scope",  # what peak_gflops covers: one process's devices, or a sum over workers and hosts
     "tuned",  # how the tunable settings were chosen: the --autotune cache key, default or flag
     "autotune_s",  # seconds --autotune took before the run (its probes, or reading its cache); not in time_to_first_step_s
+    # MLPerf LoadGen scenario runs (bench.results.loadgen; images_per_sec and step_time_p* are then LoadGen's)
+    "scenario",  # inference: SingleStream | MultiStream | Server | Offline, or none (the quick look)
+    "loadgen_mode",  # performance | accuracy | both
+    "loadgen_result",  # VALID | INVALID: LoadGen's verdict on the performance run
+    "loadgen_invalid_reason",  # why INVALID, in LoadGen's words
+    "loadgen_latency_percentile",  # the scenario's percentile: 90 (SingleStream), 99 (MultiStream, Server)
+    "loadgen_latency_ms",  # that percentile: LoadGen's early-stopping estimate (Server: measured)
+    "loadgen_queries",  # queries LoadGen issued in the performance run
+    "loadgen_samples_per_query",
+    "loadgen_target_qps",  # Server: the Poisson arrival rate asked for
+    "loadgen_target_latency_ms",  # Server: the latency bound
+    "loadgen_min_duration_s",  # LoadGen's effective minimums
+    "loadgen_min_query_count",
+    "loadgen_shortened",  # true: a minimum set below MLPerf's (a smoke run, not a result to publish)
+    "loadgen_accuracy",  # top-1 from LoadGen's accuracy log over the whole test set
+    "accuracy_check",  # match / DIFFERS: that top-1 against the training-mode evaluation of the same weights
+    "loadgen_summary_log",  # LoadGen's logs, kept beside the table (<results folder>/loadgen/<run_id>/)
+    "loadgen_detail_log",
 )
 
 STATUSES = ("ok", "diverged", "failed", "stopped", "interrupted")  # stopped: by ASHA; interrupted: Ctrl-C, SIGTERM

@@ -38,7 +38,7 @@ import time
 
 from bench.config import caches, options, tuning
 from bench.config.options import RunConfig
-from bench.hardware import devices, peak
+from bench.hardware import cpu_features, devices, peak
 from bench.results import stats, table
 from bench.runner import processes
 
@@ -74,6 +74,7 @@ def settle(cfg: RunConfig, out=None, measure=None) -> RunConfig:
     out = out or sys.stdout
     if cfg.autotune == "off":
         return cfg.replace(tuned=tuning.origin(cfg))
+    run, cfg = cfg, tuning.question(cfg)  # a --scenario run is probed as the quick look at its scenario's batch
     machine = detect_machine(cfg)
     plan = tuning.candidates(cfg, machine)
     if not plan:
@@ -82,7 +83,7 @@ def settle(cfg: RunConfig, out=None, measure=None) -> RunConfig:
             file=out,
             flush=True,
         )
-        return cfg.replace(tuned="flag")
+        return run.replace(tuned="flag")
     key = tuning.key(cfg, machine)
     if cfg.autotune == "on":
         entry = read_cache().get(key)
@@ -94,7 +95,7 @@ def settle(cfg: RunConfig, out=None, measure=None) -> RunConfig:
                 file=out,
                 flush=True,
             )
-            return tuning.apply(cfg, settings, key)
+            return tuning.apply(run, settings, key)
     started = time.perf_counter()
     print(
         f"autotune: {key}\nautotune: probing {', '.join(n for n, _ in plan)} "
@@ -118,7 +119,7 @@ def settle(cfg: RunConfig, out=None, measure=None) -> RunConfig:
             file=out,
             flush=True,
         )
-        return cfg.replace(tuned=tuning.origin(cfg))
+        return run.replace(tuned=tuning.origin(run))
     chose = f"autotune: chose {' '.join(tuning.settings_args(settings)) or 'the defaults'} {runs}"
     if skipped:  # the skipped fields' choice was not measured: cached, it would stand unmeasured for good
         print(
@@ -126,7 +127,7 @@ def settle(cfg: RunConfig, out=None, measure=None) -> RunConfig:
             file=out,
             flush=True,
         )
-        return tuning.apply(cfg, settings, key)
+        return tuning.apply(run, settings, key)
     entry = {
         "settings": settings,
         "probed_utc": table.utc_now(),
@@ -136,7 +137,7 @@ def settle(cfg: RunConfig, out=None, measure=None) -> RunConfig:
     }
     saved = write_cache(key, entry)
     print(f"{chose}; " + (f"cached in {cache_file()}" if saved else "not cached"), file=out, flush=True)
-    return tuning.apply(cfg, settings, key)
+    return tuning.apply(run, settings, key)
 
 
 def choose(plan, measure, out=None, first_pairs=FIRST_PAIRS, max_pairs=None, band_pct=BAND_PCT):
@@ -269,6 +270,7 @@ def detect_machine(cfg: RunConfig) -> tuning.Machine:
         physical_cores=min(logical, _physical_cores()),
         onednn_env=os.environ.get(devices.ONEDNN_ENV),
         tf_loaded="tensorflow" in sys.modules,
+        cpu_kind=cpu_features.cpu_kind(),
     )
     if gpus:
         name, driver = gpus[0]

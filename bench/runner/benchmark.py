@@ -67,7 +67,10 @@ def run(cfg: RunConfig, command="", out=None, write_row=True, on_eval=None, hook
             cfg, devices, source = _devices_and_data(cfg)
             identity.save(finished=False)
             # ---- 4. build ------------------------------------------------------------------------------------
-            controller, facts = _build(cfg, devices, source, identity.run_id, command, started, out, hooks)
+            if cfg.scenario != "none":  # MLPerf's LoadGen drives the forward passes instead of the controller
+                controller, facts = _build_scenario(cfg, devices, source, identity.run_id, command, started, out)
+            else:
+                controller, facts = _build(cfg, devices, source, identity.run_id, command, started, out, hooks)
             facts = dataclasses.replace(facts, autotune_s=autotune_s)
     except ConfigError:
         raise
@@ -79,7 +82,7 @@ def run(cfg: RunConfig, command="", out=None, write_row=True, on_eval=None, hook
         log = exits.save_traceback(exc, cfg.results, identity.run_id)
         exits.error(f"run {identity.run_id} failed while setting up: {error} (traceback: {log})")
         return _ended_in_setup(cfg, identity, command, out, write_row, "failed", error, exits.EXIT_FAILED, autotune_s)
-    if controller.step >= controller.plan.total_steps:  # killed after its last checkpoint, before its row
+    if cfg.scenario == "none" and controller.step >= controller.plan.total_steps:  # killed after its last checkpoint
         print(
             f"the checkpoint in {cfg.checkpoint_dir} is at step {controller.step} of {controller.plan.total_steps}: "
             f"nothing is left to train or time, so no row is written (a row that measured nothing would read as "
@@ -89,7 +92,7 @@ def run(cfg: RunConfig, command="", out=None, write_row=True, on_eval=None, hook
         )
         identity.save(finished=True)
         return Outcome("skipped", {}, exits.EXIT_OK)
-    if on_eval:
+    if on_eval and cfg.scenario == "none":
         controller.on_eval = lambda step, acc: on_eval(
             step, acc, rows.run_row(cfg, facts, controller.measured("stopped", "stopped by the sweep's scheduler"))
         )
@@ -180,7 +183,21 @@ def _devices_and_data(cfg):
     devices.warn_if_emulated(cfg, found.device_kind)
     if source.warning:
         print(source.warning, file=sys.stderr, flush=True)
-    return defaults.resolve(cfg, found.device_kind, found.num_replicas, source.kind), found, source
+    _note_cpu_defaults(cfg, found)
+    resolved = defaults.resolve(cfg, found.device_kind, found.num_replicas, source.kind, found.cpu_kind)
+    return resolved, found, source
+
+
+def _note_cpu_defaults(cfg, found):
+    """One line when CPU inference runs on a kind of CPU its defaults were not measured on (`--autotune` finds its)."""
+    _, measured = defaults.cpu_inference(found.cpu_kind)
+    if cfg.mode == "inference" and found.device_kind == "CPU" and not measured and cfg.autotune == "off":
+        print(
+            f"note: the CPU inference defaults were measured on {defaults.FALLBACK_CPU_KIND} CPUs, not on this "
+            f"{found.cpu_kind} one; --autotune finds this CPU's fastest settings",
+            file=sys.stderr,
+            flush=True,
+        )
 
 
 # ---- 4. build ----------------------------------------------------------------------------------------------------
@@ -188,11 +205,6 @@ def _devices_and_data(cfg):
 
 def _build(cfg, devices, source, run_id, command, started, out, hooks):
     """(Controller ready to run, the row's RunFacts)."""
-    import keras  # loaded by the device setup already (after the oneDNN choice)
-    import tensorflow as tf
-
-    from bench.hardware import datasheet, peak
-    from bench.hardware.devices import threads_in_effect
     from bench.runner import outputs
     from bench.training import trainers
 
@@ -215,11 +227,32 @@ def _build(cfg, devices, source, run_id, command, started, out, hooks):
         progress=progress,
         on_step=hooks.on_step,
     )
+    return controller, _facts(cfg, devices, source, workload, run_id, command, started)
+
+
+def _build_scenario(cfg, devices, source, run_id, command, started, out):
+    """(LoadGen's run of the same inference workload, the row's RunFacts): `bench.runner.scenario`."""
+    from bench.runner import scenario
+    from bench.training import trainers
+
+    workload = trainers.build(cfg, devices, source, recipe.lr_schedule(cfg, recipe.train_steps(cfg)))
+    run = scenario.ScenarioRun(cfg, workload, source, run_id, out)
+    return run, _facts(cfg, devices, source, workload, run_id, command, started)
+
+
+def _facts(cfg, devices, source, workload, run_id, command, started):
+    """The row's RunFacts: what the setup found (versions, devices, the workload's model, the peak)."""
+    import keras  # loaded by the device setup already (after the oneDNN choice)
+    import tensorflow as tf
+
+    from bench.hardware import datasheet, peak
+    from bench.hardware.devices import threads_in_effect
+
     tf32 = devices.device_kind == "GPU" and peak.tf32_in_effect(cfg.precision)  # a CPU run never is
     tflops, peak_source = datasheet.lookup(devices.model, cfg.precision, tf32)
     reading = peak.reading_for(devices, cfg.precision, tf32)
     intra, inter = threads_in_effect()
-    facts = RunFacts(
+    return RunFacts(
         run_id=run_id,
         command=command,
         tf_version=tf.__version__,
@@ -244,7 +277,6 @@ def _build(cfg, devices, source, run_id, command, started, out, hooks):
         peak_readings=reading.readings,
         peak_load=reading.load,
     )
-    return controller, facts
 
 
 def _plan(cfg, source, total, workload, start_step, extra_marks=()):
@@ -281,6 +313,9 @@ def _train(controller, cfg, run_id):
         log = exits.save_traceback(exc, cfg.results, run_id)
         exits.error(f"run {run_id} failed at step {controller.step}: {error} (traceback: {log})")
         return controller.measured("failed", error), exits.EXIT_FAILED
+    if measured.status == "failed":  # a LoadGen accuracy run that disagrees with the evaluation
+        exits.error(f"run {run_id} failed: {measured.error}")
+        return measured, exits.EXIT_FAILED
     if measured.status == "diverged":
         return measured, exits.EXIT_DIVERGED
     if measured.status == "interrupted":

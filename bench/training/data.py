@@ -264,6 +264,22 @@ def synthetic_batches(strategy, global_batch, seed):
     return strategy.experimental_distribute_values_from_function(make)
 
 
+SYNTHETIC_TEST_IMAGES = 1024  # a synthetic query sample library's size (MLPerf's ResNet-50 performance count)
+
+
+def test_arrays(source, seed):
+    """(uint8 images N x 32 x 32 x 3, int32 labels N) of the test set as NumPy arrays, read once (LoadGen's
+    query sample library); synthetic data: `SYNTHETIC_TEST_IMAGES` random images and labels from `seed`."""
+    import numpy as np
+
+    if source.kind == "synthetic" or not source.test_images:
+        rng = np.random.default_rng(seed)
+        images = rng.integers(0, 256, (SYNTHETIC_TEST_IMAGES,) + IMAGE_SHAPE, dtype=np.uint8)
+        return images, rng.integers(0, NUM_CLASSES, SYNTHETIC_TEST_IMAGES, dtype=np.int32)
+    parts = list(source.test.batch(4096).as_numpy_iterator())
+    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]).astype(np.int32)
+
+
 class SyntheticIterator:
     """Iterator protocol over one fixed per-replica batch (the input pipeline costs nothing)."""
 

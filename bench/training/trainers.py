@@ -28,6 +28,7 @@ import math
 import keras
 import tensorflow as tf
 
+from bench.config import recipe
 from bench.training import data
 from bench.training.steps import StepFunctions, global_step_variable, make_optimizer
 from resnet import spec
@@ -286,6 +287,14 @@ class Inference:
         self._replica_forward = forward
         self._one = tf.function(self._infer_one)
         self._iterator = None
+        # LoadGen's system under test calls this (bench.runner.scenario): uint8 images -> predicted classes,
+        # compiled as the forward pass above is (XLA compiles one executable per batch shape it sees)
+        self.predict = tf.function(
+            self._classes,
+            jit_compile=bool(cfg.xla),
+            input_signature=[tf.TensorSpec((None,) + data.IMAGE_SHAPE, tf.uint8)],
+        )
+        self._evaluation = None
 
     def checkpoint_objects(self):
         return {"model": self.model}
@@ -303,6 +312,17 @@ class Inference:
         images, _ = next(iterator)
         per_replica = self.device_setup.strategy.run(self._replica_forward, args=(images,))
         return self.device_setup.strategy.reduce(tf.distribute.ReduceOp.MEAN, per_replica, axis=None)
+
+    def _classes(self, images):
+        return tf.argmax(self.model(data.normalize(images), training=False), axis=-1, output_type=tf.int64)
+
+    def restore_weights(self, folder):
+        """The model's weights from the latest checkpoint in `folder` (a training run's); every layer must match."""
+        path = tf.train.latest_checkpoint(folder)
+        if path is None:
+            raise FileNotFoundError(f"no checkpoint in {folder}")
+        tf.train.Checkpoint(model=self.model).read(path).expect_partial().assert_existing_objects_matched()
+        return path
 
     def learning_rate(self):
         return None
@@ -326,4 +346,19 @@ class Inference:
         return iter(data.distribute_inference(strategy, self.source, cfg.batch_size))
 
     def evaluate(self, should_stop=None):
-        raise RuntimeError("inference runs have no evaluation (can_evaluate is False)")
+        """(accuracy, mean loss, images) of these weights by the training mode's evaluation (its step builder, its
+        padded test batches): what a LoadGen accuracy run is checked against. The controller never calls it
+        (`can_evaluate` is False: the quick look times forward passes only)."""
+        if not self.source.test_images:
+            raise RuntimeError("no test set to evaluate on")
+        if self._evaluation is None:
+            schedule = recipe.Schedule(starts=(0,), values=(0.0,))  # never applied: evaluation only
+            optimizer = make_optimizer(schedule, self.cfg.precision)
+            strategy = self.device_setup.strategy
+            steps = StepFunctions(
+                self.model, optimizer, strategy, self.cfg.batch_size, spec.DEFAULT_WEIGHT_DECAY, xla=self.cfg.xla
+            )
+            self._evaluation = steps, data.distribute_eval(strategy, self.source, self.cfg.batch_size)
+        steps, (dataset, batches) = self._evaluation
+        correct, loss_sum, count = steps.eval_loop(iter(dataset), tf.constant(batches))
+        return float(correct) / float(count), float(loss_sum) / float(count), int(count)

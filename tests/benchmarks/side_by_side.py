@@ -3,6 +3,15 @@
 Not part of the suite (a speed claim is a ratio measured side by side, never a timed unit test):
 
   python tests/benchmarks/side_by_side.py --torch_python /tmp/torchvenv/bin/python --rounds 3
+  python tests/benchmarks/side_by_side.py --torch_python /tmp/torchvenv/bin/python --rounds 3 \
+      --scenario loadgen --bf16 --torch_channels_last
+
+`--scenario loadgen` runs the harness's arms through MLPerf's LoadGen instead of the quick look:
+batch 1 as SingleStream, a larger batch as Offline with dynamic batching up to it (`--min_duration_s`
+each, so the rows say shortened); images/sec and p50 are then LoadGen's, LoadGen's overhead counted
+against the harness. `--bf16` adds the harness with `--precision bf16` and PyTorch under bfloat16
+autocast, only where the CPU has native bfloat16 (`bench.hardware.cpu_features`); elsewhere it says
+why it skips them.
 
 First `python -m bench.run --autotune` runs once per batch size (its probe table and duration are
 printed; later rounds start from its cache). Then every round runs, at batch 1 and at batch 128, the
@@ -28,25 +37,33 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, ROOT)
 
+from bench.hardware import cpu_features  # noqa: E402
 from bench.results import stats  # noqa: E402
 from bench.runner import processes  # noqa: E402
 
-LENGTH = {1: (300, 30), 128: (40, 5)}  # batch -> (steps, warm-up steps)
+LENGTH = {1: (300, 30), 128: (40, 5)}  # batch -> (steps, warm-up steps) of the quick look and of PyTorch
 
 
 def load():
     return os.getloadavg()[0]
 
 
-def harness(batch, results, extra):
-    steps, warmup = LENGTH[batch]
+def length(batch, scenario, min_duration_s):
+    """The flags that say how long one harness arm runs: fixed batches (the quick look), or LoadGen's minimum."""
+    if scenario == "none":
+        steps, warmup = LENGTH[batch]
+        return [f"--steps={steps}", f"--warmup_steps={warmup}"]
+    name = "SingleStream" if batch == 1 else "Offline"
+    return [f"--scenario={name}", f"--min_duration_s={min_duration_s}", "--min_query_count=100", "--warmup_steps=5"]
+
+
+def harness(batch, results, extra, scenario="none", min_duration_s=10.0):
     done = processes.run_bench(
         [
             "--mode=inference",
             f"--batch_size={batch}",
             "--data=synthetic",
-            f"--steps={steps}",
-            f"--warmup_steps={warmup}",
+            *length(batch, scenario, min_duration_s),
             f"--results={results}",
             *extra,
         ],
@@ -58,7 +75,7 @@ def harness(batch, results, extra):
     return (float(row["images_per_sec"]), float(row["step_time_p50_ms"])), row
 
 
-def torch(batch, python):
+def torch(batch, python, extra=()):
     steps, warmup = LENGTH[batch]
     proc = subprocess.run(
         [
@@ -67,6 +84,7 @@ def torch(batch, python):
             f"--batch_size={batch}",
             f"--steps={steps}",
             f"--warmup={warmup}",
+            *extra,
         ],
         capture_output=True,
         text=True,
@@ -82,6 +100,12 @@ def main():
     parser.add_argument("--torch_python", required=True, help="a Python with torch installed")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--batches", default="1,128")
+    parser.add_argument(
+        "--scenario", choices=("none", "loadgen"), default="none", help="harness arms: the quick look, or LoadGen"
+    )
+    parser.add_argument("--min_duration_s", type=float, default=10.0, help="LoadGen's minimum per harness arm")
+    parser.add_argument("--bf16", action="store_true", help="add bfloat16 arms (where the CPU has it natively)")
+    parser.add_argument("--torch_channels_last", action="store_true", help="PyTorch in channels_last memory format")
     args = parser.parse_args()
     batches = [int(b) for b in args.batches.split(",")]
     folder = tempfile.mkdtemp(prefix="side-by-side-")
@@ -89,15 +113,13 @@ def main():
     print(f"rows in {results}; load average at start {load():.2f}", flush=True)
     for batch in batches:
         started = time.perf_counter()
-        steps, warmup = LENGTH[batch]
         done = processes.run_bench(
             [
                 "--autotune=refresh",
                 "--mode=inference",
                 f"--batch_size={batch}",
                 "--data=synthetic",
-                f"--steps={steps}",
-                f"--warmup_steps={warmup}",
+                *length(batch, args.scenario, args.min_duration_s),
                 f"--results={results}",
             ],
             results,
@@ -112,11 +134,20 @@ def main():
             f"{done.returncode})",
             flush=True,
         )
+    run = dict(scenario=args.scenario, min_duration_s=args.min_duration_s)
+    torch_flags = ["--channels_last"] if args.torch_channels_last else []
     arms = {
-        "default": lambda b: harness(b, results, []),
-        "tuned": lambda b: harness(b, results, ["--autotune"]),
-        "pytorch": lambda b: torch(b, args.torch_python),
+        "default": lambda b: harness(b, results, [], **run),
+        "tuned": lambda b: harness(b, results, ["--autotune"], **run),
+        "pytorch": lambda b: torch(b, args.torch_python, torch_flags),
     }
+    if args.bf16:
+        emulated = cpu_features.emulated_precision("mixed_bfloat16")
+        if emulated:
+            print(f"--bf16: no bfloat16 arms ({emulated})", flush=True)
+        else:
+            arms["bf16"] = lambda b: harness(b, results, ["--precision=bf16"], **run)
+            arms["pytorch-bf16"] = lambda b: torch(b, args.torch_python, torch_flags + ["--bf16"])
     measured = {(b, a): [] for b in batches for a in arms}
     for r in range(1, args.rounds + 1):
         order = list(arms) if r % 2 else list(arms)[::-1]
@@ -125,21 +156,21 @@ def main():
                 value, detail = arms[arm](batch)
                 measured[batch, arm].append(value)
                 what = f"{value[0]:9.1f} img/s  p50 {value[1]:7.2f} ms" if value else f"failed: {detail}"
-                print(f"round {r} batch {batch:>3} {arm:<8} {what}  (load {load():.2f})", flush=True)
+                print(f"round {r} batch {batch:>3} {arm:<12} {what}  (load {load():.2f})", flush=True)
     report(measured, batches, list(arms))
 
 
 def report(measured, batches, arms):
     print(
-        "\nbatch  arm       p50 latency ms  images/sec  images/sec vs pytorch  p50 latency: pytorch's / this "
+        "\nbatch  arm           p50 latency ms  images/sec  images/sec vs pytorch  p50 latency: pytorch's / this "
         "(95% CI over rounds; > 1: faster than pytorch)"
     )
     for batch in batches:
-        torch_runs = measured[batch, "pytorch"]
         for arm in arms:
+            torch_runs = measured[batch, "pytorch-bf16" if arm == "bf16" else "pytorch"]
             runs = [v for v in measured[batch, arm] if v]
             if not runs:
-                print(f"{batch:>5}  {arm:<8}  no ok run")
+                print(f"{batch:>5}  {arm:<12}  no ok run")
                 continue
             p50 = statistics.median(v[1] for v in runs)
             ips = statistics.median(v[0] for v in runs)
@@ -150,12 +181,12 @@ def report(measured, batches, arms):
                     for t, h in zip(torch_runs, measured[batch, arm])
                     if t and h
                 ]
-                if arm == "pytorch" or len(pairs) < 2:
+                if arm.startswith("pytorch") or len(pairs) < 2:
                     ratios.append("")
                     continue
                 est = stats.paired_interval(stats.log_ratios(pairs))
                 ratios.append("{:.2f}x [{:.2f}-{:.2f}]".format(*(math.exp(x) for x in (est.effect, est.low, est.high))))
-            print(f"{batch:>5}  {arm:<8}  {p50:14.2f}  {ips:10.1f}  {ratios[0]:<21}  {ratios[1]}")
+            print(f"{batch:>5}  {arm:<12}  {p50:14.2f}  {ips:10.1f}  {ratios[0]:<21}  {ratios[1]}")
 
 
 if __name__ == "__main__":

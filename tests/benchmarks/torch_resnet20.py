@@ -57,14 +57,15 @@ class ResNet(nn.Module):
         return self.net((images_uint8.float() - self.mean) / self.std)
 
 
-def measure(batch_size, steps, warmup, channels_last, n=3):
+def measure(batch_size, steps, warmup, channels_last, n=3, bf16=False):
     model = ResNet(n).eval()
     images = torch.randint(0, 256, (batch_size, 3, 32, 32), dtype=torch.uint8)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
         images = images.contiguous(memory_format=torch.channels_last)
     times = []
-    with torch.inference_mode():
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16)  # bf16 kernels where the CPU has them
+    with torch.inference_mode(), autocast:
         for step in range(steps):
             start = time.perf_counter()
             float(model(images).mean())  # read back, like the harness's window
@@ -77,6 +78,7 @@ def measure(batch_size, steps, warmup, channels_last, n=3):
         "params": params,
         "threads": torch.get_num_threads(),
         "channels_last": channels_last,
+        "bf16": bf16,
         "timed_steps": len(times),
         "images_per_sec": batch_size * len(times) / sum(times),
         "step_time_p50_ms": 1e3 * statistics.median(times),
@@ -90,8 +92,9 @@ def main():
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--warmup", type=int, default=20)
     parser.add_argument("--channels_last", action="store_true")
+    parser.add_argument("--bf16", action="store_true", help="bfloat16 autocast (as the harness's --precision bf16)")
     args = parser.parse_args()
-    result = measure(args.batch_size, args.steps, args.warmup, args.channels_last)
+    result = measure(args.batch_size, args.steps, args.warmup, args.channels_last, bf16=args.bf16)
     assert result["params"] == 272_282, result["params"]  # the harness's ResNet-20 preact/B
     print(json.dumps(result))
 
