@@ -54,14 +54,22 @@ def pytest_configure(config):
             config.option.benchmark_storage = "file://" + tempfile.mkdtemp(prefix="bench-smoke-")
 
 
+# Markers whose tests run only when asked for with -m: the long fuzz runs (the default suite runs a few
+# hundred examples) and the end-to-end tests (CLI subprocesses, Ray, the local cluster; CI runs them too).
+ON_REQUEST = {
+    "fuzz": "a long fuzz run: select it with -m fuzz",
+    "e2e": "end to end: select it with -m e2e",
+}
+
+
 def pytest_collection_modifyitems(config, items):
-    """The long fuzz runs only when asked for (`-m fuzz`); the default suite runs a few hundred examples."""
-    if "fuzz" in (config.getoption("-m") or ""):
-        return
-    skip = pytest.mark.skip(reason="a long fuzz run: select it with -m fuzz")
-    for item in items:
-        if "fuzz" in item.keywords:
-            item.add_marker(skip)
+    selected = config.getoption("-m") or ""
+    for marker, reason in ON_REQUEST.items():
+        if marker in selected:
+            continue
+        for item in items:
+            if marker in item.keywords:
+                item.add_marker(pytest.mark.skip(reason=reason))
 
 
 def pytest_benchmark_update_machine_info(config, machine_info):
