@@ -370,6 +370,14 @@ def _can_create_in(path):
         return False
 
 
+def check_results_table(path):
+    """A results path another command reads and writes beside (`bench.check`): the place can take files, and an
+    existing file is a regular text file (whether it is a results table: `bench.results.table.check_header`)."""
+    if not path:
+        raise ConfigError("--results must name a CSV file")
+    _check_results_file(path)
+
+
 def _check_results_file(path):
     """The results path can be created; whether an existing file is a results table is
     `bench.results.table.check_results_path`'s to say (run after `validate`)."""

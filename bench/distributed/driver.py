@@ -32,7 +32,7 @@ from bench.distributed.collector import Collector, failure_listener
 from bench.distributed.events import EventLog
 from bench.distributed.worker import train_worker
 from bench.hardware import devices
-from bench.results import console, table
+from bench.results import console, systems, table
 
 START_TIMEOUT_ENV = "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S"  # how long Ray Train waits to place a worker group
 
@@ -67,6 +67,7 @@ class MultiWorkerOutcome:
     reports: dict = dataclasses.field(default_factory=dict)  # rank -> {host, status, row, digest, ...}
     fired: dict = dataclasses.field(default_factory=dict)  # fault injections -> time.time() when they fired
     ended_at: float = None  # time.time() when the worker group ended
+    systems: tuple = ()  # the system descriptions of the workers' machines (written with the row)
 
 
 def run(cfg: RunConfig, command="", out=None, write_row=True, on_eval=None):
@@ -111,6 +112,9 @@ def run(cfg: RunConfig, command="", out=None, write_row=True, on_eval=None):
         file=out,
         flush=True,
     )
+    descriptions = tuple(r["system"] for _, r in sorted(reports.items()) if r.get("system"))
+    if write_row:
+        systems.save_all(cfg.results, descriptions)
     where = table.save_row(cfg.results, row) if write_row else cfg.results
     if row.get("run_id"):  # the chief's run.json: the same command again says "finished", or resumes
         RunIdentity(cfg).conclude(row["run_id"], row["status"], where if where != cfg.results else None)
@@ -121,7 +125,13 @@ def run(cfg: RunConfig, command="", out=None, write_row=True, on_eval=None):
     if where != cfg.results:  # the table could not take the row: it is kept where the error line says
         code = EXIT_FAILED
     return MultiWorkerOutcome(
-        row["status"], row, code, reports=reports, fired=state.get("fired", {}), ended_at=ended_at
+        row["status"],
+        row,
+        code,
+        reports=reports,
+        fired=state.get("fired", {}),
+        ended_at=ended_at,
+        systems=descriptions,
     )
 
 

@@ -14,6 +14,7 @@ in the worker.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import socket
 import sys
@@ -59,7 +60,14 @@ def train_worker(loop_config):
         raise
     finally:
         scratch.remove_all()
-    info.update(status=outcome.status, row=outcome.row, digest=rules.last_digest())
+    machine = outcome.measured.machine if outcome.measured else None  # memory and CPU state, summed by the driver
+    info.update(
+        status=outcome.status,
+        row=outcome.row,
+        digest=rules.last_digest(),
+        machine=dataclasses.asdict(machine) if machine else None,
+        system=outcome.systems[0] if outcome.systems else None,
+    )
     ray.get(collector.report.remote(rank, attempt, info))
     if outcome.status == "failed":  # a failed worker fails the group: Ray restarts it or the run ends
         raise RuntimeError(outcome.row.get("error") or "failed")

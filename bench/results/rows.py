@@ -10,8 +10,9 @@ import dataclasses
 
 from bench.config import identity, tuning
 from bench.config.options import RunConfig
-from bench.results import metrics, table
+from bench.results import conditions, metrics, table
 from resnet import cost
+from resnet.spec import COMPUTE_DTYPE
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,6 +42,9 @@ class RunFacts:
     peak_measured_at: str = ""  # when the measured peak's best reading was taken (UTC)
     peak_readings: int = None  # how many readings that best is over
     peak_load: float = None  # 1-minute load average per core during that reading
+    host: str = ""  # where the process ran (for the per-host memory column)
+    system: str = ""  # the machine's system description (bench.results.systems): its name
+    system_description: dict = None  # ... and the description itself, written beside the results table
 
 
 FACT_COLUMNS = (
@@ -64,6 +68,7 @@ FACT_COLUMNS = (
     "peak_measured_at",
     "peak_readings",
     "peak_load",
+    "system",
 )
 
 
@@ -130,6 +135,16 @@ class Measured:
     windows: tuple = ()  # (steps, seconds) of the timed windows
     warmup: tuple = ()  # ... of the warm-up windows
     untimed: tuple = ()  # ... of windows left out on purpose (profiling)
+    machine: conditions.MachineState | None = None  # memory and the machine's state (bench.hardware.machine)
+
+
+def peak_origin(cfg: RunConfig, facts: RunFacts):
+    """Where MFU's peak came from: measured (the compute dtype, when, over how many readings, under what load)."""
+    if not facts.peak_gflops:
+        return ""
+    dtype = "tf32" if facts.tf32 else COMPUTE_DTYPE[cfg.precision]
+    load = f", load {facts.peak_load:g}/core" if facts.peak_load is not None else ""
+    return f"measured: {dtype} matmuls, {facts.peak_measured_at or 'date unknown'} (best of {facts.peak_readings or '?'}{load})"
 
 
 def run_row(cfg: RunConfig, facts: RunFacts, measured: Measured):
@@ -151,6 +166,10 @@ def run_row(cfg: RunConfig, facts: RunFacts, measured: Measured):
         "skipped_steps": measured.skipped_steps,
         "xla_scope": measured.xla_scope,
         "peak_scope": "one process",
+        "total_flops": flops_per_image(cfg) * cfg.batch_size * measured.steps,
+        "peak_origin": peak_origin(cfg, facts),
+        **conditions.stability_columns(measured.windows, cfg.batch_size),
+        **conditions.state_columns([(facts.host, "", measured.machine)]),
     }
     if timed:
         row.update(
