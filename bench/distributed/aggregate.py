@@ -97,7 +97,7 @@ def multi_worker_row(cfg: RunConfig, command, state, error=None):
     row.update(machine_columns(reports, where))
     descriptions = [reports[rank].get("system") for rank in sorted(reports) if reports[rank].get("system")]
     row["system"] = "; ".join(dict.fromkeys(systems.name_of(d) for d in descriptions)) or None
-    row["launcher"] = "ray"
+    row["launcher"] = cfg.launcher
     return row
 
 
