@@ -67,6 +67,7 @@ SETUP_COLUMNS = [
     "intra_op_threads",
     "inter_op_threads",
     "num_workers",
+    "launcher",
     "tf_version",
     "keras_version",
 ]
@@ -92,6 +93,8 @@ def load(path, sweep=None, data=None, device=None):
     for col in table.SCHEMA:  # an earlier schema lacks the newer columns
         if col not in df.columns:
             df[col] = ""
+    # Multi-worker rows written before the launcher column were all launched by Ray Train.
+    df.loc[(df["strategy"] == "multi_worker") & (df["launcher"] == ""), "launcher"] = "ray"
     # The step budget: the steps trained, unless a target accuracy ended runs at different steps.
     df["budget"] = df["total_steps"].where(df["target_accuracy"] == "", "to " + df["target_accuracy"])
     if sweep:
@@ -156,7 +159,7 @@ def _setup(r):
     onednn = {"true": ", oneDNN", "false": ", no oneDNN"}.get(r.onednn, "")
     steps = f"{r.budget} steps" if r.budget else "steps ?"
     mode = "inference, " if r.mode == "inference" else ""
-    workers = f", {r.num_workers} workers" if r.num_workers else ""
+    workers = f", {r.num_workers} workers ({r.launcher})" if r.num_workers else ""
     return f"{mode}{r.loop or 'ctl'}, {r.batch_norm or '?'} BN{onednn}{workers}, {steps}, TF {r.tf_version or '?'}"
 
 
@@ -383,7 +386,7 @@ def build(results_path, out_dir, sweep=None, data=None, device=None):
     pngs = plots(summary, os.path.join(out_dir, "plots"))
 
     scaled = scaling.build_scaling(df, out_dir)
-    if scaled:
+    if scaled and scaled[1]:
         pngs.append(scaled[1])
     files.write_text(md_path, text)  # last: it names what the others hold
     return md_path, pngs
