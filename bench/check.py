@@ -11,23 +11,27 @@ line per check, PASS, FAIL or SKIP, with the numbers it compared:
   mixed_precision_finite     mixed_bfloat16 and mixed_float16 steps stay finite
   peak_vs_datasheet          measured matmul peak per GPU within 0.3x-1.1x of the datasheet figure
   augment_distribution       device and host crops/flips uniform over the 81 offsets x 2 flips
+  system_description         this machine's system description (MLPerf's fields) complete, written once
+                             beside --results (systems/<name>.json) and unedited; every row's system has its file
 
 The numeric checks run with TF32 off (their tolerances are for float32 arithmetic); the peak check
-measures with TF32 as a run has it. Writes nothing: no results row, no peak cache.
+measures with TF32 as a run has it. Writes only the system description: no results row, no peak cache.
 Exit status: 0 every check passed or was skipped, 1 a check failed, 2 bad flags.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 import sys
 import time
 
 from absl import app, flags
 
-from bench.config import cli, exits
+from bench.config import cli, exits, validation
 from bench.config.exits import first_line
 from bench.hardware import devices
+from bench.results import table
 from resnet import spec
 
 # TensorFlow first, through the device setup's import (it makes the oneDNN choice, fixed at TensorFlow's
@@ -70,11 +74,11 @@ def format_result(result, width):
     return "\n".join(head + line if i == 0 else pad + line for i, line in enumerate(result.lines or [""]))
 
 
-def run(names, cpu_replicas=2, precision="float32", out=None):
+def run(names, cpu_replicas=2, precision="float32", out=None, results="results/summary.csv"):
     """Set up the devices, run the named checks, print the table; return the exit status (0 or 1)."""
     out = out or sys.stdout
     start = time.perf_counter()
-    env = setup(cpu_replicas, precision)
+    env = setup(cpu_replicas, precision, results)
     print(header(env, cpu_replicas), file=out, flush=True)
     width = max(len(n) for n in CHECKS)
     print(f"\n{'check':<{width}}  result  time  compared", file=out, flush=True)
@@ -111,17 +115,22 @@ def define_flags(flag_values=flags.FLAGS):
     )
     flags.register_validator("only", known_checks, flag_values=flag_values)
     # the run's own flags, with the self-check's defaults (two replicas: something to compare)
-    cli.define_field_flags({"cpu_replicas": dict(default=2, lower_bound=1), "precision": {}}, flag_values)
+    cli.define_field_flags(
+        {"cpu_replicas": dict(default=2, lower_bound=1), "precision": {}, "results": {}}, flag_values
+    )
 
 
 def usage():
-    return cli.usage_text(__doc__, ["only", "cpu_replicas", "precision"])
+    return cli.usage_text(__doc__, ["only", "cpu_replicas", "precision", "results"])
 
 
 def main(argv):
     del argv
     f = flags.FLAGS
-    return run(f.only or list(CHECKS), f.cpu_replicas, spec.canonical_precision(f.precision))
+    validation.check_results_table(f.results)  # the system description goes beside it: bad input before any work
+    if os.path.isfile(f.results):
+        table.check_header(f.results)  # a file that is not a results table: one line, exit 2
+    return run(f.only or list(CHECKS), f.cpu_replicas, spec.canonical_precision(f.precision), results=f.results)
 
 
 def entry():

@@ -92,6 +92,7 @@ def define_flags(fv=flags.FLAGS):
 
 
 RUN_LABELS = ("comparison", "arm")  # set here for each run, never passed through
+CONDITION_FLAGS = ("unstable", "contended", "throttled")  # a run's row says so (bench.results.conditions)
 
 
 # ---------------------------------------------------------------------------
@@ -154,6 +155,7 @@ def process_runner(common, arms, comparison, results_path):
             processes.number(row["test_accuracy"]),
             row["error"],
             row["run_id"],
+            flags=tuple(flag for flag in CONDITION_FLAGS if row.get(flag) == "true"),
         )
 
     return run
@@ -186,7 +188,8 @@ def progress_line(run, done, total):
     what = f"{run.images_per_sec:.1f} img/s" if run.status == "ok" and run.images_per_sec else run.status
     accuracy = f", accuracy {run.test_accuracy:.4f}" if run.test_accuracy is not None else ""
     error = f" ({run.error})" if run.error else ""
-    return f"[{done}/{total}] pair {run.pair} {run.arm}: {what}{accuracy}{error}"
+    flags = f" [{', '.join(run.flags)}]" if run.flags else ""
+    return f"[{done}/{total}] pair {run.pair} {run.arm}: {what}{accuracy}{flags}{error}"
 
 
 def speed_text(est, band_pct):
@@ -250,6 +253,19 @@ def _more(v, est):
     return f"about {v.pairs_needed} pairs in all would likely settle it ({v.pairs_needed - est.n} more)"
 
 
+def conditions_lines(runs):
+    """What the runs' rows say about the conditions they were measured in (none: no line)."""
+    ok = [r for r in runs if r.status == "ok"]
+    counts = {flag: sum(flag in r.flags for r in ok) for flag in CONDITION_FLAGS}
+    if not any(counts.values()):
+        return []
+    said = ", ".join(f"{n} of {len(ok)} {flag}" for flag, n in counts.items() if n)
+    return [
+        f"conditions: {said} (each row says why; bench.results.conditions). The pairs' interval already carries "
+        "the noise this added; a quieter machine (or more pairs) narrows it."
+    ]
+
+
 def report_lines(runs, band_pct, accuracy_band):
     """Pairs, ratio, verdicts (and the failed runs) of a finished comparison."""
     lines = []
@@ -267,6 +283,7 @@ def report_lines(runs, band_pct, accuracy_band):
     est = stats.paired_interval(stats.log_ratios(speed.values()))
     ratio_line, verdict_line = speed_text(est, band_pct)
     lines += [ratio_line, "verdict: " + verdict_line]
+    lines += conditions_lines(runs)
     accuracy = stats.paired_values(runs, "test_accuracy")
     if len(accuracy) >= 2:
         acc = stats.paired_interval([b - a for a, b in accuracy.values()])

@@ -68,6 +68,7 @@ SETUP_COLUMNS = [
     "intra_op_threads",
     "inter_op_threads",
     "num_workers",
+    "launcher",
     "tf_version",
     "keras_version",
 ]
@@ -93,6 +94,8 @@ def load(path, sweep=None, data=None, device=None):
     for col in table.SCHEMA:  # an earlier schema lacks the newer columns
         if col not in df.columns:
             df[col] = ""
+    # Multi-worker rows written before the launcher column were all launched by Ray Train.
+    df.loc[(df["strategy"] == "multi_worker") & (df["launcher"] == ""), "launcher"] = "ray"
     # The step budget: the steps trained, unless a target accuracy ended runs at different steps.
     df["budget"] = df["total_steps"].where(df["target_accuracy"] == "", "to " + df["target_accuracy"])
     df = with_setup_rows_placed(df)
@@ -102,7 +105,17 @@ def load(path, sweep=None, data=None, device=None):
         df = df[df["data"] == data]
     if device:
         df = df[df["device"].str.contains(device, regex=False)]
-    for col in ("depth", "images_per_sec", "test_accuracy", "mfu", "num_replicas", "global_batch_size"):
+    for col in (
+        "depth",
+        "images_per_sec",
+        "test_accuracy",
+        "mfu",
+        "num_replicas",
+        "global_batch_size",
+        "peak_rss_mb",
+        "peak_anon_mb",
+        "gpu_mem_peak_mb",
+    ):
         df[col] = pd.to_numeric(df[col], errors="coerce")
     return df
 
@@ -150,8 +163,24 @@ def per_configuration(df):
         rec["mfu"] = mfu.mean() if len(mfu) else None
         acc = ok.loc[ok["data"] != "synthetic", "test_accuracy"].dropna()
         rec["acc"], rec["acc_ci"] = metrics.mean_ci95(acc) if len(acc) else (None, None)
+        for key, col in (("rss", "peak_rss_mb"), ("anon", "peak_anon_mb"), ("gpu_mem", "gpu_mem_peak_mb")):
+            values = ok[col].dropna() if col in ok.columns else []
+            rec[key], rec[key + "_ci"] = metrics.mean_ci95(values) if len(values) else (None, None)
+        rec["conditions"] = _conditions(ok)
         records.append(rec)
     return pd.DataFrame(records)
+
+
+def _conditions(ok):
+    """How many of a configuration's ok runs were unstable, contended or throttled (`–`: none could be judged)."""
+    flagged, judged = [], False
+    for col in ("unstable", "contended", "throttled"):
+        values = ok[col] if col in ok.columns else pd.Series(dtype=str)
+        judged = judged or bool((values.isin(["true", "false"])).any())
+        count = int((values == "true").sum())
+        if count:
+            flagged.append(f"{count}/{len(ok)} {col}")
+    return ", ".join(flagged) or ("ok" if judged else "–")
 
 
 def _setup(r):
@@ -160,7 +189,7 @@ def _setup(r):
     steps = f"{r.budget} steps" if r.budget else "steps ?"
     scenario = f" {r.scenario}" if getattr(r, "scenario", "") not in ("", "none") else ""
     mode = f"inference{scenario}, " if r.mode == "inference" else ""
-    workers = f", {r.num_workers} workers" if r.num_workers else ""
+    workers = f", {r.num_workers} workers ({r.launcher})" if r.num_workers else ""
     return f"{mode}{r.loop or 'ctl'}, {r.batch_norm or '?'} BN{onednn}{workers}, {steps}, TF {r.tf_version or '?'}"
 
 
@@ -175,6 +204,16 @@ def _pm(value, ci, fmt):
     return format(value, fmt) + (f" ± {format(ci, fmt)}" if ci else "")
 
 
+def _memory(r):
+    """Peak resident memory (mean ± CI over runs), its anonymous part, and on GPUs the largest device's peak."""
+    text = _pm(r.rss, r.rss_ci, ",.0f")
+    if r.anon is not None and not pd.isna(r.anon):
+        text += f" ({r.anon:,.0f} anon)"
+    if r.gpu_mem is not None and not pd.isna(r.gpu_mem):
+        text += f" (GPU {r.gpu_mem:,.0f})"
+    return text
+
+
 def markdown(summary, source, filtered=False):
     rel = os.path.relpath(source)
     source = rel if not rel.startswith("..") else source
@@ -183,11 +222,15 @@ def markdown(summary, source, filtered=False):
         "",
         f"From `{source}`: {int(summary['runs'].sum()) if len(summary) else 0} rows, {len(summary)} configurations "
         f"({int(summary['runs'].sum() - summary['ok'].sum()) if len(summary) else 0} not ok). "
-        "images/sec: mean over runs ± 95% CI (repeats); accuracy only from real data.",
+        "images/sec: mean over runs ± 95% CI (repeats); accuracy only from real data. Peak memory: the run's "
+        "processes' peak resident memory during training, with its anonymous part (what the run allocated, without "
+        "the libraries' file pages, which the kernel drops under memory pressure; GPU: the largest device's peak "
+        "allocation); conditions: "
+        "ok runs whose timed windows were unstable, whose CPU was shared (contended) or whose GPU throttled.",
         "",
         "| sweep | device | data | strategy × replicas | block | shortcut | depth | precision | XLA | batch | runs (ok) "
-        "| images/sec | MFU | test accuracy | setup |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| images/sec | peak memory (MB) | conditions | MFU | test accuracy | setup |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     if not len(summary):
         lines += ["", "No rows match the filters." if filtered else f"No rows: `{source}` has none yet."]
@@ -197,7 +240,8 @@ def markdown(summary, source, filtered=False):
         lines.append(
             f"| {r.sweep or '–'} | {r.device or '?'} | {r.data or '?'} | {r.strategy} × {_int(r.num_replicas)} | "
             f"{r.block} | {r.shortcut} | {_int(r.depth)} | {r.precision} | {r.xla} | {_int(r.global_batch_size)} | {status} | "
-            f"{_pm(r.ips, r.ips_ci, '.1f')} | {mfu} | {_pm(r.acc, r.acc_ci, '.4f')} | {_setup(r)} |"
+            f"{_pm(r.ips, r.ips_ci, '.1f')} | {_memory(r)} | {r.conditions} | {mfu} | {_pm(r.acc, r.acc_ci, '.4f')} "
+            f"| {_setup(r)} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -312,7 +356,29 @@ def plots(summary, out_dir):
     ax.set(xlabel="training images/sec", ylabel="test accuracy", title="Accuracy vs speed")
     ax.grid(alpha=0.3)
     paths.append(_save(fig, out_dir, "accuracy_vs_images_per_sec.png"))
+    paths.append(memory_plot(summary, out_dir, title_dev))
     return paths
+
+
+def memory_plot(summary, out_dir, title_dev):
+    """Peak memory against depth, one line per block/shortcut and whatever else varies (batch size, precision):
+    the anonymous resident memory (what the run allocated: steady, unlike the libraries' evictable file pages),
+    and the GPUs' peak allocation where there is one."""
+    import matplotlib.pyplot as plt
+
+    gpu = len(summary) and summary["gpu_mem"].notna().any()
+    fig, axes = plt.subplots(1, 2 if gpu else 1, figsize=(12 if gpu else 7, 4.5), squeeze=False)
+    panels = [("anon", "peak anonymous resident memory (MB)")]
+    panels += [("gpu_mem", "GPU peak allocated (MB)")] if gpu else []
+    for ax, (value, ylabel) in zip(axes[0], panels):
+        if len(summary) and _plot_by_shortcut(ax, summary, value, value + "_ci", "{block} / {shortcut}"):
+            ax.legend(fontsize=7)
+        else:
+            ax.text(0.5, 0.5, "no memory readings yet", ha="center", transform=ax.transAxes)
+        ax.set(xscale="log", xlabel="depth", ylabel=ylabel, title=f"Peak memory vs depth\n{title_dev}")
+        _depth_ticks(ax, summary)
+        ax.grid(alpha=0.3)
+    return _save(fig, out_dir, "peak_memory_vs_depth.png")
 
 
 def pareto_front(points):
@@ -350,7 +416,7 @@ def build(results_path, out_dir, sweep=None, data=None, device=None):
     pngs = plots(summary, os.path.join(out_dir, "plots"))
 
     scaled = scaling.build_scaling(df, out_dir)
-    if scaled:
+    if scaled and scaled[1]:
         pngs.append(scaled[1])
     served = serving.build_serving(df, out_dir)
     if served:

@@ -13,18 +13,22 @@ Only `ok` rows count; repeats are averaged (mean ± 95% CI). A series' points ar
 replicas and by hosts × workers per host (`layout`), so "2 workers on 1 host" and "2 hosts × 1
 worker" are separate points, and each says whether its workers or replicas share hardware
 (`shared`: workers on one host, CPU replicas of one process, or hosts that are one machine, as on
-the local cluster). The hosts that ran each point are listed. No TensorFlow; matplotlib only where
-the plot is drawn.
+the local cluster). The hosts that ran each point are listed. Multi-worker series are split by
+launcher, and "What Ray costs" (`launcher_costs`) sets the same layout launched by Ray Train and as
+plain processes side by side: plain / Ray with its 95% interval, paired over a `sweeps.compare`'s
+ABBA pairs where the rows come from one. No TensorFlow; matplotlib only where the plot is drawn.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import re
 
+import numpy as np
 import pandas as pd
 
-from bench.results import metrics
+from bench.results import metrics, stats
 from sweeps import files
 
 STRATEGIES = ("mirrored", "multi_worker")  # strategies whose replica count varies
@@ -43,6 +47,7 @@ CONFIG = [
     "onednn",
     "augment",
     "tf_version",
+    "launcher",  # multi-worker: ray or tf_config (rows written before the column: ray)
 ]
 KINDS = (("strong", "global_batch_size"), ("weak", "per_replica_batch"))  # `mode` is the run's train/inference
 
@@ -85,7 +90,7 @@ def scaling_points(df):
         if col in ok.columns:
             ok[col] = pd.to_numeric(ok[col], errors="coerce")
     ok = ok.dropna(subset=["images_per_sec", "num_replicas", "global_batch_size"])
-    ok = ok[ok["strategy"].isin(STRATEGIES)]
+    ok = _with_launchers(ok[ok["strategy"].isin(STRATEGIES)])
     if ok.empty:
         return pd.DataFrame()
     ok["per_replica_batch"] = ok["global_batch_size"] / ok["num_replicas"]
@@ -141,9 +146,24 @@ def scaling_points(df):
     return pd.DataFrame(records)
 
 
+def _with_launchers(ok):
+    """The rows with a `launcher` for every multi-worker row (written before the column: Ray's)."""
+    ok = ok.copy()
+    if "launcher" not in ok.columns:
+        ok["launcher"] = ""
+    ok["launcher"] = ok["launcher"].fillna("")
+    ok.loc[(ok["strategy"] == "multi_worker") & (ok["launcher"] == ""), "launcher"] = "ray"
+    return ok
+
+
+def _strategy_text(r):
+    """`mirrored`, or `multi_worker (ray)` / `multi_worker (tf_config)`."""
+    return f"{r['strategy']} ({r['launcher']})" if r.get("launcher") else r["strategy"]
+
+
 def _series_label(r):
     batch = f"global batch {int(r['batch'])}" if r["scaling"] == "strong" else f"{int(r['batch'])} per replica"
-    return f"{r['strategy']}, {r['scaling']} ({batch}), ResNet-{int(r['depth'])} {r['block']}/{r['shortcut']} {r['precision']}"
+    return f"{_strategy_text(r)}, {r['scaling']} ({batch}), ResNet-{int(r['depth'])} {r['block']}/{r['shortcut']} {r['precision']}"
 
 
 def markdown(points):
@@ -168,7 +188,7 @@ def markdown(points):
         batch = f"{int(r['batch'])} global" if r["scaling"] == "strong" else f"{int(r['batch'])} per replica"
         ips = f"{r['ips']:.1f}" + (f" ± {r['ips_ci']:.1f}" if r["ips_ci"] else "")
         lines.append(
-            f"| {r['scaling']} | {r['strategy']} | {config} | {r['device']} | {r['data']} | {batch} | {r['replicas']} "
+            f"| {r['scaling']} | {_strategy_text(r)} | {config} | {r['device']} | {r['data']} | {batch} | {r['replicas']} "
             f"| {r['layout']} | {r['shared']} | {r['hosts'] or '–'} | {r['runs']} | {ips} | {r['speedup']:.2f}× "
             f"| {r['efficiency']:.0%} |"
         )
@@ -211,13 +231,122 @@ def plot(points, path):
     return path
 
 
+# ---- what Ray costs: the same multi-worker layout launched by Ray Train and as plain processes ----------------
+
+LAUNCH_KEY = ["num_replicas", "num_workers", "hosts_n", "global_batch_size"]
+
+
+def launcher_costs(df):
+    """One record per multi-worker configuration and layout run by both launchers: each one's images/sec, and
+    plain / Ray (how much faster the same workers run without Ray) with its 95% interval: paired over the
+    ABBA pairs of `sweeps.compare` runs (rows of one `comparison`, in their order), else Welch's t over runs."""
+    ok = df[df["status"] == "ok"].copy()
+    for col in ("images_per_sec", "num_replicas", "global_batch_size", "num_workers"):
+        ok[col] = pd.to_numeric(ok[col], errors="coerce")
+    ok = _with_launchers(ok[ok["strategy"] == "multi_worker"].dropna(subset=["images_per_sec", "num_replicas"]))
+    if ok.empty:
+        return pd.DataFrame()
+    ok["hosts_n"] = [_num_hosts(r) for r in ok.to_dict("records")]
+    cols = [c for c in CONFIG if c in ok.columns and c != "launcher"] + LAUNCH_KEY
+    records = []
+    for key, group in ok.groupby(cols, sort=True, dropna=False):
+        ray, tf = group[group["launcher"] == "ray"], group[group["launcher"] == "tf_config"]
+        if ray.empty or tf.empty:
+            continue
+        est = _paired_launchers(df, group) or stats.unpaired_interval(
+            np.log(ray["images_per_sec"]), np.log(tf["images_per_sec"])
+        )
+        config = dict(zip(cols, key))
+        records.append(
+            {
+                **config,
+                "layout": layout(
+                    "multi_worker", int(config["num_replicas"]), int(config["num_workers"] or 0), int(config["hosts_n"])
+                ),
+                "hosts": "; ".join(sorted({h for h in group["host"] if h})),
+                "ray_ips": metrics.mean_ci95(ray["images_per_sec"]),
+                "tf_ips": metrics.mean_ci95(tf["images_per_sec"]),
+                "runs": (len(ray), len(tf)),
+                "ratio": math.exp(np.log(tf["images_per_sec"]).mean() - np.log(ray["images_per_sec"]).mean()),
+                "est": est,
+            }
+        )
+    return pd.DataFrame(records)
+
+
+def _paired_launchers(df, group):
+    """stats.Estimate of log(plain / Ray) over the ABBA pairs of the comparisons in `group` (None: no pairs).
+
+    A comparison's rows (ok or not) in their written order are its runs in ABBA order; two by two they are its
+    pairs. Only comparisons whose arms differ by the launcher count."""
+    effects = []
+    for comparison in sorted({c for c in group.get("comparison", pd.Series(dtype=str)) if c}):
+        runs = df[df["comparison"] == comparison].sort_values("timestamp_utc", kind="stable")
+        runs = _with_launchers(runs)
+        for first, second in zip(runs.iloc[0::2].to_dict("records"), runs.iloc[1::2].to_dict("records")):
+            pair = {r["launcher"]: r for r in (first, second)}
+            if set(pair) != {"ray", "tf_config"} or any(r["status"] != "ok" for r in pair.values()):
+                continue
+            rates = {k: float(r["images_per_sec"]) for k, r in pair.items()}
+            effects.append(math.log(rates["tf_config"] / rates["ray"]))
+    return stats.paired_interval(effects) if len(effects) >= 2 else None
+
+
+def launcher_markdown(costs, band_pct=5.0):
+    lines = [
+        "",
+        "## What Ray costs",
+        "",
+        "The same multi-worker configuration and layout launched by Ray Train (`--launcher ray`) and as plain "
+        "processes with TF_CONFIG (`--launcher tf_config`): plain / Ray > 1 means the workers run faster without "
+        "Ray (Ray's own release test fails Ray Train above 1.15x). The interval is paired over the ABBA pairs of a "
+        "`sweeps.compare` of the two launchers where the rows come from one (t over the pairs' log ratios), else "
+        "Welch's t over the runs.",
+        "",
+        "| configuration | device | data | batch | layout | hosts | Ray images/sec (runs) | plain images/sec (runs) "
+        "| plain / Ray | 95% CI | how | reading |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in costs.to_dict("records"):
+        config = f"ResNet-{int(r['depth'])} {r['block']}/{r['shortcut']}, {r['precision']}"
+        est = r["est"]
+        ci = f"{math.exp(est.low):.3f}-{math.exp(est.high):.3f}x" if est is not None else "–"
+        how = f"{est.method}, {est.n}" if est is not None else "one run each"
+        reading = _reading(est, band_pct) if est is not None else "no interval"
+        (ray, ray_ci), (tf, tf_ci) = r["ray_ips"], r["tf_ips"]
+        lines.append(
+            f"| {config} | {r['device']} | {r['data']} | {int(r['global_batch_size'])} global | {r['layout']} "
+            f"| {r['hosts'] or '–'} | {ray:.1f}{f' ± {ray_ci:.1f}' if ray_ci else ''} ({r['runs'][0]}) "
+            f"| {tf:.1f}{f' ± {tf_ci:.1f}' if tf_ci else ''} ({r['runs'][1]}) | {r['ratio']:.3f}x | {ci} | {how} "
+            f"| {reading} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def _reading(est, band_pct):
+    v = stats.verdict(est, *stats.speed_band(band_pct))
+    ratio = math.exp(est.effect)
+    if v.kind == "higher":
+        return f"Ray slower: plain is {ratio - 1:.1%} faster"
+    if v.kind == "lower":
+        return f"Ray faster by {1 / ratio - 1:.1%}"
+    if v.kind == "same":
+        return f"no difference beyond ±{math.expm1(v.bound):.1%}"
+    more = f"~{v.pairs_needed} pairs would settle it" if v.pairs_needed else "below the noise"
+    return f"inconclusive ({more})"
+
+
 def build_scaling(df, out_dir):
-    """Write `<out_dir>/scaling.md` and `<out_dir>/plots/scaling.png` if any configuration ran at
-    two or more replica counts; return (markdown path, plot path), or None when there is nothing to compare."""
-    points = scaling_points(df)
-    if points.empty:
+    """Write `<out_dir>/scaling.md` (and `<out_dir>/plots/scaling.png` when some configuration ran at two or more
+    replica counts) if there is a series or a launcher comparison; return (markdown path, plot path or None),
+    or None when there is nothing to show."""
+    points, costs = scaling_points(df), launcher_costs(df)
+    if points.empty and costs.empty:
         return None
     md_path = os.path.join(out_dir, "scaling.md")
-    png = plot(points, os.path.join(out_dir, "plots", "scaling.png"))
-    files.write_text(md_path, markdown(points))  # after the plot
+    png = plot(points, os.path.join(out_dir, "plots", "scaling.png")) if not points.empty else None
+    text = markdown(points) if not points.empty else "# Scaling\n"
+    if not costs.empty:
+        text += launcher_markdown(costs)
+    files.write_text(md_path, text)  # after the plot
     return md_path, png

@@ -26,7 +26,7 @@ from bench import launch
 from bench.config import cli, exits, options, setup_checks, validation
 from bench.config.options import ConfigError
 from bench.distributed import ray_connection
-from bench.results import rows, table
+from bench.results import rows, systems, table
 from sweeps import multiworker_trials, plan, report, space
 
 FLAGS = flags.FLAGS
@@ -116,6 +116,7 @@ def run_trial(params, runs=None):
         "status": row["status"],
         "final": True,
         "row": json.dumps(row),
+        "systems": json.dumps(list(outcome.systems) if outcome is not None else []),  # written beside the rows
     }
     if row.get("test_accuracy") not in (None, ""):  # synthetic data has none (not a -1 in Ray's tables)
         final["test_accuracy"] = float(row["test_accuracy"])
@@ -191,6 +192,7 @@ def _make_row_writer(results_path, runs):
             row = _row_of(trial.last_result)
             if row is None:
                 row = _failed_row(self.runs, trial, "the trial ended without reporting a row")
+            systems.save_all(self.path, json.loads((trial.last_result or {}).get("systems") or "[]"))
             self._write(trial, row)
 
         def _write(self, trial, row):

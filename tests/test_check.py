@@ -1,4 +1,4 @@
-"""python -m bench.check: the self-check passes here, writes nothing, refuses bad flags, and can fail."""
+"""python -m bench.check: the self-check passes here, writes only the system description, refuses bad flags, can fail."""
 
 import io
 import os
@@ -50,7 +50,9 @@ def test_every_check_passes_on_two_cpu_replicas_and_nothing_is_written(tmp_path)
     assert re.search(r"^peak_vs_datasheet\s+SKIP .*\(no datasheet figure for ", out.stdout, re.M)
     assert "Traceback" not in out.stdout + out.stderr
     assert snapshot(os.path.join(ROOT, "results")) == before
-    assert os.listdir(work) == [] and not cache.exists()  # no results file, no peak cache
+    # no results file, no peak cache: only the machine's system description beside the default results path
+    assert os.listdir(work) == ["results"] and os.listdir(work / "results") == ["systems"] and not cache.exists()
+    assert [name.endswith(".json") for name in os.listdir(work / "results" / "systems")] == [True]
 
 
 @pytest.mark.e2e

@@ -93,6 +93,20 @@ def test_a_failed_run_is_reported_and_leaves_its_pair_out():
     assert lines[0] == "run failed: pair 2 B (failed: exit 1: boom); its pair is left out" and est.n == 2
 
 
+def test_runs_measured_in_doubtful_conditions_are_shown():
+    import dataclasses
+
+    runs = _runs([100, 102, 98, 101], [150, 149, 152, 151])
+    runs[1] = dataclasses.replace(runs[1], flags=("unstable", "contended"))
+    runs[4] = dataclasses.replace(runs[4], flags=("contended",))
+    assert compare.progress_line(runs[1], 2, 8).endswith("150.0 img/s [unstable, contended]")
+    lines, _ = compare.report_lines(runs, 5.0, 0.5)
+    said = [line for line in lines if line.startswith("conditions:")]
+    assert len(said) == 1 and "1 of 8 unstable, 2 of 8 contended" in said[0]
+    calm, _ = compare.report_lines(_runs([100, 102], [150, 149]), 5.0, 0.5)
+    assert not any(line.startswith("conditions:") for line in calm)
+
+
 def _table(path, rows):
     for i, (depth, shortcut, rate) in enumerate(rows):
         table.append_row(

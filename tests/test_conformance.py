@@ -90,6 +90,7 @@ def table_commands(results, other):
         "sweeps.compare (tables)": ("sweeps.compare", f"--base={results}", f"--new={other}"),
         "sweeps.report": ("sweeps.report", f"--results={results}"),
         "bench.results upgrade": ("bench.results", "upgrade", results),
+        "bench.check": ("bench.check", "--only=system_description", f"--results={results}"),  # writes beside it
     }
 
 
@@ -97,6 +98,7 @@ def output_commands(folder, results):
     """command -> argv that makes it write into `folder` (which cannot be created)."""
     return {
         "bench.run": ("bench.run", *TINY, f"--results={folder}/s.csv"),
+        "bench.check": ("bench.check", "--only=system_description", f"--results={folder}/s.csv"),
         "sweeps.tune": ("sweeps.tune", *TINY, "--shortcut=B", "--block=preact", f"--results={folder}/s.csv"),
         "sweeps.compare (arms)": (
             "sweeps.compare",

@@ -1,5 +1,6 @@
 """sweeps/scaling.py: strong and weak scaling series from a results table (synthetic rows, no runs)."""
 
+import math
 import os
 
 import pytest
@@ -113,7 +114,7 @@ def test_report_writes_scaling_only_when_replica_counts_vary(tmp_path):
     lines = [line for line in text.splitlines() if line.startswith("| strong") or line.startswith("| weak")]
     assert len(lines) == 6
     assert any(
-        "| multi_worker |" in line
+        "| multi_worker (ray) |" in line  # written before the launcher column: Ray Train
         and "| 1 host × 2 workers | yes: 2 workers per host | vm (1 host) |" in line
         and "0.89×" in line
         for line in lines
@@ -182,3 +183,56 @@ def test_points_are_grouped_by_hosts_and_workers_per_host_and_say_what_shares_ha
     assert scaling._num_hosts({"host": "gpu1 (+1 host)", "num_hosts": ""}) == 2
     md = scaling.markdown(points)
     assert "| 2 hosts × 1 worker | yes: the hosts are one machine | node-a (+1 host) |" in md
+
+
+def launcher_row(i, launcher, ips, comparison="", arm="", status="ok", stamp="t"):
+    return {
+        **BASE,
+        "run_id": f"l{i}",
+        "strategy": "multi_worker",
+        "num_replicas": 2,
+        "num_workers": 2,
+        "num_hosts": 1,
+        "global_batch_size": 128,
+        "images_per_sec": ips,
+        "status": status,
+        "host": "vm (1 host)",
+        "launcher": launcher,
+        "comparison": comparison,
+        "arm": arm,
+        "timestamp_utc": stamp,
+    }
+
+
+def test_what_ray_costs_from_a_comparisons_abba_pairs(tmp_path):
+    path = str(tmp_path / "summary.csv")
+    # sweeps.compare --a="--launcher ray" --b="--launcher tf_config": pairs A B, B A, A B, B A (in time order)
+    order = [("ray", 100.0), ("tf_config", 110.0), ("tf_config", 99.0), ("ray", 90.0)]
+    order += [("ray", 120.0), ("tf_config", 132.0), ("tf_config", 105.0), ("ray", 95.0)]
+    for i, (launcher, ips) in enumerate(order):
+        arm = "A" if launcher == "ray" else "B"
+        table.append_row(path, launcher_row(i, launcher, ips, "cmp-1", arm, stamp=f"2026-12-04T10:{i:02d}:00Z"))
+    table.append_row(path, launcher_row(9, "", 50.0, stamp="2026-12-03T10:00:00Z"))  # an older row: Ray's
+    costs = scaling.launcher_costs(report.load(path))
+    assert len(costs) == 1
+    r = costs.iloc[0]
+    assert r["runs"] == (5, 4) and r["layout"] == "1 host × 2 workers"
+    est = r["est"]  # the pairs' ratios 1.1, 1.1, 1.1, 1.105...: paired, tight
+    assert est.method == "t over pairs" and est.n == 4
+    assert 1.09 < math.exp(est.effect) < 1.11 and est.low > 0
+    md, _ = report.build(path, str(tmp_path / "out"))
+    text = open(os.path.join(str(tmp_path / "out"), "scaling.md")).read()
+    assert "## What Ray costs" in text and "Ray slower: plain is" in text and "t over pairs, 4" in text
+
+
+def test_what_ray_costs_without_a_comparison_is_welchs_t_over_runs(tmp_path):
+    path = str(tmp_path / "summary.csv")
+    for i, (launcher, ips) in enumerate([("ray", 100.0), ("ray", 104.0), ("tf_config", 101.0), ("tf_config", 103.0)]):
+        table.append_row(path, launcher_row(i, launcher, ips))
+    costs = scaling.launcher_costs(report.load(path))
+    assert costs.iloc[0]["est"].method == "Welch t" and costs.iloc[0]["ratio"] == pytest.approx(1.0, abs=0.01)
+    one_each = str(tmp_path / "one.csv")
+    for i, (launcher, ips) in enumerate([("ray", 100.0), ("tf_config", 101.0)]):
+        table.append_row(one_each, launcher_row(i, launcher, ips))
+    assert scaling.launcher_costs(report.load(one_each)).iloc[0]["est"] is None
+    assert "no interval" in scaling.launcher_markdown(scaling.launcher_costs(report.load(one_each)))

@@ -222,7 +222,7 @@ def test_report_from_mixed_rows(tmp_path):
     synthetic = next(line for line in table if "synthetic" in line)
     assert synthetic.split("|")[-3].strip() == "–"  # no accuracy from synthetic data (the column before setup)
     assert any("failed" in line for line in table) and any("diverged" in line for line in table)
-    assert len(pngs) == 3
+    assert len(pngs) == 4 and pngs[-1].endswith("peak_memory_vs_depth.png")
     for png in pngs:
         with open(png, "rb") as fh:
             assert fh.read(8) == b"\x89PNG\r\n\x1a\n"

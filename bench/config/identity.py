@@ -24,6 +24,7 @@ _UNFINGERPRINTED = (
     "collective_timeout_s",
     "restart_timeout_s",
     "fail_worker_at_step",
+    "launcher",
     "comparison",
     "arm",
     "sweep_position",  # labels of the run, not what it runs

@@ -13,7 +13,8 @@ import dataclasses
 from resnet import spec
 
 STRATEGIES = ("default", "one_device", "mirrored", "multi_worker")
-MULTI_WORKER = "multi_worker"  # MultiWorkerMirroredStrategy over Ray Train workers (bench/distributed/)
+MULTI_WORKER = "multi_worker"  # MultiWorkerMirroredStrategy over worker processes (bench/distributed/)
+LAUNCHERS = ("ray", "tf_config")  # how a multi-worker run starts its workers: Ray Train, or plain processes
 WORKER_FAULTS = ("exit", "stall")
 RESTART_TIMEOUT_S = 120.0  # --restart_timeout_s's default: a lost node without a spare fails the run after this
 DATA_KINDS = ("auto", "tfds", "files", "synthetic")
@@ -191,6 +192,14 @@ class RunConfig:
         "--strategy=multi_worker: after a lost worker or node, "
         "how long a restart may wait for the cluster to place the "
         "workers again; then the run fails with a row.",
+    )
+    launcher: str = option(
+        "ray",
+        "--strategy=multi_worker: how the workers start. ray: Ray Train's TensorflowTrainer (one node or many); "
+        "tf_config: plain processes on this machine, each given TF_CONFIG with 127.0.0.1 ports (no Ray: what "
+        "Ray costs is the difference).",
+        choices=LAUNCHERS,
+        axis=False,
     )
     # model
     n: int = option(3, "Blocks per stage: depth 6n+2 (9n+2 for bottleneck).", sweep_default="3,5,7,9,18")

@@ -130,6 +130,17 @@ def check_ray_request(cfg: RunConfig, cluster, nodes=None):
             node[1] -= gpus
 
 
+def check_machine_request(cfg: RunConfig, cpus, gpus):
+    """A `--launcher tf_config` run's request against this machine (the same rule as for a Ray cluster of it)."""
+    gpus_per = cfg.gpus_per_worker or 0
+    need_cpu, need_gpu = cfg.workers * cfg.cpus_per_worker, cfg.workers * gpus_per
+    if need_cpu > cpus or need_gpu > gpus:
+        raise ConfigError(
+            f"{cfg.workers} workers x ({cfg.cpus_per_worker:g} CPU, {gpus_per} GPU) need {need_cpu:g} CPUs and "
+            f"{need_gpu} GPUs; this machine has {cpus:g} CPUs and {gpus} GPUs (--launcher=tf_config runs here)"
+        )
+
+
 def check_paths_on_hosts(paths, facts):
     """Every host that may run a worker sees the run's folders at the driver's paths (README: "Local files
     must be reachable at the same path on every node"); else bad input naming the first host that lacks one.

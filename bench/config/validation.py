@@ -189,22 +189,27 @@ def _check_fit(cfg):
         raise ConfigError("--inject_inf_grad_at_step works with --loop=ctl only")
 
 
+def _check_no_multi_worker_flags(cfg):
+    given = [
+        name
+        for name, on in (
+            ("--workers", cfg.workers is not None),
+            ("--gpus_per_worker", cfg.gpus_per_worker is not None),
+            ("--max_failures", cfg.max_failures != 0),
+            ("--fail_worker_at_step", cfg.fail_worker_at_step is not None),
+            ("--restart_timeout_s", cfg.restart_timeout_s != RESTART_TIMEOUT_S),
+            ("--address", cfg.address is not None and not cfg.sweep),
+            ("--launcher", cfg.launcher != "ray"),
+        )
+        if on
+    ]
+    if given:
+        raise ConfigError(f"{', '.join(given)}: only with --strategy=multi_worker (got {cfg.strategy})")
+
+
 def _check_multi_worker(cfg):
     if cfg.strategy != MULTI_WORKER:
-        given = [
-            name
-            for name, on in (
-                ("--workers", cfg.workers is not None),
-                ("--gpus_per_worker", cfg.gpus_per_worker is not None),
-                ("--max_failures", cfg.max_failures != 0),
-                ("--fail_worker_at_step", cfg.fail_worker_at_step is not None),
-                ("--restart_timeout_s", cfg.restart_timeout_s != RESTART_TIMEOUT_S),
-                ("--address", cfg.address is not None and not cfg.sweep),
-            )
-            if on
-        ]
-        if given:
-            raise ConfigError(f"{', '.join(given)}: only with --strategy=multi_worker (got {cfg.strategy})")
+        _check_no_multi_worker_flags(cfg)
         return
     if cfg.workers is None:
         raise ConfigError("--strategy=multi_worker needs --workers K (worker processes, K >= 1)")
@@ -232,6 +237,28 @@ def _check_multi_worker(cfg):
         rank, _, _ = parse_worker_fault(cfg.fail_worker_at_step)
         if rank >= cfg.workers:
             raise ConfigError(f"--fail_worker_at_step: rank {rank} but there are {cfg.workers} workers")
+    if cfg.launcher == "tf_config":
+        _check_plain_launcher(cfg)
+
+
+def _check_plain_launcher(cfg):
+    """--launcher=tf_config starts plain processes on this machine: nothing that needs a Ray cluster."""
+    ray_only = [
+        name
+        for name, on in (
+            ("--address", cfg.address is not None),
+            ("--max_failures", cfg.max_failures != 0),
+            ("--restart_timeout_s", cfg.restart_timeout_s != RESTART_TIMEOUT_S),
+        )
+        if on
+    ]
+    if ray_only:
+        raise ConfigError(
+            f"{', '.join(ray_only)}: Ray Train's; --launcher=tf_config starts plain processes on this machine "
+            "(a lost worker fails the run)"
+        )
+    if cfg.sweep:
+        raise ConfigError("--launcher=tf_config: a sweep's trials run under Ray Tune; use --launcher=ray there")
 
 
 def _check_address(address):
@@ -498,6 +525,14 @@ def _can_create_in(path):
             return True
     except OSError:
         return False
+
+
+def check_results_table(path):
+    """A results path another command reads and writes beside (`bench.check`): the place can take files, and an
+    existing file is a regular text file (whether it is a results table: `bench.results.table.check_header`)."""
+    if not path:
+        raise ConfigError("--results must name a CSV file")
+    _check_results_file(path)
 
 
 def _check_results_file(path):

@@ -11,7 +11,7 @@ import socket
 
 from bench.config import identity
 from bench.config.options import RunConfig, global_replicas
-from bench.results import metrics, rows, table
+from bench.results import conditions, metrics, rows, systems, table
 
 
 def host_label(hosts, chief_host):
@@ -94,4 +94,22 @@ def multi_worker_row(cfg: RunConfig, command, state, error=None):
     row["restarts"] = max(0, starts.get(0, 1) - 1)
     row["timestamp_utc"] = table.utc_now()
     row["command"] = command
+    row.update(machine_columns(reports, where))
+    descriptions = [reports[rank].get("system") for rank in sorted(reports) if reports[rank].get("system")]
+    row["system"] = "; ".join(dict.fromkeys(systems.name_of(d) for d in descriptions)) or None
+    row["launcher"] = cfg.launcher
     return row
+
+
+def machine_columns(reports, where):
+    """Memory and machine-state columns over every worker of the last attempt (summed per host; the CPU time of
+    workers sharing a machine is theirs, not contention): `bench.results.conditions.state_columns`."""
+    processes = [
+        (
+            reports[rank].get("host") or where.get(rank, {}).get("host") or "?",
+            where.get(rank, {}).get("machine") or "",
+            conditions.from_dict(reports[rank].get("machine")),
+        )
+        for rank in sorted(reports)
+    ]
+    return conditions.state_columns(processes)

@@ -1,4 +1,4 @@
-"""The collector: one small Ray actor per multi-worker run, through which the driver and the workers talk.
+"""The collector: one per multi-worker run, through which the driver and the workers talk.
 
 The workers report to it (where each runs, its final report, the chief's progress lines through
 `LineForwarder`, fault-injection marks) and ask it after every window whether to stop; the Ray
@@ -6,14 +6,22 @@ Train controller tells it of every failed attempt (`failure_listener`); the driv
 new while `fit()` runs (`news`), relays a Ctrl-C / SIGTERM (`request_stop`) and reads the whole
 `state` at the end. It lives on the driver's node and outlives worker-group restarts.
 
-Plain Python: the driver creates the actor (`ray.remote(Collector)`); Ray is imported only where
-a Ray Train callback is built.
+Plain Python: under Ray Train the driver creates it as an actor (`ray.remote(Collector)`) and the
+workers reach it through `ActorClient`; with `--launcher tf_config` it is kept in a file under a lock
+(`FileCollector`), the same object with the same rules, which plain processes share. Workers only ever
+call a client's methods (`start`, `poll`, `report`, `log`, `fire_once`), whichever it is. Ray is
+imported only where a Ray Train callback is built or an actor is called.
 """
 
 from __future__ import annotations
 
 import io
+import os
+import pickle
+import tempfile
 import time
+
+import filelock
 
 from bench.config.exits import first_line
 
@@ -91,8 +99,106 @@ class Collector:
         }
 
 
+class ActorClient:
+    """A worker's view of the collector actor (Ray): its calls, waited for where the worker needs the answer."""
+
+    POLL_TIMEOUT_S = 30
+
+    def __init__(self, actor):
+        self._actor = actor
+
+    def start(self, rank, where):
+        import ray
+
+        return ray.get(self._actor.start.remote(rank, where))
+
+    def poll(self, rank, attempt, step):
+        import ray
+
+        try:
+            return ray.get(self._actor.poll.remote(rank, attempt, step), timeout=self.POLL_TIMEOUT_S)
+        except Exception:  # noqa: BLE001 - the driver is gone or slow: training goes on (Ray ends an orphaned job)
+            return None
+
+    def report(self, rank, attempt, info):
+        import ray
+
+        ray.get(self._actor.report.remote(rank, attempt, info))
+
+    def log(self, line):
+        self._actor.log.remote(line)  # progress lines: not waited for
+
+    def fire_once(self, key):
+        import ray
+
+        return ray.get(self._actor.fire_once.remote(key))
+
+
+class FileCollector:
+    """The run's `Collector` kept in a file (`collector.pickle` in `folder`) under a file lock, for processes
+    without Ray: every call loads it, calls the same method and saves it back whole (temporary file, rename).
+
+    The driver creates it (`create`), then the workers and the driver call its methods by name. One call
+    takes a few milliseconds; the workers make one per window (`poll`), between windows.
+    """
+
+    def __init__(self, folder):
+        self.folder = folder
+        self._path = os.path.join(folder, "collector.pickle")
+        self._lock = filelock.FileLock(self._path + ".lock")
+
+    @classmethod
+    def create(cls, folder, workers):
+        collector = cls(folder)
+        with collector._lock:
+            collector._save(Collector(workers))
+        return collector
+
+    def _save(self, state):
+        fd, tmp = tempfile.mkstemp(dir=self.folder, prefix=".collector-")
+        with os.fdopen(fd, "wb") as fh:
+            pickle.dump(state, fh)
+        os.replace(tmp, self._path)
+
+    def _call(self, method, *args):
+        with self._lock:
+            with open(self._path, "rb") as fh:
+                state = pickle.load(fh)  # our own file, in the run's private temporary folder
+            result = getattr(state, method)(*args)
+            if method not in ("news", "state"):  # the readers change nothing
+                self._save(state)
+        return result
+
+    def start(self, rank, where):
+        return self._call("start", rank, where)
+
+    def poll(self, rank, attempt, step):
+        return self._call("poll", rank, attempt, step)
+
+    def report(self, rank, attempt, info):
+        self._call("report", rank, attempt, info)
+
+    def log(self, line):
+        self._call("log", line)
+
+    def fire_once(self, key):
+        return self._call("fire_once", key)
+
+    def news(self, lines_seen, events_seen):
+        return self._call("news", lines_seen, events_seen)
+
+    def request_stop(self, reason):
+        self._call("request_stop", reason)
+
+    def group_failed(self, failures):
+        self._call("group_failed", failures)
+
+    def state(self):
+        return self._call("state")
+
+
 class LineForwarder(io.TextIOBase):
-    """The chief's progress output: echoed to its own stdout and sent line by line to the collector.
+    """The chief's progress output: echoed to its own stdout and sent line by line to the collector (a client).
 
     Forwarding stops at the run summary ("status ..."): the driver prints its own for the whole run.
     """
@@ -113,7 +219,7 @@ class LineForwarder(io.TextIOBase):
             if line.startswith("status "):
                 self._forward = False
             if self._forward:
-                self._collector.log.remote(line)
+                self._collector.log(line)
         return len(text)
 
     def flush(self):

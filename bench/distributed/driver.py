@@ -1,5 +1,7 @@
 """`--strategy multi_worker` from the driver: one configuration trained by K worker processes under
-`tf.distribute.MultiWorkerMirroredStrategy` (MWMS), launched by Ray Train's `TensorflowTrainer`.
+`tf.distribute.MultiWorkerMirroredStrategy` (MWMS), launched by Ray Train's `TensorflowTrainer`
+(`--launcher ray`) or as plain processes with TF_CONFIG on this machine (`--launcher tf_config`,
+`bench.distributed.plain`): the same workers, checks, row and exit codes, with or without Ray.
 
 Nothing is trained here: each worker runs `bench.distributed.worker.train_worker`, which is
 `bench.runner.benchmark.run` with the worker's rules. The driver: checks before work (no TensorFlow,
@@ -27,12 +29,12 @@ from bench.config import defaults, exits, setup_checks, validation
 from bench.config.exits import EXIT_DIVERGED, EXIT_FAILED, EXIT_OK, EXIT_SIGNAL, first_line
 from bench.config.identity import RunIdentity
 from bench.config.options import ConfigError, RunConfig
-from bench.distributed import aggregate, hosts, ray_connection
+from bench.distributed import aggregate, hosts, plain, ray_connection
 from bench.distributed.collector import Collector, failure_listener
 from bench.distributed.events import EventLog
 from bench.distributed.worker import train_worker
 from bench.hardware import devices
-from bench.results import console, table
+from bench.results import console, systems, table
 
 START_TIMEOUT_ENV = "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S"  # how long Ray Train waits to place a worker group
 
@@ -67,6 +69,7 @@ class MultiWorkerOutcome:
     reports: dict = dataclasses.field(default_factory=dict)  # rank -> {host, status, row, digest, ...}
     fired: dict = dataclasses.field(default_factory=dict)  # fault injections -> time.time() when they fired
     ended_at: float = None  # time.time() when the worker group ended
+    systems: tuple = ()  # the system descriptions of the workers' machines (written with the row)
 
 
 def run(cfg: RunConfig, command="", out=None, write_row=True, on_eval=None):
@@ -85,21 +88,11 @@ def run(cfg: RunConfig, command="", out=None, write_row=True, on_eval=None):
     if identity.finished:
         print(identity.finished_line(cfg), file=out)
         return MultiWorkerOutcome("skipped", {}, EXIT_OK)
-    with _console(out) as console_err:
-        owned = ray_connection.connect(cfg.address)
-        try:
-            import ray
-
-            alive = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
-            setup_checks.check_ray_request(cfg, ray.cluster_resources(), alive)
-            hosts.check_paths(cfg, out)
-            state, error, stopped = _launch(cfg, command, out, console_err)
-            ended_at = time.time()
-        finally:
-            if owned:
-                import ray
-
-                ray.shutdown()
+    if cfg.launcher == "tf_config":  # plain processes on this machine: no Ray
+        state, error, stopped = plain.launch(cfg, command, out, _worker_env(cfg))
+    else:
+        state, error, stopped = _ray_launch(cfg, command, out)
+    ended_at = time.time()
     reports = state.get("reports", {})
     bad_input = [r["config_error"] for r in reports.values() if r.get("config_error")]
     if bad_input:  # the workers' own setup checks refused the run: bad input, as in one process
@@ -111,6 +104,9 @@ def run(cfg: RunConfig, command="", out=None, write_row=True, on_eval=None):
         file=out,
         flush=True,
     )
+    descriptions = tuple(r["system"] for _, r in sorted(reports.items()) if r.get("system"))
+    if write_row:
+        systems.save_all(cfg.results, descriptions)
     where = table.save_row(cfg.results, row) if write_row else cfg.results
     if row.get("run_id"):  # the chief's run.json: the same command again says "finished", or resumes
         RunIdentity(cfg).conclude(row["run_id"], row["status"], where if where != cfg.results else None)
@@ -121,8 +117,33 @@ def run(cfg: RunConfig, command="", out=None, write_row=True, on_eval=None):
     if where != cfg.results:  # the table could not take the row: it is kept where the error line says
         code = EXIT_FAILED
     return MultiWorkerOutcome(
-        row["status"], row, code, reports=reports, fired=state.get("fired", {}), ended_at=ended_at
+        row["status"],
+        row,
+        code,
+        reports=reports,
+        fired=state.get("fired", {}),
+        ended_at=ended_at,
+        systems=descriptions,
     )
+
+
+def _ray_launch(cfg: RunConfig, command, out):
+    """Connect to Ray, check the request and the paths on every host, run the Ray Train group; return
+    (collector state, error line, signal name)."""
+    with _console(out) as console_err:
+        owned = ray_connection.connect(cfg.address)
+        try:
+            import ray
+
+            alive = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
+            setup_checks.check_ray_request(cfg, ray.cluster_resources(), alive)
+            hosts.check_paths(cfg, out)
+            return _launch(cfg, command, out, console_err)
+        finally:
+            if owned:
+                import ray
+
+                ray.shutdown()
 
 
 @contextlib.contextmanager

@@ -1,7 +1,8 @@
 """Testing only: `--fail_worker_at_step RANK:STEP[:stall]` makes one worker exit (or stall) at a window boundary.
 
-"Once" is per run, not per process: the collector actor outlives worker-group restarts and says
-whether the fault already fired, so a restarted worker passes the step.
+"Once" is per run, not per process: the collector (a client of it: `bench.distributed.collector`)
+outlives worker-group restarts and says whether the fault already fired, so a restarted worker passes
+the step.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ def fault_marks(cfg: RunConfig):
 class FaultInjection:
     """The fault of `cfg.fail_worker_at_step` in one worker's run, asked after every window (`at_step`)."""
 
-    def __init__(self, cfg: RunConfig, collector):
+    def __init__(self, cfg: RunConfig, collector):  # collector: a client (ActorClient, FileCollector)
         self._spec, self._collector = cfg.fail_worker_at_step, collector
         self._done = False
 
@@ -35,10 +36,8 @@ class FaultInjection:
         rank, fault_step, mode = options.parse_worker_fault(self._spec)
         if identity.task_index() != rank or step < fault_step:
             return
-        import ray
-
         self._done = True
-        if not ray.get(self._collector.fire_once.remote(self._spec)):
+        if not self._collector.fire_once(self._spec):
             return
         print(
             f"fault injection: worker {rank} {'exits' if mode == 'exit' else 'stalls'} at step {step}",
@@ -47,5 +46,5 @@ class FaultInjection:
         )
         if mode == "exit":
             os._exit(17)
-        while True:  # stall: stop responding until Ray ends the worker group
+        while True:  # stall: stop responding until the worker group is ended (by Ray, or the plain driver)
             time.sleep(3600)

@@ -1,11 +1,14 @@
-"""The worker side of `--strategy multi_worker`: what runs inside each Ray Train worker process.
+"""The worker side of `--strategy multi_worker`: what runs inside each worker process, whoever launched it.
 
-`train_worker` is the function Ray Train runs in every worker: one single run (the same loop,
-step functions, data path and timer as every other strategy), handed the worker's own rules
+`run_worker` is one worker's run under either launcher: one single run (the same loop, step
+functions, data path and timer as every other strategy), handed the worker's own rules
 (`WorkerRules`, as `RunHooks`): checkpoints by TF's multi-worker rule
 (`checkpoints.WorkerCheckpoints`), the testing-only fault injection (`faults`) and the driver's
-stop request. The MultiWorkerMirroredStrategy itself is a branch of `bench.hardware.devices.setup`.
-The workers talk to the driver through the run's collector actor (`collector.Collector`).
+stop request. `train_worker` is the function Ray Train runs in every worker (it calls `run_worker`);
+`bench.distributed.plain_worker` is the entry of a plain process (`--launcher tf_config`). The
+MultiWorkerMirroredStrategy itself is a branch of `bench.hardware.devices.setup`, which TF_CONFIG
+configures (set by Ray Train, or by the plain launcher). The workers talk to the driver through the
+run's collector (`collector.Collector`), by a client (`ActorClient` or `FileCollector`).
 
 The driver imports this module to hand `train_worker` to Ray, and has no TensorFlow (nor
 needs Ray before it connects): TensorFlow and Ray are imported inside the functions that run
@@ -14,6 +17,7 @@ in the worker.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import socket
 import sys
@@ -23,18 +27,17 @@ from bench.config.exits import first_line
 from bench.config.options import ConfigError, RunConfig
 from bench.distributed import faults
 from bench.distributed.checkpoints import WorkerCheckpoints
-from bench.distributed.collector import LineForwarder
+from bench.distributed.collector import ActorClient, LineForwarder
 from bench.distributed.scratch import ScratchFolders
 from bench.runner.benchmark import run as single_run
 from bench.runner.loop import RunHooks
 
 
 def train_worker(loop_config):
-    """The Ray Train worker function: one single run per worker, reported to the collector."""
+    """The Ray Train worker function: one single run per worker, reported to the collector actor."""
     import ray
     import ray.train
 
-    collector = loop_config["collector"]
     rank = ray.train.get_context().get_world_rank()
     where = {
         "host": socket.gethostname(),
@@ -43,27 +46,48 @@ def train_worker(loop_config):
         "pid": os.getpid(),
         "machine": machine_id(),
     }
-    attempt = ray.get(collector.start.remote(rank, where))
+    outcome = run_worker(
+        options.from_dict(loop_config["cfg"]),
+        loop_config["command"],
+        rank,
+        where,
+        ActorClient(loop_config["collector"]),
+    )
+    if outcome.status == "failed":  # a failed worker fails the group: Ray restarts it or the run ends
+        raise RuntimeError(outcome.row.get("error") or "failed")
+    return outcome.status
+
+
+def run_worker(cfg: RunConfig, command, rank, where, collector):
+    """One worker of any launcher: the single run with the worker's rules, reported to `collector` (a client:
+    `collector.ActorClient` under Ray Train, `collector.FileCollector` for plain processes). Returns the single
+    run's `Outcome`; bad input and crashes are reported, then raised."""
+    attempt = collector.start(rank, where)
     scratch = ScratchFolders()
-    cfg = worker_config(options.from_dict(loop_config["cfg"]), rank, scratch)
+    cfg = worker_config(cfg, rank, scratch)
     rules = WorkerRules(cfg, collector, rank, attempt, scratch)
     out = LineForwarder(collector, sys.stdout) if rank == 0 else sys.stdout
     info = {"rank": rank, "attempt": attempt, "host": where["host"], "ip": where["ip"]}
     try:
-        outcome = single_run(cfg, command=loop_config["command"], out=out, write_row=False, hooks=rules.hooks())
+        outcome = single_run(cfg, command=command, out=out, write_row=False, hooks=rules.hooks())
     except ConfigError as err:
-        ray.get(collector.report.remote(rank, attempt, {**info, "config_error": str(err)}))
+        collector.report(rank, attempt, {**info, "config_error": str(err)})
         raise
     except BaseException as exc:
-        ray.get(collector.report.remote(rank, attempt, {**info, "error": first_line(exc)}))
+        collector.report(rank, attempt, {**info, "error": first_line(exc)})
         raise
     finally:
         scratch.remove_all()
-    info.update(status=outcome.status, row=outcome.row, digest=rules.last_digest())
-    ray.get(collector.report.remote(rank, attempt, info))
-    if outcome.status == "failed":  # a failed worker fails the group: Ray restarts it or the run ends
-        raise RuntimeError(outcome.row.get("error") or "failed")
-    return outcome.status
+    machine = outcome.measured.machine if outcome.measured else None  # memory and CPU state, summed by the driver
+    info.update(
+        status=outcome.status,
+        row=outcome.row,
+        digest=rules.last_digest(),
+        machine=dataclasses.asdict(machine) if machine else None,
+        system=outcome.systems[0] if outcome.systems else None,
+    )
+    collector.report(rank, attempt, info)
+    return outcome
 
 
 def worker_config(cfg: RunConfig, rank, scratch: ScratchFolders):
@@ -116,9 +140,4 @@ class WorkerRules:
 
     def _stop_request(self, step):
         """The driver's stop reason ("SIGINT", "SIGTERM") if this worker must stop after `step`, else None."""
-        import ray
-
-        try:
-            return ray.get(self._collector.poll.remote(self._rank, self._attempt, step), timeout=30)
-        except Exception:  # noqa: BLE001 - the driver is gone or slow: training goes on (Ray ends an orphaned job)
-            return None
+        return self._collector.poll(self._rank, self._attempt, step)

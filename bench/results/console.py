@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from bench.results import conditions
+
 
 def summary_text(row, results_path):
     """The console summary of a row, one aligned line per topic."""
@@ -59,7 +61,9 @@ def summary_text(row, results_path):
             "test accuracy",
             f"{fmt('test_accuracy', '.4f')} (best {fmt('best_test_accuracy', '.4f')}, data {fmt('data')})",
         ),
+        ("FLOPs", f"{fmt('total_flops', '.3g')} in all; MFU's peak {fmt('peak_origin')}"),
+        ("machine", conditions.machine_line(row)),
         ("results", f"{results_path} (run {row['run_id']})"),
     ]
     width = max(len(k) for k, _ in lines)
-    return "\n".join(f"{k:<{width}}  {v}" for k, v in lines)
+    return "\n".join([f"{k:<{width}}  {v}" for k, v in lines] + conditions.warnings(row))

@@ -10,8 +10,9 @@ import dataclasses
 
 from bench.config import identity, tuning
 from bench.config.options import RunConfig
-from bench.results import loadgen, metrics, table
+from bench.results import conditions, loadgen, metrics, table
 from resnet import cost
+from resnet.spec import COMPUTE_DTYPE
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,6 +44,9 @@ class RunFacts:
     peak_load: float = None  # 1-minute load average per core during that reading
     autotune_s: float = None  # seconds --autotune took before the run (None: not asked for); not in the time to
     # the first step, which is counted from `started` less these
+    host: str = ""  # where the process ran (for the per-host memory column)
+    system: str = ""  # the machine's system description (bench.results.systems): its name
+    system_description: dict = None  # ... and the description itself, written beside the results table
 
 
 FACT_COLUMNS = (
@@ -67,6 +71,7 @@ FACT_COLUMNS = (
     "peak_readings",
     "peak_load",
     "autotune_s",
+    "system",
 )
 
 
@@ -137,6 +142,16 @@ class Measured:
     scenario_result: loadgen.Result | None = (
         None  # a --scenario run: LoadGen's result (its numbers are also in `timed`)
     )
+    machine: conditions.MachineState | None = None  # memory and the machine's state (bench.hardware.machine)
+
+
+def peak_origin(cfg: RunConfig, facts: RunFacts):
+    """Where MFU's peak came from: measured (the compute dtype, when, over how many readings, under what load)."""
+    if not facts.peak_gflops:
+        return ""
+    dtype = "tf32" if facts.tf32 else COMPUTE_DTYPE[cfg.precision]
+    load = f", load {facts.peak_load:g}/core" if facts.peak_load is not None else ""
+    return f"measured: {dtype} matmuls, {facts.peak_measured_at or 'date unknown'} (best of {facts.peak_readings or '?'}{load})"
 
 
 def run_row(cfg: RunConfig, facts: RunFacts, measured: Measured):
@@ -161,6 +176,10 @@ def run_row(cfg: RunConfig, facts: RunFacts, measured: Measured):
         "xla_scope": measured.xla_scope,
         "peak_scope": "one process",
         **loadgen.result_columns(measured.scenario_result),
+        "total_flops": flops_per_image(cfg) * cfg.batch_size * measured.steps,
+        "peak_origin": peak_origin(cfg, facts),
+        **conditions.stability_columns(measured.windows, cfg.batch_size),
+        **conditions.state_columns([(facts.host, "", measured.machine)]),
     }
     if timed:
         row.update(

@@ -56,6 +56,7 @@ class Run:
     test_accuracy: float | None = None  # None: synthetic data
     error: str = ""
     run_id: str = ""
+    flags: tuple = ()  # doubtful conditions its row reports: unstable, contended, throttled (bench.results.conditions)
 
 
 Runner = Callable[[int, str, int], Run]  # runner(pair, arm, position) -> Run

@@ -123,6 +123,31 @@ SCHEMA = (
     "accuracy_check",  # match / DIFFERS: that top-1 against the training-mode evaluation of the same weights
     "loadgen_summary_log",  # LoadGen's logs, kept beside the table (<results folder>/loadgen/<run_id>/)
     "loadgen_detail_log",
+    # what the run needed and the conditions it was measured in (bench.results.conditions; empty: machine_notes says why)
+    "peak_rss_mb",  # peak resident memory of the run's processes during training, summed over workers (MB)
+    "peak_rss_by_host",  # ... per host: "node-a 812; node-b 790"
+    "peak_anon_mb",  # the highest anonymous resident memory at a window boundary, summed: no libraries' file pages
+    "gpu_mem_peak_mb",  # the largest peak memory TensorFlow allocated on one of the run's GPUs (MB)
+    "gpu_mem_peak_each_mb",  # ... each GPU's, in device order (over workers: rank order)
+    "load_avg_1m",  # the highest 1-minute load average at the timed windows' ends
+    "cpu_share",  # CPU time the run's process got in the timed windows / (their wall time x the cores it may use)
+    "others_cpu_share",  # CPU time other processes (and a hypervisor's steal) took meanwhile / (wall x the machine's cores)
+    "cpu_mhz",  # mean CPU frequency the OS reported at the timed windows' ends
+    "contended",  # others_cpu_share >= 0.25: the CPU was shared
+    "gpu_sm_clock_start_mhz",  # NVIDIA GPUs (NVML): SM clock at the first timed window's start (lowest GPU)
+    "gpu_sm_clock_end_mhz",  # ... at the last timed window's end
+    "gpu_power_limit_w",  # enforced power limit (lowest GPU)
+    "gpu_max_temp_c",  # highest GPU temperature seen at a window boundary
+    "gpu_throttle_reasons",  # clock-lowering reasons seen (power cap, thermal, hardware slowdown), or none
+    "throttled",  # some GPU lowered its clocks during the timed windows
+    "rate_cv",  # coefficient of variation of the timed windows' images/sec
+    "slowest_window_ratio",  # the slowest timed window's time per step / the median window's
+    "unstable",  # rate_cv >= 10% or slowest_window_ratio >= 1.5 (judged with 3 timed windows or more)
+    "machine_notes",  # what the machine could not tell, and why ("GPU: no NVIDIA GPU")
+    "total_flops",  # FLOPs of every step the run made: flops_per_image x global batch x total_steps
+    "peak_origin",  # where MFU's peak came from: measured, the compute dtype, when, readings, load
+    "system",  # the machine's system description: <results folder>/systems/<system>.json (workers: "; ")
+    "launcher",  # multi-worker runs: ray (Ray Train) or tf_config (plain processes with TF_CONFIG)
 )
 
 STATUSES = ("ok", "diverged", "failed", "stopped", "interrupted")  # stopped: by ASHA; interrupted: Ctrl-C, SIGTERM

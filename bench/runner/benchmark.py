@@ -19,13 +19,14 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import socket
 import sys
 import time
 
 from bench.config import defaults, exits, options, recipe, setup_checks, tuning, validation
 from bench.config.identity import RunIdentity
 from bench.config.options import ConfigError, RunConfig
-from bench.results import console, rows, table
+from bench.results import console, rows, systems, table
 from bench.results.rows import Measured, RunFacts
 from bench.runner import autotune
 from bench.runner.loop import Controller, Plan, RunHooks
@@ -37,6 +38,7 @@ class Outcome:
     row: dict
     exit_code: int
     measured: Measured | None = None  # what the controller measured (None: the run ended before training)
+    systems: tuple = ()  # the machine's system description (with write_row=False the caller writes it with the row)
 
 
 def run(cfg: RunConfig, command="", out=None, write_row=True, on_eval=None, hooks=None) -> Outcome:
@@ -108,11 +110,11 @@ def run(cfg: RunConfig, command="", out=None, write_row=True, on_eval=None, hook
         if measured.status != "interrupted":  # a stopped run's row comes first: no peak re-measurement (~20 s)
             facts = _checked_peak(cfg, devices, facts, measured, out)
         row = rows.run_row(cfg, facts, measured)
-        where, code = _conclude(cfg, identity, row, write_row, code)
+        where, code = _conclude(cfg, identity, row, write_row, code, facts.system_description)
         print(console.summary_text(row, where), file=out, flush=True)
     if late.name and code == exits.EXIT_OK:
         code = exits.EXIT_SIGNAL[late.name]
-    return Outcome(measured.status, row, code, measured)
+    return Outcome(measured.status, row, code, measured, (facts.system_description,))
 
 
 # ---- 1. check the input ----------------------------------------------------------------------------------------
@@ -205,6 +207,8 @@ def _note_cpu_defaults(cfg, found):
 
 def _build(cfg, devices, source, run_id, command, started, out, hooks):
     """(Controller ready to run, the row's RunFacts)."""
+    from bench.hardware import machine
+    from bench.hardware.devices import threads_in_effect
     from bench.runner import outputs
     from bench.training import trainers
 
@@ -226,6 +230,7 @@ def _build(cfg, devices, source, run_id, command, started, out, hooks):
         profiler=profiler,
         progress=progress,
         on_step=hooks.on_step,
+        monitor=machine.for_run(devices, threads_in_effect()[0]),
     )
     return controller, _facts(cfg, devices, source, workload, run_id, command, started)
 
@@ -245,13 +250,14 @@ def _facts(cfg, devices, source, workload, run_id, command, started):
     import keras  # loaded by the device setup already (after the oneDNN choice)
     import tensorflow as tf
 
-    from bench.hardware import datasheet, peak
+    from bench.hardware import datasheet, peak, system
     from bench.hardware.devices import threads_in_effect
 
     tf32 = devices.device_kind == "GPU" and peak.tf32_in_effect(cfg.precision)  # a CPU run never is
     tflops, peak_source = datasheet.lookup(devices.model, cfg.precision, tf32)
     reading = peak.reading_for(devices, cfg.precision, tf32)
     intra, inter = threads_in_effect()
+    description = system.describe()  # written beside the results table with the row
     return RunFacts(
         run_id=run_id,
         command=command,
@@ -276,6 +282,9 @@ def _facts(cfg, devices, source, workload, run_id, command, started):
         peak_measured_at=reading.measured_at,
         peak_readings=reading.readings,
         peak_load=reading.load,
+        host=socket.gethostname(),
+        system=description["system_name"],
+        system_description=description,
     )
 
 
@@ -374,8 +383,10 @@ def _ended_in_setup(cfg, identity, command, out, write_row, status, error, code,
     return Outcome(status, row, code)
 
 
-def _conclude(cfg, identity, row, write_row, code):
+def _conclude(cfg, identity, row, write_row, code, system_description=None):
     """(where the row is, exit code): the row appended, or kept beside a table that cannot take it (exit 1)."""
+    if write_row and system_description:
+        systems.save(cfg.results, system_description)
     where = table.save_row(cfg.results, row) if write_row else cfg.results
     if where != cfg.results:  # the error line says where it is
         code = exits.EXIT_FAILED

@@ -129,6 +129,7 @@ class Controller:
         progress=None,
         on_step=None,
         clock=time.perf_counter,
+        monitor=None,
     ):
         self.plan, self.workload, self.batch_size = plan, workload, batch_size
         # sys.stdout looked up now, not when this module was imported: the command's guarded stream
@@ -138,6 +139,9 @@ class Controller:
         # on_step(step) after each window (a multi-worker worker: fault injection, the driver's stop
         # request); a truthy return is a stop reason ("SIGINT"), as if a signal had come here
         self.on_step = on_step
+        # monitor: reads the machine's state between windows (bench.hardware.machine.MachineMonitor): its
+        # before/after calls bracket the chrono's, so no reading falls inside a window's device work
+        self.monitor = monitor
         self.progress = progress or Progress()
         self.chrono = Chrono()
         self.clock = clock
@@ -160,6 +164,8 @@ class Controller:
         if self.step:
             print(f"resumed from step {self.step} of {self.plan.total_steps}", file=self.out, flush=True)
         self._skipped_seen = self.workload.skipped_steps()  # a resumed run restored its count
+        if self.monitor:
+            self.monitor.start()
         if self.workload.drives_own_loop:  # Keras fit: the workload calls back (see the module docstring)
             self.workload.drive(self)
         else:
@@ -206,6 +212,7 @@ class Controller:
             windows=tuple(chrono.windows),
             warmup=tuple(chrono.warmup),
             untimed=tuple(chrono.untimed),
+            machine=self.monitor.state() if self.monitor else None,
         )
 
     def windows(self):
@@ -247,11 +254,15 @@ class Controller:
         if self._profile_starts(window.start) and self.profiler:
             self.profiler.start()
             self._profiling = True
+        if self.monitor:
+            self.monitor.before(window.kind)
         self.chrono.begin()
 
     def end_window(self, window: Window, loss):
         """Sync and close `window`; return its loss as a float."""
         seconds = self.chrono.end(window.steps, window.kind, loss)
+        if self.monitor:
+            self.monitor.after(window.kind)
         if window.kind == "first":
             self.first_step_at = self.clock()
         self._last_seconds = seconds

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import math
+import os
 
 import numpy as np
 
-from bench.hardware import datasheet, peak
+from bench.hardware import datasheet, peak, system
+from bench.results import systems, table
 from bench.selfcheck.env import (
     BN_ATOL,
     CHI2_BOUND,
@@ -304,6 +306,13 @@ def check_augment_distribution(env):
     return verdict(name, items)
 
 
+def check_system_description(env):
+    """This machine's system description (MLPerf's fields): complete, written once beside --results and unedited,
+    and every system the table's rows name has its file."""
+    named = [row.get("system", "") for row in table.read_rows(env.results)] if os.path.isfile(env.results) else []
+    return verdict("system_description", systems.check(env.results, system.describe(), named))
+
+
 CHECKS = {
     "replicas_match_one_device": check_replicas_match_one_device,
     "bn_statistics_agree": check_bn_statistics_agree,
@@ -312,5 +321,6 @@ CHECKS = {
     "mixed_precision_finite": check_mixed_precision_finite,
     "peak_vs_datasheet": check_peak_vs_datasheet,
     "augment_distribution": check_augment_distribution,
+    "system_description": check_system_description,
 }
-MEASURES_AS_RUN = {"peak_vs_datasheet"}  # the others run with TF32 off
+MEASURES_AS_RUN = {"peak_vs_datasheet", "system_description"}  # the others run with TF32 off

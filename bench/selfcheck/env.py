@@ -59,13 +59,14 @@ class Env:
     many: object  # MirroredStrategy over replica_devices (the one-device strategy when there is one)
     precision: str  # for the peak check
     batch_norm: str  # the BN implementation a run uses by default here
+    results: str = "results/summary.csv"  # the system description goes beside this results table
 
     @property
     def replicas(self):
         return len(self.replica_devices)
 
 
-def setup(cpu_replicas, precision):
+def setup(cpu_replicas, precision, results="results/summary.csv"):
     """Devices and strategies as a run has them (`bench.hardware.devices.setup` of a mirrored run)."""
     run = RunConfig(strategy="mirrored", cpu_replicas=cpu_replicas, precision=precision)
     found = devices.setup(run)  # every visible GPU, or the CPU split before any TF op
@@ -76,7 +77,7 @@ def setup(cpu_replicas, precision):
     one = tf.distribute.OneDeviceStrategy(names[0])
     many = found.strategy if len(names) > 1 else one
     batch_norm = defaults.resolve_batch_norm(run, found.device_kind)
-    return Env(tf, found.device_kind, names, list(found.replica_models), one, many, precision, batch_norm)
+    return Env(tf, found.device_kind, names, list(found.replica_models), one, many, precision, batch_norm, results)
 
 
 def header(env, requested_cpu_replicas):

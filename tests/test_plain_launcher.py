@@ -1,0 +1,234 @@
+"""`--launcher tf_config` (issue #26, item 6): a multi-worker run's workers as plain processes with TF_CONFIG on
+127.0.0.1, no Ray; the same worker code path (`bench.distributed.worker.run_worker`), the same row.
+
+Fast tests: the flag's checks, TF_CONFIG and the workers' environment, the collector kept in a file (the
+actor's rules, across processes), the failure line. End to end (`-m e2e`, each ~1 min on the 2-core VM):
+a 2-worker run whose loss is the 2-replica mirrored run's, Ctrl-C relayed to the workers, a worker that dies.
+"""
+
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import psutil
+import pytest
+
+from bench.config import exits, setup_checks, validation
+from bench.config.options import ConfigError, RunConfig
+from bench.distributed import aggregate, plain
+from bench.distributed.collector import Collector, FileCollector
+from bench.results import table
+from bench.runner import benchmark
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+MW = dict(strategy="multi_worker", workers=2, n=1, batch_size=16, launcher="tf_config")
+
+
+@pytest.mark.parametrize(
+    "changes,message",
+    [
+        ({"launcher": "tf_config"}, "--launcher: only with --strategy=multi_worker"),
+        ({**MW, "address": "auto"}, "--address: Ray Train's"),
+        ({**MW, "max_failures": 1}, "--max_failures: Ray Train's"),
+        ({**MW, "restart_timeout_s": 30.0}, "--restart_timeout_s: Ray Train's"),
+        ({**MW, "sweep": "s", "trial_key": "k"}, "a sweep's trials run under Ray Tune"),
+        ({**MW, "launcher": "slurm"}, "--launcher='slurm' is not allowed; choose one of: ray, tf_config"),
+    ],
+)
+def test_the_launcher_flag_is_validated(changes, message):
+    with pytest.raises(ConfigError, match=message):
+        validation.validate(RunConfig(**changes))
+
+
+def test_the_request_must_fit_this_machine():
+    setup_checks.check_machine_request(RunConfig(**MW), cpus=2, gpus=0)
+    with pytest.raises(ConfigError, match="need 4 CPUs and 0 GPUs; this machine has 2 CPUs"):
+        setup_checks.check_machine_request(RunConfig(**MW, cpus_per_worker=2.0), cpus=2, gpus=0)
+    with pytest.raises(ConfigError, match="need 2 CPUs and 2 GPUs; this machine has 8 CPUs and 1 GPUs"):
+        setup_checks.check_machine_request(RunConfig(**MW, gpus_per_worker=1), cpus=8, gpus=1)
+
+
+def test_each_worker_gets_tf_config_and_ray_trains_environment():
+    ports = plain.free_ports(3)
+    assert len(set(ports)) == 3 and all(p > 0 for p in ports)
+    addresses = ["127.0.0.1:1001", "127.0.0.1:1002"]
+    cfg = RunConfig(**MW, cpus_per_worker=1.5, gpus_per_worker=2)
+    env = plain.worker_env(
+        cfg, addresses, 1, {"PATH": "/bin", "KEEP": "x"}, {"TF_ENABLE_ONEDNN_OPTS": "1"}, [4, 5, 6, 7]
+    )
+    assert json.loads(env["TF_CONFIG"]) == {
+        "cluster": {"worker": addresses},
+        "task": {"type": "worker", "index": 1},
+    }
+    assert env["OMP_NUM_THREADS"] == "1" and env["TF_USE_LEGACY_KERAS"] == "1"  # as Ray Train's workers have them
+    assert env["CUDA_VISIBLE_DEVICES"] == "6,7" and env["TF_ENABLE_ONEDNN_OPTS"] == "1" and env["KEEP"] == "x"
+    assert env["PYTHONPATH"].split(os.pathsep)[0] == ROOT
+
+
+def test_the_file_collector_keeps_the_actors_rules_across_processes(tmp_path):
+    folder = str(tmp_path)
+    driver = FileCollector.create(folder, workers=2)
+    assert driver.start(0, {"host": "vm"}) == 1 and FileCollector(folder).start(1, {"host": "vm"}) == 1
+    for rank in (0, 1):  # both workers go on from step 4, each asking from a process of its own
+        code = f"from bench.distributed.collector import FileCollector; print(FileCollector({folder!r}).poll({rank}, 1, 4))"
+        asked = subprocess.run(
+            [sys.executable, "-c", code], env={**os.environ, "PYTHONPATH": ROOT}, capture_output=True, text=True
+        )
+        assert asked.stdout.strip() == "None", asked.stderr
+    driver.request_stop("SIGINT")
+    # every worker stops at the first boundary beyond every step a worker was told to go on from (the actor's rule)
+    assert driver.poll(0, 1, 4) is None and driver.poll(1, 1, 6) == "SIGINT" and driver.poll(0, 1, 6) == "SIGINT"
+    driver.log("step 6/10")
+    driver.report(0, 1, {"rank": 0, "row": {"status": "interrupted"}})
+    assert driver.fire_once("1:3") and not FileCollector(folder).fire_once("1:3")
+    state = driver.state()
+    reference = Collector(2)
+    reference.start(0, {"host": "vm"})
+    reference.start(1, {"host": "vm"})
+    assert state["starts"] == reference.state()["starts"] and state["reports"][0]["row"]["status"] == "interrupted"
+    assert driver.news(0, 0)[0] == ["step 6/10"]
+
+
+def test_the_failure_line_names_each_failed_worker_dead_processes_first():
+    reports = {0: {"rank": 0, "error": "UnavailableError: peer gone"}}
+    line = plain.failure_line({0: 1, 1: -9}, reports)
+    assert line == (
+        "worker 1: its process was killed by SIGKILL before it reported; worker 0: UnavailableError: peer gone (exit 1)"
+    )
+    assert plain.failure_line({0: 1, 1: 17}, reports).startswith("worker 1: exit 17 before it reported; worker 0:")
+    assert plain.failure_line({0: 0, 1: 0}, {}) is None
+
+
+def test_the_row_names_its_launcher():
+    report = {"rank": 0, "attempt": 1, "host": "vm", "row": {"run_id": "r", "status": "ok", "flops_per_image": 1}}
+    row = aggregate.multi_worker_row(RunConfig(**MW), "cmd", {"starts": {0: 1}, "reports": {0: report}})
+    assert row["launcher"] == "tf_config" and row["num_workers"] == 2
+    ray_row = aggregate.multi_worker_row(RunConfig(**{**MW, "launcher": "ray"}), "", {"reports": {0: report}})
+    assert ray_row["launcher"] == "ray"
+    table.format_row(row)
+
+
+# ---------------------------------------------------------------------------
+# End to end: real worker processes
+
+
+def cli_args(path, *extra):
+    return [
+        "--strategy=multi_worker",
+        "--workers=2",
+        "--launcher=tf_config",
+        "--data=synthetic",
+        "--n=1",
+        "--batch_size=16",
+        f"--results={path}",
+        *extra,
+    ]
+
+
+def run_cli(args, timeout=600):
+    env = {**os.environ, "PYTHONPATH": ROOT}
+    return subprocess.run(
+        [sys.executable, "-m", "bench.run", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout
+    )
+
+
+def plain_workers_of(pid):
+    """The plain worker processes a driver started (alive or zombie), by their command line."""
+    try:
+        children = psutil.Process(pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        return []
+    return [c for c in children if "bench.distributed.plain_worker" in " ".join(c.cmdline())]
+
+
+@pytest.mark.e2e
+def test_bad_launcher_input_is_one_line_exit_2(tmp_path):
+    path = tmp_path / "summary.csv"
+    for args, message in (
+        (["--launcher=tf_config", "--data=synthetic", f"--results={path}"], "only with --strategy=multi_worker"),
+        (cli_args(path, "--max_failures=1"), "--max_failures: Ray Train's"),
+        (cli_args(path, "--cpus_per_worker=8"), "this machine has"),
+    ):
+        proc = run_cli(args, timeout=300)
+        lines = proc.stderr.strip().splitlines()
+        assert proc.returncode == 2 and len(lines) == 1 and message in lines[0], proc.stderr
+    assert not path.exists()
+
+
+@pytest.mark.e2e
+def test_two_plain_workers_train_as_the_two_replica_mirrored_run(tmp_path):
+    path = tmp_path / "summary.csv"
+    proc = run_cli(cli_args(path, "--steps=6", "--steps_per_loop=1", "--warmup_steps=1"))
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    row = table.read_rows(str(path))[0]
+    assert row["status"] == "ok" and row["launcher"] == "tf_config" and row["num_workers"] == "2"
+    assert row["num_replicas"] == "2" and row["host"].endswith("(1 host)") and row["restarts"] == "0"
+    assert float(row["peak_rss_mb"]) > 2 * 200 and row["peak_rss_by_host"].startswith(os.uname().nodename)
+    assert row["contended"] in ("true", "false") and os.path.isfile(tmp_path / "systems" / f"{row['system']}.json")
+    assert "plain processes on this machine (TF_CONFIG: 127.0.0.1:" in proc.stdout
+    # the same computation as one process with two replicas: same seed, same global batch
+    mirrored = benchmark.run(
+        RunConfig(
+            strategy="mirrored",
+            cpu_replicas=2,
+            data="synthetic",
+            n=1,
+            batch_size=16,
+            steps=6,
+            steps_per_loop=1,
+            warmup_steps=1,
+            results=str(tmp_path / "m.csv"),
+        ),
+        write_row=False,
+        out=io.StringIO(),
+    )
+    assert float(row["final_train_loss"]) == pytest.approx(mirrored.row["final_train_loss"], rel=1e-4)
+
+
+@pytest.mark.e2e
+def test_ctrl_c_reaches_the_workers_through_the_driver(tmp_path):
+    path = tmp_path / "summary.csv"
+    env = {**os.environ, "PYTHONPATH": ROOT}
+    driver = subprocess.Popen(
+        [sys.executable, "-m", "bench.run", *cli_args(path, "--steps=2000", "--steps_per_loop=2")],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        for line in driver.stdout:  # the chief's first progress line: training has started in every worker
+            if line.startswith("step "):
+                break
+        workers = plain_workers_of(driver.pid)
+        assert len(workers) == 2
+        driver.send_signal(signal.SIGINT)
+        out, err = driver.communicate(timeout=180)
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+    assert driver.returncode == exits.EXIT_SIGNAL["SIGINT"], err[-2000:]
+    rows = table.read_rows(str(path))
+    assert len(rows) == 1 and rows[0]["status"] == "interrupted" and rows[0]["launcher"] == "tf_config"
+    assert 0 < int(rows[0]["total_steps"]) < 2000
+    assert not any(w.is_running() and w.status() != psutil.STATUS_ZOMBIE for w in workers)
+
+
+@pytest.mark.e2e
+def test_a_worker_that_dies_fails_the_run_with_a_row(tmp_path):
+    path = tmp_path / "summary.csv"
+    start = time.perf_counter()
+    proc = run_cli(cli_args(path, "--steps=12", "--steps_per_loop=1", "--warmup_steps=1", "--fail_worker_at_step=1:3"))
+    assert proc.returncode == exits.EXIT_FAILED, proc.stderr[-3000:]
+    rows = table.read_rows(str(path))
+    assert len(rows) == 1 and rows[0]["status"] == "failed" and rows[0]["launcher"] == "tf_config"
+    error = rows[0]["error"]
+    assert error.startswith("worker 1: exit 17 before it reported") and "worker output: /" in error, error
+    log_folder = error.split("worker output: ")[1].split("worker-<rank>.log")[0]
+    assert os.path.isfile(os.path.join(log_folder, "worker-1.log"))  # kept for a failed run
+    assert time.perf_counter() - start < 300
