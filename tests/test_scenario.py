@@ -209,7 +209,7 @@ def test_buckets_and_batches():
 
 
 def test_loadgen_settings_are_mlperfs_unless_shortened():
-    expect = scenario.Expectation({1: 0.004, 8: 0.01, 16: 0.02}, 1.0)
+    expect = scenario.Expectation({1: 0.004, 8: 0.01, 16: 0.02}, 1.0, {1: 0.003, 8: 0.008, 16: 0.016})
     cfg = RunConfig(mode="inference", scenario="SingleStream", batch_size=16)
     settings, shortened = scenario.test_settings(cfg, "performance", expect)
     assert settings.min_duration_ms == 600_000 and not shortened  # MLPerf's minimum duration
@@ -222,7 +222,7 @@ def test_loadgen_settings_are_mlperfs_unless_shortened():
     settings, _ = scenario.test_settings(server, "performance", expect)
     assert settings.server_target_qps == 321.0 and settings.server_target_latency_ns == 15_000_000
     settings, _ = scenario.test_settings(cfg.replace(scenario="Offline"), "performance", expect)
-    assert settings.offline_expected_qps == pytest.approx(16 / 0.02 * scenario.OFFLINE_EXPECTATION)
+    assert settings.offline_expected_qps == pytest.approx(16 / 0.016 * scenario.OFFLINE_EXPECTATION)
 
 
 def test_accuracy_check_text():

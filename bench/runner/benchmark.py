@@ -5,6 +5,7 @@
     3. devices and data      TensorFlow is imported here; what only they can tell is checked;
                              every remaining default is resolved (`bench.config.defaults.resolve`)
     4. build                 workload, outputs, restored progress, plan, controller, the row's facts
+                             (`--scenario`: MLPerf's LoadGen drives instead, `bench.runner.scenario.ScenarioRun`)
     5. train                 the controller owns the loop and returns a frozen `Measured` record
     6. the row               built from the config, the facts and that record; saved whatever happened
 
