@@ -9,8 +9,8 @@ and the environment Ray Train gives its workers (oneDNN, TensorFlow's log level,
 `bench.distributed.worker.run_worker`, the code path of a Ray Train worker, and talks to the driver
 through the run's collector kept in a file (`collector.FileCollector`): reports, the chief's
 progress lines (printed here), the stop request. A Ctrl-C or SIGTERM is relayed through it (the
-workers run in sessions of their own, so a terminal's Ctrl-C reaches only the driver); a second
-one exits at once and the workers follow (they die with their parent). A worker that exits with
+workers run in process groups of their own, so a terminal's Ctrl-C reaches only the driver); a
+second one exits at once and the workers follow (they die with their parent). A worker that exits with
 an error ends the group: the others get `FAILED_GRACE_S` to fail by themselves (a peer's
 all-reduce notices within seconds), then are killed. No restarts (`--max_failures` is Ray's).
 
@@ -141,9 +141,19 @@ def _start(cfg, folder, rank, env):
             stdin=subprocess.DEVNULL,
             stdout=fh,
             stderr=subprocess.STDOUT,
-            start_new_session=True,  # a terminal's Ctrl-C reaches the driver only; it relays the stop
+            **_own_process_group(),
         )
     return Worker(rank, process, log)
+
+
+def _own_process_group():
+    """Popen arguments: the worker in a process group of its own, so a terminal's Ctrl-C reaches the driver only
+    (which relays the stop), but in the driver's session, as Ray's workers are: Linux schedules sessions against
+    each other (autogroups), and a session per worker gave these workers another share of a busy CPU than
+    Ray's (WORKSPACE.md, "Multi-worker runs", Without Ray)."""
+    if sys.version_info >= (3, 11):
+        return {"process_group": 0}
+    return {"preexec_fn": os.setpgrp}  # before Python 3.11 (the driver starts no threads before this)
 
 
 def _watch(workers, collector, stop, out):
