@@ -111,6 +111,7 @@ def test_loss_scale_skips_a_step_with_an_injected_inf(check_env, strategies, rep
 
 
 # (1 replica with XLA passed too when tried; left out for time: its agreement path is the same code.)
+@pytest.mark.slow  # XLA and bf16 compiles over 2 replicas: the longest in-process tests (-m e2e)
 @pytest.mark.parametrize("replicas,xla", [(2, False), (2, True)])
 def test_overflow_on_one_replica_skips_the_step_on_every_replica(check_env, strategies, replicas, xla):
     """inf in the last replica's gradients only: every replica skips, the scale halves once, training goes on."""
@@ -139,6 +140,7 @@ def test_overflow_on_one_replica_skips_the_step_on_every_replica(check_env, stra
     assert int(trainer.skipped_steps.numpy()) == 1
 
 
+@pytest.mark.slow  # XLA and bf16 compiles over 2 replicas: the longest in-process tests (-m e2e)
 @pytest.mark.parametrize("replicas", [1, 2])
 def test_xla_and_no_xla_give_the_same_loss(check_env, strategies, replicas):
     strategy = strategies[replicas]
@@ -169,6 +171,7 @@ def test_sync_bn_with_xla_over_replicas_is_refused_by_the_one_rule(check_env, st
     make_step_functions(check_env, strategies[1], 16, sync_bn=True, xla=True)  # one replica: builds
 
 
+@pytest.mark.slow  # XLA and bf16 compiles over 2 replicas: the longest in-process tests (-m e2e)
 @pytest.mark.parametrize("replicas", [1, 2])
 def test_fused_batch_norm_trains_like_the_keras_layer(check_env, strategies, replicas):
     """Same seed, same batches: the fused-BN net follows the Keras-BN net step for step, including the
@@ -196,6 +199,7 @@ def test_fused_batch_norm_trains_like_the_keras_layer(check_env, strategies, rep
     np.testing.assert_allclose(logits[1], logits[0], rtol=1e-3, atol=1e-4)
 
 
+@pytest.mark.slow  # XLA and bf16 compiles over 2 replicas: the longest in-process tests (-m e2e)
 @pytest.mark.parametrize("replicas", [1, 2])
 def test_fused_batch_norm_under_xla_and_bfloat16(check_env, strategies, replicas):
     strategy = strategies[replicas]
