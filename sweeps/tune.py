@@ -294,6 +294,7 @@ def run_sweep(trials, opts: SweepOptions):
             for result in grid or ():
                 row = _row_of(result.metrics)
                 if row is not None and result.metrics.get("final", True):
+                    systems.save_all(opts.results, json.loads(result.metrics.get("systems") or "[]"))
                     table.save_row(os.path.abspath(opts.results), row)
         finally:
             ray.shutdown()
