@@ -15,7 +15,9 @@ an error ends the group: the others get `FAILED_GRACE_S` to fail by themselves (
 all-reduce notices within seconds), then are killed. No restarts (`--max_failures` is Ray's).
 
 Each worker's output goes to `worker-<rank>.log` in the run's temporary folder, kept (and named)
-when the run failed. No TensorFlow and no Ray here.
+when the run failed; its `warning:` and `note:` lines (a cache that cannot be written, an emulated
+precision) are relayed to the driver's stderr as they appear, once per text (`Relay`), so a user sees
+them as a single process shows them. No TensorFlow and no Ray here.
 """
 
 from __future__ import annotations
@@ -97,6 +99,39 @@ class Worker:
         return self.process.poll()
 
 
+class Relay:
+    """The workers' `warning:` / `note:` lines, read from their logs as they grow and printed on `err` as
+    `warning: worker <rank>: ...`; a text another worker already said is not repeated."""
+
+    PREFIXES = ("warning: ", "note: ")
+
+    def __init__(self, err=None):
+        self.err = err
+        self._read = {}  # log path -> bytes read
+        self._partial = {}  # log path -> an unfinished last line
+        self._said = set()
+
+    def poll(self, workers):
+        for w in workers:
+            try:
+                with open(w.log, "rb") as fh:
+                    fh.seek(self._read.get(w.log, 0))
+                    data = fh.read()
+            except OSError:
+                continue
+            self._read[w.log] = self._read.get(w.log, 0) + len(data)
+            *lines, self._partial[w.log] = (self._partial.get(w.log, b"") + data).split(b"\n")
+            for raw in lines:
+                self._say(w.rank, raw.decode("utf-8", errors="replace").rstrip())
+
+    def _say(self, rank, line):
+        prefix = next((p for p in self.PREFIXES if line.startswith(p)), None)
+        if prefix is None or line in self._said:
+            return
+        self._said.add(line)
+        print(f"{prefix}worker {rank}: {line[len(prefix) :]}", file=self.err or sys.stderr, flush=True)
+
+
 def launch(cfg: RunConfig, command, out, run_env):
     """Start the workers, print the chief's progress, relay a stop; return (collector state, error line, signal).
 
@@ -157,18 +192,20 @@ def _own_process_group():
 
 
 def _watch(workers, collector, stop, out):
-    """Until every worker has ended: the chief's progress lines, the stop request relayed once, and after a
-    failure the others ended once they had FAILED_GRACE_S to fail by themselves."""
+    """Until every worker has ended: the chief's progress lines, the workers' warnings, the stop request
+    relayed once, and after a failure the others ended once they had FAILED_GRACE_S to fail by themselves."""
     seen, relayed, failed_at = 0, False, None
+    relay = Relay()
     while True:
         if stop.name and not relayed:
             collector.request_stop(stop.name)
             relayed = True
+        codes = [w.code() for w in workers]  # before the news: what a worker said before it ended is read below
         lines, _ = collector.news(seen, 0)
         for line in lines:
             print(line, file=out, flush=True)
         seen += len(lines)
-        codes = [w.code() for w in workers]
+        relay.poll(workers)
         if all(c is not None for c in codes):
             return
         if failed_at is None and any(c not in (None, 0) for c in codes):
