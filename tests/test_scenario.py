@@ -74,6 +74,11 @@ def test_each_scenario_shortened_writes_a_row_and_loadgens_logs(tmp_path, name, 
         assert float(row["images_per_sec"]) == pytest.approx(d["result_samples_per_second"], rel=1e-5)
         assert row["loadgen_latency_ms"] == "" and row["loadgen_queries"] == "1"
     assert row["test_accuracy"] == "" and row["accuracy_check"] == ""  # synthetic: speed only
+    # what the run needed and the machine's state during LoadGen's performance test (#26's columns)
+    assert float(row["peak_rss_mb"]) > 100 and float(row["cpu_share"]) > 0 and row["contended"] in ("true", "false")
+    assert "ended before" not in row["machine_notes"] and "GPU" in row["machine_notes"]
+    assert int(row["total_steps"]) >= int(row["loadgen_queries"])  # the samples the system answered
+    assert int(row["total_flops"]) == int(row["flops_per_image"]) * int(row["total_steps"])
 
 
 def test_server_above_what_the_machine_serves_is_invalid_with_loadgens_reason(tmp_path):

@@ -154,6 +154,11 @@ def peak_origin(cfg: RunConfig, facts: RunFacts):
     return f"measured: {dtype} matmuls, {facts.peak_measured_at or 'date unknown'} (best of {facts.peak_readings or '?'}{load})"
 
 
+def _images(cfg: RunConfig, measured: Measured):
+    """Images the run computed: a step is a batch, but a LoadGen run counts the samples its system answered."""
+    return measured.steps if measured.scenario_result is not None else measured.steps * cfg.batch_size
+
+
 def run_row(cfg: RunConfig, facts: RunFacts, measured: Measured):
     """The whole row of a run that set up: configuration, setup facts, and what the run measured."""
     timed = measured.timed
@@ -176,7 +181,7 @@ def run_row(cfg: RunConfig, facts: RunFacts, measured: Measured):
         "xla_scope": measured.xla_scope,
         "peak_scope": "one process",
         **loadgen.result_columns(measured.scenario_result),
-        "total_flops": flops_per_image(cfg) * cfg.batch_size * measured.steps,
+        "total_flops": flops_per_image(cfg) * _images(cfg, measured),
         "peak_origin": peak_origin(cfg, facts),
         **conditions.stability_columns(measured.windows, cfg.batch_size),
         **conditions.state_columns([(facts.host, "", measured.machine)]),

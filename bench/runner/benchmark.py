@@ -238,11 +238,14 @@ def _build(cfg, devices, source, run_id, command, started, out, hooks):
 
 def _build_scenario(cfg, devices, source, run_id, command, started, out):
     """(LoadGen's run of the same inference workload, the row's RunFacts): `bench.runner.scenario`."""
+    from bench.hardware import machine
+    from bench.hardware.devices import threads_in_effect
     from bench.runner import scenario
     from bench.training import trainers
 
     workload = trainers.build(cfg, devices, source, recipe.lr_schedule(cfg, recipe.train_steps(cfg)))
-    run = scenario.ScenarioRun(cfg, workload, source, run_id, out)
+    monitor = machine.for_run(devices, threads_in_effect()[0])
+    run = scenario.ScenarioRun(cfg, workload, source, run_id, out, monitor=monitor)
     return run, _facts(cfg, devices, source, workload, run_id, command, started)
 
 

@@ -26,6 +26,7 @@ difference fails the run. Logs: `<results folder>/loadgen/<run_id>/<performance|
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 import math
 import os
@@ -205,8 +206,11 @@ class ScenarioRun:
     crash; a signal sets `stop_requested`).
     """
 
-    def __init__(self, cfg, workload, source, run_id, out=sys.stdout):
+    def __init__(self, cfg, workload, source, run_id, out=sys.stdout, monitor=None):
         self.cfg, self.workload, self.out = cfg, workload, out
+        # the machine's state (bench.hardware.machine.MachineMonitor), read around the warm-up and LoadGen's
+        # tests as the controller reads it around windows: the performance test is the timed window
+        self.monitor = monitor
         self.log_root = os.path.join(os.path.dirname(os.path.abspath(cfg.results)), "loadgen", run_id)
         self.weights = workload.restore_weights(cfg.checkpoint_dir) if cfg.checkpoint_dir else "fresh (seed)"
         self.images, self.labels = data.test_arrays(source, cfg.seed)
@@ -233,17 +237,32 @@ class ScenarioRun:
         cfg = self.cfg
         self.sut = SystemUnderTest(self.workload.predict, self.images, max_batch(cfg))
         self.sut.stop_requested = self._stop
+        if self.monitor:
+            self.monitor.start()
         try:
-            expect = self.warm_up()
+            with self._window("warmup"):
+                expect = self.warm_up()
             self._record.update(compile_s=expect.compile_s, first_step_at=time.perf_counter())
             modes = ("performance", "accuracy") if cfg.loadgen_mode == "both" else (cfg.loadgen_mode,)
             for mode in modes:
                 if self._stop:
                     break
-                self._record[mode] = self.loadgen_test(mode, expect)
+                with self._window("timed" if mode == "performance" else "untimed"):
+                    self._record[mode] = self.loadgen_test(mode, expect)
         finally:
             self.sut.close()
         return self.measured()
+
+    @contextlib.contextmanager
+    def _window(self, kind):
+        """The monitor's readings just before and just after a stretch of work of `kind` (as a window's)."""
+        if self.monitor:
+            self.monitor.before(kind)
+        try:
+            yield
+        finally:
+            if self.monitor:
+                self.monitor.after(kind)
 
     def warm_up(self) -> Expectation:
         """Every bucket called `max(--warmup_steps, 2)` times: the first compiles; the median of the rest is
@@ -298,7 +317,7 @@ class ScenarioRun:
             lg.DestroySUT(sut)
         seconds = time.perf_counter() - started
         self.sut.raise_failure()
-        self.step += self.sut.completed
+        self.step = self.sut.completed  # samples answered by the system so far, over every test of the run
         return {"folder": folder, "seconds": seconds, "shortened": shortened}
 
     def measured(self, status=None, error=None) -> Measured:
@@ -365,6 +384,7 @@ class ScenarioRun:
             skipped_steps=None,
             xla_scope=self.workload.xla_scope,
             scenario_result=result,
+            machine=self.monitor.state() if self.monitor else None,
         )
 
     def _accuracy(self, folder):
