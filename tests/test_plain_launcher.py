@@ -2,16 +2,21 @@
 127.0.0.1, no Ray; the same worker code path (`bench.distributed.worker.run_worker`), the same row.
 
 Fast tests: the flag's checks, TF_CONFIG and the workers' environment, the collector kept in a file (the
-actor's rules, across processes), the failure line. End to end (`-m e2e`, each ~1 min on the 2-core VM):
-a 2-worker run whose loss is the 2-replica mirrored run's, Ctrl-C relayed to the workers, a worker that dies.
+actor's rules, across processes), the failure line, the workers' warnings relayed, the worker entry's own
+bad arguments. End to end (`-m e2e`, each ~1 min on the 2-core VM; ResNet-8, batch 16): bad input (one line,
+exit 2, nothing written, no worker started), a 2-worker run of a dozen steps whose loss is the 2-replica
+mirrored run's, Ctrl-C and SIGTERM relayed to the workers (the interrupted row, 130 / 143, no worker left
+running), a worker that dies.
 """
 
+import glob
 import io
 import json
 import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 
 import psutil
@@ -19,7 +24,7 @@ import pytest
 
 from bench.config import exits, setup_checks, validation
 from bench.config.options import ConfigError, RunConfig
-from bench.distributed import aggregate, plain
+from bench.distributed import aggregate, plain, plain_worker
 from bench.distributed.collector import Collector, FileCollector
 from bench.results import table
 from bench.runner import benchmark
@@ -103,6 +108,36 @@ def test_the_failure_line_names_each_failed_worker_dead_processes_first():
     assert plain.failure_line({0: 0, 1: 0}, {}) is None
 
 
+def test_the_workers_warnings_reach_the_drivers_stderr_once(tmp_path):
+    logs = [tmp_path / "worker-0.log", tmp_path / "worker-1.log"]
+    workers = [plain.Worker(rank, None, str(log)) for rank, log in enumerate(logs)]
+    err = io.StringIO()
+    relay = plain.Relay(err)
+    relay.poll(workers)  # no log yet: nothing, no error
+    logs[0].write_bytes(
+        b"2026-01-01 W tensorflow: noise\nwarning: the cache /c cannot be written (read-only)\nnote: par"
+    )
+    logs[1].write_bytes(b"warning: the cache /c cannot be written (read-only)\n")
+    relay.poll(workers)
+    with open(logs[0], "ab") as fh:  # the rest of a line written in two pieces
+        fh.write(b"tial line\nstep 2/12\n")
+    relay.poll(workers)
+    relay.poll(workers)
+    assert err.getvalue().splitlines() == [
+        "warning: worker 0: the cache /c cannot be written (read-only)",  # worker 1's same text is not repeated
+        "note: worker 0: partial line",
+    ]
+
+
+def test_the_worker_entry_refuses_arguments_that_are_not_a_runs(tmp_path, capsys):
+    (tmp_path / "run.json").write_text("{}")
+    for argv in ([], [str(tmp_path), "0"], [str(tmp_path / "none"), "0", "1"], [str(tmp_path), "zero", "1"]):
+        assert plain_worker.main(["plain_worker", *argv]) == 2
+        err = capsys.readouterr().err.splitlines()
+        assert len(err) == 1 and err[0].startswith("error: usage: python -m bench.distributed.plain_worker FOLDER")
+    assert plain_worker.arguments(["plain_worker", str(tmp_path), "1", "42"]) == (str(tmp_path), 1, 42)
+
+
 def test_the_row_names_its_launcher():
     report = {"rank": 0, "attempt": 1, "host": "vm", "row": {"run_id": "r", "status": "ok", "flops_per_image": 1}}
     row = aggregate.multi_worker_row(RunConfig(**MW), "cmd", {"starts": {0: 1}, "reports": {0: report}})
@@ -145,24 +180,50 @@ def plain_workers_of(pid):
     return [c for c in children if "bench.distributed.plain_worker" in " ".join(c.cmdline())]
 
 
+def still_running(processes, within_s=10.0):
+    """Those of `processes` still running (a zombie has ended) after waiting up to `within_s` for them."""
+    deadline = time.monotonic() + within_s
+    while True:
+        alive = []
+        for p in processes:
+            try:
+                if p.is_running() and p.status() != psutil.STATUS_ZOMBIE:
+                    alive.append(p)
+            except psutil.NoSuchProcess:
+                pass
+        if not alive or time.monotonic() > deadline:
+            return alive
+        time.sleep(0.2)
+
+
+def run_folders():
+    return set(glob.glob(os.path.join(tempfile.gettempdir(), "bench-tf-config-*")))
+
+
 @pytest.mark.e2e
 def test_bad_launcher_input_is_one_line_exit_2(tmp_path):
     path = tmp_path / "summary.csv"
+    folders = run_folders()
     for args, message in (
         (["--launcher=tf_config", "--data=synthetic", f"--results={path}"], "only with --strategy=multi_worker"),
+        (cli_args(path, "--launcher=slurm"), "--launcher='slurm' is not allowed; choose one of: ray, tf_config"),
         (cli_args(path, "--max_failures=1"), "--max_failures: Ray Train's"),
-        (cli_args(path, "--cpus_per_worker=8"), "this machine has"),
+        (cli_args(path, "--address=auto"), "--address: Ray Train's"),
+        (cli_args(path, "--workers=0"), "--workers"),
+        (cli_args(path, "--cpus_per_worker=8"), "this machine has"),  # known only to the launcher: still no worker
     ):
         proc = run_cli(args, timeout=300)
         lines = proc.stderr.strip().splitlines()
-        assert proc.returncode == 2 and len(lines) == 1 and message in lines[0], proc.stderr
-    assert not path.exists()
+        assert proc.returncode == 2 and len(lines) == 1 and lines[0].startswith("error:"), (args, proc.stderr)
+        assert message in lines[0] and "Traceback" not in proc.stderr, (args, proc.stderr)
+    assert os.listdir(tmp_path) == []  # no table, no systems/ or tracebacks/ beside it
+    assert run_folders() <= folders  # no worker was started (each run's folder is made before its workers)
 
 
 @pytest.mark.e2e
 def test_two_plain_workers_train_as_the_two_replica_mirrored_run(tmp_path):
     path = tmp_path / "summary.csv"
-    proc = run_cli(cli_args(path, "--steps=6", "--steps_per_loop=1", "--warmup_steps=1"))
+    proc = run_cli(cli_args(path, "--steps=12", "--steps_per_loop=1", "--warmup_steps=1"))
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     row = table.read_rows(str(path))[0]
     assert row["status"] == "ok" and row["launcher"] == "tf_config" and row["num_workers"] == "2"
@@ -178,7 +239,7 @@ def test_two_plain_workers_train_as_the_two_replica_mirrored_run(tmp_path):
             data="synthetic",
             n=1,
             batch_size=16,
-            steps=6,
+            steps=12,
             steps_per_loop=1,
             warmup_steps=1,
             results=str(tmp_path / "m.csv"),
@@ -190,33 +251,45 @@ def test_two_plain_workers_train_as_the_two_replica_mirrored_run(tmp_path):
 
 
 @pytest.mark.e2e
-def test_ctrl_c_reaches_the_workers_through_the_driver(tmp_path):
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_a_signal_reaches_the_workers_through_the_driver(sig, tmp_path):
+    """Ctrl-C (a terminal's SIGINT reaches the driver only: the workers have process groups of their own) or
+    SIGTERM: every worker stops after the same window, one interrupted row, 130 / 143, no worker left running.
+    Many steps are asked for so that the signal finds the run training (it stops after a few)."""
     path = tmp_path / "summary.csv"
     env = {**os.environ, "PYTHONPATH": ROOT}
     driver = subprocess.Popen(
-        [sys.executable, "-m", "bench.run", *cli_args(path, "--steps=2000", "--steps_per_loop=2")],
+        [sys.executable, "-m", "bench.run", *cli_args(path, "--steps=4000", "--steps_per_loop=2")],
         cwd=ROOT,
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
     )
+    folder = None
     try:
         for line in driver.stdout:  # the chief's first progress line: training has started in every worker
+            if line.startswith("workers: ") and "their output: " in line:
+                folder = os.path.dirname(line.split("their output: ")[1].strip())
             if line.startswith("step "):
                 break
         workers = plain_workers_of(driver.pid)
-        assert len(workers) == 2
-        driver.send_signal(signal.SIGINT)
+        assert len(workers) == 2 and folder
+        driver.send_signal(sig)
         out, err = driver.communicate(timeout=180)
     finally:
         if driver.poll() is None:
             driver.kill()
-    assert driver.returncode == exits.EXIT_SIGNAL["SIGINT"], err[-2000:]
+    assert driver.returncode == 128 + sig and "Traceback" not in err, err[-2000:]
+    assert f"{signal.Signals(sig).name}: stopping the workers after the current window" in err
     rows = table.read_rows(str(path))
     assert len(rows) == 1 and rows[0]["status"] == "interrupted" and rows[0]["launcher"] == "tf_config"
-    assert 0 < int(rows[0]["total_steps"]) < 2000
-    assert not any(w.is_running() and w.status() != psutil.STATUS_ZOMBIE for w in workers)
+    assert rows[0]["error"].startswith(f"stopped by {signal.Signals(sig).name} at step "), rows[0]["error"]
+    assert 0 < int(rows[0]["total_steps"]) < 4000
+    # no orphans: the workers have ended, nothing runs from the run's folder, which is removed (not a failure)
+    assert still_running(workers) == []
+    assert not [p.pid for p in psutil.process_iter(["cmdline"]) if folder in " ".join(p.info["cmdline"] or ())]
+    assert not os.path.exists(folder)
 
 
 @pytest.mark.e2e
