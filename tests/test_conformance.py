@@ -10,7 +10,9 @@ it something it must refuse, with the outcome the README promises.
 | SIGINT / SIGTERM          | exit 130 / 143; every run that started ends in its `interrupted` row              |
 | a closed stdout           | the rows are written and the exit status is what it would have been              |
 
-Adding a command to the project means adding it to COMMANDS (and to the cells that apply to it).
+Adding a command to the project means adding it to COMMANDS (and to the cells that apply to it). A new way
+for a run to start is a row of its own (`RUNS`: a LoadGen scenario, plain multi-worker processes), and a
+new output of a command is one of its cells (`bench.check`'s system description beside the table).
 End-to-end: each cell is a real process (`-m e2e`).
 """
 
@@ -30,6 +32,25 @@ pytestmark = pytest.mark.e2e
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ["--data=synthetic", "--n=1", "--batch_size=16", "--steps=12", "--warmup_steps=2"]
 LONG = ["--data=synthetic", "--n=1", "--batch_size=16", "--steps=4000", "--warmup_steps=2"]
+SCENARIO = ["--mode=inference", "--scenario=SingleStream", "--data=synthetic", "--n=1", "--warmup_steps=3"]
+PLAIN = ["--strategy=multi_worker", "--workers=2", "--launcher=tf_config"]
+# Every way `bench.run` starts a run: (tiny and valid, long enough to be signalled, the line that says it is
+# under way, how far an interrupted row got). A LoadGen run issues queries, not steps: its row has no step count.
+RUNS = {
+    "bench.run": (TINY, [*LONG, "--steps_per_loop=2"], "step ", lambda row: 0 < int(row["total_steps"]) < 4000),
+    "bench.run --scenario": (
+        [*SCENARIO, "--min_duration_s=0.5", "--min_query_count=100"],
+        [*SCENARIO, "--min_duration_s=300"],
+        "LoadGen SingleStream performance",
+        lambda row: row["scenario"] == "SingleStream" and row["loadgen_result"] == "",
+    ),
+    "bench.run --launcher tf_config": (
+        [*PLAIN, *TINY],
+        [*PLAIN, *LONG, "--steps_per_loop=2"],
+        "step ",
+        lambda row: row["launcher"] == "tf_config" and 0 < int(row["total_steps"]) < 4000,
+    ),
+}
 UNWRITABLE = "/proc/conformance/out"  # nothing can be created under /proc, not even by root
 
 
@@ -76,7 +97,7 @@ def run(module, *args, cache, timeout=600):
 def table_commands(results, other):
     """command -> argv that makes it read or write the table `results` (`other`: a second, valid table)."""
     return {
-        "bench.run": ("bench.run", *TINY, f"--results={results}"),
+        **{name: ("bench.run", *tiny, f"--results={results}") for name, (tiny, *_) in RUNS.items()},
         "sweeps.tune": ("sweeps.tune", *TINY, "--n=1", "--shortcut=B", "--block=preact", f"--results={results}"),
         "sweeps.compare (arms)": (
             "sweeps.compare",
@@ -96,7 +117,7 @@ def table_commands(results, other):
 def output_commands(folder, results):
     """command -> argv that makes it write into `folder` (which cannot be created)."""
     return {
-        "bench.run": ("bench.run", *TINY, f"--results={folder}/s.csv"),
+        **{name: ("bench.run", *tiny, f"--results={folder}/s.csv") for name, (tiny, *_) in RUNS.items()},
         "bench.check": ("bench.check", "--only=system_description", f"--results={folder}/s.csv"),
         "sweeps.tune": ("sweeps.tune", *TINY, "--shortcut=B", "--block=preact", f"--results={folder}/s.csv"),
         "sweeps.compare (arms)": (
@@ -113,7 +134,8 @@ def output_commands(folder, results):
 
 # every command of the project: the cells below cover each (a new command is added here and to its cells)
 COMMANDS = sorted(
-    set(table_commands("x", "y")) | {"bench.check", "bench.distributed.localcluster", "bench.hardware.peak"}
+    set(table_commands("x", "y"))
+    | {"bench.check", "bench.distributed.localcluster", "bench.hardware.peak", "bench.distributed.plain_worker"}
 )
 
 
@@ -177,9 +199,10 @@ def test_an_unwritable_output_is_refused(command, tmp_path, cache):
     assert folder_listing(tmp_path) == before
 
 
-def test_a_read_only_cache_is_a_warning_and_an_ok_row(tmp_path):
+@pytest.mark.parametrize("way", sorted(RUNS))
+def test_a_read_only_cache_is_a_warning_and_an_ok_row(way, tmp_path):
     results = tmp_path / "s.csv"
-    code, out, err = run("bench.run", *TINY, f"--results={results}", cache=UNWRITABLE)
+    code, out, err = run("bench.run", *RUNS[way][0], f"--results={results}", cache=UNWRITABLE)
     assert code == 0, err[-2000:]
     [row] = table.read_rows(str(results))
     assert row["status"] == "ok" and float(row["images_per_sec"]) > 0
@@ -204,15 +227,19 @@ def wait_for(proc, text, timeout=240):
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
-def test_a_signal_to_a_run_ends_in_its_interrupted_row(sig, tmp_path, cache):
+@pytest.mark.parametrize("way", sorted(RUNS))
+def test_a_signal_to_a_run_ends_in_its_interrupted_row(way, sig, tmp_path, cache):
+    _, long, under_way, got_somewhere = RUNS[way]
     results = tmp_path / "s.csv"
-    proc = start("bench.run", *LONG, "--steps_per_loop=2", f"--results={results}", cache=cache)
-    wait_for(proc, "step ")
+    proc = start("bench.run", *long, f"--results={results}", cache=cache)
+    wait_for(proc, under_way)
+    if way == "bench.run --scenario":
+        time.sleep(3)  # LoadGen is issuing queries
     proc.send_signal(sig)
     code, _, err = finish(proc)
-    assert code == 128 + sig, err[-2000:]
+    assert code == 128 + sig and "Traceback" not in err, err[-2000:]
     [row] = table.read_rows(str(results))
-    assert row["status"] == "interrupted" and 0 < int(row["total_steps"]) < 4000
+    assert row["status"] == "interrupted" and got_somewhere(row), row
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
@@ -267,12 +294,20 @@ def closed_stdout(module, *args, cache):
     return finish(proc)
 
 
-def test_a_closed_stdout_costs_a_run_nothing(tmp_path, cache):
+@pytest.mark.parametrize("way", sorted(RUNS))
+def test_a_closed_stdout_costs_a_run_nothing(way, tmp_path, cache):
     results = tmp_path / "s.csv"
-    code, _, err = closed_stdout("bench.run", *TINY, f"--results={results}", cache=cache)
+    code, _, err = closed_stdout("bench.run", *RUNS[way][0], f"--results={results}", cache=cache)
     assert code == 0 and "Traceback" not in err, err[-2000:]
     [row] = table.read_rows(str(results))
     assert row["status"] == "ok" and row["error"] == ""
+
+
+def test_a_closed_stdout_costs_the_system_description_nothing(tmp_path, cache):
+    results = tmp_path / "s.csv"
+    code, _, err = closed_stdout("bench.check", "--only=system_description", f"--results={results}", cache=cache)
+    assert code == 0 and "Traceback" not in err, err[-2000:]
+    assert len(os.listdir(tmp_path / "systems")) == 1
 
 
 def test_a_closed_stdout_costs_a_comparison_nothing(tmp_path, cache):
@@ -295,6 +330,7 @@ def test_a_closed_stdout_still_writes_the_report(tmp_path, cache):
 BAD_INPUT = {
     "bench.check": ("bench.check", "--only=no_such_check"),
     "bench.distributed.localcluster": ("bench.distributed.localcluster", "up", "--nodes=0"),
+    "bench.distributed.plain_worker": ("bench.distributed.plain_worker", "no-such-folder", "0", "1"),  # not by hand
     "bench.hardware.peak": ("bench.hardware.peak", "--no-such-flag"),
     "bench.results upgrade": ("bench.results", "downgrade", "x.csv"),
 }
