@@ -203,6 +203,13 @@ def bad_inputs(tmp):
             "run.json is not a run file of this harness",
         ),
         "results a FIFO": ([f"--results={fifo}"], "not a regular file"),
+        # issue #24: the MLPerf log's labels, the lr factor, the testing-only forced divergence
+        "lr_scale zero": (["--lr_scale=0"], "--lr_scale must be in (0, 100]"),
+        "lr_scale past the bound": (["--lr_scale=1000"], "--lr_scale must be in (0, 100]"),
+        "empty submission org": (["--submission_org="], "--submission_org must not be empty"),
+        "platform name of two lines": (["--submission_platform=a\tb"], "--submission_platform must be one printable"),
+        "diverge seeds not numbers": (["--diverge_seeds=one"], "--diverge_seeds takes SEED[,SEED...]"),
+        "diverge seeds in inference": (["--mode=inference", "--diverge_seeds=0"], "--loop=ctl --mode=train only"),
         "results a binary file": ([f"--results={binary}"], "is not a results table (not UTF-8 text"),
     }
 
