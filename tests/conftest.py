@@ -55,13 +55,15 @@ def pytest_configure(config):
 
 
 def pytest_collection_modifyitems(config, items):
-    """The long fuzz runs only when asked for (`-m fuzz`); the default suite runs a few hundred examples."""
-    if "fuzz" in (config.getoption("-m") or ""):
-        return
-    skip = pytest.mark.skip(reason="a long fuzz run: select it with -m fuzz")
-    for item in items:
-        if "fuzz" in item.keywords:
-            item.add_marker(skip)
+    """The long fuzz runs and the end-to-end runs only when asked for (`-m fuzz`, `-m e2e`); the default suite
+    runs a few hundred fuzz examples and the in-process tests."""
+    for marker, why in (("fuzz", "a long fuzz run"), ("e2e", "end to end (processes, Ray)")):
+        if marker in (config.getoption("-m") or ""):
+            continue
+        skip = pytest.mark.skip(reason=f"{why}: select it with -m {marker}")
+        for item in items:
+            if marker in item.keywords:
+                item.add_marker(skip)
 
 
 def pytest_benchmark_update_machine_info(config, machine_info):

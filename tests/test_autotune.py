@@ -119,7 +119,7 @@ def test_inference_probes_are_judged_by_median_latency():
 
 
 def test_the_row_says_how_its_settings_were_chosen():
-    assert table.SCHEMA[-1] == "tuned"
+    assert "tuned" in table.SCHEMA
     assert rows.config_row(RunConfig(), "failed")["tuned"] == "default"
     assert rows.config_row(RunConfig(tuned="K"), "failed")["tuned"] == "K"
 

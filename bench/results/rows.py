@@ -41,6 +41,7 @@ class RunFacts:
     peak_measured_at: str = ""  # when the measured peak's best reading was taken (UTC)
     peak_readings: int = None  # how many readings that best is over
     peak_load: float = None  # 1-minute load average per core during that reading
+    test_images: int = 0  # images in the test set (0: none, synthetic data)
 
 
 FACT_COLUMNS = (
@@ -107,6 +108,7 @@ def config_row(cfg: RunConfig, status, error="", run_id=None):
         "arm": cfg.arm,
         "sweep_position": cfg.sweep_position or None,
         "tuned": cfg.tuned or tuning.origin(cfg),
+        "lr_scale": cfg.lr_scale,
     }
 
 
@@ -125,11 +127,19 @@ class Measured:
     last_accuracy: float | None
     best_accuracy: float | None
     time_to_target_s: float | None
+    steps_to_target: int | None  # the global step of the evaluation that first reached the target
     skipped_steps: int | None  # mixed_float16 steps skipped by loss scaling (None: not counted)
     xla_scope: str
     windows: tuple = ()  # (steps, seconds) of the timed windows
     warmup: tuple = ()  # ... of the warm-up windows
     untimed: tuple = ()  # ... of windows left out on purpose (profiling)
+
+
+def to_target(steps, batch_size, train_images):
+    """The epochs and training images a run needed to reach its target (empty when it never did)."""
+    if steps is None:
+        return {"epochs_to_target": None, "samples_to_target": None}
+    return {"epochs_to_target": steps * batch_size / train_images, "samples_to_target": steps * batch_size}
 
 
 def run_row(cfg: RunConfig, facts: RunFacts, measured: Measured):
@@ -148,6 +158,7 @@ def run_row(cfg: RunConfig, facts: RunFacts, measured: Measured):
         "test_accuracy": measured.last_accuracy,
         "best_test_accuracy": measured.best_accuracy,
         "time_to_target_s": measured.time_to_target_s,
+        **to_target(measured.steps_to_target, cfg.batch_size, facts.train_images),
         "skipped_steps": measured.skipped_steps,
         "xla_scope": measured.xla_scope,
         "peak_scope": "one process",

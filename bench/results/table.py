@@ -104,6 +104,11 @@ SCHEMA = (
     "num_hosts",  # distinct hosts (machines) the workers of a multi-worker run's last attempt ran on
     "peak_scope",  # what peak_gflops covers: one process's devices, or a sum over workers and hosts
     "tuned",  # how the tunable settings were chosen: the --autotune cache key, default or flag
+    # MLPerf: the run's log, and convergence (bench/results/mlperf_log.py, scoring.py, convergence.py)
+    "epochs_to_target",  # epochs trained when the test accuracy first reached target_accuracy (empty: never)
+    "samples_to_target",  # ... the same in training images
+    "lr_scale",  # --lr_scale: the factor on the recipe's learning rates (1: the papers')
+    "mlperf_log",  # the run's MLPerf log (mlperf_logging.mllog), relative to this table's folder
 )
 
 STATUSES = ("ok", "diverged", "failed", "stopped", "interrupted")  # stopped: by ASHA; interrupted: Ctrl-C, SIGTERM

@@ -25,7 +25,7 @@ import time
 from bench.config import defaults, exits, options, recipe, setup_checks, validation
 from bench.config.identity import RunIdentity
 from bench.config.options import ConfigError, RunConfig
-from bench.results import rows, table
+from bench.results import mlperf_log, rows, table
 from bench.results.rows import Measured, RunFacts
 from bench.runner import autotune
 from bench.runner.loop import Controller, Plan, RunHooks
@@ -56,6 +56,7 @@ def run(cfg: RunConfig, command="", out=None, write_row=True, on_eval=None, hook
     if identity.finished:
         print(identity.finished_line(cfg), file=out)
         return Outcome("skipped", {}, exits.EXIT_OK)
+    log = mlperf_log.begin(cfg, identity.run_id, (hooks or RunHooks()).mlperf_log)  # init_start: the clock's rules
 
     try:
         with exits.on_signals(exits.raise_interrupted):  # until the controller can stop between windows
@@ -70,12 +71,12 @@ def run(cfg: RunConfig, command="", out=None, write_row=True, on_eval=None, hook
         raise
     except exits.Interrupted as stop:
         status, error, code = "interrupted", f"stopped by {stop.name} while setting up", exits.EXIT_SIGNAL[stop.name]
-        return _ended_in_setup(cfg, identity, command, out, write_row, status, error, code)
+        return _ended_in_setup(cfg, identity, command, out, write_row, status, error, code, log)
     except Exception as exc:  # noqa: BLE001 - any failure becomes the row's error
         error = exits.first_line(exc)
-        log = exits.save_traceback(exc, cfg.results, identity.run_id)
-        exits.error(f"run {identity.run_id} failed while setting up: {error} (traceback: {log})")
-        return _ended_in_setup(cfg, identity, command, out, write_row, "failed", error, exits.EXIT_FAILED)
+        trace = exits.save_traceback(exc, cfg.results, identity.run_id)
+        exits.error(f"run {identity.run_id} failed while setting up: {error} (traceback: {trace})")
+        return _ended_in_setup(cfg, identity, command, out, write_row, "failed", error, exits.EXIT_FAILED, log)
     if controller.step >= controller.plan.total_steps:  # killed after its last checkpoint, before its row
         print(
             f"the checkpoint in {cfg.checkpoint_dir} is at step {controller.step} of {controller.plan.total_steps}: "
@@ -85,7 +86,10 @@ def run(cfg: RunConfig, command="", out=None, write_row=True, on_eval=None, hook
             flush=True,
         )
         identity.save(finished=True)
+        log.discard()
         return Outcome("skipped", {}, exits.EXIT_OK)
+    log.configured(facts, controller.plan.total_steps, controller.plan.eval_every)
+    controller.observer = log or None  # the controller tells the log of the run's events, between windows
     if on_eval:
         controller.on_eval = lambda step, acc: on_eval(
             step, acc, rows.run_row(cfg, facts, controller.measured("stopped", "stopped by the sweep's scheduler"))
@@ -95,13 +99,14 @@ def run(cfg: RunConfig, command="", out=None, write_row=True, on_eval=None, hook
     stop = exits.StopRequest(on_request=lambda name: setattr(controller, "stop_requested", name))
     with exits.on_signals(stop):
         measured, code = _train(controller, cfg, identity.run_id)
+    log.stopped(measured, cfg.target_accuracy)  # run_stop: the clock of MLPerf's time-to-train stops here
 
     # ---- 6. the row --------------------------------------------------------------------------------------------
     late = exits.Deferred()
     with exits.on_signals(late):  # a signal now waits for the row: it is never lost to a late Ctrl-C or SIGTERM
         if measured.status != "interrupted":  # a stopped run's row comes first: no peak re-measurement (~20 s)
             facts = _checked_peak(cfg, devices, facts, measured, out)
-        row = rows.run_row(cfg, facts, measured)
+        row = log.finish(rows.run_row(cfg, facts, measured))  # the harness's measurements close the log
         where, code = _conclude(cfg, identity, row, write_row, code)
         print(rows.summary_text(row, where), file=out, flush=True)
     if late.name and code == exits.EXIT_OK:
@@ -194,6 +199,7 @@ def _build(cfg, devices, source, run_id, command, started, out, hooks):
         peak_measured_at=reading.measured_at,
         peak_readings=reading.readings,
         peak_load=reading.load,
+        test_images=source.test_images,
     )
     return controller, facts
 
@@ -277,9 +283,9 @@ def _checked_peak(cfg, devices, facts, measured, out):
     )
 
 
-def _ended_in_setup(cfg, identity, command, out, write_row, status, error, code):
+def _ended_in_setup(cfg, identity, command, out, write_row, status, error, code, log):
     """The row of a run that ended before training: what the configuration says, and why."""
-    row = {**rows.config_row(cfg, status, error, run_id=identity.run_id), "command": command}
+    row = log.ended_in_setup({**rows.config_row(cfg, status, error, run_id=identity.run_id), "command": command})
     where, code = _conclude(cfg, identity, row, write_row, code)
     print(
         f"status  {status} ({error}); row in {where}" if write_row else f"status  {status} ({error})",

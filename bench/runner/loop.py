@@ -32,6 +32,27 @@ class RunHooks:
     checkpoint_manager: Callable | None = None  # (tf.train.Checkpoint, strategy) -> manager
     on_step: Callable | None = None  # on_step(step) after each window; a returned reason stops the run
     extra_marks: tuple = ()  # more steps a window must end at
+    mlperf_log: bool = True  # this process writes the run's MLPerf log (a multi-worker run: the chief only)
+
+
+class RunObserver(Protocol):
+    """What the controller tells an observer of the run (the MLPerf log, `bench.results.mlperf_log`).
+
+    Plain values, called between windows (never between a window's clock start and its sync), so an
+    observer cannot disturb what is timed; it is told, it decides nothing.
+    """
+
+    def started(self, step: int) -> None:
+        """Training begins (or resumes, from a checkpoint) at `step`."""
+
+    def window_begins(self, step: int) -> None:
+        """A training window starting after `step` is about to run (its clock has not started)."""
+
+    def evaluation_begins(self, step: int) -> None:
+        """The test set is about to be evaluated after `step`."""
+
+    def evaluated(self, step: int, accuracy: float, images: int) -> None:
+        """The test accuracy after `step`, over `images` test images."""
 
 
 class Workload(Protocol):
@@ -108,6 +129,7 @@ class Progress:
     train_seconds: float = 0.0  # training seconds of earlier processes
     best_accuracy: float = -1.0
     time_to_target: float = -1.0
+    target_step: int = -1  # the global step of the evaluation that first reached the target (-1: not yet)
 
 
 class Controller:
@@ -127,6 +149,7 @@ class Controller:
         on_eval=None,
         progress=None,
         on_step=None,
+        observer: RunObserver | None = None,
         clock=time.perf_counter,
     ):
         self.plan, self.workload, self.batch_size = plan, workload, batch_size
@@ -136,6 +159,7 @@ class Controller:
         # on_step(step) after each window (a multi-worker worker: fault injection, the driver's stop
         # request); a truthy return is a stop reason ("SIGINT"), as if a signal had come here
         self.on_step = on_step
+        self.observer = observer  # told of the run's events between windows (the MLPerf log)
         self.progress = progress or Progress()
         self.chrono = Chrono()
         self.clock = clock
@@ -158,6 +182,8 @@ class Controller:
         if self.step:
             print(f"resumed from step {self.step} of {self.plan.total_steps}", file=self.out, flush=True)
         self._skipped_seen = self.workload.skipped_steps()  # a resumed run restored its count
+        if self.observer:
+            self.observer.started(self.step)
         if self.workload.drives_own_loop:  # Keras fit: the workload calls back (see the module docstring)
             self.workload.drive(self)
         else:
@@ -191,6 +217,7 @@ class Controller:
             last_accuracy=self.last_accuracy,
             best_accuracy=progress.best_accuracy if progress.best_accuracy >= 0 else None,
             time_to_target_s=progress.time_to_target if progress.time_to_target >= 0 else None,
+            steps_to_target=progress.target_step if progress.target_step >= 0 else None,
             skipped_steps=self.workload.skipped_steps(),
             xla_scope=self.workload.xla_scope,
             windows=tuple(chrono.windows),
@@ -234,6 +261,8 @@ class Controller:
 
     def begin_window(self, window: Window):
         """Open a window (for trainers that are called back, such as Keras fit)."""
+        if self.observer:
+            self.observer.window_begins(window.start)
         if self._profile_starts(window.start) and self.profiler:
             self.profiler.start()
             self._profiling = True
@@ -297,7 +326,11 @@ class Controller:
 
     def evaluate(self):
         """Test accuracy now; True when the target accuracy is reached for the first time."""
+        if self.observer:
+            self.observer.evaluation_begins(self.step)
         accuracy, loss, count = self.workload.evaluate()
+        if self.observer:
+            self.observer.evaluated(self.step, accuracy, count)
         self.last_accuracy = accuracy
         self.progress.best_accuracy = max(self.progress.best_accuracy, accuracy)
         self.display.message(
@@ -310,6 +343,7 @@ class Controller:
         target = self.target_accuracy
         if target is not None and accuracy >= target and self.progress.time_to_target < 0:
             self.progress.time_to_target = self.train_seconds()
+            self.progress.target_step = self.step
             self.display.message(f"target accuracy {target} reached after {self.train_seconds():.1f} s of training")
             return True
         return False
