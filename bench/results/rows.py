@@ -7,6 +7,7 @@ any TensorFlow ran.
 from __future__ import annotations
 
 import dataclasses
+import os
 
 from bench.config import identity, tuning
 from bench.config.options import RunConfig
@@ -208,6 +209,8 @@ def summary_text(row, results_path):
         ("test accuracy", f"{fmt('test_accuracy', '.4f')} (best {fmt('best_test_accuracy', '.4f')}, "
                           f"data {fmt('data')})"),
         ("results", f"{results_path} (run {row['run_id']})"),
+        *([("MLPerf log", os.path.join(os.path.dirname(results_path), row["mlperf_log"]))]
+          if row.get("mlperf_log") else []),
     ]
     width = max(len(k) for k, _ in lines)
     return "\n".join(f"{k:<{width}}  {v}" for k, v in lines)
