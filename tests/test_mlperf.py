@@ -87,7 +87,7 @@ def test_a_default_run_names_its_log_and_the_checker_accepts_it(tmp_path):
     assert one(log, "seed")[0] == 0 and one(log, "global_batch_size")[0] == 16
     assert one(log, "submission_org")[0] == "unaffiliated" and one(log, "submission_platform")[0].startswith("1xCPU")
     assert one(log, "opt_base_learning_rate")[0] == pytest.approx(0.1 * 16 / 128)
-    assert one(log, "harness_images_per_sec")[0] == pytest.approx(float(row["images_per_sec"]), rel=1e-6)
+    assert one(log, "harness_images_per_sec")[0] == pytest.approx(float(row["images_per_sec"]), rel=1e-5)  # 6 digits
 
 
 def test_a_run_to_its_target_logs_the_epochs_mlperf_reads_and_the_row_has_them(target_run):
@@ -227,7 +227,7 @@ def test_a_log_that_cannot_be_created_is_one_warning_and_the_run_goes_on(tmp_pat
 def test_the_checkers_command_line_accepts_a_log_and_rejects_one_without_run_stop(target_run, tmp_path):
     _, log, _ = target_run
     ruleset = subprocess.run(
-        [sys.executable, "-m", "bench.results.mlperf_log"], cwd=ROOT, capture_output=True, text=True, check=True
+        [sys.executable, "-m", "bench.results", "ruleset"], cwd=ROOT, capture_output=True, text=True, check=True
     ).stdout.strip()
     assert ruleset == mlperf_log.ruleset_path() and os.path.isfile(ruleset)
 

@@ -1,6 +1,6 @@
 """The run's MLPerf log: one file per run, `mlperf_logging.mllog` events that MLPerf's own checker can read.
 
-    python -m mlperf_logging.compliance_checker --config $(python -m bench.results.mlperf_log) results/mlperf/<run_id>.log
+    python -m mlperf_logging.compliance_checker --config $(python -m bench.results ruleset) results/mlperf/<run_id>.log
 
 Written by the process that owns the run (rank 0 of a multi-worker run) as the run goes, into
 `<the results table's folder>/mlperf/<run_id>.log`; the row's `mlperf_log` column names it. The
@@ -14,7 +14,7 @@ status, e.g. `interrupted`, beside it). After `run_stop`, the harness's measurem
 
 `MLPerfLog` is a `bench.runner.loop.RunObserver`: the controller tells it of the run's events
 between windows; it never runs inside a timed window. The ruleset the project ships,
-`mlperf_rules/cifar_resnet.yaml` (package data), is MLPerf's common training rules plus what this
+`mlperf_rules/cifar_resnet.yaml` (package data; `python -m bench.results ruleset` prints its path), is MLPerf's common training rules plus what this
 benchmark must log; `ruleset_path()` finds it. No TensorFlow here.
 """
 
@@ -310,7 +310,3 @@ def begin(cfg: RunConfig, run_id, enabled=True):
 def _root():
     """The project's folder: trimmed from the file names mllog records for each event."""
     return os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-
-if __name__ == "__main__":  # `python -m bench.results.mlperf_log`: where the ruleset is
-    print(ruleset_path(), file=sys.stdout)
