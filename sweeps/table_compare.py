@@ -17,7 +17,7 @@ import os
 import numpy as np
 
 from bench.config import exits
-from bench.results import convergence, stats
+from bench.results import convergence, scoring, stats
 from sweeps import files, report
 
 NOT_MATCHED = ("sweep",)  # a name, not a measurement
@@ -47,7 +47,8 @@ def _rates(df, columns):
 
 
 def _to_target(df, columns):
-    """{key: (epochs, times, images/sec)} of configurations run to a target (epochs/times None: never reached)."""
+    """{key: (epochs, times, images/sec, seeds)} of configurations run to a target (epochs/times None: never
+    reached)."""
     groups = {}
     for key, g in df.groupby(columns, sort=True, dropna=False):
         parts = dict(zip(columns, key))
@@ -56,15 +57,22 @@ def _to_target(df, columns):
         ok = g["status"] == "ok"
         epochs = [float(e) if o and e not in ("", None) else None for e, o in zip(g["epochs_to_target"], ok)]
         times = [float(t) if o and t not in ("", None) else None for t, o in zip(g["time_to_target_s"], ok)]
-        groups[tuple(key)] = (epochs, times, [float(x) for x in g.loc[ok, "images_per_sec"].dropna()])
+        ips = [float(x) for x in g.loc[ok, "images_per_sec"].dropna()]
+        groups[tuple(key)] = (epochs, times, ips, list(g["seed"]))
     return groups
 
 
 def convergence_text(base, new):
-    """The convergence guard of `new` against `base` (each (epochs, times, images/sec)), in one cell."""
+    """Each side's MLPerf score of time-to-target, and the convergence guard of `new` against `base` (each
+    (epochs, times, images/sec, seeds)), in one cell."""
+    scores = []
+    for name, side in (("base", base), ("new", new)):
+        score = scoring.olympic(side[1], side[3])
+        value = f"{score.value:.1f} s" if score.value is not None else "no score"
+        scores.append(f"{name} {value} ({score.verdict}: {score.note})")
     guard = convergence.guard(base[0], new[0])
     speed = convergence.speedup(base[2], new[2], base[1], new[1])
-    return f"{guard.text(('base', 'new'))}; {speed.text()}"
+    return f"time to target, MLPerf score: {'; '.join(scores)}. {guard.text(('base', 'new'))}; {speed.text()}"
 
 
 def flag(est, band_pct, fail_pct=None):
@@ -175,9 +183,10 @@ def markdown(matches, only_base, only_new, columns, base_path, new_path, band_pc
     if targets:
         lines += [
             "",
-            "Convergence, for configurations run to a target accuracy: epochs to the target, new against base "
-            f"(flagged when new needs more: one-sided Welch t, level {convergence.ALPHA:g}), and the speed-up "
-            "per step and to the target.",
+            "Configurations run to a target accuracy: each table's MLPerf score of time-to-target (olympic mean "
+            f"of {scoring.RUNS_PER_RESULT} runs; see summary.md), epochs to the target, new against base (flagged "
+            f"when new needs more: one-sided Welch t, level {convergence.ALPHA:g}), and the speed-up per step and "
+            "to the target.",
             "",
             "| configuration | convergence |",
             "|---|---|",

@@ -263,8 +263,9 @@ def test_the_table_comparison_flags_a_new_table_that_needs_more_epochs(tmp_path)
         "new needs more epochs to the target" in m.convergence
         and "faster per step, slower to the target" in m.convergence
     )
+    assert "base 11.0 s (provisional" in m.convergence and "new 13.0 s (provisional" in m.convergence
     md = table_compare.markdown(matches, [], [], columns, "base.csv", "new.csv", 5.0, {})
-    assert "Convergence, for configurations run to a target accuracy" in md
+    assert "Configurations run to a target accuracy: each table's MLPerf score" in md
 
 
 def _run(pair, arm, ips, epochs, time):
