@@ -31,10 +31,11 @@ from bench.hardware import devices
 from resnet import spec
 
 # TensorFlow first, through the device setup's import (it makes the oneDNN choice, fixed at TensorFlow's
-# import); the self-check's modules import TensorFlow themselves.
-devices.import_tensorflow()
-from bench.selfcheck.checks import CHECKS, MEASURES_AS_RUN  # noqa: E402
-from bench.selfcheck.env import FAIL_PREFIX, Result, header, setup  # noqa: E402
+# import); the self-check's modules import TensorFlow themselves. A Ctrl-C during these seconds is one line.
+with exits.leave_on_signals("the self-check"):
+    devices.import_tensorflow()
+    from bench.selfcheck.checks import CHECKS, MEASURES_AS_RUN  # noqa: E402
+    from bench.selfcheck.env import FAIL_PREFIX, Result, header, setup  # noqa: E402
 
 # -- running and printing --------------------------------------------------------
 

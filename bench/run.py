@@ -10,10 +10,15 @@ Whatever goes wrong is one line on stderr; a traceback goes to a file that line 
 
 from __future__ import annotations
 
-from absl import app, flags
+from bench.config import exits
 
-from bench import launch
-from bench.config import cli, exits, options
+# The modules below take a second or two to import: a Ctrl-C then is one line and 130, not a traceback.
+with exits.leave_on_signals("the run"):
+    from absl import app, flags
+
+    from bench import launch
+    from bench.config import cli, options
+    from bench.runner import processes
 
 FLAGS = flags.FLAGS
 cli.define_run_flags(FLAGS)
@@ -31,6 +36,7 @@ def main(argv):
 
 
 def entry():
+    processes.follow_parent()  # a child of another command (sweeps.compare, --autotune) ends with its parent
     app.run(
         lambda argv: exits.command(main, argv, what="the run", stopped="nothing written"),
         flags_parser=lambda argv: cli.parse_flags(argv, usage),

@@ -11,8 +11,10 @@ pairs that would likely settle it. Test accuracy compares the same way when both
 Two tables: every configuration of both (matched as sweeps.report groups rows), the ratio new/base of
 images/sec with its interval over the repeats, into compare.md and plots/compare.png.
 Exit status: 0 done; 1 a run failed, or B slower than --fail_if_slower allows (a regression beyond
---fail_on_regression); 2 bad input (one line on stderr, nothing run or written); 130 / 143 stopped by
-Ctrl-C / SIGTERM (the rows written so far stay in the table).
+--fail_on_regression, or a configuration with no ok run on a side); 2 bad input (one line on stderr,
+nothing run or written: both arms are checked before either runs); 130 / 143 stopped by Ctrl-C /
+SIGTERM (the running bench.run is told, finishes its window and writes its `interrupted` row, which
+the comparison waits for; the rows written so far stay in the table).
 """
 
 from __future__ import annotations
@@ -28,22 +30,12 @@ from absl import app, flags
 from bench.config import cli, exits, options, validation
 from bench.config.options import ConfigError
 from bench.results import convergence, stats, table
-from bench.runner import processes
+from bench.runner import benchmark, processes
 from sweeps import table_compare
 
-COMPARE_FLAGS = (
-    "a",
-    "b",
-    "pairs",
-    "band",
-    "accuracy_band",
-    "fail_if_slower",
-    "base",
-    "new",
-    "vary",
-    "out_dir",
-    "fail_on_regression",
-)
+ARM_FLAGS = ("a", "b", "pairs", "accuracy_band", "fail_if_slower")  # and every bench.run flag: a run comparison
+TABLE_FLAGS = ("base", "new", "vary", "out_dir", "fail_on_regression")  # table against table
+COMPARE_FLAGS = ARM_FLAGS[:2] + ("pairs", "band") + ARM_FLAGS[3:] + TABLE_FLAGS
 FLAGS = flags.FLAGS
 
 
@@ -51,7 +43,10 @@ def define_flags(fv=flags.FLAGS):
     """The flags of sweeps.compare (defined when run as a command, so importing it defines none)."""
     cli.define_run_flags(fv)  # flags common to both arms: any bench.run flag
     flags.DEFINE_string(
-        "a", None, 'bench.run flags of arm A, in one string (e.g. --a="--precision fp32").', flag_values=fv
+        "a",
+        None,
+        'bench.run flags of arm A, in one string (e.g. --a="--precision fp32"; --a="" is the defaults).',
+        flag_values=fv,
     )
     flags.DEFINE_string(
         "b", None, "bench.run flags of arm B (its ratio to A is reported: B/A > 1 is B faster).", flag_values=fv
@@ -111,14 +106,22 @@ def common_args(values=FLAGS):
 
 
 def arm_config(common, text):
-    """The validated RunConfig of one arm: the common flags, then the arm's own (which win)."""
+    """(the checked RunConfig of one arm, its own flags): the common flags, then the arm's own (which win),
+    parsed as bench.run parses them and checked as it checks them before a run (`benchmark.check`)."""
     values = flags.FlagValues()
     cli.define_run_flags(values)
     arm = shlex.split(text)
-    rest = values(["bench.run", *common, *arm])
-    if len(rest) > 1:
-        raise ValueError(f"unexpected arguments {' '.join(rest[1:])!r} (flags only)")
-    return validation.validate(cli.config_from_flags(values)), arm
+    cli.parse_argv(["bench.run", *common, *arm], values)
+    return benchmark.check(cli.config_from_flags(values)), arm
+
+
+def arm_texts(values=FLAGS):
+    """(--a, --b) as given: None where not given, "" for an arm of the defaults."""
+    return tuple(values[name].value or "" if values[name].present else None for name in ("a", "b"))
+
+
+def given(values, names):
+    return [f"--{name}" for name in names if values[name].present]
 
 
 def comparison_id():
@@ -134,12 +137,16 @@ def process_runner(common, arms, comparison, results_path, seeds=None):
 
     def run(pair, arm, position):
         seed = [f"--seed={seeds[arm] + pair - 1}"] if arm in seeds else []
-        done = processes.run_bench(
-            [*common, *arms[arm], *seed, f"--comparison={comparison}", f"--arm={arm}"], results_path
-        )
+        try:
+            done = processes.run_bench(
+                [*common, *arms[arm], *seed, f"--comparison={comparison}", f"--arm={arm}"], results_path
+            )
+        except processes.Stopped as stop:  # relayed to the run, which has ended: say where its row is
+            print(stopped_line(pair, arm, stop), flush=True)
+            raise
         rows = [r for r in done.rows if r["comparison"] == comparison and r["arm"] == arm]
         if done.returncode == exits.EXIT_BAD_INPUT and not rows:
-            raise BadArm(arm, done.last_line())
+            raise BadArm(arm, done.error_line())
         if not rows:
             return stats.Run(pair, arm, position, "failed", error=f"exit {done.returncode}: {done.last_line()}")
         row = rows[-1]
@@ -170,6 +177,18 @@ class BadArm(ConfigError):
 # What is printed
 
 
+def stopped_line(pair, arm, stop):
+    done = stop.finished
+    if done is None:
+        return f"pair {pair} {arm}: stopped by {stop.name} before its run started"
+    if not done.rows:
+        return (
+            f"pair {pair} {arm}: stopped by {stop.name}; it wrote no row (exit {done.returncode}: {done.last_line()})"
+        )
+    row = done.rows[-1]
+    return f"pair {pair} {arm}: stopped by {stop.name}; its {row['status']} row is in {done.where}"
+
+
 def progress_line(run, done, total):
     what = f"{run.images_per_sec:.1f} img/s" if run.status == "ok" and run.images_per_sec else run.status
     accuracy = f", accuracy {run.test_accuracy:.4f}" if run.test_accuracy is not None else ""
@@ -182,18 +201,26 @@ def progress_line(run, done, total):
 def speed_text(est, band_pct):
     """The ratio line and the verdict line of images/sec B/A."""
     ratio, low, high = (math.exp(x) for x in (est.effect, est.low, est.high))
+    v = stats.verdict(est, *stats.speed_band(band_pct))
+    if no_spread(est):  # a zero-width "interval" is no interval: say what the pairs showed, and that alone
+        line = f"images/sec B/A: {ratio:.3f}x in each of the {est.n} pairs (no spread between them: no interval)"
+        if v.kind == "same":
+            return line, "A and B gave the same images/sec in every pair (no spread: no interval to judge by)"
+        return line, (
+            f"B was {'faster' if ratio > 1 else 'slower'} than A by {abs(ratio - 1):.1%} in every pair "
+            f"(no spread: no interval to judge by)"
+        )
     ratio_line = (
         f"images/sec B/A: {ratio:.3f}x (95% CI {low:.3f}-{high:.3f}x; t over the log ratios of "
         f"{est.n} pairs; median pair {math.exp(est.median):.3f}x)"
     )
-    v = stats.verdict(est, *stats.speed_band(band_pct))
     if v.kind == "higher":
         text = f"B is faster than A by {ratio - 1:.1%} (the 95% CI excludes 1)"
     elif v.kind == "lower":
         text = f"B is slower than A by {1 - ratio:.1%} (the 95% CI excludes 1)"
     elif v.kind == "same":
         text = (
-            f"no difference larger than ±{math.expm1(v.bound):.1%} (the whole 95% CI lies inside the "
+            f"no difference larger than ±{stats.ratio_bound(est):.1%} (the whole 95% CI lies inside the "
             f"±{band_pct:g}% band)"
         )
     else:
@@ -201,15 +228,27 @@ def speed_text(est, band_pct):
     return ratio_line, text
 
 
+def no_spread(est):
+    """Every pair gave the same effect: Student's t then makes an interval of width zero, which claims a
+    certainty no benchmark has (identical numbers in every pair say more about the runs than the arms)."""
+    return est.high - est.low == 0
+
+
 def accuracy_text(est, band_pp):
     """The difference line and the verdict line of test accuracy B - A (percentage points)."""
     pp = lambda x: f"{100 * x:+.2f}"  # noqa: E731
-    line = f"test accuracy B-A: {pp(est.effect)} pp (95% CI {pp(est.low)} to {pp(est.high)} pp; {est.n} pairs)"
     v = stats.verdict(est, -band_pp / 100, band_pp / 100)
+    if no_spread(est):
+        line = f"test accuracy B-A: {pp(est.effect)} pp in each of the {est.n} pairs (no spread: no interval)"
+        if est.effect == 0:
+            return line, "A and B reached the same test accuracy in every pair (no spread: no interval to judge by)"
+        more = "more" if est.effect > 0 else "less"
+        return line, f"B was {more} accurate by {abs(100 * est.effect):.2f} pp in every pair (no spread: no interval)"
+    line = f"test accuracy B-A: {pp(est.effect)} pp (95% CI {pp(est.low)} to {pp(est.high)} pp; {est.n} pairs)"
     text = {
         "higher": "B is more accurate (the 95% CI excludes 0)",
         "lower": "B is less accurate (the 95% CI excludes 0)",
-        "same": f"no difference larger than ±{100 * v.bound:.2f} pp (inside the ±{band_pp:g} pp band)",
+        "same": f"no difference larger than ±{100 * max(-est.low, est.high, 0.0):.2f} pp (inside the ±{band_pp:g} pp band)",
     }.get(v.kind) or f"inconclusive at ±{band_pp:g} pp; " + _more(v, est)
     return line, text
 
@@ -274,21 +313,38 @@ def report_lines(runs, band_pct, accuracy_band, target=None):
 
 
 def run_arms(values=FLAGS):
-    """Validate, run the pairs, print; return the exit status. Bad input (an arm bench.run refuses
-    included) raises ConfigError."""
-    validation.check_comparison(values.pairs, values.band, values.fail_if_slower, arms=(values.a or "", values.b or ""))
+    """Check both arms, run the pairs, print; return the exit status. Bad input (an arm bench.run would
+    refuse, found before either runs, or refused by bench.run later all the same) raises ConfigError."""
+    texts = arm_texts(values)
+    validation.check_comparison(
+        values.pairs,
+        values.band,
+        values.fail_if_slower,
+        arms=texts,
+        accuracy_band=values.accuracy_band,
+        max_pairs=stats.MAX_PAIRS,
+        other_mode=given(values, TABLE_FLAGS[2:]),
+    )
     common = common_args(values)
-    cfgs, arms = {}, {}
-    for name, text in (("A", values.a), ("B", values.b)):
+    cfgs, arms, runs_as = {}, {}, {}
+    for name, text in zip("AB", texts):
         try:
             cfgs[name], arms[name] = arm_config(common, text)
-        except (flags.Error, ValueError) as err:  # ConfigError is a ValueError: one line either way
+        except table.ResultsError:  # the table is common to both arms: its own line, whole
+            raise
+        except ValueError as err:  # ConfigError is a ValueError, as is an unbalanced quote: one line either way
             raise ConfigError(f"--{name.lower()}={text!r}: {err}") from None
-    validation.check_arms(cfgs["A"], cfgs["B"], values.a, values.b)
+    validation.check_arms(cfgs["A"], cfgs["B"])
+    for name, text in zip("AB", texts):  # what only the devices tell, as far as it is known before a run starts
+        try:
+            runs_as[name] = benchmark.expected_setup(cfgs[name])
+        except ConfigError as err:
+            raise ConfigError(f"--{name.lower()}={text!r}: {err}") from None
+    validation.check_arms_differ(runs_as["A"], runs_as["B"], *texts)
     comparison = values.comparison or comparison_id()
     results_path = os.path.abspath(cfgs["A"].results)
     print(
-        f"comparison {comparison}: A = {values.a!r}, B = {values.b!r}, {values.pairs} pairs in ABBA order; "
+        f"comparison {comparison}: A = {texts[0]!r}, B = {texts[1]!r}, {values.pairs} pairs in ABBA order; "
         f"common flags: {shlex.join(common) or '(none)'}; rows in {results_path}",
         flush=True,
     )
@@ -315,22 +371,24 @@ def usage():
     return cli.usage_text(__doc__, list(COMPARE_FLAGS) + [f.name for f in options.flag_fields()])
 
 
-def main(argv):
+def main(argv, values=FLAGS):
     """The command; bad input raises ConfigError (a table that is not a results table: ResultsError, one too)."""
     del argv  # cli.parse_flags refused stray arguments
-    if FLAGS.base or FLAGS.new:
+    if values.base or values.new:
         validation.check_comparison(
-            band_pct=FLAGS.band,
-            fail_pct=FLAGS.fail_on_regression,
-            base=FLAGS.base,
-            new=FLAGS.new,
-            arms=(FLAGS.a or "", FLAGS.b or ""),
-            unknown_vary=[c for c in FLAGS.vary if c not in table_compare.match_columns()],
+            band_pct=values.band,
+            fail_pct=values.fail_on_regression,
+            base=values.base,
+            new=values.new,
+            arms=arm_texts(values),
+            unknown_vary=[c for c in values.vary if c not in table_compare.match_columns()],
+            other_mode=given(values, ARM_FLAGS[2:]) + given(values, [f.name for f in options.flag_fields()]),
+            out_files=table_compare.output_paths(table_compare.out_dir(values)) if values.new else (),
         )
-        for path in (FLAGS.base, FLAGS.new):
+        for path in (values.base, values.new):
             table.check_header(path)  # another file's header: ResultsError
-        return table_compare.run(FLAGS)
-    return run_arms(FLAGS)
+        return table_compare.run(values)
+    return run_arms(values)
 
 
 def entry():

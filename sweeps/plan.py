@@ -57,9 +57,10 @@ def cached_peak_gflops(precision):
 
     dtype = spec.COMPUTE_DTYPE.get(spec.canonical_precision(precision), "float32")
     found = [
-        v["gflops"] if isinstance(v, dict) else v for k, v in peak.read_cache().items() if dtype in k.split("|")[1:]
+        v.get("gflops") if isinstance(v, dict) else v for k, v in peak.read_cache().items() if dtype in k.split("|")[1:]
     ]  # device|tf version|[onednn|][intraN|]dtype|...
-    return max(found) if found else None
+    found = [x for x in found if isinstance(x, (int, float)) and not isinstance(x, bool) and x > 0]  # a cache's
+    return max(found) if found else None  # malformed entries (bench.config.caches) are no reading
 
 
 def rate_for(precision, history):

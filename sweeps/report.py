@@ -92,6 +92,7 @@ def load(path, sweep=None, data=None, device=None):
     df["lr_scale"] = df["lr_scale"].replace("", "1.0")  # rows from before --lr_scale ran the papers' lr
     # The step budget: the steps trained, unless a target accuracy ended runs at different steps.
     df["budget"] = df["total_steps"].where(df["target_accuracy"] == "", "to " + df["target_accuracy"])
+    df = with_setup_rows_placed(df)
     if sweep:
         df = df[df["sweep"] == sweep]
     if data:
@@ -100,6 +101,33 @@ def load(path, sweep=None, data=None, device=None):
         df = df[df["device"].str.contains(device, regex=False)]
     for col in ("depth", "images_per_sec", "test_accuracy", "mfu", "num_replicas", "global_batch_size"):
         df[col] = pd.to_numeric(df[col], errors="coerce")
+    return df
+
+
+def with_setup_rows_placed(df):
+    """`df` with each row of a run that ended while setting up given the configuration it belongs to.
+
+    Such a row (failed or interrupted before the devices were set up; no `device`) has the columns the
+    configuration gives and none of those the setup finds (device, replicas, BN kernel, oneDNN, TensorFlow
+    version, steps...). Its empty columns are filled from the one configuration of rows that did set up and
+    agree with every column it has (the sweep's name included), so it is counted there as not ok, not shown as
+    a configuration of its own ("default × ?"). When no configuration, or more than one (two devices ran it),
+    fits, it is left as it is: which one it was is not guessed.
+    """
+    columns = [c for c in CONFIG_COLUMNS + SETUP_COLUMNS if c in df.columns]
+    in_setup = (df["device"] == "") & (df["status"] != "ok")
+    if not in_setup.any() or in_setup.all():
+        return df
+    configurations = df.loc[~in_setup, columns].drop_duplicates()
+    df = df.copy()
+    for i in df.index[in_setup]:
+        row = df.loc[i, columns]
+        known = [c for c in columns if c == "sweep" or row[c] != ""]
+        fits = configurations[(configurations[known] == row[known]).all(axis=1)]
+        if len(fits) == 1:
+            for c in columns:
+                if row[c] == "":
+                    df.at[i, c] = fits.iloc[0][c]
     return df
 
 

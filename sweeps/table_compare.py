@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import sys
 
 import numpy as np
 
@@ -86,7 +87,7 @@ def flag(est, band_pct, fail_pct=None):
     if v.kind == "higher":
         return "improvement"
     if v.kind == "same":
-        return f"no change (within ±{math.expm1(v.bound):.1%})"
+        return f"no change (within ±{stats.ratio_bound(est):.1%})"
     more = f"~{v.pairs_needed} runs each would settle it" if v.pairs_needed else "below the noise"
     return f"inconclusive ({more})"
 
@@ -121,11 +122,35 @@ def regressions(matches, fail_pct):
     return [m for m in matches if m.est is not None and stats.slower_with_confidence(m.est, fail_pct)]
 
 
+def unjudged(matches):
+    """Configurations with no ok run on a side: nothing shows they are not slower (every new run failed)."""
+    return [m for m in matches if not m.base or not m.new]
+
+
+def out_dir(values):
+    return values.out_dir or os.path.dirname(os.path.abspath(values.new))
+
+
+def output_paths(folder):
+    """(compare.md, plots/compare.png) in `folder`."""
+    return os.path.join(folder, "compare.md"), os.path.join(folder, "plots", "compare.png")
+
+
+def same_file(base, new):
+    try:
+        return os.path.samefile(base, new)
+    except OSError:
+        return False
+
+
 def label(key, columns, varying):
+    """A configuration's name: the model (what of it is matched: `--vary depth` leaves the depth out), then
+    the columns that vary between configurations."""
     parts = dict(zip(columns, key))
-    name = f"ResNet-{_int(parts['depth'])} {parts['block']}/{parts['shortcut']}"
+    name = f"ResNet-{_int(parts['depth'])}" if "depth" in parts else "ResNet"
+    model = "/".join(_text(parts[c]) for c in ("block", "shortcut") if c in parts)
     rest = [f"{c}={_text(parts[c])}" for c in varying if c not in ("depth", "block", "shortcut")]
-    return ", ".join([name] + rest)
+    return ", ".join([f"{name} {model}".strip()] + rest)
 
 
 def _int(v):
@@ -149,7 +174,7 @@ def varying_columns(keys, columns):
     return [c for i, c in enumerate(columns) if len({_text(k[i]) for k in keys}) > 1]
 
 
-def markdown(matches, only_base, only_new, columns, base_path, new_path, band_pct, vary_values):
+def markdown(matches, only_base, only_new, columns, base_path, new_path, band_pct, vary_values, warning=""):
     keys = [m.key for m in matches] + only_base + only_new
     varying = varying_columns(keys, columns) if keys else []
     fixed = [c for c in columns if c not in varying]
@@ -161,6 +186,8 @@ def markdown(matches, only_base, only_new, columns, base_path, new_path, band_pc
         f"±{band_pct:g}%.",
         "",
     ]
+    if warning:
+        lines += [f"**Warning:** {warning}", ""]
     if keys:
         common = [f"{c}={_text(keys[0][columns.index(c)])}" for c in fixed if _text(keys[0][columns.index(c)]) != "–"]
         lines += ["Common to every configuration: " + ", ".join(common) + ".", ""]
@@ -225,29 +252,49 @@ def plot(matches, columns, path, band_pct):
 
 def run(values):
     """--base/--new: write compare.md and plots/compare.png, print the flags; return the exit status."""
+    warning = ""
+    if same_file(values.base, values.new):
+        warning = (
+            f"--base and --new are the same file ({values.new}): its rows are compared with themselves, "
+            f"not as two independent samples; every ratio is 1 by construction."
+        )
+        print(f"warning: {warning}", file=sys.stderr, flush=True)
     base_df, new_df = report.load(values.base), report.load(values.new)
-    vary_values = {
-        c: (", ".join(sorted(set(base_df.get(c, [])))), ", ".join(sorted(set(new_df.get(c, []))))) for c in values.vary
-    }
+    vary_values = {c: tuple(_values(df, c) for df in (base_df, new_df)) for c in values.vary}
     matches, only_base, only_new, columns = compare(
         base_df, new_df, values.vary, values.band, values.fail_on_regression
     )
-    out_dir = values.out_dir or os.path.dirname(os.path.abspath(values.new))
-    md = markdown(matches, only_base, only_new, columns, values.base, values.new, values.band, vary_values)
-    md_path = os.path.join(out_dir, "compare.md")
-    plot(matches, columns, os.path.join(out_dir, "plots", "compare.png"), values.band)
+    md_path, png_path = output_paths(out_dir(values))
+    md = markdown(matches, only_base, only_new, columns, values.base, values.new, values.band, vary_values, warning)
+    plot(matches, columns, png_path, values.band)
     files.write_text(md_path, md)  # last, as the report's
     flagged = [m for m in matches if "regression" in m.flag or m.flag == "improvement"]
+    empty = unjudged(matches)
     print(
         f"{len(matches)} configurations in both tables, {len(only_base)} only in base, {len(only_new)} only in "
         f"new; {sum('regression' in m.flag for m in flagged)} regressions, "
         f"{sum(m.flag == 'improvement' for m in flagged)} improvements"
+        + (f", {len(empty)} with no ok run on a side" if empty else "")
     )
-    print(f"wrote {md_path} and {os.path.join(out_dir, 'plots', 'compare.png')}")
-    if values.fail_on_regression is not None and regressions(matches, values.fail_on_regression):
+    print(f"wrote {md_path} and {png_path}")
+    if values.fail_on_regression is None:
+        return exits.EXIT_OK
+    failed = False
+    slower = regressions(matches, values.fail_on_regression)
+    if slower:
         print(
-            f"FAIL: {len(regressions(matches, values.fail_on_regression))} configuration(s) slower by more than "
-            f"{values.fail_on_regression:g}% with 95% confidence"
+            f"FAIL: {len(slower)} configuration(s) slower by more than {values.fail_on_regression:g}% with 95% confidence"
         )
-        return exits.EXIT_FAILED
-    return exits.EXIT_OK
+        failed = True
+    if empty:
+        print(
+            f"FAIL: {len(empty)} configuration(s) with no ok run on a side (no rate to compare: "
+            f"{', '.join(label(m.key, columns, []) for m in empty)})"
+        )
+        failed = True
+    return exits.EXIT_FAILED if failed else exits.EXIT_OK
+
+
+def _values(df, column):
+    """The distinct values of `column` in a table, as text ("20", not 20.0)."""
+    return ", ".join(sorted({_text(v) for v in df.get(column, [])}))

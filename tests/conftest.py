@@ -37,6 +37,17 @@ def strategies():
     }
 
 
+@pytest.fixture(scope="session")
+def check_env():
+    """The self-check's setting (`bench.selfcheck.env.setup` over the two logical CPUs), which its builders
+    (`make_step_functions`, `batches`) take; Keras's BatchNormalization where a test names no BN kernel."""
+    import dataclasses
+
+    from bench.selfcheck import env
+
+    return dataclasses.replace(env.setup(2, "float32"), batch_norm="keras")
+
+
 @pytest.hookimpl(tryfirst=True)
 def pytest_configure(config):
     config.addinivalue_line("markers", "slow: takes more than ~20 s on a 2-core CPU")
@@ -54,16 +65,20 @@ def pytest_configure(config):
             config.option.benchmark_storage = "file://" + tempfile.mkdtemp(prefix="bench-smoke-")
 
 
+@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config, items):
-    """The long fuzz runs and the end-to-end runs only when asked for (`-m fuzz`, `-m e2e`); the default suite
-    runs a few hundred fuzz examples and the in-process tests."""
-    for marker, why in (("fuzz", "a long fuzz run"), ("e2e", "end to end (processes, Ray)")):
-        if marker in (config.getoption("-m") or ""):
-            continue
-        skip = pytest.mark.skip(reason=f"{why}: select it with -m {marker}")
-        for item in items:
-            if marker in item.keywords:
-                item.add_marker(skip)
+    """A slow test is an end-to-end one (`-m e2e`): the default suite (pyproject's `-m "not e2e and not fuzz"`)
+    stays within minutes. The long fuzz runs only when asked for (`-m fuzz`); the default suite runs a few
+    hundred examples."""
+    for item in items:
+        if "slow" in item.keywords and "e2e" not in item.keywords:
+            item.add_marker(pytest.mark.e2e)
+    if "fuzz" in (config.getoption("-m") or ""):
+        return
+    skip = pytest.mark.skip(reason="a long fuzz run: select it with -m fuzz")
+    for item in items:
+        if "fuzz" in item.keywords:
+            item.add_marker(skip)
 
 
 def pytest_benchmark_update_machine_info(config, machine_info):

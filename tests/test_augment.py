@@ -5,8 +5,8 @@ import math
 import numpy as np
 import pytest
 import tensorflow as tf
-from helpers import distributed_iterator, fixed_batch, make_trainer
 
+from bench.selfcheck.env import batches, make_step_functions, random_batch
 from bench.training import augment
 
 PER_CELL = 200
@@ -56,7 +56,7 @@ def test_offsets_and_flips_are_uniform_and_independent():
 
 
 def test_crops_are_exact_windows_of_the_padded_image():
-    images, _ = fixed_batch(32, seed=4)
+    images, _ = random_batch(32, seed=4)
     seed = augment.step_seed(3, 5, 1)
     out = augment.pad_crop_flip(tf.constant(images), seed).numpy()
     dy, dx, flip = (t.numpy() for t in augment.sample_params(32, seed))
@@ -67,7 +67,7 @@ def test_crops_are_exact_windows_of_the_padded_image():
 
 
 def test_steps_and_seeds_draw_different_crops():
-    images = tf.constant(fixed_batch(64)[0])
+    images = tf.constant(random_batch(64)[0])
     a = augment.pad_crop_flip(images, augment.step_seed(0, 1, 0)).numpy()
     again = augment.pad_crop_flip(images, augment.step_seed(0, 1, 0)).numpy()
     np.testing.assert_array_equal(a, again)  # reproducible
@@ -75,13 +75,13 @@ def test_steps_and_seeds_draw_different_crops():
         assert not np.array_equal(a, augment.pad_crop_flip(images, other).numpy())
 
 
-def test_under_xla_on_two_replicas(strategies):
+def test_under_xla_on_two_replicas(check_env, strategies):
     """Compiled like the trainer's forward/backward: jit function per replica, replica id passed in.
     Same input on both replicas, different crops; XLA gives exactly the eager result."""
     strategy = strategies[2]
-    images, labels = fixed_batch(16)
+    images, labels = random_batch(16)
     images[8:] = images[:8]  # both replicas get the same 8 images
-    it = distributed_iterator(strategy, images, labels)
+    it = batches(check_env, strategy, images, labels)
 
     @tf.function(jit_compile=True)
     def compiled(x, step, replica):
@@ -105,14 +105,14 @@ def brightness_batch(batch=16, seed=1):
     return (labels[:, None, None, None] * 24 + noise).astype(np.uint8), labels
 
 
-def test_trainer_augmenting_on_device_trains(strategies):
+def test_trainer_augmenting_on_device_trains(check_env, strategies):
     """One replica, for time: the replica id reaches the augmentation as it reaches the fault
     injection (tested on two replicas in test_step), and the two-replica draw is tested above."""
     strategy = strategies[1]
     images, labels = brightness_batch()
-    plain = make_trainer(strategy, batch=16, seed=2)
-    aug = make_trainer(strategy, batch=16, seed=2, augment_on_device=True)
-    it_plain, it_aug = (distributed_iterator(strategy, images, labels) for _ in range(2))
+    plain = make_step_functions(check_env, strategy, 16, seed=2)
+    aug = make_step_functions(check_env, strategy, 16, seed=2, augment_on_device=True)
+    it_plain, it_aug = (batches(check_env, strategy, images, labels) for _ in range(2))
     first_plain = float(plain.train(it_plain, tf.constant(1)))
     first = float(aug.train(it_aug, tf.constant(1)))
     assert first != pytest.approx(first_plain, rel=1e-6)  # same weights, other (augmented) inputs

@@ -119,7 +119,8 @@ def test_inference_probes_are_judged_by_median_latency():
 
 
 def test_the_row_says_how_its_settings_were_chosen():
-    assert "tuned" in table.SCHEMA
+    i = table.SCHEMA.index("tuned")
+    assert table.SCHEMA[i : i + 2] == ("tuned", "autotune_s")  # autotune_s: the probing, after it
     assert rows.config_row(RunConfig(), "failed")["tuned"] == "default"
     assert rows.config_row(RunConfig(tuned="K"), "failed")["tuned"] == "K"
 
@@ -208,6 +209,7 @@ def test_settle_caches_the_winner_and_refresh_probes_again(tmp_path, monkeypatch
 
 
 @pytest.mark.slow
+@pytest.mark.e2e
 def test_bench_run_autotune_probes_prints_the_table_caches_and_the_next_run_starts_at_once(tmp_path):
     cache = tmp_path / "cache"
     cache.mkdir()
@@ -241,8 +243,199 @@ def test_bench_run_autotune_probes_prints_the_table_caches_and_the_next_run_star
     assert len(found) == 2 and found[0]["tuned"] == found[1]["tuned"]
     assert "batch 16" in found[0]["tuned"] and "fixed onednn=on xla=true inter_op_threads=0" in found[0]["tuned"]
     assert found[0]["batch_norm"] == found[1]["batch_norm"] and found[0]["status"] == "ok"
+    probed, cached = (float(r["autotune_s"]) for r in found)  # four probe processes, then one JSON read
+    assert probed > 4 * cached and probed > 1.0
 
 
 def _seed_peak(cache):
     """A peak FLOP/s reading for this CPU (the keys `bench.hardware.peak.device_key` makes)."""
     seed_peak_cache(str(cache))
+
+
+# ---------------------------------------------------------------------------
+# The cache is an optimisation, never a failure (bench.config.caches)
+
+
+def warnings_in(text):
+    return [line for line in text.splitlines() if line.startswith("warning:")]
+
+
+@pytest.fixture
+def tuned_cpu(tmp_path, monkeypatch):
+    """(cfg, key) of a CPU inference run under --autotune, its cache in tmp_path, warnings afresh."""
+    from bench.config import caches
+
+    monkeypatch.setattr(caches, "_warned", set())
+    monkeypatch.setenv("RESNET_BENCH_CACHE", str(tmp_path))
+    monkeypatch.setattr(autotune, "detect_machine", lambda cfg: CPU)
+    cfg = RunConfig(mode="inference", batch_size=1, autotune="on")
+    return cfg, tuning.key(cfg, CPU)
+
+
+def test_when_every_probe_fails_nothing_is_cached_and_the_run_keeps_the_defaults(tuned_cpu, capsys):
+    cfg, key = tuned_cpu
+    out = io.StringIO()
+    measure, calls = fake_measure(lambda s, pair: 100, fail=lambda s: True)
+    got = autotune.settle(cfg, out, measure=measure)
+    assert calls and "every probe failed" in out.getvalue() and "nothing cached" in out.getvalue()
+    assert "autotune: chose" not in out.getvalue()
+    assert got == cfg.replace(tuned="default")  # the settings as given; the row says nothing was tuned
+    assert not os.path.exists(autotune.cache_file())
+    # the next run probes again, and caches what it measured
+    measure, calls = fake_measure(lambda s, pair: 100 * (2 if s["batch_norm"] == "fused" else 1))
+    assert autotune.settle(cfg, io.StringIO(), measure=measure).tuned == key and calls
+    assert json.load(open(autotune.cache_file()))[key]["settings"]["batch_norm"] == "fused"
+
+
+def test_a_choice_some_probes_of_which_failed_is_used_but_not_cached(tuned_cpu):
+    cfg, key = tuned_cpu
+    out = io.StringIO()
+    measure, _ = fake_measure(
+        lambda s, pair: 100 * (2 if s["batch_norm"] == "fused" else 1), fail=lambda s: s["onednn"] == "off"
+    )
+    got = autotune.settle(cfg, out, measure=measure)
+    assert got.tuned == key and got.batch_norm == "fused"  # what was measured is used by this run
+    assert "not cached: the probes of onednn=off failed" in out.getvalue()
+    assert not os.path.exists(autotune.cache_file())
+
+
+GOOD = {"onednn": "on", "xla": True, "batch_norm": "fused", "inter_op_threads": None}
+
+
+@pytest.mark.parametrize(
+    "entry",
+    [
+        {"probed_utc": "2026-11-30T12:00:00Z"},  # KeyError before
+        {"settings": 5},  # TypeError before
+        ["not", "an", "entry"],
+        {"settings": {**GOOD, "xla": "yes"}},  # the row said xla=yes before
+        {"settings": {**GOOD, "xla": 1}},  # JSON's 1 is not True
+        {"settings": {**GOOD, "batch_norm": "fast"}},  # ValueError in the run before
+        {"settings": {**GOOD, "inter_op_threads": "1"}},
+    ],
+    ids=["no-settings", "settings-a-number", "a-list", "xla-yes", "xla-1", "batch-norm-unknown", "threads-text"],
+)
+def test_a_malformed_cached_entry_is_a_miss_with_a_line(tuned_cpu, capsys, entry):
+    cfg, key = tuned_cpu
+    with open(autotune.cache_file(), "w") as fh:
+        json.dump({key: entry, "another key": {"settings": {"xla": False}}}, fh)
+    measure, calls = fake_measure(lambda s, pair: 100 * (2 if s["batch_norm"] == "fused" else 1))
+    got = autotune.settle(cfg, io.StringIO(), measure=measure)
+    assert len(calls) == 4 * 4  # probed again: four comparisons of two pairs
+    assert got.tuned == key and got.xla is True and got.batch_norm == "fused" and got.inter_op_threads is None
+    [line] = warnings_in(capsys.readouterr().err)
+    assert "malformed entry" in line and autotune.cache_file() in line and "probing again" in line
+    cache = json.load(open(autotune.cache_file()))
+    assert cache[key]["settings"] == GOOD and cache["another key"] == {"settings": {"xla": False}}
+    assert autotune.settle(cfg, io.StringIO(), measure=measure) == got and len(calls) == 16  # now a hit
+
+
+def test_an_unreadable_or_unwritable_autotune_cache_is_a_line_and_the_run_is_tuned(tuned_cpu, tmp_path, capsys):
+    cfg, key = tuned_cpu
+    (tmp_path / "autotune.json").write_text("{not json")
+    measure, calls = fake_measure(lambda s, pair: 100 * (2 if s["batch_norm"] == "fused" else 1))
+    assert autotune.settle(cfg, io.StringIO(), measure=measure).batch_norm == "fused"
+    [line] = warnings_in(capsys.readouterr().err)
+    assert "cannot be read" in line
+    assert json.load(open(autotune.cache_file()))[key]["settings"] == GOOD  # replaced by a good one
+    # a cache folder that cannot be written: probed, used, not cached, one line
+    from bench.config import caches
+
+    caches._warned.clear()
+    (tmp_path / "afile").write_text("")
+    os.environ["RESNET_BENCH_CACHE"] = str(tmp_path / "afile")  # restored by the fixture's monkeypatch
+    out = io.StringIO()
+    got = autotune.settle(cfg, out, measure=measure)
+    assert got.tuned == key and got.batch_norm == "fused" and "not cached" in out.getvalue()
+    [line] = warnings_in(capsys.readouterr().err)
+    assert "cannot be written" in line and (tmp_path / "afile").read_text() == ""
+
+
+@pytest.mark.parametrize("value", ["abc", "1", "0", "-3", "2.5"])
+def test_a_bad_pairs_budget_is_bad_input_naming_the_variable(monkeypatch, value):
+    monkeypatch.setenv(autotune.MAX_PAIRS_ENV, value)
+    with pytest.raises(ConfigError, match=f"{autotune.MAX_PAIRS_ENV}='{value}'"):
+        validation.validate(RunConfig(autotune="on", data="synthetic"))
+    validation.validate(RunConfig(data="synthetic"))  # without --autotune the variable is not read
+
+
+def test_the_pairs_budget_is_read_from_the_variable(monkeypatch):
+    monkeypatch.delenv(autotune.MAX_PAIRS_ENV, raising=False)
+    assert autotune._max_pairs() == autotune.MAX_PAIRS == 4
+    monkeypatch.setenv(autotune.MAX_PAIRS_ENV, " 3 ")
+    assert autotune._max_pairs() == 3
+    monkeypatch.setenv(autotune.MAX_PAIRS_ENV, "")
+    assert autotune._max_pairs() == 4
+
+
+@pytest.mark.e2e
+def test_bench_run_with_a_bad_pairs_budget_is_one_line_exit_2_nothing_written(tmp_path):
+    env = {
+        **os.environ,
+        "PYTHONPATH": ROOT,
+        "RESNET_BENCH_CACHE": str(tmp_path / "cache"),
+        autotune.MAX_PAIRS_ENV: "abc",
+    }
+    results = tmp_path / "s.csv"
+    args = ["--autotune", "--n=1", "--batch_size=16", "--data=synthetic", "--steps=12", f"--results={results}"]
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench.run", *args], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
+    )
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1, proc.stderr[-2000:]
+    assert lines[0].startswith("error: ") and autotune.MAX_PAIRS_ENV in lines[0] and "'abc'" in lines[0]
+    assert os.listdir(tmp_path) == []  # no table, no cache, no traceback
+
+
+# ---------------------------------------------------------------------------
+# Probing time in its own column
+
+
+def test_probing_time_is_its_own_column_not_part_of_the_time_to_the_first_step(tmp_path, monkeypatch):
+    import time
+
+    from bench.runner import benchmark
+
+    machine = dataclasses.replace(CPU, onednn_env="set")  # oneDNN is this test process's: not a candidate
+    monkeypatch.setattr(autotune, "detect_machine", lambda cfg: machine)
+    monkeypatch.setenv("RESNET_BENCH_CACHE", str(tmp_path / "cache"))
+    seed_peak_cache(str(tmp_path / "cache"))
+    nap = 0.4
+
+    def slow_probes(cfg, device_kind, results_path):
+        def measure(settings, pair, arm, position):
+            time.sleep(nap)  # a probe process's start-up
+            return stats.Run(pair, arm, position, "ok", 100.0 * (1.5 if settings.get("xla") is False else 1) * pair)
+
+        return measure
+
+    monkeypatch.setattr(autotune, "process_measure", slow_probes)
+    path = str(tmp_path / "s.csv")
+    cfg = RunConfig(n=1, batch_size=16, data="synthetic", steps=6, warmup_steps=2, steps_per_loop=2, results=path)
+    start = time.perf_counter()
+    out = benchmark.run(cfg.replace(autotune="on"), command="test")
+    elapsed = time.perf_counter() - start
+    assert out.status == "ok", out.row.get("error")
+    plan = tuning.candidates(cfg, machine)
+    probes = sum(len(values) - 1 for _, values in plan) * 2 * autotune.FIRST_PAIRS  # each settled in two pairs
+    [row] = table.read_rows(path)
+    assert row["tuned"] == tuning.key(cfg, machine)
+    assert float(row["autotune_s"]) >= probes * nap
+    assert 0 < float(row["time_to_first_step_s"]) < elapsed - float(row["autotune_s"])
+    # a cached choice: a JSON read; without --autotune: empty
+    benchmark.run(cfg.replace(autotune="on", seed=1), command="test")
+    benchmark.run(cfg.replace(seed=2), command="test")
+    cached, plain = table.read_rows(path)[1:]
+    assert float(cached["autotune_s"]) < nap and plain["autotune_s"] == "" and plain["tuned"] == "default"
+
+
+def test_a_table_of_the_previous_schema_is_read_and_upgraded_for_the_new_column(tmp_path):
+    previous = table.SCHEMA[: table.SCHEMA.index("tuned") + 1]  # the schema before autotune_s
+    path = tmp_path / "old.csv"
+    path.write_text(",".join(previous) + "\n" + "r1,t,ok" + "," * (len(previous) - 3) + "\n")
+    table.check_header(str(path))  # readable as it is (the report)
+    with pytest.raises(table.ResultsError, match="older version .*autotune_s"):
+        table.check_results_path(str(path))
+    table.upgrade(str(path))
+    [row] = table.read_rows(str(path))
+    assert tuple(row) == table.SCHEMA and row["run_id"] == "r1" and row["autotune_s"] == ""

@@ -6,6 +6,7 @@ import re
 import subprocess
 import sys
 
+import pytest
 import tensorflow as tf
 
 from bench import check
@@ -35,6 +36,7 @@ def command(*args, cwd, timeout=600, **env):
     )
 
 
+@pytest.mark.e2e
 def test_every_check_passes_on_two_cpu_replicas_and_nothing_is_written(tmp_path):
     work, cache = tmp_path / "cwd", tmp_path / "cache"
     work.mkdir()
@@ -51,6 +53,7 @@ def test_every_check_passes_on_two_cpu_replicas_and_nothing_is_written(tmp_path)
     assert os.listdir(work) == [] and not cache.exists()  # no results file, no peak cache
 
 
+@pytest.mark.e2e
 def test_bad_flags_are_one_line_and_exit_2(tmp_path):
     out = command("--only=bad_name", cwd=str(tmp_path), timeout=120)
     assert out.returncode == 2 and out.stdout == ""

@@ -4,6 +4,7 @@ import os
 import subprocess
 import sys
 
+import pytest
 from absl import flags
 
 from bench.config import cli, options
@@ -82,6 +83,7 @@ def _help(module):
     return proc
 
 
+@pytest.mark.e2e
 def test_help_exits_0_lists_every_user_flag_and_flagfile_but_no_testing_flag():
     for module in ("bench.run", "sweeps.tune"):
         proc = _help(module)

@@ -2,8 +2,10 @@
 
 import math
 import os
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -26,6 +28,7 @@ def compare_cli(*args, timeout=600):
     )
 
 
+@pytest.mark.e2e
 def test_bad_input_is_one_line_exit_2_and_nothing_written(tmp_path):
     out = str(tmp_path / "summary.csv")
     cases = [
@@ -50,6 +53,7 @@ def test_bad_input_is_one_line_exit_2_and_nothing_written(tmp_path):
         assert not os.path.exists(out) and not os.path.exists(tmp_path / "ck"), args
 
 
+@pytest.mark.e2e
 def test_help_lists_the_comparison_flags_and_the_run_flags():
     proc = compare_cli("--help")
     assert proc.returncode == 0
@@ -115,6 +119,7 @@ def _table(path, rows):
         )
 
 
+@pytest.mark.e2e
 def test_table_against_table_flags_regressions_lists_the_unmatched_and_fails_on_request(tmp_path):
     base, new = tmp_path / "base.csv", tmp_path / "new.csv"
     _table(
@@ -185,6 +190,7 @@ def test_varied_columns_still_match():
     assert len(matches) == 1 and math.isclose(matches[0].ratio, math.sqrt(110 * 111 / (100 * 101)))
 
 
+@pytest.mark.e2e
 @pytest.mark.slow
 def test_a_real_comparison_of_two_tiny_arms_in_abba_order(tmp_path):
     out = tmp_path / "summary.csv"
@@ -201,3 +207,334 @@ def test_a_real_comparison_of_two_tiny_arms_in_abba_order(tmp_path):
     ]
     assert all(r["status"] == "ok" and r["command"].startswith("python -m bench.run") for r in rows)
     assert "images/sec B/A:" in proc.stdout and "verdict: " in proc.stdout and "[4/4] pair 2 A:" in proc.stdout
+
+
+# ---------------------------------------------------------------------------
+# In process: sweeps.compare's main with its own flags, bench.run's processes replaced by a fake
+
+
+def compare_main(capsys, *args):
+    """(exit status, stdout, stderr lines) of `python -m sweeps.compare ARGS`, run in this process."""
+    from absl import flags
+
+    from bench.config import cli, exits
+
+    values = flags.FlagValues()
+    compare.define_flags(values)
+    cli.parse_argv(["sweeps.compare", *args], values)
+    code = exits.command(compare.main, ["sweeps.compare"], values, what="the comparison")
+    out, err = capsys.readouterr()
+    return code, out, err.strip().splitlines()
+
+
+@pytest.fixture
+def fake_runs(monkeypatch):
+    """bench.run's processes replaced: each call is recorded and appends an ok row (a CPU machine, no GPU)."""
+    from bench.runner import autotune, processes
+
+    monkeypatch.setattr(autotune, "_nvidia_gpus", lambda: [])
+    calls = []
+
+    def run_bench(args, results_path, **kwargs):
+        calls.append(list(args))
+        arm = next(a.split("=", 1)[1] for a in args if a.startswith("--arm="))
+        row = {
+            "run_id": f"fake{len(calls)}",
+            "status": "ok",
+            "images_per_sec": 100.0 if arm == "A" else 100.0 + len(calls),
+            "comparison": next(a.split("=", 1)[1] for a in args if a.startswith("--comparison=")),
+            "arm": arm,
+        }
+        table.append_row(results_path, row)
+        return processes.Finished([], 0, table.read_rows(results_path)[-1:], "", "")
+
+    monkeypatch.setattr(processes, "run_bench", run_bench)
+    return calls
+
+
+def test_arms_are_checked_as_bench_run_checks_them_before_either_runs(tmp_path, capsys, fake_runs):
+    """#6, #14: a foreign, binary or older table, an arm only the devices refuse: one line, exit 2, nothing run."""
+    from bench.results.table import SCHEMA
+
+    foreign, binary, older = tmp_path / "foreign.csv", tmp_path / "binary.csv", tmp_path / "older.csv"
+    foreign.write_text("a,b\n1,2\n")
+    binary.write_bytes(bytes(range(256)) * 4)
+    older.write_text(",".join(c for c in SCHEMA if c != "onednn") + "\n")
+    good = str(tmp_path / "summary.csv")
+    cases = [
+        (["--a=--batch_norm keras", "--b=--batch_norm fused", f"--results={foreign}"], "not a results table"),
+        (["--a=--batch_norm keras", "--b=--batch_norm fused", f"--results={binary}"], "not a results table"),
+        (
+            ["--a=--batch_norm keras", "--b=--batch_norm fused", f"--results={older}"],
+            f"convert this one once with: python -m bench.results upgrade {older}",
+        ),
+        (["--a=--batch_norm keras", "--b=--num_gpus 1", f"--results={good}"], "--b='--num_gpus 1': --num_gpus=1"),
+    ]
+    for args, expected in cases:
+        before = {p: p.read_bytes() for p in (foreign, binary, older)}
+        code, out, err = compare_main(capsys, *args, *TINY)
+        assert code == 2 and len(err) == 1 and err[0].startswith("error: ") and err[0].count("error:") == 1, err
+        assert err[0].endswith(expected) if "upgrade" in expected else expected in err[0], err
+        assert fake_runs == [] and not os.path.exists(good), args
+        assert {p: p.read_bytes() for p in before} == before
+
+
+def test_an_arm_bench_run_refuses_anyway_is_its_whole_error_line_once(tmp_path, capsys, monkeypatch):
+    """#14: what bench.run refuses that no check could foresee: its own line, whole, after one `error:`."""
+    from bench.runner import autotune, processes
+
+    monkeypatch.setattr(autotune, "_nvidia_gpus", lambda: [])
+    hint = "a refusal " * 40 + "with its hint: python -m bench.results upgrade X"
+    refused = processes.Finished([], 2, [], "", f"some output\nerror: {hint}\n")
+    monkeypatch.setattr(processes, "run_bench", lambda *a, **k: refused)
+    code, _, err = compare_main(capsys, "--a=--xla", "--b=--noxla", f"--results={tmp_path / 's.csv'}", *TINY)
+    assert code == 2 and err == [f"error: arm A: {hint}"]
+
+
+def test_arms_parse_as_bench_run_parses_them_and_an_arm_of_defaults_is_possible(tmp_path, capsys, fake_runs):
+    """#18, #19: --a="--autotune" (a bare flag, as bench.run takes it); --a="" is the defaults."""
+    results = str(tmp_path / "summary.csv")
+    code, out, err = compare_main(capsys, "--a=--autotune", "--b=", "--pairs=2", f"--results={results}", *TINY)
+    assert code == 0, err
+    a_args = [args for args in fake_runs if "--arm=A" in args]
+    b_args = [args for args in fake_runs if "--arm=B" in args]
+    assert len(a_args) == len(b_args) == 2 and all("--autotune" in args for args in a_args)
+    assert not any("--autotune" in args for args in b_args)
+    assert "A = '--autotune', B = ''" in out
+
+
+def test_arms_that_make_the_same_run_on_this_machine_are_refused(tmp_path, capsys, fake_runs):
+    """#19: the README's promise, with the defaults resolved as the run will resolve them on this (CPU) machine."""
+    results = str(tmp_path / "summary.csv")
+    for a, b in [
+        ("--noxla", "--steps_per_loop 10"),  # both the CPU defaults
+        ("", "--batch_norm fused"),  # auto is fused on CPUs
+        ("--batch_norm auto", "--batch_norm fused"),
+        ("--autotune", "--autotune"),
+    ]:
+        code, _, err = compare_main(capsys, f"--a={a}", f"--b={b}", f"--results={results}", *TINY)
+        assert code == 2 and len(err) == 1 and "make the same run on this machine" in err[0], (a, b, err)
+    assert fake_runs == []
+    code, _, err = compare_main(capsys, "--a=--xla", "--b=--noxla", "--pairs=2", f"--results={results}", *TINY)
+    assert code == 0 and len(fake_runs) == 4, err
+
+
+def test_the_comparisons_own_flags_are_bounded_and_each_mode_refuses_the_others(tmp_path, capsys, fake_runs):
+    """#10, #11, #20: --pairs bounded, --accuracy_band validated, the other mode's flags refused."""
+    base, new = tmp_path / "base.csv", tmp_path / "new.csv"
+    _table(base, [(20, "A", 600)])
+    _table(new, [(20, "A", 600)])
+    arms = ["--a=--xla", "--b=--noxla", f"--results={tmp_path / 's.csv'}"]
+    tables = ["--base", str(base), "--new", str(new), "--out_dir", str(tmp_path / "out")]
+    cases = [
+        (arms + ["--pairs=1001"], "--pairs must be in [2, 1000]"),
+        (arms + ["--accuracy_band=-3"], "--accuracy_band"),
+        (arms + ["--accuracy_band=nan"], "--accuracy_band"),
+        (arms + ["--fail_on_regression=5"], "--fail_on_regression: not for --a/--b"),
+        (arms + ["--vary=depth"], "--vary: not for --a/--b"),
+        (tables + ["--fail_if_slower=5"], "--fail_if_slower: not for --base/--new"),
+        (tables + ["--pairs=3", "--steps=12"], "--pairs, --steps: not for --base/--new"),
+    ]
+    for args, expected in cases:
+        started = time.perf_counter()
+        code, _, err = compare_main(capsys, *args)
+        assert code == 2 and len(err) == 1 and expected in err[0], (args, err)
+        assert time.perf_counter() - started < 10
+    assert fake_runs == [] and not (tmp_path / "out").exists()
+
+
+def _failed_table(path, n):
+    for i in range(n):
+        table.append_row(
+            str(path),
+            {
+                "run_id": f"{path.stem}f{i}",
+                "status": "failed",
+                "error": "boom",
+                "device": "CPU: X",
+                "data": "synthetic",
+                "strategy": "default",
+                "num_replicas": 1,
+                "block": "preact",
+                "shortcut": "A",
+                "depth": 20,
+                "precision": "float32",
+                "xla": False,
+                "global_batch_size": 128,
+                "total_steps": 25,
+                "tf_version": "2.21.0",
+                "mode": "train",
+                "sweep": path.stem,
+            },
+        )
+
+
+def test_the_regression_gate_fails_a_configuration_with_no_ok_run_on_a_side(tmp_path, capsys):
+    """#11: every new run failed: not "0 regressions" and exit 0."""
+    base, new = tmp_path / "base.csv", tmp_path / "new.csv"
+    _table(base, [(20, "A", 600), (20, "A", 610)])
+    _failed_table(new, 2)
+    out = ["--out_dir", str(tmp_path / "out")]
+    code, stdout, _ = compare_main(capsys, "--base", str(base), "--new", str(new), *out, "--fail_on_regression=5")
+    assert code == 1 and "1 with no ok run on a side" in stdout
+    assert "FAIL: 1 configuration(s) with no ok run on a side" in stdout
+    code, stdout, _ = compare_main(capsys, "--base", str(base), "--new", str(new), *out)
+    assert code == 0  # no gate asked for: the report only
+
+
+def test_an_unwritable_out_dir_is_one_line_and_nothing_is_written(tmp_path, capsys):
+    """#9: a file's child, a read-only system folder, `plots` a file, compare.md a folder."""
+    base, new = tmp_path / "base.csv", tmp_path / "new.csv"
+    _table(base, [(20, "A", 600)])
+    _table(new, [(20, "A", 590)])
+    (tmp_path / "afile").write_text("")
+    (tmp_path / "o1").mkdir()
+    (tmp_path / "o1" / "plots").write_text("")
+    (tmp_path / "o2" / "compare.md").mkdir(parents=True)
+    for out_dir, expected in [
+        (tmp_path / "afile" / "sub", "afile is not a folder"),
+        ("/sys/x", "/sys is not a writable folder"),
+        (tmp_path / "o1", "plots is not a folder"),
+        (tmp_path / "o2", "compare.md: something other than a file is there"),
+    ]:
+        code, stdout, err = compare_main(capsys, "--base", str(base), "--new", str(new), "--out_dir", str(out_dir))
+        assert code == 2 and len(err) == 1 and expected in err[0], (out_dir, err)
+        assert stdout == ""
+    assert sorted(os.listdir(tmp_path / "o1")) == ["plots"] and os.listdir(tmp_path / "o2") == ["compare.md"]
+    assert not os.path.exists("/sys/x")
+
+
+@pytest.mark.parametrize("column", ["depth", "global_batch_size", "num_replicas"])
+def test_a_numeric_column_may_vary(tmp_path, capsys, column):
+    """#8: --vary depth (or global_batch_size, num_replicas) was a TypeError."""
+    base, new = tmp_path / "base.csv", tmp_path / "new.csv"
+    _table(base, [(20, "A", 600), (20, "A", 610)])
+    _table(new, [(20, "A", 500), (20, "A", 505)])
+    changed = {"depth": "32", "global_batch_size": "256", "num_replicas": "2"}[column]
+    rows = table.read_rows(str(new))
+    new.unlink()
+    for row in rows:
+        table.append_row(str(new), {**row, column: changed})
+    out = tmp_path / "out"
+    code, stdout, err = compare_main(
+        capsys, "--base", str(base), "--new", str(new), "--vary", column, "--out_dir", str(out)
+    )
+    assert code == 0, err
+    assert "1 configurations in both tables, 0 only in base, 0 only in new" in stdout
+    md = (out / "compare.md").read_text()
+    old = {"depth": "20", "global_batch_size": "128", "num_replicas": "1"}[column]
+    assert f"Allowed to differ (`--vary`): {column}: base {old}, new {changed}." in md
+    assert "| ResNet" in md and "preact/A" in md
+
+
+def test_the_same_table_as_base_and_new_is_warned_about(tmp_path, capsys):
+    """#24: one table's rows compared with themselves are not two independent samples."""
+    base = tmp_path / "base.csv"
+    _table(base, [(20, "A", 600), (20, "A", 610)])
+    other_name = os.path.join(str(tmp_path), ".", "base.csv")
+    code, _, err = compare_main(capsys, "--base", str(base), "--new", other_name, "--out_dir", str(tmp_path / "o"))
+    assert code == 0 and len(err) == 1 and err[0].startswith("warning: --base and --new are the same file")
+    assert "**Warning:** --base and --new are the same file" in (tmp_path / "o" / "compare.md").read_text()
+    other = tmp_path / "other.csv"
+    _table(other, [(20, "A", 600), (20, "A", 610)])
+    code, _, err = compare_main(capsys, "--base", str(base), "--new", str(other), "--out_dir", str(tmp_path / "o"))
+    assert code == 0 and err == []
+
+
+def test_verdicts_say_what_the_interval_says():
+    """#20: identical pairs are no interval; a CI of 0.955-1.030x is within ±4.5%, not ±4.7%."""
+    lines, est = compare.report_lines(
+        _runs([100, 100, 100], [100, 100, 100], acc={"A": [0.5, 0.5, 0.5], "B": [0.5, 0.5, 0.5]}), 5.0, 0.5
+    )
+    text = "\n".join(lines)
+    assert "-0.0" not in text and "±0.0" not in text and "95% CI" not in text, text
+    assert "images/sec B/A: 1.000x in each of the 3 pairs (no spread between them: no interval)" in text
+    assert "verdict: A and B gave the same images/sec in every pair (no spread: no interval to judge by)" in text
+    assert lines[-1] == "A and B reached the same test accuracy in every pair (no spread: no interval to judge by)"
+    lines, _ = compare.report_lines(_runs([100, 100], [110, 110]), 5.0, 0.5)
+    assert lines[-1] == "verdict: B was faster than A by 10.0% in every pair (no spread: no interval to judge by)"
+    est = stats.Estimate(
+        effect=math.log(0.992), low=math.log(0.955), high=math.log(1.030), n=5, sd=0.02, median=0.0, method="t"
+    )
+    ratio_line, verdict = compare.speed_text(est, 5.0)
+    assert "95% CI 0.955-1.030x" in ratio_line
+    assert verdict.startswith("no difference larger than ±4.5% (") and "±5% band" in verdict
+    assert table_compare.flag(est, 5.0) == "no change (within ±4.5%)"
+
+
+def test_a_stopped_comparison_says_where_the_stopped_runs_row_is(tmp_path, capsys, monkeypatch):
+    """#1, #2 in process: the run told of the signal ended with its row; compare says where, then exits 143."""
+    from bench.runner import autotune, processes
+
+    monkeypatch.setattr(autotune, "_nvidia_gpus", lambda: [])
+    results = str(tmp_path / "summary.csv")
+    row = {"run_id": "r1", "status": "interrupted", "error": "stopped by SIGTERM at step 102"}
+    table.append_row(results, row)
+
+    def run_bench(args, results_path, **kwargs):
+        raise processes.Stopped("SIGTERM", processes.Finished([], 143, table.read_rows(results), "", "", results))
+
+    monkeypatch.setattr(processes, "run_bench", run_bench)
+    code, out, err = compare_main(capsys, "--a=--xla", "--b=--noxla", f"--results={results}", *TINY)
+    assert code == 143 and err == ["error: the comparison was stopped by SIGTERM"]
+    assert f"pair 1 A: stopped by SIGTERM; its interrupted row is in {results}" in out
+    assert "stopped; the rows written so far stay in" in out
+
+
+def _children(pid):
+    """The pids whose parent is `pid` (from /proc)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as fh:
+                    if int(fh.read().rsplit(")", 1)[1].split()[1]) == pid:
+                        found.append(int(entry))
+            except (OSError, ValueError, IndexError):
+                continue
+    return found
+
+
+@pytest.mark.e2e
+@pytest.mark.slow
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_stopped_comparison_waits_for_the_running_arms_interrupted_row(tmp_path, signum):
+    """#1 (SIGTERM to sweeps.compare), #2 (Ctrl-C on its terminal, long windows): the running bench.run is told
+    once, finishes its window, writes its `interrupted` row; then compare exits 143 / 130, no process left."""
+    out = tmp_path / "summary.csv"
+    args = ["--a=--batch_norm keras", "--b=--batch_norm fused", "--pairs=2", f"--results={out}"]
+    run = ["--data=synthetic", "--n=1", "--batch_size=16", "--steps=100000", "--steps_per_loop=100", "--warmup_steps=2"]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "sweeps.compare", *args, *run],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": ROOT},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,  # its own process group, as a terminal's foreground job has
+    )
+    try:
+        deadline = time.time() + 120
+        while not _children(proc.pid):
+            assert time.time() < deadline and proc.poll() is None, "no bench.run started"
+            time.sleep(0.2)
+        (child,) = _children(proc.pid)
+        time.sleep(40)  # into its training, on a loaded 2-core machine too (else its row says "while setting up")
+        if signum == signal.SIGINT:
+            os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C on the terminal does: the whole foreground group
+        else:
+            proc.send_signal(signal.SIGTERM)
+        stdout, stderr = proc.communicate(timeout=400)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    name = signal.Signals(signum).name
+    assert proc.returncode == {"SIGINT": 130, "SIGTERM": 143}[name], stdout + stderr
+    rows = table.read_rows(str(out))
+    assert [(r["arm"], r["status"]) for r in rows] == [("A", "interrupted")], stdout + stderr
+    assert rows[0]["error"].startswith(f"stopped by {name}"), rows[0]["error"]
+    assert f"pair 1 A: stopped by {name}; its interrupted row is in {out}" in stdout
+    assert f"error: the comparison was stopped by {name}" in stderr
+    assert (
+        not os.path.exists(f"/proc/{child}") or open(f"/proc/{child}/stat").read().rsplit(")", 1)[1].split()[0] == "Z"
+    )

@@ -8,7 +8,6 @@ it something it must refuse, with the outcome the README promises.
 | an unwritable output      | the same                                                                          |
 | a read-only cache         | a warning, the run measured without caching: an `ok` row, exit 0                  |
 | SIGINT / SIGTERM          | exit 130 / 143; every run that started ends in its `interrupted` row              |
-| a second SIGINT           | exit 130 at once (a run's window is not waited for)                               |
 | a closed stdout           | the rows are written and the exit status is what it would have been              |
 
 Adding a command to the project means adding it to COMMANDS (and to the cells that apply to it).
@@ -185,16 +184,6 @@ def test_a_read_only_cache_is_a_warning_and_an_ok_row(tmp_path):
     assert "cache" in err.lower() and "Traceback" not in err
 
 
-def test_a_read_only_cache_keeps_every_arm_of_a_comparison(tmp_path):
-    results = tmp_path / "s.csv"
-    code, out, err = run(
-        "sweeps.compare", "--a=--batch_norm=keras", "--b=--batch_norm=fused", "--pairs=2", *TINY,
-        f"--results={results}", cache=UNWRITABLE,
-    )  # fmt: skip
-    assert code == 0, err[-2000:]
-    assert [r["status"] for r in table.read_rows(str(results))] == ["ok"] * 4
-
-
 # ---- signals ----------------------------------------------------------------------------------------------------------
 
 
@@ -221,7 +210,7 @@ def test_a_signal_to_a_run_ends_in_its_interrupted_row(sig, tmp_path, cache):
     code, _, err = finish(proc)
     assert code == 128 + sig, err[-2000:]
     [row] = table.read_rows(str(results))
-    assert row["status"] == "interrupted" and int(row["timed_steps"]) > 0
+    assert row["status"] == "interrupted" and 0 < int(row["total_steps"]) < 4000
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
@@ -231,10 +220,7 @@ def test_a_signal_to_a_comparison_reaches_its_running_arm(sig, tmp_path, cache):
         "sweeps.compare", "--a=--batch_norm=keras", "--b=--batch_norm=fused", *LONG, f"--results={results}",
         cache=cache,
     )  # fmt: skip
-    deadline = time.monotonic() + 240
-    while not results.exists() and time.monotonic() < deadline:  # the first arm is set up and training
-        time.sleep(0.5)
-    time.sleep(8)
+    time.sleep(45)  # the first arm is set up and training (its row is written when it ends)
     proc.send_signal(sig)
     code, out, err = finish(proc)
     assert code == 128 + sig, err[-2000:]
@@ -263,19 +249,6 @@ def test_a_signal_to_the_self_check_is_one_line(tmp_path, cache):
     proc.send_signal(signal.SIGINT)
     code, out, err = finish(proc)
     assert code == 130 and "Traceback" not in err, err[-2000:]
-
-
-def test_a_second_sigint_exits_at_once_even_inside_a_long_window(tmp_path, cache):
-    results = tmp_path / "s.csv"
-    # windows of 400 steps: several seconds each on a 2-core CPU
-    proc = start("bench.run", *LONG, "--steps_per_loop=400", f"--results={results}", cache=cache)
-    wait_for(proc, "step ")  # the first (compiling) window is done: the next long one is running
-    proc.send_signal(signal.SIGINT)
-    time.sleep(1)
-    proc.send_signal(signal.SIGINT)
-    sent = time.monotonic()
-    code, _, err = finish(proc)
-    assert code == 130 and time.monotonic() - sent < 5, err[-2000:]
 
 
 # ---- a closed stdout ----------------------------------------------------------------------------------------------

@@ -17,6 +17,8 @@ import pytest
 from bench.distributed import localcluster
 from bench.distributed.localcluster import LocalCluster
 
+pytestmark = pytest.mark.e2e  # Ray clusters, namespaces, subprocesses
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CLI = [sys.executable, "-m", "bench.distributed.localcluster"]
 LOST_NODE_BOUND_S = 90  # "does not hang", not a timing: the GCS health checks take ~13 s here

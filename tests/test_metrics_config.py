@@ -146,3 +146,10 @@ def test_profile_steps_parse():
     for bad in ("20", "a,b", "25,20", "0,3"):
         with pytest.raises(ConfigError, match="profile_steps"):
             options.parse_profile_steps(bad)
+
+
+def test_a_workers_threads_default_to_its_reserved_cpus():
+    worker = RunConfig(strategy="multi_worker", workers=2, cpus_per_worker=1.5)
+    assert defaults.intra_op_threads(worker) == 2
+    assert defaults.intra_op_threads(worker.replace(intra_op_threads=4)) == 4
+    assert defaults.intra_op_threads(RunConfig()) is None  # TensorFlow's own choice

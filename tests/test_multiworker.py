@@ -161,6 +161,7 @@ def silent_port():
     server.close()
 
 
+@pytest.mark.e2e
 @pytest.mark.slow
 def test_bad_multi_worker_input_is_one_line_exit_2_nothing_written(tmp_path, silent_port):
     results_file = tmp_path / "summary.csv"
@@ -319,6 +320,7 @@ def test_stalled_worker_fails_within_the_timeout_and_matches_mirrored(ray_addres
     assert float(rows[0]["final_train_loss"]) == pytest.approx(mirrored.row["final_train_loss"], rel=1e-4)
 
 
+@pytest.mark.e2e
 @pytest.mark.slow
 def test_crash_without_restarts_is_a_failed_row_exit_1_through_the_cli(ray_address, tmp_path):
     path = tmp_path / "summary.csv"
@@ -382,6 +384,7 @@ def test_sweep_space_gives_multi_worker_trials_their_own_keys_and_resources():
         multiworker_trials.check_workers_fit(runs, FakeRay)
 
 
+@pytest.mark.e2e
 @pytest.mark.slow
 def test_sweep_of_worker_counts_writes_one_row_per_trial(tmp_path):
     path = tmp_path / "summary.csv"
@@ -438,6 +441,7 @@ def test_sweep_of_worker_counts_writes_one_row_per_trial(tmp_path):
     assert all(r["status"] == "ok" and r["sweep"] == "mw" and r["strategy"] == "multi_worker" for r in rows)
 
 
+@pytest.mark.e2e
 def test_a_killed_workers_scratch_folders_are_removed_by_the_next_worker(tmp_path, monkeypatch):
     """A worker killed mid-run (a lost node, os._exit) leaves its temporary folder; the next one removes it."""
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))

@@ -8,11 +8,11 @@ import time
 import numpy as np
 import pytest
 import tensorflow as tf
-from helpers import distributed_iterator, fixed_batch, make_trainer
 
 from bench.hardware import datasheet, peak
 from bench.results import metrics
 from bench.runner.timing import device_sync
+from bench.selfcheck.env import N_BLOCKS, batches, make_step_functions, random_batch
 from resnet import cost
 
 # (TF device name, precision, tf32) -> dense TFLOP/s of one device
@@ -96,11 +96,12 @@ def test_tf32_only_for_float32_on_ampere_and_later():
 
 def test_mfu_against_the_datasheet():
     # 8 A100s in bf16: 8 * 312 = 2496 TFLOP/s; 1e5 img/s of 2.496e9 FLOP each is 2.496e14 FLOP/s: 10 %.
-    mfu, total, source = datasheet.mfu_datasheet(2.496e9, 1e5, "NVIDIA A100-SXM4-80GB", 8, "mixed_bfloat16", False)
-    assert total == 8 * 312.0
-    assert mfu == pytest.approx(0.1)
+    # as the row computes it: the datasheet's figure per device x the devices, then metrics.mfu
+    tflops, source = datasheet.lookup("NVIDIA A100-SXM4-80GB", "mixed_bfloat16", False)
+    assert tflops * 8 == 8 * 312.0
+    assert metrics.mfu(2.496e9, 1e5, tflops * 8 * 1e12) == pytest.approx(0.1)
     assert "A100 SXM" in source and "BF16" in source
-    assert datasheet.mfu_datasheet(1e9, 1e3, "AMD EPYC 7B13", 1, "float32", False)[:2] == (None, None)
+    assert datasheet.lookup("AMD EPYC 7B13", "float32", False)[0] is None
 
 
 def test_peak_syncs_on_one_element_of_the_product():
@@ -111,28 +112,33 @@ def test_peak_syncs_on_one_element_of_the_product():
     np.testing.assert_allclose(out.numpy(), tf.matmul(a, b)[0, 0].numpy(), rtol=1e-6)
 
 
+def peak_gflops(device, device_key, precision, tf32=False):
+    """The cached peak's GFLOP/s (what `bench.hardware.peak.peak_gflops` returned before it left the module)."""
+    return peak.peak_reading(device, device_key, precision, tf32=tf32).gflops
+
+
 def test_tf32_is_part_of_the_peak_cache_key(monkeypatch):
     readings = iter([100.0, 800.0])
     monkeypatch.setattr(peak, "measure", lambda device, dtype: next(readings))
-    assert peak.peak_gflops("/gpu:0", "GPU:test-tf32", "float32") == 100.0
-    assert peak.peak_gflops("/gpu:0", "GPU:test-tf32", "float32", tf32=True) == 800.0
-    assert peak.peak_gflops("/gpu:0", "GPU:test-tf32", "float32") == 100.0  # cached, not re-measured
+    assert peak_gflops("/gpu:0", "GPU:test-tf32", "float32") == 100.0
+    assert peak_gflops("/gpu:0", "GPU:test-tf32", "float32", tf32=True) == 800.0
+    assert peak_gflops("/gpu:0", "GPU:test-tf32", "float32") == 100.0  # cached, not re-measured
     with open(peak.cache_path()) as fh:
         keys = set(json.load(fh))
     assert {"GPU:test-tf32|float32|scalar-sync", "GPU:test-tf32|float32|tf32|scalar-sync"} <= keys
 
 
-def test_measured_peak_bounds_a_training_run_mfu(strategies):
+def test_measured_peak_bounds_a_training_run_mfu(check_env, strategies):
     """The measured CPU peak is positive and a small ResNet's training MFU against it is in (0, 1]."""
     gflops = peak.measure("/cpu:0", "float32", max_size=1024)
     assert gflops > 0
-    trainer = make_trainer(strategies[1], n=1, batch=16)
-    it = distributed_iterator(strategies[1], *fixed_batch(16))
+    trainer = make_step_functions(check_env, strategies[1], 16)
+    it = batches(check_env, strategies[1], *random_batch(16))
     device_sync(trainer.train(it, tf.constant(2)))  # trace + warm-up
     start = time.perf_counter()
     device_sync(trainer.train(it, tf.constant(5)))
     images_per_sec = 5 * 16 / (time.perf_counter() - start)
-    mfu = metrics.mfu(cost.cost(1).train_flops, images_per_sec, gflops * 1e9)
+    mfu = metrics.mfu(cost.cost(N_BLOCKS).train_flops, images_per_sec, gflops * 1e9)
     assert 0 < mfu <= 1, (mfu, gflops, images_per_sec)
 
 

@@ -1,6 +1,7 @@
 """The results table: schema, whole rows under concurrency, foreign headers refused."""
 
 import csv
+import functools
 import io
 import multiprocessing
 import os
@@ -164,7 +165,9 @@ def test_rows_are_checked_against_the_schema():
     assert table.format_row({"run_id": "x", "status": "ok"}).endswith("\n")
 
 
-def test_a_row_no_file_can_take_is_printed_on_stderr(tmp_path):
+def test_a_row_no_file_can_take_is_printed_on_stderr(tmp_path, monkeypatch):
+    # No lock file can be made in /proc: the append waits out its lock timeout (120 s by default) first.
+    monkeypatch.setattr(table, "append_row", functools.partial(table.append_row, lock_timeout=1))
     err = io.StringIO()
     assert table.save_row("/proc/nowhere.csv", row(7), err=err) == "stderr"
     text = err.getvalue()
@@ -172,3 +175,57 @@ def test_a_row_no_file_can_take_is_printed_on_stderr(tmp_path):
     printed = list(csv.DictReader(io.StringIO(text.split("\n", 1)[1])))
     assert [r["run_id"] for r in printed] == ["run0007"] and printed[0]["command"] == row(7)["command"]
     assert not os.path.exists("/proc/nowhere.csv")
+
+
+def older_table(path):
+    """A table of an earlier schema (no `onednn` column) with one row; its bytes."""
+    old_schema = [c for c in table.SCHEMA if c != "onednn"]
+    with open(path, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, old_schema, lineterminator="\n")
+        writer.writeheader()
+        writer.writerow({"run_id": "old1", "status": "ok", "xla": "true"})
+    return open(path, "rb").read()
+
+
+def test_an_upgrade_that_cannot_replace_the_file_leaves_nothing_and_a_retry_works(tmp_path, monkeypatch):
+    """An immutable file (`chattr +i`): the replace fails. The copy `.before-upgrade` and the lock it made are
+    removed, the file is as it was, and the next try (once the file can be replaced) upgrades it."""
+    path = tmp_path / "old.csv"
+    original = older_table(path)
+    real_replace = os.replace
+
+    def immutable(src, dst):
+        raise PermissionError(1, "Operation not permitted", dst)
+
+    monkeypatch.setattr(table.os, "replace", immutable)
+    for _ in range(2):  # every retry fails the same way, never on what the last one left ("File exists")
+        with pytest.raises(PermissionError, match="Operation not permitted"):
+            table.upgrade(str(path))
+        assert os.listdir(tmp_path) == ["old.csv"] and path.read_bytes() == original
+    monkeypatch.setattr(table.os, "replace", real_replace)
+    backup = table.upgrade(str(path))
+    assert open(backup, "rb").read() == original and tuple(table.read_rows(str(path))[0]) == table.SCHEMA
+
+
+def test_a_copy_left_by_an_earlier_failed_upgrade_is_taken_when_it_is_the_same(tmp_path):
+    path = tmp_path / "old.csv"
+    original = older_table(path)
+    (tmp_path / "old.csv.before-upgrade").write_bytes(original)  # what an earlier version left behind
+    assert table.upgrade(str(path)) == str(tmp_path / "old.csv.before-upgrade")
+    assert tuple(table.read_rows(str(path))[0]) == table.SCHEMA
+    # a different file of that name is the user's: refused untouched
+    other = tmp_path / "o.csv"
+    older_table(other)
+    (tmp_path / "o.csv.before-upgrade").write_text("mine")
+    with pytest.raises(table.ResultsError, match="o.csv.before-upgrade exists"):
+        table.upgrade(str(other))
+    assert (tmp_path / "o.csv.before-upgrade").read_text() == "mine"
+
+
+def test_upgrading_a_file_that_is_not_there_leaves_no_lock(tmp_path):
+    with pytest.raises(table.ResultsError, match="no results file"):
+        table.upgrade(str(tmp_path / "missing.csv"))
+    (tmp_path / "folder.csv").mkdir()
+    with pytest.raises(table.ResultsError, match="not a regular file"):
+        table.upgrade(str(tmp_path / "folder.csv"))
+    assert os.listdir(tmp_path) == ["folder.csv"]

@@ -214,6 +214,7 @@ def bad_inputs(tmp):
     }
 
 
+@pytest.mark.e2e
 def test_every_bad_input_is_one_line_exit_2_nothing_written(tmp_path):
     cases = bad_inputs(str(tmp_path))
     results_file = tmp_path / "summary.csv"
@@ -231,6 +232,7 @@ def test_every_bad_input_is_one_line_exit_2_nothing_written(tmp_path):
     assert (tmp_path / "foreign.csv").read_text() == "a,b\n1,2\n"
 
 
+@pytest.mark.e2e
 def test_onednn_setting_takes_effect_and_is_recorded(tmp_path):
     path = str(tmp_path / "summary.csv")
     args = [
@@ -278,6 +280,7 @@ def wait_for_checkpoint(folder, at_least, proc, timeout=240):
     return False
 
 
+@pytest.mark.e2e
 def test_sigkilled_run_resumes_and_writes_exactly_one_row(tmp_path):
     ckpt = str(tmp_path / "ckpt")
     path = str(tmp_path / "summary.csv")
@@ -317,6 +320,7 @@ def test_sigkilled_run_resumes_and_writes_exactly_one_row(tmp_path):
     assert len(table.read_rows(path)) == 1
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("xla", [False, True], ids=["plain", "xla"])
 def test_fp16_overflow_on_one_replica_is_skipped_everywhere_through_the_cli(tmp_path, xla):
     path = str(tmp_path / "summary.csv")
@@ -341,6 +345,7 @@ def test_fp16_overflow_on_one_replica_is_skipped_everywhere_through_the_cli(tmp_
     assert "1 step(s) skipped" in proc.stdout
 
 
+@pytest.mark.e2e
 def test_inference_mode_times_each_batch_with_threads_as_asked(tmp_path):
     from resnet import cost
 
@@ -367,6 +372,7 @@ def test_inference_mode_times_each_batch_with_threads_as_asked(tmp_path):
     assert row["command"].startswith("python -m bench.run --mode=inference")
 
 
+@pytest.mark.e2e
 def test_ctrl_c_stops_at_the_next_window_with_a_row_and_a_checkpoint(tmp_path):
     ckpt, path = str(tmp_path / "ckpt"), str(tmp_path / "summary.csv")
     args = [
@@ -484,6 +490,7 @@ def test_profiled_steps_are_traced_and_not_timed(tmp_path):
 TINY = ["--data=synthetic", "--n=1", "--batch_size=16", "--steps=12", "--warmup_steps=2"]
 
 
+@pytest.mark.e2e
 def test_a_checkpoint_folder_spelled_another_way_is_the_same_run(tmp_path):
     """Exit 3 through the CLI, and `D`, `$PWD/D`, `D/`, `./D` name one run (paths compared normalised)."""
     path = str(tmp_path / "r.csv")
@@ -498,6 +505,7 @@ def test_a_checkpoint_folder_spelled_another_way_is_the_same_run(tmp_path):
     assert len(table.read_rows(path)) == 1
 
 
+@pytest.mark.e2e
 def test_a_checkpoint_that_does_not_restore_ends_in_a_failed_row_exit_1(tmp_path):
     ckpt, path = tmp_path / "ckpt", str(tmp_path / "r.csv")
     ckpt.mkdir()
@@ -519,6 +527,7 @@ def test_a_checkpoint_that_does_not_restore_ends_in_a_failed_row_exit_1(tmp_path
 PATCHED = "import sys, bench.run as r; {patch}; sys.argv[0] = 'bench.run'; r.entry()"
 
 
+@pytest.mark.e2e
 def test_an_unexpected_error_before_the_run_is_one_line_exit_1_nothing_written(tmp_path):
     path = tmp_path / "r.csv"
     patch = "import bench.config.validation as v; v.validate = lambda cfg: {}['a bug']"
@@ -536,6 +545,7 @@ def test_an_unexpected_error_before_the_run_is_one_line_exit_1_nothing_written(t
     assert not path.exists()
 
 
+@pytest.mark.e2e
 def test_sigterm_while_setting_up_writes_an_interrupted_row_exit_143(tmp_path):
     path = str(tmp_path / "r.csv")
     patch = (
@@ -548,6 +558,7 @@ def test_sigterm_while_setting_up_writes_an_interrupted_row_exit_143(tmp_path):
     assert row["status"] == "interrupted" and "SIGTERM" in row["error"] and "Traceback" not in proc.stderr
 
 
+@pytest.mark.e2e
 def test_skipped_fp16_steps_keep_the_schedule_on_the_global_step(tmp_path):
     """The lr drops at 50% and 75% of the steps (7 and 10 of 12) although step 5 was skipped: each step's
     applied lr (TensorBoard) follows the global step, while the optimizer made one update fewer."""
@@ -637,3 +648,82 @@ def test_an_interrupted_run_writes_its_row_before_anything_slow_and_a_late_signa
     [row] = table.read_rows(str(path))
     assert row["status"] == "interrupted" and row["total_steps"] == str(fired[0]) and row["test_accuracy"] == ""
     assert out.exit_code == 130
+
+
+@pytest.mark.parametrize("loop", ["ctl", "fit"])
+def test_sigterm_during_the_final_evaluation_ends_it_and_the_run_is_interrupted(tmp_path, monkeypatch, loop):
+    """A preemption during the final evaluation: the evaluation ends at its next chunk (a window's worth of
+    batches), nothing of it is recorded, the row says interrupted and the exit status is 143."""
+    from helpers import seed_peak_cache
+
+    from bench.training import trainers
+
+    monkeypatch.setenv("RESNET_BENCH_CACHE", str(tmp_path / "cache"))
+    seed_peak_cache(str(tmp_path / "cache"))  # no peak measurement first (~20 s)
+    folder, _ = write_cifar(str(tmp_path / "cifar"), train_per_file=(40, 40), test=100)  # 7 batches of 16
+    chunks = []
+    if loop == "ctl":
+        real_evaluate = trainers.CustomLoopTrainer.evaluate
+
+        def evaluate(self, *args, **kwargs):
+            real_loop = self.step_fns.eval_loop
+
+            def eval_loop(iterator, batches):
+                sums = real_loop(iterator, batches)
+                chunks.append(int(batches))
+                if len(chunks) == 1:
+                    os.kill(os.getpid(), signal.SIGTERM)  # the preemption, while the test set is evaluated
+                return sums
+
+            self.step_fns.eval_loop = eval_loop
+            return real_evaluate(self, *args, **kwargs)
+
+        monkeypatch.setattr(trainers.CustomLoopTrainer, "evaluate", evaluate)
+    else:
+        real_evaluate = trainers.FitTrainer.evaluate
+
+        def evaluate(self, *args, **kwargs):
+            os.kill(os.getpid(), signal.SIGTERM)
+            return real_evaluate(self, *args, **kwargs)
+
+        monkeypatch.setattr(trainers.FitTrainer, "evaluate", evaluate)
+    path = str(tmp_path / "s.csv")
+    cfg = RunConfig(data="files", cifar_dir=folder, steps=12, loop=loop, results=path, **SMALL)
+    out = benchmark.run(cfg)
+    [row] = table.read_rows(path)
+    assert row["status"] == "interrupted" and "SIGTERM" in row["error"], row["error"]
+    assert "final evaluation" in row["error"] and row["test_accuracy"] == "" and row["total_steps"] == "12"
+    assert out.exit_code == 143
+    if loop == "ctl":
+        assert chunks == [3]  # the rest of the test set was not evaluated
+
+
+@pytest.mark.e2e
+def test_a_closed_or_vanished_output_never_costs_the_row(tmp_path):
+    """Outputs closed before the start (`>&- 2>&-`) and a reader gone after one byte (`2>&1 | head -c1`):
+    the run's row is ok and so is its exit status."""
+    env = {**os.environ, "PYTHONPATH": ROOT}
+    closed = str(tmp_path / "closed.csv")
+    script = 'exec "$0" -m bench.run "$@" >&- 2>&-'
+    proc = subprocess.run(
+        ["bash", "-c", script, sys.executable, *TINY, f"--results={closed}"], cwd=ROOT, env=env, timeout=300
+    )
+    [row] = table.read_rows(closed)
+    assert proc.returncode == 0 and row["status"] == "ok", row["error"]
+    gone = str(tmp_path / "gone.csv")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bench.run", *TINY, "--steps=40", f"--results={gone}"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        assert proc.stdout.read(1)  # `head -c1`: one byte, then the reader is gone
+        proc.stdout.close()
+        assert proc.wait(300) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    [row] = table.read_rows(gone)
+    assert row["status"] == "ok", row["error"]

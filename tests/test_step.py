@@ -5,8 +5,8 @@ import math
 import numpy as np
 import pytest
 import tensorflow as tf
-from helpers import distributed_iterator, fixed_batch, make_trainer, replica_values, weights
 
+from bench.selfcheck.env import batches, make_step_functions, random_batch, replica_values, replica_weights, weights
 from resnet.model import batch_norm_layers
 
 
@@ -14,24 +14,24 @@ def run_steps(trainer, iterator, n):
     return float(trainer.train(iterator, tf.constant(n)))
 
 
-def test_loss_falls_on_a_learnable_task(strategies):
-    trainer = make_trainer(strategies[1], batch=16)
-    it = distributed_iterator(strategies[1], *fixed_batch(16))
+def test_loss_falls_on_a_learnable_task(check_env, strategies):
+    trainer = make_step_functions(check_env, strategies[1], 16)
+    it = batches(check_env, strategies[1], *random_batch(16))
     first = run_steps(trainer, it, 1)
     later = [run_steps(trainer, it, 5) for _ in range(4)]
     assert math.isfinite(first) and all(math.isfinite(x) for x in later)
     assert later[-1] < 0.5 * first  # a fixed batch is memorised
 
 
-def test_two_replicas_match_one_device_on_the_first_step(strategies):
+def test_two_replicas_match_one_device_on_the_first_step(check_env, strategies):
     """Same global batch, same seed: the same loss and the same updated weights (sync BN makes the
     batch statistics global, so both compute exactly the same function)."""
-    images, labels = fixed_batch(16)
+    images, labels = random_batch(16)
     out = {}
     for k, strategy in strategies.items():
-        trainer = make_trainer(strategy, batch=16, sync_bn=True, seed=7)
+        trainer = make_step_functions(check_env, strategy, 16, sync_bn=True, seed=7)
         before = weights(trainer.model)
-        loss = run_steps(trainer, distributed_iterator(strategy, images, labels), 1)
+        loss = run_steps(trainer, batches(check_env, strategy, images, labels), 1)
         out[k] = (loss, before, weights(trainer.model))
     assert out[1][0] == pytest.approx(out[2][0], rel=1e-5)
     for w1, w2 in zip(out[1][1], out[2][1]):
@@ -40,10 +40,10 @@ def test_two_replicas_match_one_device_on_the_first_step(strategies):
         np.testing.assert_allclose(w2 - w0, w1 - w0, rtol=2e-3, atol=2e-6)  # same update
 
 
-def test_per_replica_bn_statistics_are_averaged_and_eval_matches_one_device(strategies):
-    images, labels = fixed_batch(16)
-    mirrored = make_trainer(strategies[2], batch=16, seed=3)
-    run_steps(mirrored, distributed_iterator(strategies[2], images, labels), 3)
+def test_per_replica_bn_statistics_are_averaged_and_eval_matches_one_device(check_env, strategies):
+    images, labels = random_batch(16)
+    mirrored = make_step_functions(check_env, strategies[2], 16, seed=3)
+    run_steps(mirrored, batches(check_env, strategies[2], images, labels), 3)
     for layer in batch_norm_layers(mirrored.model):
         for var in (layer.moving_mean, layer.moving_variance):
             r0, r1 = replica_values(strategies[2], var)
@@ -51,7 +51,7 @@ def test_per_replica_bn_statistics_are_averaged_and_eval_matches_one_device(stra
     stem = batch_norm_layers(mirrored.model)[0].moving_mean
     assert float(np.abs(stem.numpy()).sum()) > 0  # statistics did move
     # Evaluation on two replicas equals evaluation of the same weights on one device.
-    one = make_trainer(strategies[1], batch=16, seed=3)
+    one = make_step_functions(check_env, strategies[1], 16, seed=3)
     for dst, src in zip(one.model.weights, mirrored.model.weights):
         dst.assign(src.numpy())
     mask = np.ones(16, np.float32)
@@ -65,13 +65,13 @@ def test_per_replica_bn_statistics_are_averaged_and_eval_matches_one_device(stra
     assert results[0][2] == results[1][2] == 16
 
 
-def test_without_averaging_replica_statistics_would_differ(strategies):
+def test_without_averaging_replica_statistics_would_differ(check_env, strategies):
     """Guards the test above: the two replicas really see different batches."""
-    images, labels = fixed_batch(16)
+    images, labels = random_batch(16)
     images[8:] = 255 - images[8:]
-    trainer = make_trainer(strategies[2], batch=16, seed=3)
+    trainer = make_step_functions(check_env, strategies[2], 16, seed=3)
     trainer._average_bn = False
-    run_steps(trainer, distributed_iterator(strategies[2], images, labels), 1)
+    run_steps(trainer, batches(check_env, strategies[2], images, labels), 1)
     r0, r1 = replica_values(strategies[2], batch_norm_layers(trainer.model)[0].moving_mean)
     assert not np.allclose(r0, r1)
     trainer.average_moving_statistics()
@@ -81,10 +81,10 @@ def test_without_averaging_replica_statistics_would_differ(strategies):
 
 @pytest.mark.parametrize("precision", ["mixed_bfloat16", "mixed_float16"])
 @pytest.mark.parametrize("replicas", [1, 2])
-def test_mixed_precision_stays_finite_and_learns(strategies, precision, replicas):
+def test_mixed_precision_stays_finite_and_learns(check_env, strategies, precision, replicas):
     strategy = strategies[replicas]
-    trainer = make_trainer(strategy, precision=precision, batch=16)
-    it = distributed_iterator(strategy, *fixed_batch(16))
+    trainer = make_step_functions(check_env, strategy, 16, precision=precision)
+    it = batches(check_env, strategy, *random_batch(16))
     first = run_steps(trainer, it, 1)
     last = run_steps(trainer, it, 8)
     assert math.isfinite(first) and math.isfinite(last)
@@ -93,10 +93,10 @@ def test_mixed_precision_stays_finite_and_learns(strategies, precision, replicas
 
 
 @pytest.mark.parametrize("replicas", [1, 2])
-def test_loss_scale_skips_a_step_with_an_injected_inf(strategies, replicas):
+def test_loss_scale_skips_a_step_with_an_injected_inf(check_env, strategies, replicas):
     strategy = strategies[replicas]
-    trainer = make_trainer(strategy, precision="mixed_float16", batch=16, inject_inf_grad_at_step=3)
-    it = distributed_iterator(strategy, *fixed_batch(16))
+    trainer = make_step_functions(check_env, strategy, 16, precision="mixed_float16", inject_inf_grad_at_step=3)
+    it = batches(check_env, strategy, *random_batch(16))
     run_steps(trainer, it, 2)
     scale_before = float(trainer.optimizer.dynamic_scale.numpy())
     before = weights(trainer.model)
@@ -110,19 +110,16 @@ def test_loss_scale_skips_a_step_with_an_injected_inf(strategies, replicas):
     assert any(not np.array_equal(w0, w1) for w0, w1 in zip(after, weights(trainer.model)))
 
 
-def replica_weights(strategy, model):
-    """Per replica, the list of its copies of the trainable variables."""
-    per_var = [replica_values(strategy, v) for v in model.trainable_variables]
-    return [list(copies) for copies in zip(*per_var)]
-
-
 # (1 replica with XLA passed too when tried; left out for time: its agreement path is the same code.)
+@pytest.mark.slow  # XLA and bf16 compiles over 2 replicas: the longest in-process tests (-m e2e)
 @pytest.mark.parametrize("replicas,xla", [(2, False), (2, True)])
-def test_overflow_on_one_replica_skips_the_step_on_every_replica(strategies, replicas, xla):
+def test_overflow_on_one_replica_skips_the_step_on_every_replica(check_env, strategies, replicas, xla):
     """inf in the last replica's gradients only: every replica skips, the scale halves once, training goes on."""
     strategy = strategies[replicas]
-    trainer = make_trainer(strategy, precision="mixed_float16", batch=16, xla=xla, inject_inf_grad_at=(3, replicas - 1))
-    it = distributed_iterator(strategy, *fixed_batch(16))
+    trainer = make_step_functions(
+        check_env, strategy, 16, precision="mixed_float16", xla=xla, inject_inf_grad_at=(3, replicas - 1)
+    )
+    it = batches(check_env, strategy, *random_batch(16))
     first = run_steps(trainer, it, 2)
     scale_before = replica_values(strategy, trainer.optimizer.dynamic_scale)
     assert len(set(scale_before)) == 1
@@ -143,26 +140,27 @@ def test_overflow_on_one_replica_skips_the_step_on_every_replica(strategies, rep
     assert int(trainer.skipped_steps.numpy()) == 1
 
 
+@pytest.mark.slow  # XLA and bf16 compiles over 2 replicas: the longest in-process tests (-m e2e)
 @pytest.mark.parametrize("replicas", [1, 2])
-def test_xla_and_no_xla_give_the_same_loss(strategies, replicas):
+def test_xla_and_no_xla_give_the_same_loss(check_env, strategies, replicas):
     strategy = strategies[replicas]
-    images, labels = fixed_batch(16)
+    images, labels = random_batch(16)
     losses = []
     for xla in (False, True):
-        trainer = make_trainer(strategy, batch=16, seed=5, xla=xla)
-        it = distributed_iterator(strategy, images, labels)
+        trainer = make_step_functions(check_env, strategy, 16, seed=5, xla=xla)
+        it = batches(check_env, strategy, images, labels)
         losses.append([run_steps(trainer, it, 1) for _ in range(3)])
     np.testing.assert_allclose(losses[0], losses[1], rtol=1e-3)
 
 
-def test_injected_nan_makes_the_loss_non_finite(strategies):
-    trainer = make_trainer(strategies[1], batch=16, inject_nan_at_step=2)
-    it = distributed_iterator(strategies[1], *fixed_batch(16))
+def test_injected_nan_makes_the_loss_non_finite(check_env, strategies):
+    trainer = make_step_functions(check_env, strategies[1], 16, inject_nan_at_step=2)
+    it = batches(check_env, strategies[1], *random_batch(16))
     assert math.isfinite(run_steps(trainer, it, 1))
     assert not math.isfinite(run_steps(trainer, it, 1))
 
 
-def test_sync_bn_with_xla_over_replicas_is_refused_by_the_one_rule(strategies):
+def test_sync_bn_with_xla_over_replicas_is_refused_by_the_one_rule(check_env, strategies):
     """The rule lives in bench.config (judged up front with --cpu_replicas, after setup with the real count)."""
     from bench.config import validation
     from bench.config.options import ConfigError, RunConfig
@@ -170,19 +168,20 @@ def test_sync_bn_with_xla_over_replicas_is_refused_by_the_one_rule(strategies):
     with pytest.raises(ConfigError, match="sync_bn"):
         validation.check_xla_over_replicas(RunConfig(sync_bn=True, xla=True, batch_norm="keras"), 2)
     validation.check_xla_over_replicas(RunConfig(sync_bn=True, xla=True, batch_norm="keras"), 1)
-    make_trainer(strategies[1], sync_bn=True, xla=True)  # one replica: builds
+    make_step_functions(check_env, strategies[1], 16, sync_bn=True, xla=True)  # one replica: builds
 
 
+@pytest.mark.slow  # XLA and bf16 compiles over 2 replicas: the longest in-process tests (-m e2e)
 @pytest.mark.parametrize("replicas", [1, 2])
-def test_fused_batch_norm_trains_like_the_keras_layer(strategies, replicas):
+def test_fused_batch_norm_trains_like_the_keras_layer(check_env, strategies, replicas):
     """Same seed, same batches: the fused-BN net follows the Keras-BN net step for step, including the
     moving statistics (averaged over replicas) and evaluation."""
     strategy = strategies[replicas]
-    images, labels = fixed_batch(16)
+    images, labels = random_batch(16)
     nets = {}
     for bn in ("keras", "fused"):
-        trainer = make_trainer(strategy, batch=16, seed=11, batch_norm=bn)
-        it = distributed_iterator(strategy, images, labels)
+        trainer = make_step_functions(check_env, strategy, 16, seed=11, batch_norm=bn)
+        it = batches(check_env, strategy, images, labels)
         losses = [run_steps(trainer, it, 1) for _ in range(3)]
         nets[bn] = (trainer, losses)
     (keras_trainer, keras_losses), (fused_trainer, fused_losses) = nets["keras"], nets["fused"]
@@ -200,14 +199,15 @@ def test_fused_batch_norm_trains_like_the_keras_layer(strategies, replicas):
     np.testing.assert_allclose(logits[1], logits[0], rtol=1e-3, atol=1e-4)
 
 
+@pytest.mark.slow  # XLA and bf16 compiles over 2 replicas: the longest in-process tests (-m e2e)
 @pytest.mark.parametrize("replicas", [1, 2])
-def test_fused_batch_norm_under_xla_and_bfloat16(strategies, replicas):
+def test_fused_batch_norm_under_xla_and_bfloat16(check_env, strategies, replicas):
     strategy = strategies[replicas]
-    images, labels = fixed_batch(16)
+    images, labels = random_batch(16)
     losses = {}
     for xla, precision in ((False, "float32"), (True, "float32"), (False, "mixed_bfloat16")):
-        trainer = make_trainer(strategy, batch=16, seed=5, xla=xla, precision=precision, batch_norm="fused")
-        it = distributed_iterator(strategy, images, labels)
+        trainer = make_step_functions(check_env, strategy, 16, seed=5, xla=xla, precision=precision, batch_norm="fused")
+        it = batches(check_env, strategy, images, labels)
         losses[xla, precision] = [run_steps(trainer, it, 1) for _ in range(3)]
     np.testing.assert_allclose(losses[True, "float32"], losses[False, "float32"], rtol=1e-3)
     assert all(math.isfinite(x) for x in losses[False, "mixed_bfloat16"])

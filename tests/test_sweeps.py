@@ -1,6 +1,8 @@
 """Ray Tune sweeps: rows from the driver, failures recorded, SIGKILL + --resume, bad flags, the report."""
 
 import csv
+import dataclasses
+import json
 import os
 import signal
 import subprocess
@@ -59,6 +61,7 @@ def test_space_is_the_product_with_stable_keys():
     assert len({t.config.tensorboard_dir for t in folders}) == 4
 
 
+@pytest.mark.e2e
 def test_two_by_two_sweep_leaves_four_ok_rows(tmp_path):
     path = tmp_path / "summary.csv"
     fast = [a for a in FAST if not a.startswith("--steps_per_loop")]
@@ -81,6 +84,7 @@ def test_two_by_two_sweep_leaves_four_ok_rows(tmp_path):
     assert {r["depth"] for r in rows} == {"8", "14"}
 
 
+@pytest.mark.e2e
 def test_a_diverging_trial_gets_its_row_and_the_others_finish(tmp_path):
     from sweeps import tune as sweep
 
@@ -111,6 +115,7 @@ def _rows_in(path):
         return max(0, sum(1 for _ in csv.reader(fh)) - 1)
 
 
+@pytest.mark.e2e
 def test_killed_sweep_resumes_with_one_row_per_trial(tmp_path):
     path = str(tmp_path / "summary.csv")
     args = ["--n=1,2", "--shortcut=A,B", *FAST, "--name=killme", f"--storage={tmp_path}/ray", f"--results={path}"]
@@ -138,6 +143,7 @@ def test_killed_sweep_resumes_with_one_row_per_trial(tmp_path):
     assert all(r["status"] == "ok" for r in rows)
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize(
     "args,message",
     [
@@ -224,6 +230,7 @@ def test_report_from_mixed_rows(tmp_path):
         assert os.path.getsize(png) > 5000
 
 
+@pytest.mark.e2e
 def test_report_never_averages_runs_that_measured_different_things(tmp_path):
     path = str(tmp_path / "summary.csv")
     rows = write_mixed_results(path)
@@ -281,6 +288,7 @@ def test_pareto_front():
     assert report.pareto_front(pts) == [(50, 0.95), (100, 0.90), (120, 0.80)]
 
 
+@pytest.mark.e2e
 def test_report_bad_input_is_one_line_exit_2(tmp_path):
     env = {**os.environ, "PYTHONPATH": ROOT}
     for args, message in (
@@ -298,3 +306,120 @@ def test_report_bad_input_is_one_line_exit_2(tmp_path):
         )
         lines = proc.stderr.strip().splitlines()
         assert proc.returncode == 2 and len(lines) == 1 and message in lines[0], proc.stderr
+
+
+@pytest.mark.e2e
+def test_a_results_file_that_is_not_a_table_is_refused_before_anything_starts(tmp_path):
+    """As `bench.run` checks its table: no Ray, no trial, no sweep folder (a rerun needs no new name)."""
+    from sweeps import tune as sweep
+
+    foreign = tmp_path / "foreign.csv"
+    foreign.write_text("a,b\n1,2\n")
+    trials = space.build_trials({"n": [1], "data": ["synthetic"], "steps": [6], "warmup_steps": [2]}, 1, "foreign")
+    opts = sweep.SweepOptions(name="foreign", storage=str(tmp_path / "ray"), results=str(foreign))
+    with pytest.raises(ConfigError, match="not a results table"):
+        sweep.run_sweep(trials, opts)
+    assert foreign.read_text() == "a,b\n1,2\n" and os.listdir(tmp_path) == ["foreign.csv"]
+
+
+@pytest.mark.e2e
+def test_the_command_refuses_a_results_file_that_is_not_a_table_exit_2(tmp_path):
+    foreign = tmp_path / "foreign.csv"
+    foreign.write_text("a,b\n1,2\n")
+    proc = sweep_cli(*FAST, "--n=1", "--shortcut=A", f"--storage={tmp_path}/ray", f"--results={foreign}")
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1 and "not a results table" in lines[0], proc.stderr[-2000:]
+    assert os.listdir(tmp_path) == ["foreign.csv"] and foreign.read_text() == "a,b\n1,2\n"
+
+
+class _Trial:
+    """What the row writer reads of a Ray Tune trial."""
+
+    def __init__(self, key, status="PENDING", row=None):
+        self.config = {"trial": key}
+        self.status = status
+        self.last_result = {"row": json.dumps(row), "final": True} if row else None
+
+
+def test_a_resumed_sweep_shows_its_own_clock_and_counts(tmp_path, monkeypatch, capsys):
+    """Ray restores the row writer it pickled when the sweep was created: the resumed run's lines count its own
+    trials from 1 and its own time, not the first run's (which ended an hour ago here)."""
+    from ray import cloudpickle
+
+    from bench.results import rows as result_rows
+    from sweeps import tune as sweep
+
+    axes = {"n": [1], "shortcut": ["A", "B", "C"], "data": ["synthetic"], "steps": [6], "batch_size": [16]}
+    trials = space.build_trials({**axes, "warmup_steps": [2]}, 1, "again")
+    runs = {t.key: json.loads(json.dumps(dataclasses.asdict(t.config))) for t in trials}
+    now = [1000.0]
+    monkeypatch.setattr(time, "monotonic", lambda: now[0])
+    path = str(tmp_path / "s.csv")
+    pickled = cloudpickle.dumps(sweep._make_row_writer(path, runs))  # as Tuner saves it, when the sweep starts
+    now[0] += 3600  # the first run finished trial A, was killed, and is resumed an hour later
+    writer = cloudpickle.loads(pickled)
+    writer.setup(total_num_samples=3)
+    a, b, c = (t.key for t in trials)
+    writer.on_step_begin(0, [_Trial(a, "TERMINATED"), _Trial(b), _Trial(c)])
+    for key in (b, c):
+        now[0] += 5
+        row = {**result_rows.config_row(options.from_dict(runs[key]), "ok", ""), "images_per_sec": 100.0}
+        writer.on_trial_complete(1, [], _Trial(key, row=row))
+    lines = [x for x in capsys.readouterr().out.splitlines() if x.startswith("trial ")]
+    assert len(lines) == 2
+    assert lines[0].startswith("trial 1/2 n1-preact-B-") and lines[0].endswith("5s elapsed, ETA 5s"), lines
+    assert lines[1].startswith("trial 2/2 n1-preact-C-") and lines[1].endswith("10s elapsed, done"), lines
+
+
+def _stop_after_rows(args, path, rows, signum):
+    """Start the sweep, send `signum` once the table has `rows` rows; (exit status, stdout, stderr)."""
+    env = {**os.environ, "PYTHONPATH": ROOT, "RAY_AUTH_MODE": "disabled"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "sweeps.tune", *args],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.time() + 300
+        while time.time() < deadline and _rows_in(path) < rows and proc.poll() is None:
+            time.sleep(0.2)
+        assert proc.poll() is None, "the sweep ended before it could be stopped"
+        os.kill(proc.pid, signum)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    return proc.returncode, out, err
+
+
+@pytest.mark.e2e
+@pytest.mark.slow
+def test_a_stopped_sweep_says_what_is_missing_and_how_to_resume(tmp_path):
+    """Ctrl-C: exit 130 and one line naming the trials without a row and the command that runs them (the
+    running trial writes no row); SIGTERM to the resumed sweep: exit 143 (not Ray's stack dump); the last
+    --resume runs the rest, counting its own trials."""
+    path = str(tmp_path / "summary.csv")
+    args = ["--n=1,2", "--shortcut=A,B", *FAST, "--name=stopme", f"--storage={tmp_path}/ray", f"--results={path}"]
+    code, _, err = _stop_after_rows(args, path, 1, signal.SIGINT)
+    assert code == 130, err[-3000:]
+    last = err.strip().splitlines()[-1]
+    rows = table.read_rows(path)
+    assert 1 <= len(rows) < 4 and all(r["status"] == "ok" for r in rows), rows
+    assert last.startswith(f"error: sweep stopme was stopped by SIGINT: {4 - len(rows)} of 4 trials have no row")
+    assert last.endswith(" --resume") and "python -m sweeps.tune" in last and "Traceback" not in err
+    code, _, err = _stop_after_rows([*args, "--resume"], path, len(rows) + 1, signal.SIGTERM)
+    resumed = table.read_rows(path)
+    assert code == 143, err[-3000:]
+    assert "SIGTERM received" not in err and "stopped by SIGTERM" in err.strip().splitlines()[-1]
+    assert len(resumed) < 4 and all(r["status"] == "ok" for r in resumed), resumed
+    again = sweep_cli(*args, "--resume")
+    assert again.returncode == 0, again.stderr[-3000:]
+    final = table.read_rows(path)
+    assert len(final) == 4 and len({r["trial_key"] for r in final}) == 4 and all(r["status"] == "ok" for r in final)
+    left = 4 - len(resumed)
+    progress = [x for x in again.stdout.splitlines() if x.startswith("trial ")]
+    assert progress[0].startswith(f"trial 1/{left} ") and progress[-1].startswith(f"trial {left}/{left} ")
+    assert progress[-1].endswith("elapsed, done"), progress

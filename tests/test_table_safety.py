@@ -12,6 +12,8 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 from bench.config import identity
 from bench.config.options import RunConfig
 from bench.results import rows, table
@@ -90,6 +92,7 @@ def test_eight_concurrent_appenders_through_a_link_and_the_target(tmp_path):
     assert not [f for f in os.listdir(target.parent) if f.endswith(".tmp")]
 
 
+@pytest.mark.e2e
 def test_files_that_are_not_our_table_are_refused_untouched(tmp_path):
     older = ",".join(c for c in table.SCHEMA if c != "onednn") + "\nold1,t,ok" + "," * (len(table.SCHEMA) - 4)
     cases = {  # name: (bytes, what the one line must say)
@@ -114,6 +117,7 @@ def test_files_that_are_not_our_table_are_refused_untouched(tmp_path):
         assert sorted(os.listdir(tmp_path)) == sorted(f"f{j}.csv" for j in range(i + 1)), name
 
 
+@pytest.mark.e2e
 def test_a_symlinked_table_gives_the_row_to_its_target(tmp_path):
     target = tmp_path / "real.csv"
     seed = (table.format_header() + table.format_row(a_row(1))).encode()
@@ -128,6 +132,7 @@ def test_a_symlinked_table_gives_the_row_to_its_target(tmp_path):
     assert len(table.read_rows(str(target))) == 2
 
 
+@pytest.mark.e2e
 def test_a_table_that_became_unwritable_mid_run_keeps_the_row_beside_it(tmp_path):
     mid = tmp_path / "mid.csv"
     ckpt = tmp_path / "ckpt"
@@ -155,6 +160,7 @@ def test_a_table_that_became_unwritable_mid_run_keeps_the_row_beside_it(tmp_path
     assert str(tmp_path / fallback) in again.stdout and not mid.exists()
 
 
+@pytest.mark.e2e
 def test_a_checkpoint_at_the_last_step_writes_no_row_that_measured_nothing(tmp_path):
     """A run killed after its last checkpoint but before its row (run.json not yet 'finished'): the same
     command again has nothing left to train or time, and says so instead of writing an empty ok row."""
@@ -174,6 +180,7 @@ def failed_trial_row():
     return {**rows.config_row(cfg, "failed", "RuntimeError: boom"), "command": "python -m sweeps.tune"}
 
 
+@pytest.mark.e2e
 def test_report_counts_failed_rows_and_replaces_the_report_whole(tmp_path):
     path = tmp_path / "summary.csv"
     ok = {
@@ -200,6 +207,7 @@ def test_report_counts_failed_rows_and_replaces_the_report_whole(tmp_path):
     assert not [f for f in os.listdir(tmp_path) if f.endswith(".tmp")]
 
 
+@pytest.mark.e2e
 def test_report_of_an_empty_table_says_so(tmp_path):
     path = tmp_path / "empty.csv"
     path.write_bytes(b"")
@@ -210,6 +218,7 @@ def test_report_of_an_empty_table_says_so(tmp_path):
     assert path.read_bytes() == b""
 
 
+@pytest.mark.e2e
 def test_report_bad_paths_are_one_line_exit_2(tmp_path):
     csv_path = tmp_path / "t.csv"
     table.append_row(str(csv_path), a_row(1))
@@ -226,6 +235,7 @@ def test_report_bad_paths_are_one_line_exit_2(tmp_path):
     assert sorted(f for f in os.listdir(tmp_path) if f != "o") == before
 
 
+@pytest.mark.e2e
 def test_an_older_table_is_upgraded_only_on_request(tmp_path):
     path = tmp_path / "old.csv"
     old_schema = [c for c in table.SCHEMA if c != "onednn"]
@@ -242,3 +252,23 @@ def test_an_older_table_is_upgraded_only_on_request(tmp_path):
     assert tuple(got[0]) == table.SCHEMA and [r["run_id"] for r in got] == ["old1", "r00002"]
     assert got[0]["command"] == "python -m bench.run --x, y" and got[0]["onednn"] == ""
     one_line_exit_2(command("bench.results", "upgrade", str(path)), "already")
+
+
+@pytest.mark.e2e
+def test_an_upgrade_of_an_immutable_file_can_be_retried_and_leaves_nothing(tmp_path):
+    path = tmp_path / "old.csv"
+    path.write_text(
+        ",".join(c for c in table.SCHEMA if c != "onednn") + "\nold1,t,ok" + "," * (len(table.SCHEMA) - 4) + "\n"
+    )
+    if subprocess.run(["chattr", "+i", str(path)], capture_output=True).returncode:
+        pytest.skip("chattr +i is not available here (needs root and a file system that has it)")
+    try:
+        for _ in range(2):
+            one_line_exit_2(command("bench.results", "upgrade", str(path)), "cannot upgrade", "not permitted")
+            assert os.listdir(tmp_path) == ["old.csv"]
+    finally:
+        subprocess.run(["chattr", "-i", str(path)], check=True)
+    assert command("bench.results", "upgrade", str(path)).returncode == 0
+    assert sorted(os.listdir(tmp_path)) == ["old.csv", "old.csv.before-upgrade", "old.csv.lock"]
+    one_line_exit_2(command("bench.results", "upgrade", str(tmp_path / "missing.csv")), "no results file")
+    assert not (tmp_path / "missing.csv.lock").exists()

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import math
 import os
 
+from bench.config import options
 from bench.config.options import RunConfig
 
 STEPS_PER_LOOP = {"CPU": 10, "GPU": 50}
@@ -36,6 +38,14 @@ def resolve(cfg: RunConfig, device_kind, num_replicas, data_kind) -> RunConfig:
         batch_norm=resolve_batch_norm(cfg, device_kind),
         augment=resolve_augment(cfg, device_kind, data_kind),
     )
+
+
+def intra_op_threads(cfg: RunConfig):
+    """TensorFlow's intra-op threads for the run: the flag, or for a multi-worker worker its reserved CPUs
+    (Ray reserves --cpus_per_worker; TensorFlow would otherwise use every core of the node); None: TF's own."""
+    if cfg.intra_op_threads is None and cfg.strategy == options.MULTI_WORKER:
+        return max(1, math.ceil(cfg.cpus_per_worker))
+    return cfg.intra_op_threads
 
 
 def resolve_augment(cfg: RunConfig, device_kind, data_kind):

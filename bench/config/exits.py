@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import select
 import signal
 import sys
 import tempfile
@@ -82,17 +83,34 @@ def on_signals(handler):
     """`handler` for Ctrl-C and SIGTERM inside the block, the previous handlers after it.
 
     Signal handlers can only be installed from the main thread (not inside a Ray worker's training
-    thread, where Ray handles termination itself): elsewhere the block runs unchanged.
+    thread, where Ray handles termination itself): elsewhere the block runs unchanged. A `StopRequest`
+    also gets a watcher thread (see there), so its lines and its second signal do not wait for the
+    main thread to come back from a long TensorFlow call.
     """
     if threading.current_thread() is not threading.main_thread():
         yield
         return
     previous = {s: signal.signal(s, handler) for s in STOP_SIGNALS}
     try:
-        yield
+        with handler._watched() if isinstance(handler, StopRequest) else contextlib.nullcontext():
+            yield
     finally:
         for s, old in previous.items():
             signal.signal(s, old)
+
+
+@contextlib.contextmanager
+def leave_on_signals(what):
+    """Ctrl-C or SIGTERM inside the block (a slow import at start-up, before anything is written): one line
+    and the signal's exit status at once, no traceback."""
+
+    def leave(signum, frame):
+        name = signal_name(signum)
+        raw_stderr(f"error: {what} was stopped by {name}; nothing done\n")
+        os._exit(EXIT_SIGNAL.get(name, EXIT_FAILED))
+
+    with on_signals(leave):
+        yield
 
 
 class Deferred:
@@ -103,28 +121,122 @@ class Deferred:
 
     def __call__(self, signum, frame):
         self.name = signal_name(signum)
-        _raw_stderr(f"\n{self.name}: {self.what}\n")
+        raw_stderr(f"\n{self.name}: {self.what}\n")
 
 
 class StopRequest:
-    """The first Ctrl-C or SIGTERM asks the work to stop at its next safe point (`.name` is set and
-    `announce` says what happens); a second one exits at once with the signal's code, writing nothing."""
+    """The first Ctrl-C or SIGTERM asks the work to stop at its next safe point (`.name` is set, `on_request(name)`
+    is called and `announce` says what happens); a second one exits at once with the signal's code, writing
+    nothing. `console`: where its lines go (a file descriptor or a stream; default: file descriptor 2).
 
-    def __init__(self, announce="stopping after the current window", on_request=None):
-        self.name, self.announce, self.on_request = None, announce, on_request
+    Python runs a signal's handler in the main thread only, between bytecodes: while TensorFlow runs one long
+    C++ call (a window of many steps, an evaluation) it would wait, and two signals in that time would reach it
+    as one. So, inside `on_signals`, the C-level handler also writes each signal's number to a pipe
+    (`signal.set_wakeup_fd`; no signal mask, which child processes and Ray would inherit) and a daemon thread
+    counts them as they arrive: the first line is printed and the request noted at once, a second signal
+    exits at once. Each signal is counted once, by whichever of that thread and the main thread's handler
+    sees it first (the count is the larger of the bytes read and the handler's calls); the previous wakeup
+    file descriptor is restored when the block ends.
+    """
+
+    def __init__(self, announce="stopping after the current window", on_request=None, console=None):
+        self.name, self.announce, self.on_request, self.console = None, announce, on_request, console
+        self._lock = threading.RLock()
+        self._bytes = self._calls = self._counted = 0  # signals read from the pipe, handler calls, signals acted on
+        self._pipe = None  # (read end, write end) while watched
 
     def __call__(self, signum, frame):
+        """The main thread's handler: what the watcher has not read yet is read and counted here."""
+        with self._lock:
+            self._read_pipe()
+            self._calls += 1
+            if self._calls > self._counted:  # a signal no byte told of (the pipe's byte may still be on its way)
+                self._act(signum)
+
+    def _act(self, signum):
+        """One more signal: the first is a request, the second exits now."""
+        self._counted += 1
         name = signal_name(signum)
         if self.name:  # the second one: leave now
-            _raw_stderr(f"\n{name} again: exiting now\n")
+            self._say(f"\n{name} again: exiting now\n")
             os._exit(EXIT_SIGNAL.get(name, EXIT_FAILED))
         self.name = name
-        _raw_stderr(f"\n{name}: {self.announce} (again to exit at once)\n")
+        self._say(f"\n{name}: {self.announce} (again to exit at once)\n")
         if self.on_request:
             self.on_request(name)
 
+    def _say(self, text):
+        console = self.console
+        if console is None:
+            raw_stderr(text)
+            return
+        with contextlib.suppress(OSError, ValueError, AttributeError):
+            os.write(console if isinstance(console, int) else console.fileno(), text.encode())
 
-def _raw_stderr(text):
+    def _read_pipe(self):
+        """Count the signals the pipe holds (never blocks). Call with the lock held."""
+        if self._pipe is None:
+            return
+        while True:
+            try:
+                data = os.read(self._pipe[0], 512)
+            except OSError:  # empty (BlockingIOError), or closed
+                return
+            for signum in data:
+                if signum in STOP_SIGNALS:  # others (a 0 that ends the watcher, other handled signals) are not ours
+                    self._bytes += 1
+                    if self._bytes > self._counted:
+                        self._act(signum)
+            if not data:
+                return
+
+    def _watch(self, read_end, done):
+        while not done.is_set():
+            with contextlib.suppress(OSError, ValueError):
+                select.select([read_end], [], [], 1.0)
+            with self._lock:
+                self._read_pipe()
+
+    @contextlib.contextmanager
+    def _watched(self):
+        """The wakeup pipe and its watcher thread for the block (see the class docstring); without a pipe
+        (no free file descriptor) the main thread's handler alone counts."""
+        try:
+            read_end, write_end = os.pipe()
+        except OSError:
+            yield
+            return
+        os.set_blocking(read_end, False)
+        os.set_blocking(write_end, False)
+        done = threading.Event()
+        self._pipe = (read_end, write_end)
+        watcher = threading.Thread(target=self._watch, args=(read_end, done), name="stop-request-watcher", daemon=True)
+        previous = signal.set_wakeup_fd(write_end, warn_on_full_buffer=False)
+        watcher.start()
+        try:
+            yield
+        finally:
+            signal.set_wakeup_fd(previous)  # no more bytes: what is in the pipe was sent while this block ran
+            done.set()
+            with contextlib.suppress(OSError):
+                os.write(write_end, b"\0")  # wake the watcher: it reads what is left, then ends
+            watcher.join()
+            with self._lock:
+                self._read_pipe()
+                self._pipe = None
+            os.close(read_end)
+            os.close(write_end)
+
+
+def stop_requested():
+    """The signal the `StopRequest` handling Ctrl-C here has noted, or None (none, or no StopRequest installed).
+
+    For code the handler cannot reach (a Ray Tune callback, which Ray pickles)."""
+    handler = signal.getsignal(signal.SIGINT)
+    return handler.name if isinstance(handler, StopRequest) else None
+
+
+def raw_stderr(text):
     """Write from a signal handler: straight to the file descriptor, never raising (it may be closed)."""
     with contextlib.suppress(OSError):
         os.write(2, text.encode())
@@ -181,11 +293,36 @@ class _Guarded(io.TextIOBase):
 
 
 def guard_streams():
-    """Make sys.stdout and sys.stderr survive a reader that goes away (idempotent)."""
+    """Make sys.stdout and sys.stderr survive a reader that goes away (idempotent).
+
+    An output closed before the command started (`>&-`, `2>&-`: Python then has no sys.stdout or
+    sys.stderr) writes nowhere, and its file descriptor is pointed at /dev/null: otherwise the next file
+    opened would take that number, and whatever a native library prints would land in it (a results table).
+    """
+    for fd in (1, 2):
+        _keep_open(fd)
     for name in ("stdout", "stderr"):
         stream = getattr(sys, name)
-        if stream is not None and not isinstance(stream, _Guarded):
+        if stream is None:
+            setattr(sys, name, _Guarded(open(os.devnull, "w", encoding="utf-8")))
+        elif not isinstance(stream, _Guarded):
             setattr(sys, name, _Guarded(stream))
+
+
+def _keep_open(fd):
+    """Point a closed file descriptor (1 or 2) at /dev/null."""
+    try:
+        os.fstat(fd)
+        return
+    except OSError:
+        pass
+    with contextlib.suppress(OSError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        if devnull == fd:
+            os.set_inheritable(fd, True)  # what the process starts sees it as its own output
+        else:
+            os.dup2(devnull, fd)
+            os.close(devnull)
 
 
 # -- the entry ------------------------------------------------------------------------------------------------

@@ -14,9 +14,10 @@ fixed. `bench.runner.autotune` probes, compares and caches; this module only pla
 from __future__ import annotations
 
 import dataclasses
+import os
 
 from bench.config import defaults, options
-from bench.config.options import RunConfig
+from bench.config.options import ConfigError, RunConfig
 
 TUNABLE = {
     "train": ("onednn", "xla", "batch_norm", "steps_per_loop", "augment", "intra_op_threads", "inter_op_threads"),
@@ -41,6 +42,31 @@ NOT_PROBED = (
     "epochs",
     "warmup_steps",
 )
+
+
+FIRST_PAIRS = 2  # an interval needs two
+MAX_PAIRS = 4  # an unsettled comparison gets two more pairs, once
+MAX_PAIRS_ENV = "RESNET_BENCH_AUTOTUNE_MAX_PAIRS"  # the budget: 2 never extends an unsettled comparison
+
+
+def max_pairs(environ=None):
+    """The most ABBA pairs one comparison may take: $RESNET_BENCH_AUTOTUNE_MAX_PAIRS, else MAX_PAIRS.
+
+    Raises ConfigError (bad input, checked by `validation.validate` before any work) unless it is a whole number
+    of at least FIRST_PAIRS."""
+    text = (os.environ if environ is None else environ).get(MAX_PAIRS_ENV, "").strip()
+    if not text:
+        return MAX_PAIRS
+    try:
+        value = int(text)
+    except ValueError:
+        value = None
+    if value is None or value < FIRST_PAIRS:
+        raise ConfigError(
+            f"{MAX_PAIRS_ENV}={text!r}: give a whole number of ABBA pairs, at least {FIRST_PAIRS} (an interval needs "
+            f"two), or unset it ({MAX_PAIRS})"
+        )
+    return value
 
 
 @dataclasses.dataclass(frozen=True)

@@ -11,7 +11,7 @@ import math
 import os
 import tempfile
 
-from bench.config import cifar_files
+from bench.config import cifar_files, tuning
 from bench.config.defaults import onednn_request
 from bench.config.identity import comparable, fingerprint, saved_run
 from bench.config.options import (
@@ -169,6 +169,8 @@ def _check_combinations(cfg):
         raise ConfigError("--arm and --comparison go together (sweeps.compare sets both)")
     if cfg.autotune != "off" and cfg.strategy == MULTI_WORKER:
         raise ConfigError("--autotune probes single-process runs; give a multi-worker run its settings as flags")
+    if cfg.autotune != "off":
+        tuning.max_pairs()  # its budget, from the environment
 
     if cfg.loop == "fit":
         _check_fit(cfg)
@@ -299,29 +301,68 @@ def check_sweep_options(
         raise ConfigError(f"--name must be a plain folder name; got {name!r}")
 
 
-def check_comparison(pairs=2, band_pct=5.0, fail_pct=None, base=None, new=None, arms=("", ""), unknown_vary=()):
-    """The flags of `sweeps.compare`: either two arms (`--a`, `--b`) or two tables (`--base`, `--new`)."""
+def check_comparison(
+    pairs=2,
+    band_pct=5.0,
+    fail_pct=None,
+    base=None,
+    new=None,
+    arms=(None, None),
+    unknown_vary=(),
+    accuracy_band=0.5,
+    max_pairs=1000,
+    other_mode=(),
+    out_files=(),
+):
+    """The flags of `sweeps.compare`: either two arms (`--a`, `--b`) or two tables (`--base`, `--new`).
+
+    `arms`: the texts of --a and --b, None where not given ("" is an arm of the defaults); `other_mode`:
+    the flags given that belong to the other way of comparing; `out_files`: what table against table writes.
+    """
     if unknown_vary:
         raise ConfigError(f"--vary: {', '.join(unknown_vary)} is not a column the tables are matched on")
     if bool(base) != bool(new):
         raise ConfigError("--base and --new go together (two results tables to compare)")
-    if base and any(arms):
+    if base and any(a is not None for a in arms):
         raise ConfigError("give either --a/--b (run a comparison) or --base/--new (compare two tables), not both")
     for name, path in (("--base", base), ("--new", new)):
         if path and not os.path.isfile(path):
             raise ConfigError(f"{name}: no results file {path}")
-    if not base and not all(arms):
+    if not base and any(a is None for a in arms):
         raise ConfigError('give both arms (--a="FLAGS" --b="FLAGS") or two tables (--base, --new); see --help')
-    if pairs < 2:
-        raise ConfigError(f"--pairs must be >= 2 (an interval needs two pairs); got {pairs}")
+    if other_mode:
+        mode, other = ("--base/--new", "--a/--b (a run comparison)") if base else ("--a/--b", "--base/--new (tables)")
+        raise ConfigError(
+            f"{', '.join(other_mode)}: not for {mode}; {'they are' if len(other_mode) > 1 else 'it is'} for {other}"
+        )
+    if not 2 <= pairs <= max_pairs:
+        raise ConfigError(
+            f"--pairs must be in [2, {max_pairs}] (an interval needs two pairs; beyond {max_pairs} the effect is "
+            f"smaller than the noise can show); got {pairs}"
+        )
     if not 0 < band_pct < 100:
         raise ConfigError(f"--band must be a percentage in (0, 100); got {band_pct}")
+    if not 0 < accuracy_band < 100:
+        raise ConfigError(f"--accuracy_band must be percentage points in (0, 100); got {accuracy_band}")
     if fail_pct is not None and not 0 <= fail_pct < 100:
         raise ConfigError(f"the failure threshold must be a percentage in [0, 100); got {fail_pct}")
+    for path in out_files:
+        _check_output_file(path)
 
 
-def check_arms(a: RunConfig, b: RunConfig, a_text, b_text):
-    """The two arms of a comparison (validated, common flags applied): they must differ, and run afresh."""
+def _check_output_file(path):
+    """`path` can be written, its folders created if missing: checked without writing anything there."""
+    if os.path.lexists(path) and not os.path.isfile(path):
+        raise ConfigError(f"cannot write {path}: something other than a file is there")
+    existing = _nearest_existing(os.path.dirname(os.path.abspath(path)))
+    if not os.path.isdir(existing):
+        raise ConfigError(f"cannot write {path}: {existing} is not a folder")
+    if not _can_create_in(existing):
+        raise ConfigError(f"cannot write {path}: {existing} is not a writable folder")
+
+
+def check_arms(a: RunConfig, b: RunConfig):
+    """The two arms of a comparison (validated, common flags applied): one table, and each run afresh."""
     if a.arm or b.arm:
         raise ConfigError("--arm is set by sweeps.compare itself; leave it out")
     if a.comparison != b.comparison:
@@ -330,15 +371,24 @@ def check_arms(a: RunConfig, b: RunConfig, a_text, b_text):
         raise ConfigError("--checkpoint_dir: the runs of a comparison must each start afresh (leave it out)")
     if a.results != b.results:
         raise ConfigError("both arms write to one --results table (give --results outside --a/--b)")
-    if _resolved_onednn(a) == _resolved_onednn(b):
-        differing = [f.name for f in flag_fields() if getattr(a, f.name) != getattr(b, f.name) and f.name != "onednn"]
-        if not differing:
-            raise ConfigError(f"--a={a_text!r} and --b={b_text!r} make the same run; the arms must differ")
 
 
-def _resolved_onednn(cfg: RunConfig):
-    """`auto` is the environment variable if set, else the mode's default (what `bench.hardware.devices` does)."""
-    return onednn_request(cfg) == "on"
+def check_arms_differ(a: RunConfig, b: RunConfig, a_text, b_text):
+    """Refuse arms that make the same run. `a`, `b`: what each run will be on this machine, its defaults
+    resolved where that can be known before it starts (`bench.runner.benchmark.expected_setup`): `--noxla`
+    and `--steps_per_loop 10` are one run on a CPU, `--batch_norm auto` and the kernel it means are one."""
+    differing = [f.name for f in flag_fields() if _as_run(a, f.name) != _as_run(b, f.name)]
+    if not differing:
+        raise ConfigError(
+            f"--a={a_text!r} and --b={b_text!r} make the same run on this machine (every setting resolves "
+            f"alike); the arms must differ"
+        )
+
+
+def _as_run(cfg: RunConfig, name):
+    if name == "onednn" and cfg.autotune == "off":  # `auto` is what the run will request
+        return onednn_request(cfg)
+    return getattr(cfg, name)
 
 
 def check_sweep_storage(name, storage, resume, exists, is_folder):

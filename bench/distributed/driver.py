@@ -32,7 +32,7 @@ from bench.distributed.collector import Collector, failure_listener
 from bench.distributed.events import EventLog
 from bench.distributed.worker import train_worker
 from bench.hardware import devices
-from bench.results import mlperf_log, rows, table
+from bench.results import console, mlperf_log, table
 
 START_TIMEOUT_ENV = "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S"  # how long Ray Train waits to place a worker group
 
@@ -115,7 +115,7 @@ def run(cfg: RunConfig, command="", out=None, write_row=True, on_eval=None):
     where = table.save_row(cfg.results, row) if write_row else cfg.results
     if row.get("run_id"):  # the chief's run.json: the same command again says "finished", or resumes
         RunIdentity(cfg).conclude(row["run_id"], row["status"], where if where != cfg.results else None)
-    print(rows.summary_text(row, where), file=out, flush=True)
+    print(console.summary_text(row, where), file=out, flush=True)
     code = {"ok": EXIT_OK, "diverged": EXIT_DIVERGED}.get(row["status"], EXIT_FAILED)
     if row["status"] == "interrupted":
         code = EXIT_SIGNAL.get(stopped, EXIT_FAILED)

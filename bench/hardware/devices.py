@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
-import math
 import os
 import platform
 import sys
@@ -43,8 +42,13 @@ def native_stderr_captured(replay_on_error=False):
 
     `replay_on_error`: if the block raises, what was captured is written to stderr.
     """
-    sys.stderr.flush()
-    saved = os.dup(2)
+    with contextlib.suppress(AttributeError, OSError, ValueError):  # no sys.stderr (closed), or its reader gone
+        sys.stderr.flush()
+    try:
+        saved = os.dup(2)
+    except OSError:  # descriptor 2 closed: nothing to hide it from
+        yield
+        return
     with tempfile.TemporaryFile() as sink:
         os.dup2(sink.fileno(), 2)
         try:
@@ -53,7 +57,8 @@ def native_stderr_captured(replay_on_error=False):
             os.dup2(saved, 2)
             if replay_on_error:
                 sink.seek(0)
-                sys.stderr.write(sink.read().decode(errors="replace"))
+                with contextlib.suppress(AttributeError, OSError, ValueError):
+                    sys.stderr.write(sink.read().decode(errors="replace"))
             raise
         finally:
             os.dup2(saved, 2)
@@ -135,10 +140,7 @@ def setup(cfg: RunConfig) -> Devices:
     """
     tf = import_tensorflow(defaults.onednn_request(cfg))  # auto: the variable if set, else the mode's default
     multi_worker = cfg.strategy == options.MULTI_WORKER
-    if multi_worker and cfg.intra_op_threads is None:
-        # Ray reserves --cpus_per_worker CPUs; TensorFlow would otherwise use every core of the node.
-        cfg = cfg.replace(intra_op_threads=max(1, math.ceil(cfg.cpus_per_worker)))
-    _set_threads(tf, cfg)
+    _set_threads(tf, defaults.intra_op_threads(cfg), cfg.inter_op_threads)
     gpus = tf.config.list_physical_devices("GPU")
     wanted = (cfg.gpus_per_worker or 0) if multi_worker else _gpus_wanted(cfg, len(gpus))
     if gpus and wanted:
@@ -208,13 +210,13 @@ def warn_if_emulated(cfg: RunConfig, device_kind):
         print(f"warning: {emulated}; expect it slower than float32 here", file=sys.stderr)
 
 
-def _set_threads(tf, cfg):
+def _set_threads(tf, intra, inter):
     """Thread pools as asked (before the runtime starts; a runtime already started keeps its own)."""
     try:
-        if cfg.intra_op_threads is not None:
-            tf.config.threading.set_intra_op_parallelism_threads(cfg.intra_op_threads)
-        if cfg.inter_op_threads is not None:
-            tf.config.threading.set_inter_op_parallelism_threads(cfg.inter_op_threads)
+        if intra is not None:
+            tf.config.threading.set_intra_op_parallelism_threads(intra)
+        if inter is not None:
+            tf.config.threading.set_inter_op_parallelism_threads(inter)
     except RuntimeError:
         pass  # reported: the row records the setting in effect (threads_in_effect)
 

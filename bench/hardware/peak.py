@@ -18,7 +18,9 @@ its readings, when it was first and last read, and the machine's load (1-minute 
 core) during the best one. A cached peak is read again (and the best kept) when it is older than
 MAX_AGE_DAYS (then the new reading replaces it: the machine may have changed), when the best was
 read under load and the machine is quieter now, or when a run achieved more than it (an MFU above
-100%). `python -m bench.hardware.peak` clears the cache by hand.
+100%). `python -m bench.hardware.peak` clears the cache by hand. The cache is an optimisation, never
+a failure (`bench.config.caches`): a folder that cannot be written is read as it is and nothing is
+cached, an unreadable file or a malformed entry is measured again; each is one warning line.
 The datasheet peak, the other MFU denominator, is in `bench.hardware.datasheet`.
 """
 
@@ -26,14 +28,11 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
-import json
 import os
 import sys
 import time
 
-import filelock
-
-from bench.config import exits
+from bench.config import caches, exits
 from bench.config.options import ConfigError
 from bench.hardware import datasheet
 from bench.hardware.devices import device_sync, threads_in_effect
@@ -44,8 +43,7 @@ from resnet.spec import COMPUTE_DTYPE
 
 
 def cache_path():
-    root = os.environ.get("RESNET_BENCH_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "resnet-bench")
-    return os.path.join(root, "peak.json")
+    return os.path.join(caches.folder(), "peak.json")
 
 
 # Part of the cache key: readings cached by the earlier method (whole product copied to the
@@ -136,14 +134,29 @@ def _why_again(entry, at_least, now, load):
     return None
 
 
+WHAT = "peak FLOP/s cache"
+
+
 def read_cache():
-    """{key: cached entry} of this machine's peak cache ({} if there is none or it is unreadable)."""
+    """{key: cached entry} of this machine's peak cache ({} if there is none; unreadable: {} with a warning)."""
+    return caches.read(cache_path(), WHAT)
+
+
+def _usable(entry):
+    """Whether a cached entry is one this version can use: a positive finite reading with its date."""
+    if not isinstance(entry, dict) or not isinstance(entry.get("measured_at"), str):
+        return False
+    gflops = entry.get("gflops")
+    if isinstance(gflops, bool) or not isinstance(gflops, (int, float)) or not 0 < gflops < float("inf"):
+        return False
     try:
-        with open(cache_path()) as fh:
-            cache = json.load(fh)
-    except (OSError, ValueError):
-        return {}
-    return cache if isinstance(cache, dict) else {}
+        datetime.datetime.fromisoformat(entry["measured_at"].replace("Z", "+00:00"))
+    except ValueError:
+        return False
+    return all(
+        entry.get(k) is None or (isinstance(entry[k], (int, float)) and not isinstance(entry[k], bool))
+        for k in ("readings", "load", "quietest_load")
+    )
 
 
 def peak_reading(device, device_key, precision, tf32=False, at_least=None) -> Reading:
@@ -152,13 +165,21 @@ def peak_reading(device, device_key, precision, tf32=False, at_least=None) -> Re
     `tf32` (see `tf32_in_effect`) is part of the cache key: a float32 peak measured with TF32 on
     is several times the one with it off. `at_least`: a rate the device was just seen doing; a
     cached reading below it was taken under load (it would give an MFU above 100%).
+    The cache is an optimisation (`bench.config.caches`): a folder that cannot be written is read
+    as it is, a malformed entry is measured again; either is one warning line, never a failure.
     """
     path = cache_path()
     key = cache_key(device_key, precision, tf32)
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with filelock.FileLock(path + ".lock", timeout=600):
+    with caches.locked(path, WHAT, timeout=600) as writable:
         cache = read_cache()
         entry = cache.get(key)
+        if entry is not None and not _usable(entry):
+            caches.warn(
+                path,
+                f"the {WHAT} {path} holds a malformed entry, or one of another version, for "
+                f"{key}; measuring the peak again",
+            )
+            entry = None
         now = datetime.datetime.now(datetime.timezone.utc)
         load = load_per_core()
         why = _why_again(entry, at_least, now, load)
@@ -174,11 +195,8 @@ def peak_reading(device, device_key, precision, tf32=False, at_least=None) -> Re
                 "readings": kept.get("readings", 1) + 1 if kept else 1,
                 "quietest_load": min(loads) if loads else None,
             }
-            cache[key] = entry
-            tmp = path + ".tmp"
-            with open(tmp, "w") as fh:
-                json.dump(cache, fh, indent=1, sort_keys=True)
-            os.replace(tmp, path)
+            if writable:
+                caches.save(path, WHAT, {**cache, key: entry})
         return Reading(float(entry["gflops"]), entry["measured_at"], int(entry.get("readings", 1)), entry.get("load"))
 
 

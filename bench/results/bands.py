@@ -60,9 +60,14 @@ BANDS = {
     ("original", 20, "A"): _from_error(8.75, PAPER_SPREAD_PP, f"{HE2015}: 8.75% error {BORROWED}"),
     ("original", 32, "A"): _from_error(7.51, PAPER_SPREAD_PP, f"{HE2015}: 7.51% error {BORROWED}"),
     ("original", 44, "A"): _from_error(7.17, PAPER_SPREAD_PP, f"{HE2015}: 7.17% error {BORROWED}"),
-    ("original", 56, None): Band(0.929, 0.938, 6.97, "TensorFlow's official ResNet-56 benchmark (He et al.: 6.97% error)"),
+    ("original", 56, None): Band(
+        0.929, 0.938, 6.97, "TensorFlow's official ResNet-56 benchmark (He et al.: 6.97% error)"
+    ),
     ("original", 110, "A"): Band(
-        1 - (6.61 + 2 * 0.16) / 100, 1 - (6.61 - 2 * 0.16) / 100, 6.43, f"{HE2015}: 6.61 ± 0.16% error over 5 runs, ± 2 std"
+        1 - (6.61 + 2 * 0.16) / 100,
+        1 - (6.61 - 2 * 0.16) / 100,
+        6.43,
+        f"{HE2015}: 6.61 ± 0.16% error over 5 runs, ± 2 std",
     ),
     ("original", 1202, "A"): _from_error(7.93, PAPER_SPREAD_PP, f"{HE2015}: 7.93% error {BORROWED}"),
     ("preact", 110, "B"): _from_error(6.37, PAPER_SPREAD_PP, f"{HE2016}: 6.37% error {BORROWED}"),

@@ -129,9 +129,10 @@ class MLPerfLog:
         ):
             self._event(key, value)
 
-    def configured(self, facts, total_steps, eval_every_steps):
-        """What the setup found (platform, data sizes) and the training hyperparameters, before `init_stop`."""
-        cfg = self.cfg
+    def configured(self, cfg: RunConfig, facts, total_steps, eval_every_steps):
+        """What the setup found (platform, data sizes) and the training hyperparameters, before `init_stop`;
+        `cfg` with its defaults resolved by the setup (the strategy, the batch norm), as the run uses it."""
+        self.cfg = cfg
         self._train_images, self._total, self._eval_every = max(facts.train_images, 1), total_steps, eval_every_steps
         self._event(mlc.SUBMISSION_PLATFORM, platform_name(cfg, facts.device, facts.num_replicas))
         self._event(mlc.TRAIN_SAMPLES, facts.train_images)
@@ -160,9 +161,8 @@ class MLPerfLog:
             mlc.OPT_BASE_LR: max(schedule.values),
             "sgd_opt_momentum": recipe.MOMENTUM,
             mlc.OPT_WEIGHT_DECAY: spec.DEFAULT_WEIGHT_DECAY,
-            mlc.OPT_LR_DECAY_SCHEDULE: "piecewise constant: " + ", ".join(
-                f"{v:g} from step {s}" for s, v in zip(schedule.starts, schedule.values)
-            ),
+            mlc.OPT_LR_DECAY_SCHEDULE: "piecewise constant: "
+            + ", ".join(f"{v:g} from step {s}" for s, v in zip(schedule.starts, schedule.values)),
             mlc.OPT_LR_DECAY_BOUNDARY_STEPS: drops,
             mlc.OPT_LR_DECAY_BOUNDARY_EPOCHS: [s * cfg.batch_size / self._train_images for s in drops],
             mlc.OPT_LR_DECAY_FACTOR: recipe.LR_DROP_FACTOR,
@@ -193,6 +193,10 @@ class MLPerfLog:
     def evaluated(self, step, accuracy, images):
         self._ml.end(mlc.EVAL_STOP, metadata=self._at(step))
         self._event(mlc.EVAL_ACCURACY, accuracy, {**self._at(step), "images": images})
+
+    def evaluation_abandoned(self, step):
+        """A stop request ended the evaluation: closed, with no accuracy."""
+        self._ml.end(mlc.EVAL_STOP, metadata={**self._at(step), "abandoned": True})
 
     # -- the end --------------------------------------------------------------------------------------
 
@@ -276,7 +280,7 @@ class NoLog:
     def __bool__(self):
         return False
 
-    def configured(self, facts, total_steps, eval_every_steps):
+    def configured(self, cfg, facts, total_steps, eval_every_steps):
         pass
 
     def stopped(self, measured, target_accuracy):

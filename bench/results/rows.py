@@ -7,7 +7,6 @@ any TensorFlow ran.
 from __future__ import annotations
 
 import dataclasses
-import os
 
 from bench.config import identity, tuning
 from bench.config.options import RunConfig
@@ -42,6 +41,8 @@ class RunFacts:
     peak_measured_at: str = ""  # when the measured peak's best reading was taken (UTC)
     peak_readings: int = None  # how many readings that best is over
     peak_load: float = None  # 1-minute load average per core during that reading
+    autotune_s: float = None  # seconds --autotune took before the run (None: not asked for); not in the time to
+    # the first step, which is counted from `started` less these
     test_images: int = 0  # images in the test set (0: none, synthetic data)
 
 
@@ -66,6 +67,7 @@ FACT_COLUMNS = (
     "peak_measured_at",
     "peak_readings",
     "peak_load",
+    "autotune_s",
 )
 
 
@@ -153,7 +155,9 @@ def run_row(cfg: RunConfig, facts: RunFacts, measured: Measured):
         "total_steps": measured.steps,
         "epochs": measured.steps * cfg.batch_size / facts.train_images,
         "compile_s": measured.compile_s,
-        "time_to_first_step_s": measured.first_step_at - facts.started if measured.first_step_at else None,
+        "time_to_first_step_s": (
+            measured.first_step_at - facts.started - (facts.autotune_s or 0.0) if measured.first_step_at else None
+        ),
         "train_time_s": measured.train_time_s,
         "final_train_loss": measured.final_loss if cfg.mode == "train" else None,
         "test_accuracy": measured.last_accuracy,
@@ -178,39 +182,3 @@ def run_row(cfg: RunConfig, facts: RunFacts, measured: Measured):
             ),
         )
     return row
-
-
-def summary_text(row, results_path):
-    """The console summary of a row, one aligned line per topic."""
-    def fmt(key, spec=""):
-        v = row.get(key)
-        return "-" if v in (None, "") else format(v, spec)
-
-    workers = (f", {row['num_workers']} workers on {row.get('host')}, restarts {fmt('restarts')}"
-               if row.get("num_workers") else "")
-    lines = [
-        ("status", fmt("status") + (f" ({row['error']})" if row.get("error") else "")),
-        ("model", f"ResNet-{row['depth']} {row['block']}/{row['shortcut']}, {fmt('params', ',')} params, "
-                  f"{fmt('batch_norm')} BN"),
-        ("devices", f"{fmt('num_replicas')} x {fmt('device')} ({row['strategy']}, {row['precision']}"
-                    f"{', XLA' if row['xla'] else ''}{', oneDNN' if row.get('onednn') else ''}{workers})"),
-        ("images/sec", f"{fmt('images_per_sec', '.1f')} ± {fmt('images_per_sec_stderr', '.1f')} "
-                       f"(jitter {fmt('jitter', '.1f')}, {fmt('timed_steps')} timed steps"
-                       f"{', the chief' + chr(39) + 's windows' if workers else ''})"),
-        ("latency" if row.get("mode") == "inference" else "step time", f"p50 {fmt('step_time_p50_ms', '.1f')} / p90 {fmt('step_time_p90_ms', '.1f')} / "
-                      f"p99 {fmt('step_time_p99_ms', '.1f')} ms"),
-        ("compile", f"{fmt('compile_s', '.1f')} s (first step at {fmt('time_to_first_step_s', '.1f')} s)"),
-        ("MFU", f"{fmt('mfu', '.1%')} of {fmt('peak_gflops', '.0f')} GFLOP/s measured peak" + (
-            f" ({row['peak_scope']})" if workers and row.get("peak_scope") else "") + (
-            f"; {fmt('mfu_datasheet', '.1%')} of the datasheet's {fmt('datasheet_tflops', '.1f')} TFLOP/s"
-            f"{' (TF32)' if row.get('tf32') else ''}" if row.get("datasheet_tflops") else "")),
-        *([("augment", f"{fmt('augment')}; skipped steps (fp16 overflow): {fmt('skipped_steps')}")]
-          if row.get("mode") != "inference" else []),
-        ("test accuracy", f"{fmt('test_accuracy', '.4f')} (best {fmt('best_test_accuracy', '.4f')}, "
-                          f"data {fmt('data')})"),
-        ("results", f"{results_path} (run {row['run_id']})"),
-        *([("MLPerf log", os.path.join(os.path.dirname(results_path), row["mlperf_log"]))]
-          if row.get("mlperf_log") else []),
-    ]
-    width = max(len(k) for k, _ in lines)
-    return "\n".join(f"{k:<{width}}  {v}" for k, v in lines)

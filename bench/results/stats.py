@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Callable, Optional
+from collections.abc import Callable
 
 import numpy as np
 
@@ -52,12 +52,12 @@ class Run:
     arm: str
     position: int  # 1-based place in the order of the comparison
     status: str  # ok | failed | diverged | ... (the row's status)
-    images_per_sec: Optional[float] = None
-    test_accuracy: Optional[float] = None  # None: synthetic data
+    images_per_sec: float | None = None
+    test_accuracy: float | None = None  # None: synthetic data
     error: str = ""
     run_id: str = ""
-    epochs_to_target: Optional[float] = None  # None: no target, or never reached it
-    time_to_target_s: Optional[float] = None
+    epochs_to_target: float | None = None  # None: no target, or never reached it
+    time_to_target_s: float | None = None
 
 
 Runner = Callable[[int, str, int], Run]  # runner(pair, arm, position) -> Run
@@ -111,8 +111,15 @@ def paired_interval(effects):
     if len(effects) < 2:
         raise ValueError("an interval needs at least two pairs")
     mean, half = metrics.mean_ci95(effects)
-    return Estimate(mean, mean - half, mean + half, len(effects), float(np.std(effects, ddof=1)),
-                    float(np.median(effects)), "t over pairs")
+    return Estimate(
+        mean,
+        mean - half,
+        mean + half,
+        len(effects),
+        float(np.std(effects, ddof=1)),
+        float(np.median(effects)),
+        "t over pairs",
+    )
 
 
 def log_ratios(pairs):
@@ -137,7 +144,9 @@ def unpaired_interval(base, new):
         df = (vb + vn) ** 2 / ((vb**2 / (nb - 1)) + (vn**2 / (nn - 1))) if vb + vn > 0 else nb + nn - 2
         method = "Welch t"
     else:
-        pooled = ((nb - 1) * base.var(ddof=1 if nb > 1 else 0) + (nn - 1) * new.var(ddof=1 if nn > 1 else 0)) / (nb + nn - 2)
+        pooled = ((nb - 1) * base.var(ddof=1 if nb > 1 else 0) + (nn - 1) * new.var(ddof=1 if nn > 1 else 0)) / (
+            nb + nn - 2
+        )
         se = math.sqrt(pooled * (1 / nb + 1 / nn))
         df = nb + nn - 2
         method = "pooled t"
@@ -154,7 +163,7 @@ def unpaired_interval(base, new):
 class Verdict:
     kind: str  # higher | lower | same | inconclusive
     bound: float  # same: the largest effect the interval allows (|low| or |high|)
-    pairs_needed: Optional[int] = None  # inconclusive: pairs in all that would likely settle it (None: > MAX_PAIRS)
+    pairs_needed: int | None = None  # inconclusive: pairs in all that would likely settle it (None: > MAX_PAIRS)
 
 
 def verdict(est: Estimate, band_low, band_high):
@@ -190,6 +199,12 @@ def speed_band(band_pct):
     return math.log1p(-band_pct / 100), math.log1p(band_pct / 100)
 
 
+def ratio_bound(est: Estimate):
+    """How far from 1 a speed ratio inside the interval (of its log) can be: 0.955-1.030x is within ±4.5%
+    (not ±4.7%, which is 1/0.955: the log scale's symmetric bound read back as a ratio)."""
+    return max(-math.expm1(est.low), math.expm1(est.high), 0.0)
+
+
 def slower_with_confidence(est: Estimate, pct):
     """B slower than A by more than `pct`% with 95% confidence: the whole interval of B/A below 1 - pct/100."""
     return est.high < math.log1p(-pct / 100)
@@ -203,7 +218,7 @@ def slower_with_confidence(est: Estimate, pct):
 class OneSided:
     """Is `new` larger than `base`? A one-sided test at level `alpha`."""
 
-    p: Optional[float]  # None: too few values to test
+    p: float | None  # None: too few values to test
     significant: bool  # p < alpha
     method: str
 

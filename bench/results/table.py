@@ -104,7 +104,8 @@ SCHEMA = (
     "num_hosts",  # distinct hosts (machines) the workers of a multi-worker run's last attempt ran on
     "peak_scope",  # what peak_gflops covers: one process's devices, or a sum over workers and hosts
     "tuned",  # how the tunable settings were chosen: the --autotune cache key, default or flag
-    # MLPerf: the run's log, and convergence (bench/results/mlperf_log.py, scoring.py, convergence.py)
+    "autotune_s",  # seconds --autotune took before the run (its probes, or reading its cache); not in time_to_first_step_s
+    # #24 MLPerf: the run's log, and convergence (bench/results/mlperf_log.py, scoring.py, convergence.py)
     "epochs_to_target",  # epochs trained when the test accuracy first reached target_accuracy (empty: never)
     "samples_to_target",  # ... the same in training images
     "lr_scale",  # --lr_scale: the factor on the recipe's learning rates (1: the papers')
@@ -215,8 +216,9 @@ def check_header(path, older_ok=True):
             f"would lose them there, so nothing is appended; use a new --results file, or convert this one "
             f"once with: {UPGRADE_COMMAND} {path}"
         )
-    raise ResultsError(f"{path} is not a results table (header: {_first_difference(header)}); "
-                       "use another --results file")
+    raise ResultsError(
+        f"{path} is not a results table (header: {_first_difference(header)}); use another --results file"
+    )
 
 
 def check_results_path(path):
@@ -235,8 +237,10 @@ def check_results_path(path):
             raise ResultsError(f"results file {path} is not writable")
         links = os.stat(real).st_nlink
         if links > 1:  # the table is replaced by a new file: its other names would keep the old one
-            raise ResultsError(f"results file {path} has {links} hard links; rows would reach only one of them "
-                               "(use a symlink or a copy)")
+            raise ResultsError(
+                f"results file {path} has {links} hard links; rows would reach only one of them "
+                "(use a symlink or a copy)"
+            )
         check_header(real, older_ok=False)
 
 
@@ -302,8 +306,10 @@ def replace_atomically(path, data, mode=0o644, expect=None):
             fh.flush()
             os.fsync(fh.fileno())
         if expect is not None and _read_bytes(path) != expect:
-            raise ResultsError(f"{path} changed while the row was being added (a program writing it without "
-                               "the lock?); it was left as that program wrote it")
+            raise ResultsError(
+                f"{path} changed while the row was being added (a program writing it without "
+                "the lock?); it was left as that program wrote it"
+            )
         os.chmod(tmp, like.st_mode & 0o7777 if like else mode)
         if like and (like.st_uid, like.st_gid) != (os.getuid(), os.getgid()):
             with contextlib.suppress(OSError):  # only root may give a file away; the mode is kept either way
@@ -370,8 +376,13 @@ def save_row(path, row, err=None):
         print(f"error: the row was not added to {path} ({problem}); it is in {fallback}", file=err, flush=True)
         return fallback
     except OSError as exc:
-        print(f"error: the row was not added to {path} ({problem}), nor saved beside it ({exc.strerror}); "
-              f"here it is, with the header:\n{table}", file=err, end="", flush=True)
+        print(
+            f"error: the row was not added to {path} ({problem}), nor saved beside it ({exc.strerror}); "
+            f"here it is, with the header:\n{table}",
+            file=err,
+            end="",
+            flush=True,
+        )
         return "stderr"
 
 
@@ -380,20 +391,52 @@ def upgrade(path):
 
     Its rows keep every value and get empty new columns; the file is replaced atomically (mode kept)
     and the original bytes are kept beside it as `<table>.before-upgrade`. Returns that copy's path.
+    An upgrade that fails (the file cannot be replaced: immutable, a read-only folder) leaves the file
+    as it was and nothing beside it (neither the copy nor a lock it created), so it can simply be tried
+    again; a copy of exactly these bytes left by an earlier version is taken as this one's, another
+    file of that name is the user's and refused. Nothing is created for a path that is not a file.
     """
     real = table_path(path)
-    with filelock.FileLock(real + ".lock", timeout=120):
-        header = _header_of(real)
-        if header == SCHEMA:
-            raise ResultsError(f"{path} already has this version's header")
-        check_header(real)  # an older schema, or ResultsError
-        before = _read_bytes(real)
-        rows = list(csv.DictReader(io.StringIO(before.decode("utf-8"), newline="")))
-        backup = real + ".before-upgrade"
+    if not os.path.isfile(real):
+        raise ResultsError(
+            f"results path {path} is not a regular file" if os.path.lexists(real) else f"no results file {path}"
+        )
+    lock_path = real + ".lock"
+    new_lock = not os.path.lexists(lock_path)
+    try:
+        with filelock.FileLock(lock_path, timeout=120):
+            return _upgrade_locked(path, real)
+    except BaseException:
+        if new_lock:  # nothing changed: leave nothing behind (only our own upgrades wait on this new lock)
+            with contextlib.suppress(OSError):
+                os.unlink(lock_path)
+        raise
+
+
+def _upgrade_locked(path, real):
+    header = _header_of(real)
+    if header == SCHEMA:
+        raise ResultsError(f"{path} already has this version's header")
+    check_header(real)  # an older schema, or ResultsError
+    before = _read_bytes(real)
+    rows = list(csv.DictReader(io.StringIO(before.decode("utf-8"), newline="")))
+    backup = real + ".before-upgrade"
+    if os.path.lexists(backup):
+        if not os.path.isfile(backup) or _read_bytes(backup) != before:
+            raise ResultsError(f"{backup} exists and is not a copy of {path}; move it away, then upgrade again")
+        made = False  # an earlier upgrade that failed left it: the same bytes
+    else:
         with open(backup, "xb") as fh:
             fh.write(before)
-        new = format_header() + "".join(_csv_line(r.get(c) or "" for c in SCHEMA) for r in rows)
+        made = True
+    new = format_header() + "".join(_csv_line(r.get(c) or "" for c in SCHEMA) for r in rows)
+    try:
         replace_atomically(real, new.encode("utf-8"))
+    except BaseException:
+        if made:
+            with contextlib.suppress(OSError):
+                os.unlink(backup)
+        raise
     return backup
 
 

@@ -11,19 +11,23 @@ choice only when it is faster with 95% confidence (the interval above 1); an uns
 first gets two more pairs, up to `MAX_PAIRS`, and if it stays unsettled the current choice (at first
 the measured default) stays: on a loaded machine the point estimate of a few noisy pairs is not "the
 fastest". A probe that fails or diverges is skipped with a line; the run goes on with what was
-chosen so far.
+chosen so far. The budget `MAX_PAIRS` is $RESNET_BENCH_AUTOTUNE_MAX_PAIRS (`tuning.max_pairs`: a bad
+value is bad input, refused before any work).
 
 The winner is cached per `tuning.key` (machine, TensorFlow version, mode, model, batch,
 precision, replicas, ...) in `autotune.json` beside the peak FLOP/s cache, written atomically
 under a file lock; the next run with `--autotune` starts at once, `--autotune=refresh` probes
-again. The row's `tuned` column is the key (or `default` / `flag` without --autotune).
+again. The row's `tuned` column is the key (or `default` / `flag` without --autotune). Nothing is
+cached that nothing measured: when a comparison's probes failed the choice is used but not cached,
+and when every probe failed the run keeps its settings as given (`tuned` is then `default`). The
+cache is an optimisation (`bench.config.caches`): unreadable, unwritable, or an entry for this key
+that is malformed or of another version is a warning line and a run that probes without it.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import importlib.metadata
-import json
 import math
 import os
 import shutil
@@ -32,19 +36,18 @@ import sys
 import tempfile
 import time
 
-import filelock
-
-from bench.config import options, tuning
+from bench.config import caches, options, tuning
 from bench.config.options import RunConfig
 from bench.hardware import devices, peak
 from bench.results import stats, table
 from bench.runner import processes
 
-FIRST_PAIRS = 2  # an interval needs two
-MAX_PAIRS_ENV = "RESNET_BENCH_AUTOTUNE_MAX_PAIRS"  # the budget: 2 never extends an unsettled comparison
-MAX_PAIRS = 4  # an unsettled comparison gets two more pairs, once
+FIRST_PAIRS, MAX_PAIRS, MAX_PAIRS_ENV = tuning.FIRST_PAIRS, tuning.MAX_PAIRS, tuning.MAX_PAIRS_ENV  # (the budget)
 BAND_PCT = 5.0  # alternatives within ±5% of the current choice do not replace it
 PROBE_TIMEOUT_S = 900
+
+
+WHAT = "autotune cache"
 
 
 def cache_file():
@@ -65,9 +68,10 @@ class Probe:
     note: str = ""  # why it was skipped
 
 
-def settle(cfg: RunConfig, out=sys.stdout, measure=None) -> RunConfig:
+def settle(cfg: RunConfig, out=None, measure=None) -> RunConfig:
     """`cfg` with its `tuned` label and, under --autotune, the chosen settings. `measure` replaces the probe
-    processes (tests)."""
+    processes (tests). `out`: where it reports (default: sys.stdout when called, the command's guarded stream)."""
+    out = out or sys.stdout
     if cfg.autotune == "off":
         return cfg.replace(tuned=tuning.origin(cfg))
     machine = detect_machine(cfg)
@@ -82,8 +86,8 @@ def settle(cfg: RunConfig, out=sys.stdout, measure=None) -> RunConfig:
     key = tuning.key(cfg, machine)
     if cfg.autotune == "on":
         entry = read_cache().get(key)
-        if entry and all(name in entry["settings"] for name, _ in plan):
-            settings = {name: entry["settings"][name] for name, _ in plan}
+        settings = cached_choice(entry, plan)
+        if settings is not None:
             print(
                 f"autotune: cached choice for {key} (probed {entry.get('probed_utc', '?')}, "
                 f"--autotune=refresh probes again): {' '.join(tuning.settings_args(settings)) or 'the defaults'}",
@@ -105,30 +109,42 @@ def settle(cfg: RunConfig, out=sys.stdout, measure=None) -> RunConfig:
     seconds = time.perf_counter() - started
     lines = probe_table(probes)
     print("\n".join(lines), file=out)
-    print(
-        f"autotune: chose {' '.join(tuning.settings_args(settings)) or 'the defaults'} in {seconds:.0f} s "
-        f"({sum(len(p.runs) for p in probes)} probe runs); cached in {cache_file()}",
-        file=out,
-        flush=True,
-    )
-    write_cache(
-        key,
-        {
-            "settings": settings,
-            "probed_utc": table.utc_now(),
-            "probe_seconds": round(seconds, 1),
-            "probes": lines,
-            "git_sha": table.git_sha(),
-        },
-    )
+    runs = f"in {seconds:.0f} s ({sum(len(p.runs) for p in probes)} probe runs)"
+    skipped = [f"{p.field}={options.flag_text(p.candidate)}" for p in probes if p.note]
+    if len(skipped) == len(probes):  # nothing was measured: nothing is chosen, nothing cached
+        print(
+            f"autotune: every probe failed {runs}: the run keeps the device defaults; nothing cached "
+            "(the next --autotune probes again)",
+            file=out,
+            flush=True,
+        )
+        return cfg.replace(tuned=tuning.origin(cfg))
+    chose = f"autotune: chose {' '.join(tuning.settings_args(settings)) or 'the defaults'} {runs}"
+    if skipped:  # the skipped fields' choice was not measured: cached, it would stand unmeasured for good
+        print(
+            f"{chose}; not cached: the probes of {', '.join(skipped)} failed (the next --autotune probes again)",
+            file=out,
+            flush=True,
+        )
+        return tuning.apply(cfg, settings, key)
+    entry = {
+        "settings": settings,
+        "probed_utc": table.utc_now(),
+        "probe_seconds": round(seconds, 1),
+        "probes": lines,
+        "git_sha": table.git_sha(),
+    }
+    saved = write_cache(key, entry)
+    print(f"{chose}; " + (f"cached in {cache_file()}" if saved else "not cached"), file=out, flush=True)
     return tuning.apply(cfg, settings, key)
 
 
-def choose(plan, measure, out=sys.stdout, first_pairs=FIRST_PAIRS, max_pairs=None, band_pct=BAND_PCT):
+def choose(plan, measure, out=None, first_pairs=FIRST_PAIRS, max_pairs=None, band_pct=BAND_PCT):
     """(chosen settings, [Probe]): each field in turn, its current value (A) against each alternative (B).
 
     `measure(settings, pair, arm, position) -> stats.Run` runs one arm with those settings.
     """
+    out = out or sys.stdout
     max_pairs = max_pairs or _max_pairs()
     current = {name: values[0] for name, values in plan}
     probes = []
@@ -167,7 +183,7 @@ def choose(plan, measure, out=sys.stdout, first_pairs=FIRST_PAIRS, max_pairs=Non
 
 
 def _max_pairs():
-    return max(FIRST_PAIRS, int(os.environ.get(MAX_PAIRS_ENV) or MAX_PAIRS))
+    return tuning.max_pairs()  # checked up front by validation.validate
 
 
 def probe_summary(p: Probe):
@@ -309,25 +325,40 @@ def _physical_cores():
 
 
 def read_cache():
+    """{key: entry} of the autotune cache ({} if there is none; unreadable: {} with a warning line)."""
+    return caches.read(cache_file(), WHAT)
+
+
+def _one_of(value, values):
+    """`value` is one of the candidates, of the same type (JSON's 1 is not XLA's True)."""
+    return any(type(value) is type(v) and value == v for v in values)
+
+
+def cached_choice(entry, plan):
+    """The cached settings of `plan`'s fields, or None: no entry, one for other fields, or one this version cannot
+    use (malformed, or of another version: then a warning line, and the settings are probed again)."""
+    if entry is None:
+        return None
+    settings = entry.get("settings") if isinstance(entry, dict) else None
+    if not isinstance(settings, dict):
+        problem = "no settings"
+    elif not all(name in settings for name, _ in plan):
+        return None  # chosen for other fields (a setting given since as a flag or variable): probed afresh
+    else:
+        bad = [f"{name}={settings[name]!r}" for name, values in plan if not _one_of(settings[name], values)]
+        if not bad:
+            return {name: settings[name] for name, _ in plan}
+        problem = f"{', '.join(bad)}: not a candidate"
     path = cache_file()
-    try:
-        with open(path) as fh:
-            cache = json.load(fh)
-    except (OSError, ValueError):
-        return {}
-    return cache if isinstance(cache, dict) else {}
+    caches.warn(path, f"the {WHAT} {path} holds a malformed entry for this run's key ({problem}); probing again")
+    return None
 
 
 def write_cache(key, entry):
-    """Add `entry` under `key`: read, change, write beside and rename, all under the cache's file lock."""
+    """Add `entry` under `key`: read, change, write beside and rename, all under the cache's file lock.
+
+    True if it was saved; a cache that cannot be written is a warning line (`bench.config.caches`), never a
+    failure."""
     path = cache_file()
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with filelock.FileLock(path + ".lock", timeout=120):
-        cache = read_cache()
-        cache[key] = entry
-        tmp = f"{path}.tmp-{os.getpid()}"
-        with open(tmp, "w") as fh:
-            json.dump(cache, fh, indent=1, sort_keys=True)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
+    with caches.locked(path, WHAT, timeout=120) as writable:
+        return writable and caches.save(path, WHAT, {**read_cache(), key: entry})

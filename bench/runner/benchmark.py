@@ -22,10 +22,10 @@ import functools
 import sys
 import time
 
-from bench.config import defaults, exits, options, recipe, setup_checks, validation
+from bench.config import defaults, exits, options, recipe, setup_checks, tuning, validation
 from bench.config.identity import RunIdentity
 from bench.config.options import ConfigError, RunConfig
-from bench.results import mlperf_log, rows, table
+from bench.results import console, mlperf_log, rows, table
 from bench.results.rows import Measured, RunFacts
 from bench.runner import autotune
 from bench.runner.loop import Controller, Plan, RunHooks
@@ -50,33 +50,38 @@ def run(cfg: RunConfig, command="", out=None, write_row=True, on_eval=None, hook
     started = time.perf_counter()
 
     # ---- 1. check the input ------------------------------------------------------------------------------
-    cfg = validation.validate(cfg)
-    table.check_results_path(cfg.results)
+    cfg = check(cfg)
     identity = RunIdentity(cfg)
     if identity.finished:
         print(identity.finished_line(cfg), file=out)
         return Outcome("skipped", {}, exits.EXIT_OK)
     log = mlperf_log.begin(cfg, identity.run_id, (hooks or RunHooks()).mlperf_log)  # init_start: the clock's rules
 
+    autotune_s = None  # the probing's seconds: a column of their own, not part of the time to the first step
     try:
         with exits.on_signals(exits.raise_interrupted):  # until the controller can stop between windows
             # ---- 2. settle the settings (before TensorFlow's import: the probes may choose oneDNN) -----------
+            settling = time.perf_counter()
             cfg = autotune.settle(cfg, out)
+            autotune_s = time.perf_counter() - settling if cfg.autotune != "off" else None
             # ---- 3. devices and data -----------------------------------------------------------------------
             cfg, devices, source = _devices_and_data(cfg)
             identity.save(finished=False)
             # ---- 4. build ------------------------------------------------------------------------------------
             controller, facts = _build(cfg, devices, source, identity.run_id, command, started, out, hooks)
+            facts = dataclasses.replace(facts, autotune_s=autotune_s)
     except ConfigError:
         raise
     except exits.Interrupted as stop:
         status, error, code = "interrupted", f"stopped by {stop.name} while setting up", exits.EXIT_SIGNAL[stop.name]
-        return _ended_in_setup(cfg, identity, command, out, write_row, status, error, code, log)
+        return _ended_in_setup(cfg, identity, command, out, write_row, status, error, code, log, autotune_s)
     except Exception as exc:  # noqa: BLE001 - any failure becomes the row's error
         error = exits.first_line(exc)
         trace = exits.save_traceback(exc, cfg.results, identity.run_id)
         exits.error(f"run {identity.run_id} failed while setting up: {error} (traceback: {trace})")
-        return _ended_in_setup(cfg, identity, command, out, write_row, "failed", error, exits.EXIT_FAILED, log)
+        return _ended_in_setup(
+            cfg, identity, command, out, write_row, "failed", error, exits.EXIT_FAILED, log, autotune_s
+        )
     if controller.step >= controller.plan.total_steps:  # killed after its last checkpoint, before its row
         print(
             f"the checkpoint in {cfg.checkpoint_dir} is at step {controller.step} of {controller.plan.total_steps}: "
@@ -88,7 +93,7 @@ def run(cfg: RunConfig, command="", out=None, write_row=True, on_eval=None, hook
         identity.save(finished=True)
         log.discard()
         return Outcome("skipped", {}, exits.EXIT_OK)
-    log.configured(facts, controller.plan.total_steps, controller.plan.eval_every)
+    log.configured(cfg, facts, controller.plan.total_steps, controller.plan.eval_every)
     controller.observer = log or None  # the controller tells the log of the run's events, between windows
     if on_eval:
         controller.on_eval = lambda step, acc: on_eval(
@@ -108,10 +113,56 @@ def run(cfg: RunConfig, command="", out=None, write_row=True, on_eval=None, hook
             facts = _checked_peak(cfg, devices, facts, measured, out)
         row = log.finish(rows.run_row(cfg, facts, measured))  # the harness's measurements close the log
         where, code = _conclude(cfg, identity, row, write_row, code)
-        print(rows.summary_text(row, where), file=out, flush=True)
+        print(console.summary_text(row, where), file=out, flush=True)
     if late.name and code == exits.EXIT_OK:
         code = exits.EXIT_SIGNAL[late.name]
     return Outcome(measured.status, row, code, measured)
+
+
+# ---- 1. check the input ----------------------------------------------------------------------------------------
+
+
+def check(cfg: RunConfig) -> RunConfig:
+    """What a run refuses before any work (ConfigError; a table that cannot take its row: ResultsError, one
+    too); the normalised config. `sweeps.compare` checks each arm with it before running either."""
+    cfg = validation.validate(cfg)
+    table.check_results_path(cfg.results)
+    return cfg
+
+
+def expected_setup(cfg: RunConfig, machine=None) -> RunConfig:
+    """What sections 2-3 will make of a checked `cfg` on this machine, as far as it is known before
+    TensorFlow's import (the machine as `--autotune` detects it: `nvidia-smi` for GPUs): ConfigError for what
+    `setup_checks.check_setup` will refuse, else the config with its defaults resolved and oneDNN decided.
+
+    A multi-worker run's setup is its workers' (judged by the driver against the cluster) and an
+    `--autotune` run's settings are chosen by its probes: both come back as they are.
+    """
+    if cfg.strategy == options.MULTI_WORKER:
+        return cfg
+    machine = machine or autotune.detect_machine(cfg)
+    replicas = tuning.replicas(cfg, machine)
+    if cfg.data == "synthetic":
+        data_kind = "synthetic"
+    elif cfg.data == "files" or (cfg.data == "auto" and cfg.cifar_dir):
+        data_kind = "files"
+    else:
+        data_kind = "tfds"  # or, for auto, synthetic if it is not there: only its import can tell
+    onednn = defaults.onednn_request(cfg)
+    setup_checks.check_setup(
+        cfg,
+        setup_checks.SetupFacts(
+            gpus_visible=machine.gpus,
+            device_kind=machine.device_kind,
+            cpu_devices=cfg.cpu_replicas,  # a fresh process splits the CPU as asked
+            num_replicas=replicas,
+            onednn=onednn == "on",
+            data_kind=data_kind,
+        ),
+    )
+    if cfg.autotune != "off":
+        return cfg
+    return defaults.resolve(cfg, machine.device_kind, replicas, data_kind).replace(onednn=onednn)
 
 
 # ---- 3. devices and data ---------------------------------------------------------------------------------------
@@ -283,9 +334,12 @@ def _checked_peak(cfg, devices, facts, measured, out):
     )
 
 
-def _ended_in_setup(cfg, identity, command, out, write_row, status, error, code, log):
-    """The row of a run that ended before training: what the configuration says, and why."""
-    row = log.ended_in_setup({**rows.config_row(cfg, status, error, run_id=identity.run_id), "command": command})
+def _ended_in_setup(cfg, identity, command, out, write_row, status, error, code, log, autotune_s=None):
+    """The row of a run that ended before training: what the configuration says (and the probing's seconds), and
+    why; its MLPerf log says so and holds no result."""
+    row = log.ended_in_setup(
+        {**rows.config_row(cfg, status, error, run_id=identity.run_id), "command": command, "autotune_s": autotune_s}
+    )
     where, code = _conclude(cfg, identity, row, write_row, code)
     print(
         f"status  {status} ({error}); row in {where}" if write_row else f"status  {status} ({error})",

@@ -54,6 +54,9 @@ class RunObserver(Protocol):
     def evaluated(self, step: int, accuracy: float, images: int) -> None:
         """The test accuracy after `step`, over `images` test images."""
 
+    def evaluation_abandoned(self, step: int) -> None:
+        """The evaluation begun after `step` was abandoned (a stop request): no accuracy."""
+
 
 class Workload(Protocol):
     """What the controller calls on a trainer (or on inference's forward passes)."""
@@ -70,8 +73,9 @@ class Workload(Protocol):
     def drive(self, controller: Controller) -> None:
         """Run the whole loop, calling back `controller.begin_window`/`end_window`/`window_done`."""
 
-    def evaluate(self) -> tuple[float, float, int]:
-        """(test accuracy, mean test loss, images evaluated)."""
+    def evaluate(self, should_stop: Callable[[], bool] | None = None) -> tuple[float, float, int] | None:
+        """(test accuracy, mean test loss, images evaluated); None when `should_stop()` became true first
+        (asked between chunks of the test set)."""
 
     def steps_done(self) -> int:
         """Steps already trained (restored from a checkpoint)."""
@@ -141,7 +145,7 @@ class Controller:
         workload: Workload,
         batch_size,
         *,
-        out=sys.stdout,
+        out=None,
         target_accuracy=None,
         checkpointer=None,
         summaries=None,
@@ -153,7 +157,8 @@ class Controller:
         clock=time.perf_counter,
     ):
         self.plan, self.workload, self.batch_size = plan, workload, batch_size
-        self.out, self.target_accuracy = out, target_accuracy
+        # sys.stdout looked up now, not when this module was imported: the command's guarded stream
+        self.out, self.target_accuracy = out or sys.stdout, target_accuracy
         self.checkpointer, self.summaries, self.profiler = checkpointer, summaries, profiler
         self.on_eval = on_eval  # on_eval(step, accuracy): a sweep reports to its scheduler
         # on_step(step) after each window (a multi-worker worker: fault injection, the driver's stop
@@ -169,7 +174,7 @@ class Controller:
         self.first_step_at = None
         self.stop_requested = None  # a reason (e.g. "SIGINT") set from a signal handler
         self.status, self.error = "ok", ""
-        self.display = ProgressLine(out, plan.total_steps, batch_size, workload.value_name)
+        self.display = ProgressLine(self.out, plan.total_steps, batch_size, workload.value_name)
         self._profiling = False
         self._saved_at = None
         self._last_seconds = None
@@ -191,12 +196,20 @@ class Controller:
                 if self.window_done(window, self.train_window(window)):
                     break
         self.display.close()
-        if self.status == "ok" and self.stop_requested:
-            self.status, self.error = "interrupted", f"stopped by {self.stop_requested} at step {self.step}"
         # An interrupted run skips the final evaluation: its row must land within a preemption's grace
         # period (Kubernetes gives 30 s); it keeps the accuracy of its last scheduled evaluation, if any.
-        if self.status == "ok" and self.last_accuracy is None and self.workload.can_evaluate:
+        # A stop that arrives during the final evaluation ends it at its next chunk: the run is interrupted.
+        when = ""
+        if (
+            self.status == "ok"
+            and not self.stop_requested
+            and self.last_accuracy is None
+            and self.workload.can_evaluate
+        ):
             self.evaluate()
+            when = ", during the final evaluation"
+        if self.status == "ok" and self.stop_requested:
+            self.status, self.error = "interrupted", f"stopped by {self.stop_requested} at step {self.step}{when}"
         if self.checkpointer and self.status != "diverged" and self._saved_at != self.step:
             self.save()
         return self.measured()
@@ -325,10 +338,17 @@ class Controller:
         return self.evaluate()
 
     def evaluate(self):
-        """Test accuracy now; True when the target accuracy is reached for the first time."""
+        """Test accuracy now; True when the target accuracy is reached for the first time. A stop request
+        ends the evaluation between its chunks (nothing is recorded)."""
         if self.observer:
             self.observer.evaluation_begins(self.step)
-        accuracy, loss, count = self.workload.evaluate()
+        result = self.workload.evaluate(should_stop=lambda: bool(self.stop_requested))
+        if result is None:
+            if self.observer:
+                self.observer.evaluation_abandoned(self.step)
+            self.display.message(f"eval at step {self.step}: abandoned ({self.stop_requested})")
+            return False
+        accuracy, loss, count = result
         if self.observer:
             self.observer.evaluated(self.step, accuracy, count)
         self.last_accuracy = accuracy

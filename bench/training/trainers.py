@@ -2,7 +2,8 @@
 
 Like orbit's trainers, they are called by `bench.runner.loop.Controller`, which owns the loop,
 through its `Workload` protocol: `run_steps(num_steps)` runs that many steps in one call and
-returns the window's value, `evaluate()` returns (accuracy, mean loss, images); besides
+returns the window's value, `evaluate(should_stop)` returns (accuracy, mean loss, images), or None when
+`should_stop()` said so between its chunks (a stop request: the row must not wait for the rest); besides
 `can_evaluate`, `checkpoint_objects()`, `steps_done()`, `skipped_steps()`, `learning_rate()` and
 the facts a row needs (`params`, `batch_norm`, `augment`, `xla_scope`). The fit baseline alone
 `drives_own_loop`: Keras runs the loop and calls the controller back.
@@ -133,12 +134,20 @@ class CustomLoopTrainer:
             )
         )
 
-    def evaluate(self):
+    def evaluate(self, should_stop=None):
+        """The test set in chunks of `steps_per_loop` batches (one call each, like a window), `should_stop()`
+        asked between them: a stop request does not wait for a long evaluation (None is returned)."""
         if self._eval is None:
             self._eval = data.distribute_eval(self.device_setup.strategy, self.source, self.cfg.batch_size)
         dataset, batches = self._eval
-        correct, loss_sum, count = self.step_fns.eval_loop(iter(dataset), tf.constant(batches))
-        return float(correct) / float(count), float(loss_sum) / float(count), int(count)
+        iterator, chunk = iter(dataset), max(1, self.cfg.steps_per_loop)
+        correct = loss_sum = count = 0.0
+        for start in range(0, batches, chunk):
+            if should_stop and should_stop():
+                return None
+            sums = self.step_fns.eval_loop(iterator, tf.constant(min(chunk, batches - start)))
+            correct, loss_sum, count = (total + float(part) for total, part in zip((correct, loss_sum, count), sums))
+        return correct / count, loss_sum / count, int(count)
 
 
 class FitTrainer:
@@ -202,10 +211,15 @@ class FitTrainer:
         ds = ds.map(data.augment_image, num_parallel_calls=tf.data.AUTOTUNE)
         return ds.batch(cfg.batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
 
-    def evaluate(self):
+    def evaluate(self, should_stop=None):
         # mask-0 fillers make whole batches; Keras weighs loss and accuracy by the mask
         examples, total = data.padded_test_examples(self.source, self.cfg.batch_size)
-        loss, accuracy = self.model.evaluate(examples.batch(self.cfg.batch_size, drop_remainder=True), verbose=0)
+        stop = _StopEvaluating(should_stop)
+        loss, accuracy = self.model.evaluate(
+            examples.batch(self.cfg.batch_size, drop_remainder=True), verbose=0, callbacks=[stop]
+        )
+        if stop.stopped:  # Keras returned what the batches so far gave: not an evaluation
+            return None
         loss *= total / self.source.test_images  # Keras averages the weighted losses over every example
         return float(accuracy), float(loss), self.source.test_images
 
@@ -229,6 +243,18 @@ class _WindowCallback(keras.callbacks.Callback):
         # Keras looks at stop_training after a chunk: a stop request ends fit before the next one.
         if self.controller.window_done(self.window, loss) or self.controller.stop_requested:
             self.model.stop_training = True
+
+
+class _StopEvaluating(keras.callbacks.Callback):
+    """Ends `model.evaluate` after the batch (chunk) during which `should_stop()` became true."""
+
+    def __init__(self, should_stop):
+        super().__init__()
+        self.should_stop, self.stopped = should_stop, False
+
+    def on_test_batch_end(self, batch, logs=None):
+        if self.should_stop and self.should_stop():
+            self.stopped = self.model.stop_evaluating = True
 
 
 class Normalize(keras.layers.Layer):
@@ -299,5 +325,5 @@ class Inference:
             return data.SyntheticIterator(data.synthetic_batches(strategy, cfg.batch_size, cfg.seed))
         return iter(data.distribute_inference(strategy, self.source, cfg.batch_size))
 
-    def evaluate(self):
+    def evaluate(self, should_stop=None):
         raise RuntimeError("inference runs have no evaluation (can_evaluate is False)")

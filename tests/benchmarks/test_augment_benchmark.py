@@ -38,6 +38,7 @@ def test_device_augmentation(benchmark, batch, xla):
         call, rounds=1 if benchmark.disabled else 50, iterations=1, warmup_rounds=0 if benchmark.disabled else 5
     )
     assert out.shape == (batch, 32, 32, 3) and out.dtype == tf.uint8
+    assert not np.array_equal(out.numpy(), images.numpy())  # cropped and flipped, not copied
     benchmark.extra_info.update(batch=batch, xla=xla, device="/cpu:0", images_per_call=batch)
     if not benchmark.disabled and benchmark.stats:
         benchmark.extra_info["us_per_image"] = benchmark.stats.stats.mean / batch * 1e6

@@ -20,12 +20,12 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from cifar_files import write_cifar
-from helpers import make_trainer
 
 from bench.config import defaults
 from bench.config.options import RunConfig
 from bench.hardware import cpu_features
 from bench.runner.timing import device_sync
+from bench.selfcheck import env as selfcheck
 from bench.training import data
 
 MODELS = {"resnet20": 3, "resnet56": 9}
@@ -78,6 +78,12 @@ def emulated_skip_reason(precision, measuring, environ=os.environ, cpuinfo_text=
     return reason and f"{reason}; set BENCH_EMULATED=1 to run it anyway"
 
 
+def sized_trainer(check_env, monkeypatch, strategy, n, batch, **kwargs):
+    """bench.selfcheck's step builder (its ResNet-8) with `n` blocks per stage."""
+    monkeypatch.setattr(selfcheck, "N_BLOCKS", n)
+    return selfcheck.make_step_functions(check_env, strategy, batch, **kwargs)
+
+
 def synthetic_iterator(strategy, batch):
     return data.SyntheticIterator(data.synthetic_batches(strategy, batch, seed=0))
 
@@ -88,13 +94,13 @@ def record(benchmark, images_per_call, **info):
 
 
 @pytest.mark.parametrize("model, precision, xla, replicas", train_cases())
-def test_train_step(benchmark, strategies, model, precision, xla, replicas):
+def test_train_step(benchmark, check_env, monkeypatch, strategies, model, precision, xla, replicas):
     reason = emulated_skip_reason(precision, measuring=not benchmark.disabled)
     if reason:
         pytest.skip(reason)
     n, batch, k, rounds = sizes(benchmark, MODELS[model])
     strategy = strategies[replicas]
-    trainer = make_trainer(strategy, n=n, precision=precision, xla=xla, batch=batch, batch_norm=BN)
+    trainer = sized_trainer(check_env, monkeypatch, strategy, n, batch, precision=precision, xla=xla, batch_norm=BN)
     measure_train_calls(benchmark, trainer, strategy, batch, k, rounds)
     record(
         benchmark, k * batch, model=model, precision=precision, xla=xla, replicas=replicas, batch=batch, batch_norm=BN
@@ -102,10 +108,10 @@ def test_train_step(benchmark, strategies, model, precision, xla, replicas):
 
 
 @pytest.mark.parametrize("batch_norm", ["keras", "fused"])
-def test_batch_norm_kernels(benchmark, strategies, batch_norm):
+def test_batch_norm_kernels(benchmark, check_env, monkeypatch, strategies, batch_norm):
     """ResNet-20, float32, one device: Keras's BatchNormalization against the same layer on the fused kernel."""
     n, batch, k, rounds = sizes(benchmark, MODELS["resnet20"])
-    trainer = make_trainer(strategies[1], n=n, batch=batch, batch_norm=batch_norm)
+    trainer = sized_trainer(check_env, monkeypatch, strategies[1], n, batch, batch_norm=batch_norm)
     measure_train_calls(benchmark, trainer, strategies[1], batch, k, rounds)
     record(benchmark, k * batch, model="resnet20", batch_norm=batch_norm, batch=batch)
 
@@ -129,10 +135,10 @@ def measure_train_calls(benchmark, trainer, strategy, batch, k, rounds):
 
 
 @pytest.mark.parametrize("replicas", list(REPLICA_IDS), ids=list(REPLICA_IDS.values()))
-def test_eval_step(benchmark, strategies, replicas):
+def test_eval_step(benchmark, check_env, monkeypatch, strategies, replicas):
     n, batch, k, rounds = sizes(benchmark, MODELS["resnet20"])
     strategy = strategies[replicas]
-    trainer = make_trainer(strategy, n=n, batch=batch, batch_norm=BN)
+    trainer = sized_trainer(check_env, monkeypatch, strategy, n, batch, batch_norm=BN)
     images, labels = data.synthetic_batches(strategy, batch, seed=1)
     mask = strategy.experimental_distribute_values_from_function(
         lambda ctx: tf.ones([batch // strategy.num_replicas_in_sync])
@@ -152,7 +158,7 @@ def test_eval_step(benchmark, strategies, replicas):
 
 
 @pytest.mark.parametrize("loop", ["ctl", "fit"])
-def test_custom_loop_vs_keras_fit(benchmark, strategies, loop):
+def test_custom_loop_vs_keras_fit(benchmark, check_env, monkeypatch, strategies, loop):
     """The same model, precision, batch and steps per call through the custom loop and Keras fit."""
     import keras
 
@@ -160,7 +166,7 @@ def test_custom_loop_vs_keras_fit(benchmark, strategies, loop):
 
     n, batch, k, rounds = sizes(benchmark, MODELS["resnet20"])
     strategy = strategies[1]
-    trainer = make_trainer(strategy, n=n, batch=batch, batch_norm=BN)
+    trainer = sized_trainer(check_env, monkeypatch, strategy, n, batch, batch_norm=BN)
     if loop == "ctl":
         it = synthetic_iterator(strategy, batch)
         steps = tf.constant(k)

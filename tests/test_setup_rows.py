@@ -1,0 +1,121 @@
+"""A run that ended while setting up (failed, or interrupted by Ctrl-C / SIGTERM) has a row of its configuration
+columns only (no device, replicas, BN kernel, TensorFlow version ...). The report and the table comparison count it
+with the configuration it belongs to, never as a configuration of its own."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from bench.config import defaults, validation
+from bench.config.options import RunConfig
+from bench.results import metrics, rows, table
+from sweeps import report, table_compare
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = ["--data=synthetic", "--n=1", "--batch_size=16", "--steps=12", "--warmup_steps=2"]
+
+
+def measured_row(cfg, run_id, rate, device="CPU: Test CPU"):
+    """The row `bench.runner.benchmark` writes for a run of `cfg` that set up on `device` and timed `rate`."""
+    resolved = defaults.resolve(cfg, "CPU", 1, "synthetic")
+    facts = rows.RunFacts(
+        run_id=run_id,
+        command="python -m bench.run",
+        tf_version="2.21.0",
+        keras_version="3.15.1",
+        device=device,
+        num_replicas=1,
+        onednn=True,
+        batch_norm=resolved.batch_norm,
+        params=77850,
+        data="synthetic",
+        train_images=50000,
+        peak_gflops=100.0,
+        started=0.0,
+        augment="none",
+    )
+    timed = metrics.Throughput(rate, 1.0, 1.0, 30.0, 31.0, 32.0, 10, 10 * 16 / rate, 5)
+    measured = rows.Measured("ok", "", cfg.steps, timed, 1.0, 2.0, 3.0, 2.3, None, None, None, 0, "none")
+    return rows.run_row(resolved, facts, measured)
+
+
+def setup_row(cfg, run_id, status="interrupted", error="stopped by SIGTERM while setting up"):
+    """The row of a run of `cfg` that ended while setting up (`benchmark._ended_in_setup`'s)."""
+    return {**rows.config_row(cfg, status, error, run_id=run_id), "command": "python -m bench.run"}
+
+
+def config(**changes):
+    given = {"n": 1, "batch_size": 16, "data": "synthetic", "steps": 12, "warmup_steps": 2, **changes}
+    return validation.validate(RunConfig(**given))
+
+
+def test_a_row_that_ended_in_setup_is_counted_with_its_configuration(tmp_path):
+    path = str(tmp_path / "s.csv")
+    cfg, deeper = config(), config(n=2)
+    for row in (measured_row(cfg, "a1", 500.0), measured_row(cfg, "a2", 520.0), measured_row(deeper, "b1", 300.0)):
+        table.append_row(path, row)
+    table.append_row(path, setup_row(cfg, "a3"))
+    table.append_row(path, setup_row(deeper, "b2", "failed", "RuntimeError: boom"))
+    summary = report.per_configuration(report.load(path))
+    assert len(summary) == 2, summary[["depth", "num_replicas", "device", "runs"]]
+    by_depth = {int(r.depth): r for r in summary.itertuples()}
+    assert (by_depth[8].runs, by_depth[8].ok, by_depth[8].not_ok) == (3, 2, "interrupted")
+    assert (by_depth[14].runs, by_depth[14].ok, by_depth[14].not_ok) == (2, 1, "failed")
+    assert by_depth[8].ips == pytest.approx(510.0)
+    text = report.markdown(summary, path)
+    assert "× ?" not in text and "| ? |" not in text and "5 rows, 2 configurations (2 not ok)" in text
+    assert "| 3 (2) interrupted |" in text
+    # table against table: the same configurations on both sides, nothing "only in" one table
+    other = str(tmp_path / "t.csv")
+    for row in (measured_row(cfg, "c1", 505.0), measured_row(deeper, "c2", 310.0), setup_row(cfg, "c3")):
+        table.append_row(other, row)
+    matches, only_base, only_new, _ = table_compare.compare(report.load(path), report.load(other))
+    assert len(matches) == 2 and not only_base and not only_new
+
+
+def test_a_setup_row_that_fits_no_single_configuration_keeps_its_own_line(tmp_path):
+    """Two devices ran this configuration: which one the interrupted run was on is unknown, so it is not guessed."""
+    path = str(tmp_path / "s.csv")
+    cfg = config()
+    table.append_row(path, measured_row(cfg, "a1", 500.0, device="CPU: one"))
+    table.append_row(path, measured_row(cfg, "a2", 900.0, device="CPU: two"))
+    table.append_row(path, setup_row(cfg, "a3"))
+    table.append_row(path, setup_row(config(n=5), "z1"))  # no run of it set up
+    table.append_row(path, {**setup_row(cfg, "s1"), "sweep": "another"})  # a sweep's name is not a wildcard
+    summary = report.per_configuration(report.load(path))
+    assert sorted(summary["runs"]) == [1, 1, 1, 1, 1] and summary["device"].tolist().count("") == 3
+
+
+@pytest.mark.e2e
+def test_report_and_compare_count_a_run_interrupted_in_setup_with_its_configuration(tmp_path):
+    from helpers import seed_peak_cache
+
+    cache = tmp_path / "cache"
+    seed_peak_cache(str(cache))
+    env = {**os.environ, "PYTHONPATH": ROOT, "RESNET_BENCH_CACHE": str(cache)}
+    path = tmp_path / "s.csv"
+
+    def run(*command):
+        return subprocess.run(
+            [sys.executable, *command], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
+        )
+
+    assert run("-m", "bench.run", *TINY, f"--results={path}").returncode == 0
+    patch = (
+        "import os, signal, time, bench.hardware.devices as d; "
+        "d.setup = lambda cfg: (os.kill(os.getpid(), signal.SIGTERM), time.sleep(60))"
+    )
+    stopped = run(
+        "-c", f"import sys, bench.run as r; {patch}; sys.argv[0] = 'bench.run'; r.entry()", *TINY, f"--results={path}"
+    )
+    assert stopped.returncode == 143, stopped.stderr[-2000:]
+    assert [r["status"] for r in table.read_rows(str(path))] == ["ok", "interrupted"]
+    done = run("-m", "sweeps.report", f"--results={path}", f"--out_dir={tmp_path / 'report'}")
+    assert done.returncode == 0, done.stderr[-2000:]
+    lines = [x for x in (tmp_path / "report" / "summary.md").read_text().splitlines() if x.startswith("| – |")]
+    assert len(lines) == 1 and "| default × 1 |" in lines[0] and "| 2 (1) interrupted |" in lines[0], lines
+    compared = run("-m", "sweeps.compare", f"--base={path}", f"--new={path}", f"--out_dir={tmp_path / 'cmp'}")
+    assert compared.returncode == 0, compared.stderr[-2000:]
+    assert "1 configurations in both tables, 0 only in base, 0 only in new" in compared.stdout
