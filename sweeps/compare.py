@@ -29,7 +29,7 @@ from absl import app, flags
 
 from bench.config import cli, exits, options, validation
 from bench.config.options import ConfigError
-from bench.results import stats, table
+from bench.results import convergence, stats, table
 from bench.runner import benchmark, processes
 from sweeps import table_compare
 
@@ -129,13 +129,18 @@ def comparison_id():
     return time.strftime("cmp-%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:4]
 
 
-def process_runner(common, arms, comparison, results_path):
-    """runner(pair, arm, position) -> stats.Run: one `python -m bench.run` process, its row read back."""
+def process_runner(common, arms, comparison, results_path, seeds=None):
+    """runner(pair, arm, position) -> stats.Run: one `python -m bench.run` process, its row read back.
+
+    `seeds`: {arm: its first seed}; pair k runs seed + k - 1 on both arms (a pair shares its seed, no two
+    runs of an arm do: MLPerf's rule for the runs of a result, and what makes epochs-to-target vary)."""
+    seeds = seeds or {}
 
     def run(pair, arm, position):
+        seed = [f"--seed={seeds[arm] + pair - 1}"] if arm in seeds else []
         try:
             done = processes.run_bench(
-                [*common, *arms[arm], f"--comparison={comparison}", f"--arm={arm}"], results_path
+                [*common, *arms[arm], *seed, f"--comparison={comparison}", f"--arm={arm}"], results_path
             )
         except processes.Stopped as stop:  # relayed to the run, which has ended: say where its row is
             print(stopped_line(pair, arm, stop), flush=True)
@@ -156,6 +161,8 @@ def process_runner(common, arms, comparison, results_path):
             row["error"],
             row["run_id"],
             flags=tuple(flag for flag in CONDITION_FLAGS if row.get(flag) == "true"),
+            epochs_to_target=processes.number(row.get("epochs_to_target", "")),
+            time_to_target_s=processes.number(row.get("time_to_target_s", "")),
         )
 
     return run
@@ -187,6 +194,8 @@ def stopped_line(pair, arm, stop):
 def progress_line(run, done, total):
     what = f"{run.images_per_sec:.1f} img/s" if run.status == "ok" and run.images_per_sec else run.status
     accuracy = f", accuracy {run.test_accuracy:.4f}" if run.test_accuracy is not None else ""
+    if run.epochs_to_target is not None:
+        accuracy += f", target at epoch {run.epochs_to_target:.3g}"
     error = f" ({run.error})" if run.error else ""
     flags = f" [{', '.join(run.flags)}]" if run.flags else ""
     return f"[{done}/{total}] pair {run.pair} {run.arm}: {what}{accuracy}{flags}{error}"
@@ -266,8 +275,31 @@ def conditions_lines(runs):
     ]
 
 
-def report_lines(runs, band_pct, accuracy_band):
-    """Pairs, ratio, verdicts (and the failed runs) of a finished comparison."""
+def convergence_lines(runs, target):
+    """With a target accuracy: each arm's epochs to it, the guard (does B need more epochs than A?) and
+    B's speed-up per step and to the target."""
+    arm = {name: [r for r in runs if r.arm == name] for name in stats.ARMS}
+    epochs = {name: [r.epochs_to_target if r.status == "ok" else None for r in arm[name]] for name in stats.ARMS}
+    lines = [f"epochs to target {target:g}:"]
+    for name in stats.ARMS:
+        reached, missed = convergence.split(epochs[name])
+        each = ", ".join(f"{e:.3g}" for e in reached) or "none"
+        lines.append(f"  {name}: {each}" + (f" ({missed} run(s) never reached it)" if missed else ""))
+    guard = convergence.guard(epochs["A"], epochs["B"])
+    lines.append("convergence: " + guard.text(("A", "B")).replace("**", ""))
+    speed = convergence.speedup(
+        [r.images_per_sec for r in arm["A"] if r.status == "ok"],
+        [r.images_per_sec for r in arm["B"] if r.status == "ok"],
+        [r.time_to_target_s for r in arm["A"] if r.status == "ok"],
+        [r.time_to_target_s for r in arm["B"] if r.status == "ok"],
+    )
+    lines.append("B's " + speed.text())
+    return lines
+
+
+def report_lines(runs, band_pct, accuracy_band, target=None):
+    """Pairs, ratio, verdicts (and the failed runs) of a finished comparison; with a target accuracy, the
+    convergence of each arm (`convergence_lines`)."""
     lines = []
     failed = [r for r in runs if r.status != "ok"]
     for r in failed:
@@ -279,7 +311,7 @@ def report_lines(runs, band_pct, accuracy_band):
     lines.extend(f"{p:>4}  {a:7.1f}  {b:7.1f}  {b / a:.3f}" for p, (a, b) in speed.items())
     if len(speed) < 2:
         lines.append(f"only {len(speed)} complete pair(s): no interval")
-        return lines, None
+        return lines + (convergence_lines(runs, target) if target is not None else []), None
     est = stats.paired_interval(stats.log_ratios(speed.values()))
     ratio_line, verdict_line = speed_text(est, band_pct)
     lines += [ratio_line, "verdict: " + verdict_line]
@@ -288,6 +320,8 @@ def report_lines(runs, band_pct, accuracy_band):
     if len(accuracy) >= 2:
         acc = stats.paired_interval([b - a for a, b in accuracy.values()])
         lines += list(accuracy_text(acc, accuracy_band))
+    if target is not None:
+        lines += convergence_lines(runs, target)
     return lines, est
 
 
@@ -331,13 +365,13 @@ def run_arms(values=FLAGS):
         f"common flags: {shlex.join(common) or '(none)'}; rows in {results_path}",
         flush=True,
     )
-    runner = process_runner(common, arms, comparison, results_path)
+    runner = process_runner(common, arms, comparison, results_path, {name: cfg.seed for name, cfg in cfgs.items()})
     try:
         runs = stats.run_pairs(runner, values.pairs, on_run=lambda r, k, n: print(progress_line(r, k, n), flush=True))
     except (KeyboardInterrupt, exits.Interrupted):  # the exit status and the error line: exits.command
         print(f"comparison {comparison} stopped; the rows written so far stay in {results_path}", flush=True)
         raise
-    lines, est = report_lines(runs, values.band, values.accuracy_band)
+    lines, est = report_lines(runs, values.band, values.accuracy_band, cfgs["B"].target_accuracy)
     print("\n".join(lines), flush=True)
     failed = est is None or any(r.status != "ok" for r in runs)
     if (

@@ -16,8 +16,8 @@ from absl import app, flags
 
 from bench.config import cli, exits
 from bench.config.options import ConfigError
-from bench.results import metrics, table
-from sweeps import files, scaling, serving
+from bench.results import bands, metrics, table
+from sweeps import files, mlperf_scores, scaling, serving
 
 FLAGS = flags.FLAGS
 
@@ -32,12 +32,8 @@ def define_flags():
 
 
 # Test error (%) reported for CIFAR-10, by depth: He et al. 2015 Table 6 (original blocks, option A)
-# and He et al. 2016 Table 3 (pre-activation; ResNet-164/1001 use bottleneck blocks).
-REFERENCE_ERROR = {
-    "original": {20: 8.75, 32: 7.51, 44: 7.17, 56: 6.97, 110: 6.43, 1202: 7.93},
-    "preact": {110: 6.37},
-    "bottleneck": {164: 5.46, 1001: 4.92},
-}
+# and He et al. 2016 (pre-activation; ResNet-164/1001 use bottleneck blocks); their bands: bench.results.bands.
+REFERENCE_ERROR = bands.reference_errors()
 CONFIG_COLUMNS = [
     "sweep",
     "device",
@@ -69,6 +65,7 @@ SETUP_COLUMNS = [
     "inter_op_threads",
     "num_workers",
     "launcher",
+    "lr_scale",
     "tf_version",
     "keras_version",
 ]
@@ -96,6 +93,7 @@ def load(path, sweep=None, data=None, device=None):
             df[col] = ""
     # Multi-worker rows written before the launcher column were all launched by Ray Train.
     df.loc[(df["strategy"] == "multi_worker") & (df["launcher"] == ""), "launcher"] = "ray"
+    df["lr_scale"] = df["lr_scale"].replace("", "1.0")  # rows from before --lr_scale ran the papers' lr
     # The step budget: the steps trained, unless a target accuracy ended runs at different steps.
     df["budget"] = df["total_steps"].where(df["target_accuracy"] == "", "to " + df["target_accuracy"])
     df = with_setup_rows_placed(df)
@@ -147,8 +145,16 @@ def with_setup_rows_placed(df):
     return df
 
 
+def groups(df):
+    """[(key, rows)]: each configuration's key (its grouping columns) and its rows as dicts."""
+    df = df.assign(**{c: "" for c in SETUP_COLUMNS if c not in df.columns})
+    columns = CONFIG_COLUMNS + SETUP_COLUMNS
+    return [(dict(zip(columns, key)), g.to_dict("records")) for key, g in df.groupby(columns, sort=True, dropna=False)]
+
+
 def per_configuration(df):
-    """One record per configuration: counts of statuses, mean ± CI of speed and (real data) accuracy."""
+    """One record per configuration: counts of statuses, mean ± CI of speed and (real data) accuracy, and the
+    papers' accuracy band where it applies (bench.results.bands)."""
     df = df.assign(**{c: "" for c in SETUP_COLUMNS if c not in df.columns})
     records = []
     for key, group in df.groupby(CONFIG_COLUMNS + SETUP_COLUMNS, sort=True, dropna=False):
@@ -167,6 +173,7 @@ def per_configuration(df):
             values = ok[col].dropna() if col in ok.columns else []
             rec[key], rec[key + "_ci"] = metrics.mean_ci95(values) if len(values) else (None, None)
         rec["conditions"] = _conditions(ok)
+        rec["band"] = _band_text(rec, ok)
         records.append(rec)
     return pd.DataFrame(records)
 
@@ -181,6 +188,18 @@ def _conditions(ok):
         if count:
             flagged.append(f"{count}/{len(ok)} {col}")
     return ", ".join(flagged) or ("ok" if judged else "–")
+def _band_text(rec, ok):
+    """The paper's band beside the accuracy of rows trained with its full recipe on real CIFAR-10 ('' otherwise)."""
+    band = bands.band_for(rec["block"], rec["depth"], rec["shortcut"]) if not pd.isna(rec["depth"]) else None
+    if band is None:
+        return ""
+    full = [r["test_accuracy"] for r in ok.to_dict("records") if bands.full_paper_recipe(r)]
+    full = [a for a in full if not pd.isna(a)]
+    if not full:
+        return ""
+    verdict = band.judge(sum(full) / len(full))
+    shown = f"**{verdict}** {band.text()}" if verdict != "inside" else f"band {band.text()}"
+    return f" ({shown}: {band.source})"
 
 
 def _setup(r):
@@ -188,9 +207,12 @@ def _setup(r):
     onednn = {"true": ", oneDNN", "false": ", no oneDNN"}.get(r.onednn, "")
     steps = f"{r.budget} steps" if r.budget else "steps ?"
     scenario = f" {r.scenario}" if getattr(r, "scenario", "") not in ("", "none") else ""
+    if str(r.budget).startswith("to "):
+        steps = f"to accuracy {r.budget[3:]}"
     mode = f"inference{scenario}, " if r.mode == "inference" else ""
     workers = f", {r.num_workers} workers ({r.launcher})" if r.num_workers else ""
-    return f"{mode}{r.loop or 'ctl'}, {r.batch_norm or '?'} BN{onednn}{workers}, {steps}, TF {r.tf_version or '?'}"
+    lr = f", lr x{float(r.lr_scale):g}" if getattr(r, "lr_scale", "1.0") not in ("1.0", "1", "") else ""
+    return f"{mode}{r.loop or 'ctl'}, {r.batch_norm or '?'} BN{onednn}{workers}, {steps}{lr}, TF {r.tf_version or '?'}"
 
 
 def _int(value):
@@ -222,7 +244,8 @@ def markdown(summary, source, filtered=False):
         "",
         f"From `{source}`: {int(summary['runs'].sum()) if len(summary) else 0} rows, {len(summary)} configurations "
         f"({int(summary['runs'].sum() - summary['ok'].sum()) if len(summary) else 0} not ok). "
-        "images/sec: mean over runs ± 95% CI (repeats); accuracy only from real data. Peak memory: the run's "
+        "images/sec: mean over runs ± 95% CI (repeats); accuracy only from real data, beside the papers' band where "
+        "the row trained with the paper's full recipe on CIFAR-10. Peak memory: the run's "
         "processes' peak resident memory during training, with its anonymous part (what the run allocated, without "
         "the libraries' file pages, which the kernel drops under memory pressure; GPU: the largest device's peak "
         "allocation); conditions: "
@@ -240,7 +263,7 @@ def markdown(summary, source, filtered=False):
         lines.append(
             f"| {r.sweep or '–'} | {r.device or '?'} | {r.data or '?'} | {r.strategy} × {_int(r.num_replicas)} | "
             f"{r.block} | {r.shortcut} | {_int(r.depth)} | {r.precision} | {r.xla} | {_int(r.global_batch_size)} | {status} | "
-            f"{_pm(r.ips, r.ips_ci, '.1f')} | {_memory(r)} | {r.conditions} | {mfu} | {_pm(r.acc, r.acc_ci, '.4f')} "
+            f"{_pm(r.ips, r.ips_ci, '.1f')} | {_memory(r)} | {r.conditions} | {mfu} | {_pm(r.acc, r.acc_ci, '.4f')}{r.band} "
             f"| {_setup(r)} |"
         )
     return "\n".join(lines) + "\n"
@@ -411,6 +434,9 @@ def build(results_path, out_dir, sweep=None, data=None, device=None):
     df = load(results_path, sweep, data, device)
     summary = per_configuration(df)
     text = markdown(summary, results_path, filtered=bool(sweep or data or device))
+    scores = mlperf_scores.sections(groups(df))  # time to target by MLPerf's rules, convergence guard
+    if scores:
+        text += "\n" + "\n".join(scores)
     check_out_dir(out_dir)
     md_path = os.path.join(out_dir, "summary.md")
     pngs = plots(summary, os.path.join(out_dir, "plots"))

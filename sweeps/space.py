@@ -69,7 +69,7 @@ def build_trials(axes, repeats, sweep_name, shuffle_seed=None):
     measures the machine's noise, not its drift. `shuffle_seed` shuffles the configurations within
     each round (reproducibly). Each trial's `sweep_position` is its 1-based place in this order.
     """
-    validation.check_sweep_options(repeats=repeats)
+    validation.check_sweep_options(repeats=repeats, seeds=len(axes.get("seed", [0])))
     names = list(axes)
     varying = [n for n in names if len(axes[n]) > 1]
     combos = list(itertools.product(*(axes[n] for n in names)))

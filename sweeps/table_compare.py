@@ -18,7 +18,7 @@ import sys
 import numpy as np
 
 from bench.config import exits
-from bench.results import stats
+from bench.results import convergence, scoring, stats
 from sweeps import files, report
 
 NOT_MATCHED = ("sweep",)  # a name, not a measurement
@@ -32,6 +32,7 @@ class Match:
     est: object  # stats.Estimate of log(new/base), or None (too few runs)
     ratio: float  # new/base of the geometric means (nan without runs on a side)
     flag: str
+    convergence: str = ""  # with a target accuracy: epochs to it, new against base, and the speed-up to it
 
 
 def match_columns(vary=()):
@@ -44,6 +45,35 @@ def _rates(df, columns):
         ok = g[g["status"] == "ok"]["images_per_sec"].dropna()
         groups[tuple(key)] = [float(x) for x in ok if x > 0]
     return groups
+
+
+def _to_target(df, columns):
+    """{key: (epochs, times, images/sec, seeds)} of configurations run to a target (epochs/times None: never
+    reached)."""
+    groups = {}
+    for key, g in df.groupby(columns, sort=True, dropna=False):
+        parts = dict(zip(columns, key))
+        if not str(parts.get("budget", "")).startswith("to "):
+            continue
+        ok = g["status"] == "ok"
+        epochs = [float(e) if o and e not in ("", None) else None for e, o in zip(g["epochs_to_target"], ok)]
+        times = [float(t) if o and t not in ("", None) else None for t, o in zip(g["time_to_target_s"], ok)]
+        ips = [float(x) for x in g.loc[ok, "images_per_sec"].dropna()]
+        groups[tuple(key)] = (epochs, times, ips, list(g["seed"]))
+    return groups
+
+
+def convergence_text(base, new):
+    """Each side's MLPerf score of time-to-target, and the convergence guard of `new` against `base` (each
+    (epochs, times, images/sec, seeds)), in one cell."""
+    scores = []
+    for name, side in (("base", base), ("new", new)):
+        score = scoring.olympic(side[1], side[3])
+        value = f"{score.value:.1f} s" if score.value is not None else "no score"
+        scores.append(f"{name} {value} ({score.verdict}: {score.note})")
+    guard = convergence.guard(base[0], new[0])
+    speed = convergence.speedup(base[2], new[2], base[1], new[1])
+    return f"time to target, MLPerf score: {'; '.join(scores)}. {guard.text(('base', 'new'))}; {speed.text()}"
 
 
 def flag(est, band_pct, fail_pct=None):
@@ -70,6 +100,7 @@ def compare(base_df, new_df, vary=(), band_pct=5.0, fail_pct=None):
             if c not in df.columns:
                 df[c] = ""
     base, new = _rates(base_df, columns), _rates(new_df, columns)
+    base_target, new_target = _to_target(base_df, columns), _to_target(new_df, columns)
     matches = []
     for key in sorted(set(base) & set(new), key=str):
         b, n = base[key], new[key]
@@ -80,7 +111,8 @@ def compare(base_df, new_df, vary=(), band_pct=5.0, fail_pct=None):
                 est = dataclasses.replace(est, sd=est.sd * math.sqrt(2))
         ratio = math.exp(np.mean(np.log(n)) - np.mean(np.log(b))) if b and n else float("nan")
         text = flag(est, band_pct, fail_pct) if b and n else "no ok run on a side"
-        matches.append(Match(key, b, n, est, ratio, text))
+        guard = convergence_text(base_target[key], new_target[key]) if key in base_target and key in new_target else ""
+        matches.append(Match(key, b, n, est, ratio, text, guard))
     only_base = sorted(set(base) - set(new), key=str)
     only_new = sorted(set(new) - set(base), key=str)
     return matches, only_base, only_new, columns
@@ -174,6 +206,19 @@ def markdown(matches, only_base, only_new, columns, base_path, new_path, band_pc
             f"| {label(m.key, columns, varying)} | {len(m.base)} | {len(m.new)} | {gm(m.base)} | "
             f"{gm(m.new)} | {ratio} | {ci} | {m.flag} |"
         )
+    targets = [m for m in matches if m.convergence]
+    if targets:
+        lines += [
+            "",
+            "Configurations run to a target accuracy: each table's MLPerf score of time-to-target (olympic mean "
+            f"of {scoring.RUNS_PER_RESULT} runs; see summary.md), epochs to the target, new against base (flagged "
+            f"when new needs more: one-sided Welch t, level {convergence.ALPHA:g}), and the speed-up per step and "
+            "to the target.",
+            "",
+            "| configuration | convergence |",
+            "|---|---|",
+        ]
+        lines += [f"| {label(m.key, columns, varying)} | {m.convergence} |" for m in targets]
     for title, only in (("Only in the base table", only_base), ("Only in the new table", only_new)):
         if only:
             lines += ["", f"{title}:", ""] + [f"- {label(k, columns, varying)}" for k in only]

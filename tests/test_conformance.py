@@ -9,6 +9,7 @@ it something it must refuse, with the outcome the README promises.
 | a read-only cache         | a warning, the run measured without caching: an `ok` row, exit 0                  |
 | SIGINT / SIGTERM          | exit 130 / 143; every run that started ends in its `interrupted` row              |
 | a closed stdout           | the rows are written and the exit status is what it would have been              |
+| a bad value of a run flag | one `error:` line, exit 2, nothing written (every command that takes run flags)   |
 
 Adding a command to the project means adding it to COMMANDS (and to the cells that apply to it). A new way
 for a run to start is a row of its own (`RUNS`: a LoadGen scenario, plain multi-worker processes), and a
@@ -135,7 +136,13 @@ def output_commands(folder, results):
 # every command of the project: the cells below cover each (a new command is added here and to its cells)
 COMMANDS = sorted(
     set(table_commands("x", "y"))
-    | {"bench.check", "bench.distributed.localcluster", "bench.hardware.peak", "bench.distributed.plain_worker"}
+    | {
+        "bench.check",
+        "bench.distributed.localcluster",
+        "bench.hardware.peak",
+        "bench.distributed.plain_worker",
+        "bench.results ruleset",
+    }
 )
 
 
@@ -333,6 +340,7 @@ BAD_INPUT = {
     "bench.distributed.plain_worker": ("bench.distributed.plain_worker", "no-such-folder", "0", "1"),  # not by hand
     "bench.hardware.peak": ("bench.hardware.peak", "--no-such-flag"),
     "bench.results upgrade": ("bench.results", "downgrade", "x.csv"),
+    "bench.results ruleset": ("bench.results", "ruleset", "extra"),
 }
 
 
@@ -340,6 +348,48 @@ BAD_INPUT = {
 def test_bad_input_to_the_other_commands_is_one_line_exit_2(command, tmp_path, cache):
     code, out, err = run(*BAD_INPUT[command], cache=cache)
     assert refused(code, err), (code, err[-2000:])
+
+
+# issue #24's flags: a bad value is refused by every command that takes run flags, before anything is written
+BAD_RUN_FLAGS = {
+    "--lr_scale": ("--lr_scale=0", "--lr_scale must be in (0, 100]"),
+    "--submission_org": ("--submission_org=", "--submission_org must not be empty"),
+    "--submission_platform": ("--submission_platform=two\nlines", "--submission_platform must be one printable"),
+    "--diverge_seeds": ("--diverge_seeds=one", "--diverge_seeds takes SEED[,SEED...]"),
+}
+
+
+def run_flag_commands(results, flag):
+    """command -> argv of each command that takes bench.run's flags, given `flag` (common to a comparison's arms)."""
+    return {
+        "bench.run": ("bench.run", *TINY, flag, f"--results={results}"),
+        "sweeps.tune": ("sweeps.tune", *TINY, "--shortcut=B", "--block=preact", flag, f"--results={results}"),
+        "sweeps.compare (arms)": (
+            "sweeps.compare",
+            "--a=--batch_norm=keras",
+            "--b=--batch_norm=fused",
+            *TINY,
+            flag,
+            f"--results={results}",
+        ),
+    }
+
+
+@pytest.mark.parametrize("flag", sorted(BAD_RUN_FLAGS))
+@pytest.mark.parametrize("command", sorted(run_flag_commands("x", "y")))
+def test_a_bad_value_of_a_run_flag_is_one_line_exit_2_nothing_written(command, flag, tmp_path, cache):
+    value, message = BAD_RUN_FLAGS[flag]
+    before = folder_listing(tmp_path)
+    code, out, err = run(*run_flag_commands(str(tmp_path / "s.csv"), value)[command], cache=cache)
+    assert refused(code, err) and message in err, (code, err[-2000:])
+    assert folder_listing(tmp_path) == before
+
+
+def test_the_ruleset_command_prints_a_file_and_a_closed_stdout_costs_it_nothing(tmp_path, cache):
+    code, out, err = run("bench.results", "ruleset", cache=cache)
+    assert code == 0 and os.path.isfile(out.strip()) and out.strip().endswith(".yaml"), (code, out, err)
+    code, _, err = closed_stdout("bench.results", "ruleset", cache=cache)
+    assert code == 0 and "Traceback" not in err, err[-2000:]
 
 
 def test_a_closed_stdout_costs_clearing_the_cache_nothing(tmp_path):

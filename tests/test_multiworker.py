@@ -255,6 +255,12 @@ def test_killed_worker_restarts_from_the_checkpoint_and_workers_agree(ray_addres
     assert float(row["peak_gflops"]) == pytest.approx(sum(peaks), rel=1e-5)
     assert row["host"].endswith("(1 host)") and float(row["images_per_sec"]) > 0
     assert json.load(open(tmp_path / "ckpt" / "run.json"))["finished"] is True
+    # one MLPerf log, the chief's of the attempt that finished (resumed from the checkpoint), accepted by MLPerf's checker
+    from test_mlperf import check, one
+
+    log = tmp_path / row["mlperf_log"]
+    assert one(log, "run_start")[1]["resumed_from_step"] == 4 and one(log, "run_stop")[1]["status"] == "success"
+    assert check(log)[0], check(log)[1]
     again = driver.run(cfg, out=io.StringIO())  # the same command again: nothing runs, nothing written
     assert again.status == "skipped" and len(table.read_rows(path)) == 1
 

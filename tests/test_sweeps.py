@@ -158,6 +158,7 @@ def test_killed_sweep_resumes_with_one_row_per_trial(tmp_path):
         (["--cpus_per_trial=4096"], "--cpus_per_trial asks for 4096 CPU(s)"),  # Ray would wait for it forever
         (["--max_concurrent=0"], "max_concurrent"),
         (["--name=a/b"], "plain folder name"),
+        (["--seed=0,1", "--repeats=2"], "--seed takes one value with --repeats > 1"),  # seeds would repeat
     ],
 )
 def test_bad_flags_are_one_line_exit_2_nothing_started(tmp_path, args, message):

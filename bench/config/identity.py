@@ -30,6 +30,8 @@ _UNFINGERPRINTED = (
     "sweep_position",  # labels of the run, not what it runs
     "autotune",
     "tuned",
+    "submission_org",  # who ran it and the platform's name: labels of the MLPerf log
+    "submission_platform",
 )  # how the settings were chosen (the settings themselves count)
 _INPUT_FOLDERS = ("cifar_dir", "tfds_dir")  # compared as the folders they name (`./data`, `data/`, `$PWD/data`)
 RUN_FILE = "run.json"

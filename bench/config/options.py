@@ -248,6 +248,11 @@ class RunConfig:
         kind=int,
     )
     recipe: str = option("bench", "bench: short throughput run; paper: He et al. schedule.", choices=RECIPES)
+    lr_scale: float = option(
+        1.0,
+        "Multiplies every learning rate of the recipe's schedule (1: the papers' 0.1 x batch/128; "
+        "a convergence study's knob, e.g. 0.1 for a deliberately slower one).",
+    )
     loop: str = option("ctl", "ctl: the custom training loop; fit: Keras model.fit (a baseline).", choices=LOOPS)
     # data
     data: str = option("auto", "Input: tfds, CIFAR binary files, synthetic, or auto.", choices=DATA_KINDS)
@@ -300,6 +305,16 @@ class RunConfig:
         axis=False,
         bare="on",
     )
+    # the MLPerf log of the run (results/mlperf/<run_id>.log): who ran it, on what
+    submission_org: str = option(
+        "unaffiliated", "MLPerf log: the organisation the run is submitted by (submission_org).", axis=False
+    )
+    submission_platform: str = option(
+        "",
+        "MLPerf log: the platform's name (submission_platform); default: replicas x device, "
+        "e.g. '2xGPU: NVIDIA H100 80GB HBM3'.",
+        axis=False,
+    )
     # A/B comparisons (python -m sweeps.compare sets both; not sweep axes)
     comparison: str = option("", "Id of the A/B comparison this run belongs to (sweeps.compare sets it).", axis=False)
     arm: str = option(
@@ -324,6 +339,14 @@ class RunConfig:
         kind=str,
         axis=False,
         parse=parse_fault_step,
+        testing=True,
+    )
+    diverge_seeds: str | None = option(
+        None,
+        "Testing: SEED[,SEED...]: a run whose --seed is listed makes its loss non-finite at the first step "
+        "after the warm-up (a run forced not to converge, e.g. one repeat of a sweep).",
+        kind=str,
+        axis=False,
         testing=True,
     )
     # set by the sweep driver, not flags
@@ -382,6 +405,16 @@ def axis_values(f: dataclasses.Field, value):
     if f.name == "precision":
         values = [spec.canonical_precision(v) for v in values]
     return list(dict.fromkeys(values))  # drop repeats, keep order
+
+
+def parse_seed_list(text):
+    """`"1,3"` -> (1, 3) (`--diverge_seeds`). Empty -> ()."""
+    if text in (None, ""):
+        return ()
+    try:
+        return tuple(int(t) for t in str(text).split(","))
+    except ValueError:
+        raise ConfigError(f"--diverge_seeds takes SEED[,SEED...] (e.g. 1,3); got {text!r}") from None
 
 
 def parse_worker_fault(text):

@@ -12,6 +12,8 @@ BENCH_STEPS = 200  # the `bench` recipe's default run length
 PAPER_ITERATIONS = 64_000  # He et al.: 64k iterations at batch 128
 PAPER_BATCH = 128
 PAPER_LR = 0.1
+MOMENTUM = 0.9  # SGD momentum (He et al.)
+LR_DROP_FACTOR = 0.1  # each drop divides the lr by 10
 LR_DROPS = (0.5, 0.75)  # the lr is divided by 10 at these fractions of training
 WARMUP_LR = 0.01  # He et al. 2015, depth >= 110: lr 0.01 for ~400 iterations
 WARMUP_LR_ITERATIONS = 400
@@ -46,17 +48,17 @@ class Schedule:
 
 
 def lr_schedule(cfg: RunConfig, total_steps: int) -> Schedule:
-    """lr 0.1 x batch/128, /10 at 50% and 75% of training; lr 0.01 warm-up for depth >= 110.
+    """lr 0.1 x batch/128 (x --lr_scale), /10 at 50% and 75% of training; lr 0.01 warm-up for depth >= 110.
 
     Both recipes use the paper's shape; `paper` also fixes the length (64k
     iterations at batch 128), `bench` fits the shape to the run's steps.
     """
     scale = cfg.batch_size / PAPER_BATCH
-    base = PAPER_LR * scale
+    base = PAPER_LR * scale * cfg.lr_scale
     warm = math.ceil(WARMUP_LR_ITERATIONS / scale) if cfg.depth >= WARMUP_LR_MIN_DEPTH else 0
     if cfg.recipe == "bench":
         warm = min(warm, total_steps // 10)
-    starts, values = [0], [WARMUP_LR * scale if warm else base]
+    starts, values = [0], [WARMUP_LR * scale * cfg.lr_scale if warm else base]
     if warm:
         starts.append(warm)
         values.append(base)
@@ -64,5 +66,5 @@ def lr_schedule(cfg: RunConfig, total_steps: int) -> Schedule:
         start = int(total_steps * fraction)
         if start > starts[-1]:
             starts.append(start)
-            values.append(base * 0.1**i)
+            values.append(base * LR_DROP_FACTOR**i)
     return Schedule(tuple(starts), tuple(values))

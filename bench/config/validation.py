@@ -23,6 +23,7 @@ from bench.config.options import (
     global_replicas,
     parse_fault_step,
     parse_profile_steps,
+    parse_seed_list,
     parse_worker_fault,
 )
 from bench.config.recipe import train_steps
@@ -33,6 +34,8 @@ MAX_STEPS = 10**9  # a run's length at most (about 11 days at 1 ms a step)
 MAX_N = 1000  # depth 6n+2 <= 6002 (He et al. go to n=200)
 SEED_RANGE = (0, 2**32 - 1)  # what NumPy's and Keras's seeding accept
 MAX_TRAIN_IMAGES = 50_000  # CIFAR-10's training set: a bound on the steps --epochs can make
+MAX_LR_SCALE = 100.0  # --lr_scale: 100 x the papers' lr (10 at batch 128) is far past divergence already
+MAX_LABEL = 200  # --submission_org / --submission_platform: one short line of the MLPerf log
 
 
 def validate(cfg: RunConfig) -> RunConfig:
@@ -47,6 +50,7 @@ def validate(cfg: RunConfig) -> RunConfig:
     _check_numbers(cfg)
     _check_combinations(cfg)
     _check_outputs(cfg)
+    cfg = _forced_divergence(cfg)
     if cfg.cifar_dir and cfg.data in ("files", "auto"):
         try:
             cifar_files.find_files(cfg.cifar_dir)
@@ -70,6 +74,25 @@ def _check_text(cfg):
         value = getattr(cfg, f.name)
         if isinstance(value, str) and "\x00" in value:
             raise ConfigError(f"--{f.name} contains a NUL character")
+    for name in ("submission_org", "submission_platform"):  # one value on one line of the MLPerf log
+        value = getattr(cfg, name)
+        if not value.isprintable() or len(value) > MAX_LABEL:
+            raise ConfigError(f"--{name} must be one printable line of at most {MAX_LABEL} characters; got {value!r}")
+    if not cfg.submission_org.strip():
+        raise ConfigError("--submission_org must not be empty (the MLPerf log names who ran the run)")
+
+
+def _forced_divergence(cfg):
+    """--diverge_seeds (testing): the listed seeds' runs get a non-finite loss at the first step after the warm-up."""
+    seeds = parse_seed_list(cfg.diverge_seeds)
+    low, high = SEED_RANGE
+    if any(not low <= s <= high for s in seeds):
+        raise ConfigError(f"--diverge_seeds: every seed must be in [{low}, {high}]; got {cfg.diverge_seeds!r}")
+    if seeds and (cfg.loop != "ctl" or cfg.mode != "train"):
+        raise ConfigError("--diverge_seeds works with --loop=ctl --mode=train only")
+    if cfg.seed in seeds and cfg.inject_nan_at_step is None:
+        return cfg.replace(inject_nan_at_step=max(cfg.warmup_steps, 1) + 1)
+    return cfg
 
 
 def _at_least(cfg, name, low, what=""):
@@ -114,6 +137,10 @@ def _check_numbers(cfg):
         value = getattr(cfg, name)
         if value is not None and not value > 0:
             raise ConfigError(f"--{name} must be > 0; got {value}")
+    if not 0 < cfg.lr_scale <= MAX_LR_SCALE:
+        raise ConfigError(
+            f"--lr_scale must be in (0, {MAX_LR_SCALE:g}] (it multiplies the recipe's lr); got {cfg.lr_scale}"
+        )
     if cfg.target_accuracy is not None and not 0 < cfg.target_accuracy <= 1:
         raise ConfigError(f"--target_accuracy is a fraction in (0, 1], e.g. 0.91; got {cfg.target_accuracy}")
     if cfg.steps is not None and cfg.epochs is not None:
@@ -276,10 +303,17 @@ def check_sweep_options(
     strategies="",
     data="auto",
     eval_every_epochs=None,
+    seeds=1,
 ):
-    """The sweep-only flags of `sweeps.tune` (the trials' own are checked by `validate`)."""
+    """The sweep-only flags of `sweeps.tune` (the trials' own are checked by `validate`). `seeds`: how many
+    values the --seed axis has."""
     if repeats < 1:
         raise ConfigError(f"--repeats must be >= 1; got {repeats}")
+    if repeats > 1 and seeds > 1:  # seed 0 repeat 2 would be seed 1 repeat 1: two runs of a result, one seed
+        raise ConfigError(
+            "--seed takes one value with --repeats > 1 (the repeats run seed, seed+1, ...; no two runs of a "
+            "configuration may share a seed)"
+        )
     if scheduler == "asha" and MULTI_WORKER in (strategies or ""):
         raise ConfigError(
             "--scheduler=asha ranks trials by their evaluations, which multi_worker trials do not "

@@ -34,7 +34,7 @@ from bench.distributed.collector import Collector, failure_listener
 from bench.distributed.events import EventLog
 from bench.distributed.worker import train_worker
 from bench.hardware import devices
-from bench.results import console, systems, table
+from bench.results import console, mlperf_log, systems, table
 
 START_TIMEOUT_ENV = "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S"  # how long Ray Train waits to place a worker group
 
@@ -98,6 +98,7 @@ def run(cfg: RunConfig, command="", out=None, write_row=True, on_eval=None):
     if bad_input:  # the workers' own setup checks refused the run: bad input, as in one process
         raise ConfigError(bad_input[0])
     row = aggregate.multi_worker_row(cfg, command, state, error)
+    row["mlperf_log"] = _chief_log(cfg, row, state)
     print(
         f"workers: {row['num_workers']} ({row['host']}), restarts {row['restarts']}, "
         f"{time.perf_counter() - started:.0f} s in all",
@@ -144,6 +145,18 @@ def _ray_launch(cfg: RunConfig, command, out):
                 import ray
 
                 ray.shutdown()
+def _chief_log(cfg: RunConfig, row, state):
+    """The chief's MLPerf log (of its last attempt), written beside the results; the row's `mlperf_log` ('': none)."""
+    chief = state.get("reports", {}).get(0, {})
+    last = chief.get("attempt", 1) == state.get("starts", {}).get(0, 1)
+    text = chief.get("mlperf_log") if last else ""
+    if not text or not row.get("run_id"):
+        return ""
+    try:
+        return mlperf_log.write_text(cfg.results, row["run_id"], text)
+    except OSError as err:
+        exits.error(f"the MLPerf log of run {row['run_id']} could not be written ({err.strerror or err})")
+        return ""
 
 
 @contextlib.contextmanager

@@ -29,6 +29,7 @@ from bench.distributed import faults
 from bench.distributed.checkpoints import WorkerCheckpoints
 from bench.distributed.collector import ActorClient, LineForwarder
 from bench.distributed.scratch import ScratchFolders
+from bench.results import mlperf_log
 from bench.runner.benchmark import run as single_run
 from bench.runner.loop import RunHooks
 
@@ -76,6 +77,8 @@ def run_worker(cfg: RunConfig, command, rank, where, collector):
     except BaseException as exc:
         collector.report(rank, attempt, {**info, "error": first_line(exc)})
         raise
+    else:
+        info["mlperf_log"] = chief_log(cfg, outcome.row) if rank == 0 else ""
     finally:
         scratch.remove_all()
     machine = outcome.measured.machine if outcome.measured else None  # memory and CPU state, summed by the driver
@@ -97,6 +100,17 @@ def worker_config(cfg: RunConfig, rank, scratch: ScratchFolders):
     if rank != 0:
         changes.update(tensorboard_dir=None, profile_dir=os.path.join(folder, "profile"))
     return cfg.replace(**changes)
+
+
+def chief_log(cfg: RunConfig, row):
+    """The text of the MLPerf log the chief wrote in its scratch folder (the driver puts it beside the results)."""
+    if not row.get("mlperf_log"):
+        return ""
+    try:
+        with open(mlperf_log.log_path(cfg.results, row["run_id"]), encoding="utf-8") as fh:
+            return fh.read()
+    except OSError:
+        return ""
 
 
 def machine_id():
@@ -124,6 +138,7 @@ class WorkerRules:
             checkpoint_manager=self._checkpoint_manager,
             on_step=self._on_step,
             extra_marks=faults.fault_marks(self._cfg),
+            mlperf_log=self._rank == 0,  # one log per run, the chief's
         )
 
     def last_digest(self):

@@ -1,4 +1,5 @@
-"""`python -m bench.results upgrade FILE`: convert a results table of an older schema to this version's."""
+"""`python -m bench.results upgrade FILE`: convert a results table of an older schema to this version's.
+`python -m bench.results ruleset`: the path of the project's MLPerf compliance-checker ruleset (for `--config`)."""
 
 from __future__ import annotations
 
@@ -6,13 +7,16 @@ import sys
 
 from bench.config import exits
 from bench.config.options import ConfigError
-from bench.results import table
+from bench.results import mlperf_log, table
 
 
 def main(argv):
-    """`python -m bench.results upgrade FILE`: convert a table of an older schema (the only command)."""
+    """`upgrade FILE`: convert a table of an older schema; `ruleset`: print the MLPerf ruleset's path."""
+    if argv == ["ruleset"]:
+        print(mlperf_log.ruleset_path())
+        return exits.EXIT_OK
     if len(argv) != 2 or argv[0] != "upgrade":
-        raise ConfigError(f"usage: {table.UPGRADE_COMMAND} FILE")
+        raise ConfigError(f"usage: {table.UPGRADE_COMMAND} FILE, or python -m bench.results ruleset")
     try:
         backup = table.upgrade(argv[1])
     except OSError as exc:

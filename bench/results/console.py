@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 from bench.results import conditions
 
 
@@ -64,6 +66,11 @@ def summary_text(row, results_path):
         ("FLOPs", f"{fmt('total_flops', '.3g')} in all; MFU's peak {fmt('peak_origin')}"),
         ("machine", conditions.machine_line(row)),
         ("results", f"{results_path} (run {row['run_id']})"),
+        *(
+            [("MLPerf log", os.path.join(os.path.dirname(results_path), row["mlperf_log"]))]
+            if row.get("mlperf_log")
+            else []
+        ),
     ]
     width = max(len(k) for k, _ in lines)
     return "\n".join([f"{k:<{width}}  {v}" for k, v in lines] + conditions.warnings(row))

@@ -47,6 +47,7 @@ class RunFacts:
     host: str = ""  # where the process ran (for the per-host memory column)
     system: str = ""  # the machine's system description (bench.results.systems): its name
     system_description: dict = None  # ... and the description itself, written beside the results table
+    test_images: int = 0  # images in the test set (0: none, synthetic data)
 
 
 FACT_COLUMNS = (
@@ -116,6 +117,7 @@ def config_row(cfg: RunConfig, status, error="", run_id=None):
         "sweep_position": cfg.sweep_position or None,
         "tuned": cfg.tuned or tuning.origin(cfg),
         **loadgen.config_columns(cfg),
+        "lr_scale": cfg.lr_scale,
     }
 
 
@@ -134,6 +136,7 @@ class Measured:
     last_accuracy: float | None
     best_accuracy: float | None
     time_to_target_s: float | None
+    steps_to_target: int | None  # the global step of the evaluation that first reached the target
     skipped_steps: int | None  # mixed_float16 steps skipped by loss scaling (None: not counted)
     xla_scope: str
     windows: tuple = ()  # (steps, seconds) of the timed windows
@@ -159,6 +162,13 @@ def _images(cfg: RunConfig, measured: Measured):
     return measured.steps if measured.scenario_result is not None else measured.steps * cfg.batch_size
 
 
+def to_target(steps, batch_size, train_images):
+    """The epochs and training images a run needed to reach its target (empty when it never did)."""
+    if steps is None:
+        return {"epochs_to_target": None, "samples_to_target": None}
+    return {"epochs_to_target": steps * batch_size / train_images, "samples_to_target": steps * batch_size}
+
+
 def run_row(cfg: RunConfig, facts: RunFacts, measured: Measured):
     """The whole row of a run that set up: configuration, setup facts, and what the run measured."""
     timed = measured.timed
@@ -177,6 +187,7 @@ def run_row(cfg: RunConfig, facts: RunFacts, measured: Measured):
         "test_accuracy": measured.last_accuracy,
         "best_test_accuracy": measured.best_accuracy,
         "time_to_target_s": measured.time_to_target_s,
+        **to_target(measured.steps_to_target, cfg.batch_size, facts.train_images),
         "skipped_steps": measured.skipped_steps,
         "xla_scope": measured.xla_scope,
         "peak_scope": "one process",

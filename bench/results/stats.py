@@ -57,6 +57,8 @@ class Run:
     error: str = ""
     run_id: str = ""
     flags: tuple = ()  # doubtful conditions its row reports: unstable, contended, throttled (bench.results.conditions)
+    epochs_to_target: float | None = None  # None: no target, or never reached it
+    time_to_target_s: float | None = None
 
 
 Runner = Callable[[int, str, int], Run]  # runner(pair, arm, position) -> Run
@@ -207,3 +209,37 @@ def ratio_bound(est: Estimate):
 def slower_with_confidence(est: Estimate, pct):
     """B slower than A by more than `pct`% with 95% confidence: the whole interval of B/A below 1 - pct/100."""
     return est.high < math.log1p(-pct / 100)
+
+
+# ---------------------------------------------------------------------------
+# One-sided tests (the convergence guard, bench/results/convergence.py)
+
+
+@dataclasses.dataclass(frozen=True)
+class OneSided:
+    """Is `new` larger than `base`? A one-sided test at level `alpha`."""
+
+    p: float | None  # None: too few values to test
+    significant: bool  # p < alpha
+    method: str
+
+
+def greater_than(base, new, alpha=0.05):
+    """One-sided test that mean(new) > mean(base), for two independent samples (runs of two settings).
+
+    Welch's t (scipy.stats.ttest_ind, unequal variances) with at least two values a side, as MLPerf's
+    RCP checker tests a submission's epochs against the reference's (it pools the variances; Welch's is
+    the safer of the two when the spreads differ). With no spread on either side (every run converging
+    at the same evaluation) there is nothing to estimate: the sides are compared exactly, and `new` is
+    larger only if every one of its values exceeds every one of `base`'s.
+    """
+    import scipy.stats  # only here: the rest of this module needs numpy only
+
+    base, new = np.asarray(base, float), np.asarray(new, float)
+    if len(base) < 2 or len(new) < 2:
+        return OneSided(None, False, "too few runs to test (two a side)")
+    if base.var(ddof=1) == 0 and new.var(ddof=1) == 0:
+        more = bool(new.min() > base.max())
+        return OneSided(0.0 if more else 1.0, more, "no spread on either side: compared exactly")
+    p = float(scipy.stats.ttest_ind(new, base, equal_var=False, alternative="greater").pvalue)
+    return OneSided(p, p < alpha, "one-sided Welch t")

@@ -148,6 +148,11 @@ SCHEMA = (
     "peak_origin",  # where MFU's peak came from: measured, the compute dtype, when, readings, load
     "system",  # the machine's system description: <results folder>/systems/<system>.json (workers: "; ")
     "launcher",  # multi-worker runs: ray (Ray Train) or tf_config (plain processes with TF_CONFIG)
+    # #24 MLPerf: the run's log, and convergence (bench/results/mlperf_log.py, scoring.py, convergence.py)
+    "epochs_to_target",  # epochs trained when the test accuracy first reached target_accuracy (empty: never)
+    "samples_to_target",  # ... the same in training images
+    "lr_scale",  # --lr_scale: the factor on the recipe's learning rates (1: the papers')
+    "mlperf_log",  # the run's MLPerf log (mlperf_logging.mllog), relative to this table's folder
 )
 
 STATUSES = ("ok", "diverged", "failed", "stopped", "interrupted")  # stopped: by ASHA; interrupted: Ctrl-C, SIGTERM

@@ -27,7 +27,7 @@ import time
 from bench.config import defaults, exits, options, recipe, setup_checks, tuning, validation
 from bench.config.identity import RunIdentity
 from bench.config.options import ConfigError, RunConfig
-from bench.results import console, rows, systems, table
+from bench.results import console, mlperf_log, rows, systems, table
 from bench.results.rows import Measured, RunFacts
 from bench.runner import autotune
 from bench.runner.loop import Controller, Plan, RunHooks
@@ -58,6 +58,8 @@ def run(cfg: RunConfig, command="", out=None, write_row=True, on_eval=None, hook
     if identity.finished:
         print(identity.finished_line(cfg), file=out)
         return Outcome("skipped", {}, exits.EXIT_OK)
+    # init_start: the clock's rules. A LoadGen scenario's logs are LoadGen's own (no training log)
+    log = mlperf_log.begin(cfg, identity.run_id, (hooks or RunHooks()).mlperf_log and cfg.scenario == "none")
 
     autotune_s = None  # the probing's seconds: a column of their own, not part of the time to the first step
     try:
@@ -79,13 +81,15 @@ def run(cfg: RunConfig, command="", out=None, write_row=True, on_eval=None, hook
         raise
     except exits.Interrupted as stop:
         status, error, code = "interrupted", f"stopped by {stop.name} while setting up", exits.EXIT_SIGNAL[stop.name]
-        return _ended_in_setup(cfg, identity, command, out, write_row, status, error, code, autotune_s)
+        return _ended_in_setup(cfg, identity, command, out, write_row, status, error, code, log, autotune_s)
     except Exception as exc:  # noqa: BLE001 - any failure becomes the row's error
         error = exits.first_line(exc)
-        log = exits.save_traceback(exc, cfg.results, identity.run_id)
-        exits.error(f"run {identity.run_id} failed while setting up: {error} (traceback: {log})")
-        return _ended_in_setup(cfg, identity, command, out, write_row, "failed", error, exits.EXIT_FAILED, autotune_s)
-    if cfg.scenario == "none" and controller.step >= controller.plan.total_steps:  # killed after its last checkpoint
+        trace = exits.save_traceback(exc, cfg.results, identity.run_id)
+        exits.error(f"run {identity.run_id} failed while setting up: {error} (traceback: {trace})")
+        return _ended_in_setup(
+            cfg, identity, command, out, write_row, "failed", error, exits.EXIT_FAILED, log, autotune_s
+        )
+    if cfg.scenario == \"none\" and controller.step >= controller.plan.total_steps:  # killed after its last checkpoint
         print(
             f"the checkpoint in {cfg.checkpoint_dir} is at step {controller.step} of {controller.plan.total_steps}: "
             f"nothing is left to train or time, so no row is written (a row that measured nothing would read as "
@@ -94,7 +98,11 @@ def run(cfg: RunConfig, command="", out=None, write_row=True, on_eval=None, hook
             flush=True,
         )
         identity.save(finished=True)
+        log.discard()
         return Outcome("skipped", {}, exits.EXIT_OK)
+    if cfg.scenario == "none":
+        log.configured(cfg, facts, controller.plan.total_steps, controller.plan.eval_every)
+        controller.observer = log or None  # the controller tells the log of the run's events, between windows
     if on_eval and cfg.scenario == "none":
         controller.on_eval = lambda step, acc: on_eval(
             step, acc, rows.run_row(cfg, facts, controller.measured("stopped", "stopped by the sweep's scheduler"))
@@ -104,13 +112,14 @@ def run(cfg: RunConfig, command="", out=None, write_row=True, on_eval=None, hook
     stop = exits.StopRequest(on_request=lambda name: setattr(controller, "stop_requested", name))
     with exits.on_signals(stop):
         measured, code = _train(controller, cfg, identity.run_id)
+    log.stopped(measured, cfg.target_accuracy)  # run_stop: the clock of MLPerf's time-to-train stops here
 
     # ---- 6. the row --------------------------------------------------------------------------------------------
     late = exits.Deferred()
     with exits.on_signals(late):  # a signal now waits for the row: it is never lost to a late Ctrl-C or SIGTERM
         if measured.status != "interrupted":  # a stopped run's row comes first: no peak re-measurement (~20 s)
             facts = _checked_peak(cfg, devices, facts, measured, out)
-        row = rows.run_row(cfg, facts, measured)
+        row = log.finish(rows.run_row(cfg, facts, measured))  # the harness's measurements close the log
         where, code = _conclude(cfg, identity, row, write_row, code, facts.system_description)
         print(console.summary_text(row, where), file=out, flush=True)
     if late.name and code == exits.EXIT_OK:
@@ -289,6 +298,7 @@ def _facts(cfg, devices, source, workload, run_id, command, started):
         host=socket.gethostname(),
         system=description["system_name"],
         system_description=description,
+        test_images=source.test_images,
     )
 
 
@@ -374,10 +384,12 @@ def _checked_peak(cfg, devices, facts, measured, out):
     )
 
 
-def _ended_in_setup(cfg, identity, command, out, write_row, status, error, code, autotune_s=None):
+def _ended_in_setup(cfg, identity, command, out, write_row, status, error, code, log, autotune_s=None):
     """The row of a run that ended before training: what the configuration says (and the probing's seconds), and
-    why."""
-    row = {**rows.config_row(cfg, status, error, run_id=identity.run_id), "command": command, "autotune_s": autotune_s}
+    why; its MLPerf log says so and holds no result."""
+    row = log.ended_in_setup(
+        {**rows.config_row(cfg, status, error, run_id=identity.run_id), "command": command, "autotune_s": autotune_s}
+    )
     where, code = _conclude(cfg, identity, row, write_row, code)
     print(
         f"status  {status} ({error}); row in {where}" if write_row else f"status  {status} ({error})",

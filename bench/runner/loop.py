@@ -32,6 +32,30 @@ class RunHooks:
     checkpoint_manager: Callable | None = None  # (tf.train.Checkpoint, strategy) -> manager
     on_step: Callable | None = None  # on_step(step) after each window; a returned reason stops the run
     extra_marks: tuple = ()  # more steps a window must end at
+    mlperf_log: bool = True  # this process writes the run's MLPerf log (a multi-worker run: the chief only)
+
+
+class RunObserver(Protocol):
+    """What the controller tells an observer of the run (the MLPerf log, `bench.results.mlperf_log`).
+
+    Plain values, called between windows (never between a window's clock start and its sync), so an
+    observer cannot disturb what is timed; it is told, it decides nothing.
+    """
+
+    def started(self, step: int) -> None:
+        """Training begins (or resumes, from a checkpoint) at `step`."""
+
+    def window_begins(self, step: int) -> None:
+        """A training window starting after `step` is about to run (its clock has not started)."""
+
+    def evaluation_begins(self, step: int) -> None:
+        """The test set is about to be evaluated after `step`."""
+
+    def evaluated(self, step: int, accuracy: float, images: int) -> None:
+        """The test accuracy after `step`, over `images` test images."""
+
+    def evaluation_abandoned(self, step: int) -> None:
+        """The evaluation begun after `step` was abandoned (a stop request): no accuracy."""
 
 
 class Workload(Protocol):
@@ -109,6 +133,7 @@ class Progress:
     train_seconds: float = 0.0  # training seconds of earlier processes
     best_accuracy: float = -1.0
     time_to_target: float = -1.0
+    target_step: int = -1  # the global step of the evaluation that first reached the target (-1: not yet)
 
 
 class Controller:
@@ -128,6 +153,7 @@ class Controller:
         on_eval=None,
         progress=None,
         on_step=None,
+        observer: RunObserver | None = None,
         clock=time.perf_counter,
         monitor=None,
     ):
@@ -142,6 +168,7 @@ class Controller:
         # monitor: reads the machine's state between windows (bench.hardware.machine.MachineMonitor): its
         # before/after calls bracket the chrono's, so no reading falls inside a window's device work
         self.monitor = monitor
+        self.observer = observer  # told of the run's events between windows (the MLPerf log)
         self.progress = progress or Progress()
         self.chrono = Chrono()
         self.clock = clock
@@ -166,6 +193,8 @@ class Controller:
         self._skipped_seen = self.workload.skipped_steps()  # a resumed run restored its count
         if self.monitor:
             self.monitor.start()
+        if self.observer:
+            self.observer.started(self.step)
         if self.workload.drives_own_loop:  # Keras fit: the workload calls back (see the module docstring)
             self.workload.drive(self)
         else:
@@ -207,6 +236,7 @@ class Controller:
             last_accuracy=self.last_accuracy,
             best_accuracy=progress.best_accuracy if progress.best_accuracy >= 0 else None,
             time_to_target_s=progress.time_to_target if progress.time_to_target >= 0 else None,
+            steps_to_target=progress.target_step if progress.target_step >= 0 else None,
             skipped_steps=self.workload.skipped_steps(),
             xla_scope=self.workload.xla_scope,
             windows=tuple(chrono.windows),
@@ -251,6 +281,8 @@ class Controller:
 
     def begin_window(self, window: Window):
         """Open a window (for trainers that are called back, such as Keras fit)."""
+        if self.observer:
+            self.observer.window_begins(window.start)
         if self._profile_starts(window.start) and self.profiler:
             self.profiler.start()
             self._profiling = True
@@ -319,11 +351,17 @@ class Controller:
     def evaluate(self):
         """Test accuracy now; True when the target accuracy is reached for the first time. A stop request
         ends the evaluation between its chunks (nothing is recorded)."""
+        if self.observer:
+            self.observer.evaluation_begins(self.step)
         result = self.workload.evaluate(should_stop=lambda: bool(self.stop_requested))
         if result is None:
+            if self.observer:
+                self.observer.evaluation_abandoned(self.step)
             self.display.message(f"eval at step {self.step}: abandoned ({self.stop_requested})")
             return False
         accuracy, loss, count = result
+        if self.observer:
+            self.observer.evaluated(self.step, accuracy, count)
         self.last_accuracy = accuracy
         self.progress.best_accuracy = max(self.progress.best_accuracy, accuracy)
         self.display.message(
@@ -336,6 +374,7 @@ class Controller:
         target = self.target_accuracy
         if target is not None and accuracy >= target and self.progress.time_to_target < 0:
             self.progress.time_to_target = self.train_seconds()
+            self.progress.target_step = self.step
             self.display.message(f"target accuracy {target} reached after {self.train_seconds():.1f} s of training")
             return True
         return False

@@ -23,8 +23,13 @@ class Checkpointer:
         self._seconds = tf.Variable(0.0, dtype=tf.float64, trainable=False)
         self._best = tf.Variable(-1.0, dtype=tf.float64, trainable=False)
         self._target = tf.Variable(-1.0, dtype=tf.float64, trainable=False)
+        self._target_step = tf.Variable(-1, dtype=tf.int64, trainable=False)
         ckpt = tf.train.Checkpoint(
-            **objects, train_seconds=self._seconds, best_accuracy=self._best, time_to_target=self._target
+            **objects,
+            train_seconds=self._seconds,
+            best_accuracy=self._best,
+            time_to_target=self._target,
+            target_step=self._target_step,
         )
         self.manager = manager(ckpt) if manager else tf.train.CheckpointManager(ckpt, folder, max_to_keep=max_to_keep)
         self._ckpt = ckpt
@@ -33,12 +38,18 @@ class Checkpointer:
         """Restore the latest checkpoint if there is one; return the progress it held."""
         if self.manager.latest_checkpoint:
             self._ckpt.restore(self.manager.latest_checkpoint).assert_existing_objects_matched()
-        return Progress(float(self._seconds.numpy()), float(self._best.numpy()), float(self._target.numpy()))
+        return Progress(
+            float(self._seconds.numpy()),
+            float(self._best.numpy()),
+            float(self._target.numpy()),
+            int(self._target_step.numpy()),
+        )
 
     def save(self, step, progress: Progress):
         self._seconds.assign(progress.train_seconds)
         self._best.assign(progress.best_accuracy)
         self._target.assign(progress.time_to_target)
+        self._target_step.assign(progress.target_step)
         self.manager.save(checkpoint_number=step)
 
 

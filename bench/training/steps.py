@@ -49,6 +49,7 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
+from bench.config.recipe import MOMENTUM
 from bench.training import augment
 from bench.training.data import normalize
 from resnet.model import batch_norm_layers, decayed_kernels
@@ -272,7 +273,7 @@ class GlobalStepSchedule(keras.optimizers.schedules.LearningRateSchedule):
         return {"schedule": keras.saving.serialize_keras_object(self.schedule)}
 
 
-def make_optimizer(schedule, precision, momentum=0.9, weight_decay=None, step=None):
+def make_optimizer(schedule, precision, momentum=MOMENTUM, weight_decay=None, step=None):
     """SGD with momentum on `schedule` (a `bench.config.recipe.Schedule`); loss-scaled for mixed_float16.
 
     `weight_decay` here is Keras's decoupled optimizer decay (used by the fit baseline only;
