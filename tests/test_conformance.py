@@ -8,6 +8,7 @@ it something it must refuse, with the outcome the README promises.
 | an unwritable output      | the same                                                                          |
 | a read-only cache         | a warning, the run measured without caching: an `ok` row, exit 0                  |
 | SIGINT / SIGTERM          | exit 130 / 143; every run that started ends in its `interrupted` row              |
+| a second SIGINT           | exit 130 at once, also in the middle of a long window, writing nothing           |
 | a closed stdout           | the rows are written and the exit status is what it would have been              |
 | a bad value of a run flag | one `error:` line, exit 2, nothing written (every command that takes run flags)   |
 
@@ -285,6 +286,21 @@ def test_a_signal_to_the_self_check_is_one_line(tmp_path, cache):
     proc.send_signal(signal.SIGINT)
     code, out, err = finish(proc)
     assert code == 130 and "Traceback" not in err, err[-2000:]
+
+
+def test_a_second_sigint_exits_at_once_even_inside_a_long_window(tmp_path, cache):
+    results = tmp_path / "s.csv"
+    # Windows of 20,000 steps: tens of seconds each even for ResNet-8 at batch 16 (a window of 400 steps
+    # could end, and the run with it, before the second signal: the process then died of it while exiting).
+    proc = start("bench.run", *LONG, "--steps=100000", "--steps_per_loop=20000", f"--results={results}", cache=cache)
+    wait_for(proc, "step ")  # past the warm-up: the first long window is running
+    proc.send_signal(signal.SIGINT)
+    time.sleep(1)
+    proc.send_signal(signal.SIGINT)
+    sent = time.monotonic()
+    code, _, err = finish(proc)
+    assert code == 130 and time.monotonic() - sent < 5, err[-2000:]
+    assert "again: exiting now" in err and not results.exists()
 
 
 # ---- a closed stdout ----------------------------------------------------------------------------------------------

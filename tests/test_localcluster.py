@@ -7,9 +7,11 @@ Needs root for `unshare --uts --mount`; skipped with the reason elsewhere. About
 import glob
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 
 import pytest
@@ -168,3 +170,30 @@ def test_killed_node_leaves_the_cluster_and_stop_ends_every_pid(cluster, driver)
     assert not [pid for pid, start in recorded if localcluster._alive(pid, start)]
     cluster.stop()  # idempotent
     assert os.path.isdir(os.path.join(cluster.log_dir, "node-a"))  # the head's Ray logs, moved in
+
+
+@needs_namespaces
+def test_a_node_keeps_the_folders_of_tmp_it_runs_from_and_nothing_else(tmp_path, monkeypatch):
+    """A clone and its virtualenv under /tmp (#23 row 26): the node's private /tmp still holds them."""
+    from bench.distributed.localcluster import cluster as lc
+
+    kept, hidden = (tempfile.mkdtemp(prefix="lc-kept-", dir="/tmp") for _ in range(2))
+    try:
+        with open(os.path.join(kept, "clone.txt"), "w") as f:
+            f.write("the clone\n")
+        open(os.path.join(hidden, "other.txt"), "w").close()
+        monkeypatch.setattr(lc, "_needed_paths", lambda: [os.path.join(kept, "clone.txt"), "/tmp", "/tmp/ray"])
+        assert lc._kept_in_tmp(lc._needed_paths()) == [kept]
+        private = tmp_path / "node-b"
+        private.mkdir()
+        script = f"cat {kept}/clone.txt; test ! -e {hidden}/other.txt; touch /tmp/made-by-node"
+        proc = subprocess.run(
+            lc._node_command("lc-test", str(private), ["sh", "-c", script]), capture_output=True, text=True
+        )
+        assert proc.returncode == 0, proc.stderr
+        assert proc.stdout == "the clone\n"
+        assert (private / "made-by-node").exists()  # the node's /tmp is its own ...
+        assert not os.path.exists("/tmp/made-by-node")  # ... not the machine's
+    finally:
+        for folder in (kept, hidden):
+            shutil.rmtree(folder, ignore_errors=True)

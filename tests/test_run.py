@@ -556,6 +556,7 @@ def test_sigterm_while_setting_up_writes_an_interrupted_row_exit_143(tmp_path):
     assert proc.returncode == 143, proc.stderr[-2000:]
     [row] = table.read_rows(path)
     assert row["status"] == "interrupted" and "SIGTERM" in row["error"] and "Traceback" not in proc.stderr
+    assert "SIGTERM: abandoning the setup" in proc.stderr  # said where a user looks when the signal arrives
 
 
 @pytest.mark.e2e

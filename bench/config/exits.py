@@ -78,6 +78,17 @@ def raise_interrupted(signum, frame):
     raise Interrupted(signal_name(signum))
 
 
+def announce_and_raise(announce):
+    """A signal handler that says on stderr what happens now (`announce`), then raises `Interrupted`."""
+
+    def handler(signum, frame):
+        name = signal_name(signum)
+        raw_stderr(f"\n{name}: {announce}\n")
+        raise Interrupted(name)
+
+    return handler
+
+
 @contextlib.contextmanager
 def on_signals(handler):
     """`handler` for Ctrl-C and SIGTERM inside the block, the previous handlers after it.

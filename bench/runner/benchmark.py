@@ -63,7 +63,8 @@ def run(cfg: RunConfig, command="", out=None, write_row=True, on_eval=None, hook
 
     autotune_s = None  # the probing's seconds: a column of their own, not part of the time to the first step
     try:
-        with exits.on_signals(exits.raise_interrupted):  # until the controller can stop between windows
+        # Until the controller can stop between windows: the setup is abandoned, its row says interrupted.
+        with exits.on_signals(exits.announce_and_raise("abandoning the setup; writing the interrupted row")):
             # ---- 2. settle the settings (before TensorFlow's import: the probes may choose oneDNN) -----------
             settling = time.perf_counter()
             cfg = autotune.settle(cfg, out)

@@ -2,7 +2,8 @@
 
 Each node is a `ray start --block` inside its own UTS and mount namespaces (`unshare --uts --mount`,
 which needs root), so it has its own hostname (node-a, node-b, ...), its own loopback address
-(127.0.0.3, .4, ...) and, except the head, its own /tmp. Every port a node would otherwise take at
+(127.0.0.3, .4, ...) and, except the head, its own /tmp (which still holds the folders of the machine's
+/tmp that the run comes from: a clone, its virtualenv or the working folder under /tmp). Every port a node would otherwise take at
 a fixed default (GCS, client server, dashboard agent, metrics export, runtime-env agent, worker
 ports) is picked free, so two clusters, or a test run next to someone's cluster, do not collide.
 Everything Ray prints goes to files in one folder; nothing reaches the console.

@@ -21,9 +21,19 @@ START_TIMEOUT_S = 60
 GRACE_S = 10  # SIGTERM first (Ray then stops its own children), SIGKILL what is left after this
 OBJECT_STORE_BYTES = 256 * 1024**2  # the default (30% of RAM per node) overcommits /dev/shm with K nodes
 
-# Runs inside the new namespaces: set the hostname, give the node a private /tmp if asked, then
-# become `ray start --block`, so the pid we hold is the node's one parent process.
-_NODE_SCRIPT = 'set -e; hostname "$1"; if [ -n "$2" ]; then mount --bind "$2" /tmp; fi; shift 2; exec "$@"'
+# Runs inside the new namespaces: set the hostname, give the node a private /tmp if asked (with the
+# folders of /tmp that it needs bound into it: see `_kept_in_tmp`), then become `ray start --block`,
+# so the pid we hold is the node's one parent process.
+# Arguments: hostname, private /tmp ("" for none), the count of kept folders, the folders, the command.
+_NODE_SCRIPT = """set -e; hostname "$1"; priv=$2; n=$3; shift 3
+while [ "$n" -gt 0 ]; do
+  dest="$priv/${1#/tmp/}"
+  if [ -d "$1" ]; then mkdir -p "$dest"; else touch "$dest"; fi
+  mount --bind "$1" "$dest"; shift; n=$((n - 1))
+done
+if [ -n "$priv" ]; then mount --rbind "$priv" /tmp; fi
+exec "$@"
+"""
 _UNSHARE = ["unshare", "--uts", "--mount", "--propagation", "private"]
 
 _NODE_ENV = {
@@ -58,6 +68,33 @@ def namespaces_available():
         last = (proc.stderr.strip().splitlines() or [f"exit {proc.returncode}"])[-1]
         return False, f"namespaces not allowed here: {last}"
     return True, ""
+
+
+def _kept_in_tmp(paths):
+    """The top folders of /tmp that hold any of `paths`: a node's private /tmp keeps them (bound at the
+    same place), so a clone or a virtualenv under /tmp still runs there. Ray's own folders stay private."""
+    kept = set()
+    for path in paths:
+        if not path:
+            continue
+        for p in {os.path.abspath(path), os.path.realpath(path)}:
+            parts = p.split(os.sep)
+            if len(parts) > 2 and parts[1] == "tmp" and not parts[2].startswith("ray") and os.path.exists(p):
+                kept.add(os.path.join("/tmp", parts[2]))
+    return sorted(kept)
+
+
+def _needed_paths():
+    """What a node's processes read from this process's files: the interpreter and its environment,
+    the import path (the clone) and the working folder."""
+    return [sys.prefix, sys.exec_prefix, sys.base_prefix, sys.executable, os.getcwd(), *sys.path]
+
+
+def _node_command(hostname, private_tmp, args):
+    """The command that starts one node: `args` in namespaces of its own, under `hostname`, with
+    `private_tmp` (if any) mounted over /tmp and the folders of /tmp it needs bound into it."""
+    kept = _kept_in_tmp(_needed_paths()) if private_tmp else []
+    return _UNSHARE + ["sh", "-c", _NODE_SCRIPT, "sh", hostname, private_tmp, str(len(kept)), *kept, *args]
 
 
 def _ray_cli():
@@ -291,7 +328,7 @@ class LocalCluster:
             # A session of its own: Ctrl-C in the terminal that started the cluster does not
             # reach the nodes (`up` returns while they run on; `stop` ends them).
             proc = subprocess.Popen(
-                _UNSHARE + ["sh", "-c", _NODE_SCRIPT, "sh", hostname, private_tmp] + args,
+                _node_command(hostname, private_tmp, args),
                 stdin=subprocess.DEVNULL,
                 stdout=out,
                 stderr=subprocess.STDOUT,
