@@ -188,6 +188,8 @@ def _conditions(ok):
         if count:
             flagged.append(f"{count}/{len(ok)} {col}")
     return ", ".join(flagged) or ("ok" if judged else "–")
+
+
 def _band_text(rec, ok):
     """The paper's band beside the accuracy of rows trained with its full recipe on real CIFAR-10 ('' otherwise)."""
     band = bands.band_for(rec["block"], rec["depth"], rec["shortcut"]) if not pd.isna(rec["depth"]) else None

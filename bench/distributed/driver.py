@@ -145,6 +145,8 @@ def _ray_launch(cfg: RunConfig, command, out):
                 import ray
 
                 ray.shutdown()
+
+
 def _chief_log(cfg: RunConfig, row, state):
     """The chief's MLPerf log (of its last attempt), written beside the results; the row's `mlperf_log` ('': none)."""
     chief = state.get("reports", {}).get(0, {})

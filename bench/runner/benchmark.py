@@ -90,7 +90,7 @@ def run(cfg: RunConfig, command="", out=None, write_row=True, on_eval=None, hook
         return _ended_in_setup(
             cfg, identity, command, out, write_row, "failed", error, exits.EXIT_FAILED, log, autotune_s
         )
-    if cfg.scenario == \"none\" and controller.step >= controller.plan.total_steps:  # killed after its last checkpoint
+    if cfg.scenario == "none" and controller.step >= controller.plan.total_steps:  # killed after its last checkpoint
         print(
             f"the checkpoint in {cfg.checkpoint_dir} is at step {controller.step} of {controller.plan.total_steps}: "
             f"nothing is left to train or time, so no row is written (a row that measured nothing would read as "
