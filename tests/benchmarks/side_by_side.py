@@ -3,6 +3,8 @@
 Not part of the suite (a speed claim is a ratio measured side by side, never a timed unit test):
 
   python tests/benchmarks/side_by_side.py --torch_python /tmp/torchvenv/bin/python --rounds 3
+  python tests/benchmarks/side_by_side.py --torch_python /tmp/torchvenv/bin/python --rounds 5 --batches 1 \
+      --batch1_steps 3000 --torch_channels_last
   python tests/benchmarks/side_by_side.py --torch_python /tmp/torchvenv/bin/python --rounds 3 \
       --scenario loadgen --bf16 --torch_channels_last
 
@@ -106,7 +108,14 @@ def main():
     parser.add_argument("--min_duration_s", type=float, default=10.0, help="LoadGen's minimum per harness arm")
     parser.add_argument("--bf16", action="store_true", help="add bfloat16 arms (where the CPU has it natively)")
     parser.add_argument("--torch_channels_last", action="store_true", help="PyTorch in channels_last memory format")
+    parser.add_argument(
+        "--batch1_steps",
+        type=int,
+        default=LENGTH[1][0],
+        help="timed steps of each batch-1 run, both sides (more: a p50 less moved by a busy second)",
+    )
     args = parser.parse_args()
+    LENGTH[1] = (args.batch1_steps, LENGTH[1][1])
     batches = [int(b) for b in args.batches.split(",")]
     folder = tempfile.mkdtemp(prefix="side-by-side-")
     results = os.path.join(folder, "summary.csv")
