@@ -206,8 +206,8 @@ class ScenarioRun:
     crash; a signal sets `stop_requested`).
     """
 
-    def __init__(self, cfg, workload, source, run_id, out=sys.stdout, monitor=None):
-        self.cfg, self.workload, self.out = cfg, workload, out
+    def __init__(self, cfg, workload, source, run_id, out=None, monitor=None):
+        self.cfg, self.workload, self.out = cfg, workload, out or sys.stdout
         # the machine's state (bench.hardware.machine.MachineMonitor), read around the warm-up and LoadGen's
         # tests as the controller reads it around windows: the performance test is the timed window
         self.monitor = monitor
