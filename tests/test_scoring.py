@@ -269,14 +269,14 @@ def test_the_table_comparison_flags_a_new_table_that_needs_more_epochs(tmp_path)
 
 
 def _run(pair, arm, ips, epochs, time):
-    return stats.Run(pair, arm, 0, "ok", ips, 0.95, "", f"{arm}{pair}", epochs, time)
+    return stats.Run(pair, arm, 0, "ok", ips, 0.95, "", f"{arm}{pair}", epochs_to_target=epochs, time_to_target_s=time)
 
 
 def test_compare_reports_epochs_to_target_per_arm_and_flags_the_slower_converging_arm():
     runs = []
     for pair, (ea, eb) in enumerate([(1.0, 3.0), (1.5, 3.5), (1.0, 3.0)], start=1):
         runs += [_run(pair, "A", 100.0, ea, 10 * ea), _run(pair, "B", 101.0, eb, 10 * eb)]
-    runs.append(stats.Run(4, "B", 0, "ok", 100.0, 0.5, "", "B4", None, None))  # never reached the target
+    runs.append(stats.Run(4, "B", 0, "ok", 100.0, 0.5, "", "B4"))  # never reached the target
     runs.append(_run(4, "A", 100.0, 1.0, 10.0))
     lines, _ = compare.report_lines(runs, 5.0, 0.5, target=0.9)
     text = "\n".join(lines)

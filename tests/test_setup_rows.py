@@ -37,7 +37,7 @@ def measured_row(cfg, run_id, rate, device="CPU: Test CPU"):
         augment="none",
     )
     timed = metrics.Throughput(rate, 1.0, 1.0, 30.0, 31.0, 32.0, 10, 10 * 16 / rate, 5)
-    measured = rows.Measured("ok", "", cfg.steps, timed, 1.0, 2.0, 3.0, 2.3, None, None, None, 0, "none")
+    measured = rows.Measured("ok", "", cfg.steps, timed, 1.0, 2.0, 3.0, 2.3, None, None, None, None, 0, "none")
     return rows.run_row(resolved, facts, measured)
 
 

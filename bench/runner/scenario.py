@@ -381,6 +381,7 @@ class ScenarioRun:
             last_accuracy=eval_accuracy,
             best_accuracy=eval_accuracy,
             time_to_target_s=None,
+            steps_to_target=None,
             skipped_steps=None,
             xla_scope=self.workload.xla_scope,
             scenario_result=result,
