@@ -38,7 +38,7 @@ import time
 import mlperf_loadgen as lg
 import numpy as np
 
-from bench.config import options
+from bench.config import exits, options
 from bench.results import loadgen, metrics
 from bench.results.rows import Measured
 from bench.training import data
@@ -52,6 +52,7 @@ STREAM_EXPECTATION = 0.25
 # (with the median instead, a sweep's loaded warm-up left a shortened run INVALID: "Increase expected QPS").
 OFFLINE_EXPECTATION = 1.5
 MIN_WARMUP_CALLS = 2  # per bucket: the first compiles, the rest give the latency to expect
+STOP_GRACE_S = 3.0  # after a stop request, how long LoadGen's test may take to end before it is left running
 
 
 def max_batch(cfg):
@@ -306,19 +307,41 @@ class ScenarioRun:
         sut = lg.ConstructSUT(self.sut.issue_queries, self.sut.flush_queries)
         qsl = lg.ConstructQSL(count, count, lambda _: None, lambda _: None)  # every image is in memory already
         started = time.perf_counter()
+        # In a thread of its own, so that this (main) thread still runs the signal handlers
+        test = threading.Thread(
+            target=lg.StartTestWithLogSettings, args=(sut, qsl, settings, log_settings), daemon=True
+        )
+        test.start()
+        abandoned = False
         try:
-            # In a thread of its own, so that this (main) thread still runs the signal handlers
-            test = threading.Thread(target=lg.StartTestWithLogSettings, args=(sut, qsl, settings, log_settings))
-            test.start()
-            while test.is_alive():
-                test.join(0.2)
+            abandoned = self._wait(test)
         finally:
-            lg.DestroyQSL(qsl)
-            lg.DestroySUT(sut)
+            if not abandoned:  # LoadGen still holds them while its test runs
+                lg.DestroyQSL(qsl)
+                lg.DestroySUT(sut)
         seconds = time.perf_counter() - started
         self.sut.raise_failure()
         self.step = self.sut.completed  # samples answered by the system so far, over every test of the run
-        return {"folder": folder, "seconds": seconds, "shortened": shortened}
+        return {"folder": folder, "seconds": seconds, "shortened": shortened, "abandoned": abandoned}
+
+    def _wait(self, test):
+        """Wait for LoadGen's test; True when a stop request made this thread leave it running.
+
+        After a stop the system answers every query unrun, so SingleStream, MultiStream and Offline end in
+        moments; a Server test issues its queries on a clock until its minimum duration (up to 600 s), and
+        LoadGen has no way to cancel a test. Past `STOP_GRACE_S` the test is left running: the run goes on
+        to its interrupted row, and the command ends its process at once when it has its exit status
+        (`exits.left_running`), instead of waiting for LoadGen's clock.
+        """
+        stopped_at = None
+        while test.is_alive():
+            test.join(0.2)
+            if self._stop and stopped_at is None:
+                stopped_at = time.monotonic()
+            if stopped_at is not None and test.is_alive() and time.monotonic() - stopped_at > STOP_GRACE_S:
+                exits.left_running(f"LoadGen's {self.cfg.scenario} test (it has no way to be cancelled)")
+                return True
+        return False
 
     def measured(self, status=None, error=None) -> Measured:
         """The record of what was measured (`status`/`error` override: a crash)."""
@@ -344,12 +367,15 @@ class ScenarioRun:
             performance=perf,
             shortened=bool(shown.get("shortened")),
             **acc or {},
-            summary_log=os.path.join(folder, loadgen.SUMMARY_LOG) if folder else "",
+            # a test left running after a stop has written no summary yet (its detail log is partly written)
+            summary_log=os.path.join(folder, loadgen.SUMMARY_LOG) if folder and not shown.get("abandoned") else "",
             detail_log=os.path.join(folder, loadgen.DETAIL_LOG) if folder else "",
         )
         status = status or ("interrupted" if self._stop else "ok")
         if error is None and self._stop:
             error = f"stopped by {self._stop}; no result (LoadGen's logs count the queries answered unrun after it)"
+            if shown.get("abandoned"):
+                error = f"stopped by {self._stop}; no result (LoadGen's {cfg.scenario} test was left unfinished)"
         error = error or ""
         if status == "ok" and result.accuracy_check.startswith("DIFFERS"):
             status, error = (
