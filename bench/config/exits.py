@@ -78,15 +78,18 @@ def raise_interrupted(signum, frame):
     raise Interrupted(signal_name(signum))
 
 
-def announce_and_raise(announce):
-    """A signal handler that says on stderr what happens now (`announce`), then raises `Interrupted`."""
+class announce_and_raise:  # noqa: N801 - used as a function that makes a handler
+    """A signal handler that says on stderr what happens now (`announce`), then raises `Interrupted`; `.name`
+    keeps the signal's name, for an `Interrupted` that some native code turned into another exception on its
+    way out (an `ImportError` from inside TensorFlow's import)."""
 
-    def handler(signum, frame):
-        name = signal_name(signum)
-        raw_stderr(f"\n{name}: {announce}\n")
-        raise Interrupted(name)
+    def __init__(self, announce):
+        self.announce, self.name = announce, None
 
-    return handler
+    def __call__(self, signum, frame):
+        self.name = signal_name(signum)
+        raw_stderr(f"\n{self.name}: {self.announce}\n")
+        raise Interrupted(self.name)
 
 
 @contextlib.contextmanager
@@ -113,15 +116,26 @@ def on_signals(handler):
 @contextlib.contextmanager
 def leave_on_signals(what):
     """Ctrl-C or SIGTERM inside the block (a slow import at start-up, before anything is written): one line
-    and the signal's exit status at once, no traceback."""
+    and the signal's exit status at once, no traceback. Inside another such block (a command's module importing
+    another command's) the outer one's words stand."""
+    if _LEAVING:
+        yield
+        return
 
     def leave(signum, frame):
         name = signal_name(signum)
         raw_stderr(f"error: {what} was stopped by {name}; nothing done\n")
         os._exit(EXIT_SIGNAL.get(name, EXIT_FAILED))
 
-    with on_signals(leave):
-        yield
+    _LEAVING.append(what)
+    try:
+        with on_signals(leave):
+            yield
+    finally:
+        _LEAVING.pop()
+
+
+_LEAVING = []  # the leave_on_signals block in force (at most one)
 
 
 class Deferred:
@@ -339,7 +353,31 @@ def _keep_open(fd):
 # -- the entry ------------------------------------------------------------------------------------------------
 
 
+_LEFT_RUNNING = []  # native work a stop left running on purpose: the process ends as soon as its status is known
+
+
+def left_running(what):
+    """Say that `what` (native work that cannot be cancelled, in a thread of its own: LoadGen's test) was left
+    running after a stop request: `command` then ends the process with its exit status as soon as it has one,
+    the streams flushed, without waiting for it or running the interpreter's shutdown beside it."""
+    _LEFT_RUNNING.append(what)
+
+
 def command(main, *args, what="the command", stopped=""):
+    """Run a command's `main(*args)` and return its exit status (`_command`); if a stop left native work running
+    (`left_running`), end the process with that status here instead."""
+    code = _command(main, *args, what=what, stopped=stopped)
+    if _LEFT_RUNNING:
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except (OSError, ValueError):  # a closed pipe: what it held is lost either way
+                pass
+        os._exit(code)
+    return code
+
+
+def _command(main, *args, what="the command", stopped=""):
     """Run a command's `main(*args)` and return its exit status; the one place exceptions become exit codes.
 
     Bad input (`ConfigError`, including an unusable results table) is one line and 2; Ctrl-C or SIGTERM
