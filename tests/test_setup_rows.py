@@ -119,3 +119,69 @@ def test_report_and_compare_count_a_run_interrupted_in_setup_with_its_configurat
     compared = run("-m", "sweeps.compare", f"--base={path}", f"--new={path}", f"--out_dir={tmp_path / 'cmp'}")
     assert compared.returncode == 0, compared.stderr[-2000:]
     assert "1 configurations in both tables, 0 only in base, 0 only in new" in compared.stdout
+
+
+def test_a_failure_whose_own_record_fails_too_still_has_its_failed_row(tmp_path):
+    from bench.config import exits
+    from bench.runner import benchmark
+
+    class Broken:  # a run that crashed mid-way, and whose record of the crash raises as well
+        step = 7
+        stop_requested = None
+
+        def run(self):
+            raise RuntimeError("boom")
+
+        def measured(self, status, error):
+            raise TypeError("the record could not be made")
+
+    cfg = config(results=str(tmp_path / "s.csv"))
+    measured, code = benchmark._train(Broken(), cfg, "r1")
+    assert code == exits.EXIT_FAILED and (measured.status, measured.error, measured.steps) == ("failed", "RuntimeError: boom", 7)
+    row = rows.run_row(defaults.resolve(cfg, "CPU", 1, "synthetic"), _facts(), measured)
+    assert row["status"] == "failed" and row["error"] == "RuntimeError: boom" and not row.get("images_per_sec")
+    assert row["run_id"] == "r1" and row["total_steps"] == 7
+
+
+def _facts():
+    return rows.RunFacts(
+        run_id="r1",
+        command="python -m bench.run",
+        tf_version="2.21.0",
+        keras_version="3.15.1",
+        device="CPU: Test CPU",
+        num_replicas=1,
+        onednn=True,
+        batch_norm="keras",
+        params=77850,
+        data="synthetic",
+        train_images=50000,
+        peak_gflops=100.0,
+        started=0.0,
+        augment="none",
+    )
+
+
+def test_a_signal_that_native_code_turned_into_another_error_is_still_an_interrupted_row(tmp_path, monkeypatch):
+    # A Ctrl-C inside TensorFlow's import came out as "ImportError: initialization failed" (the hostile review):
+    # the setup's handler had seen the signal, so the row says interrupted and the exit status is 130.
+    import signal
+    import time
+
+    from bench.config import exits
+    from bench.runner import benchmark
+
+    def setup_crossed_by_a_signal(cfg):
+        try:
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(1)  # the handler raises Interrupted here
+        except exits.Interrupted:
+            raise ImportError("initialization failed") from None
+        raise AssertionError("the signal did not arrive")
+
+    monkeypatch.setattr(benchmark, "_devices_and_data", setup_crossed_by_a_signal)
+    path = tmp_path / "s.csv"
+    outcome = benchmark.run(config(results=str(path)))
+    assert (outcome.status, outcome.exit_code) == ("interrupted", 130)
+    assert outcome.row["error"] == "stopped by SIGINT while setting up"
+    assert [r["status"] for r in table.read_rows(str(path))] == ["interrupted"]

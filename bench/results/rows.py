@@ -147,6 +147,13 @@ class Measured:
     )
     machine: conditions.MachineState | None = None  # memory and the machine's state (bench.hardware.machine)
 
+    @classmethod
+    def nothing(cls, status, error, steps):
+        """A record of no measurement: a failure whose own record could not be made (the row still comes)."""
+        none = dict.fromkeys(("timed", "compile_s", "first_step_at", "train_time_s", "final_loss", "last_accuracy"))
+        none.update(dict.fromkeys(("best_accuracy", "time_to_target_s", "steps_to_target", "skipped_steps")))
+        return cls(status=status, error=error, steps=steps, xla_scope="", **none)
+
 
 def peak_origin(cfg: RunConfig, facts: RunFacts):
     """Where MFU's peak came from: measured (the compute dtype, when, over how many readings, under what load)."""

@@ -62,9 +62,10 @@ def run(cfg: RunConfig, command="", out=None, write_row=True, on_eval=None, hook
     log = mlperf_log.begin(cfg, identity.run_id, (hooks or RunHooks()).mlperf_log and cfg.scenario == "none")
 
     autotune_s = None  # the probing's seconds: a column of their own, not part of the time to the first step
+    # Until the controller can stop between windows: the setup is abandoned, its row says interrupted.
+    setup_stop = exits.announce_and_raise("abandoning the setup; writing the interrupted row")
     try:
-        # Until the controller can stop between windows: the setup is abandoned, its row says interrupted.
-        with exits.on_signals(exits.announce_and_raise("abandoning the setup; writing the interrupted row")):
+        with exits.on_signals(setup_stop):
             # ---- 2. settle the settings (before TensorFlow's import: the probes may choose oneDNN) -----------
             settling = time.perf_counter()
             cfg = autotune.settle(cfg, out)
@@ -81,9 +82,10 @@ def run(cfg: RunConfig, command="", out=None, write_row=True, on_eval=None, hook
     except ConfigError:
         raise
     except exits.Interrupted as stop:
-        status, error, code = "interrupted", f"stopped by {stop.name} while setting up", exits.EXIT_SIGNAL[stop.name]
-        return _ended_in_setup(cfg, identity, command, out, write_row, status, error, code, log, autotune_s)
+        return _stopped_in_setup(cfg, identity, command, out, write_row, stop.name, log, autotune_s)
     except Exception as exc:  # noqa: BLE001 - any failure becomes the row's error
+        if setup_stop.name:  # the signal's Interrupted, turned into another exception by native code it crossed
+            return _stopped_in_setup(cfg, identity, command, out, write_row, setup_stop.name, log, autotune_s)
         error = exits.first_line(exc)
         trace = exits.save_traceback(exc, cfg.results, identity.run_id)
         exits.error(f"run {identity.run_id} failed while setting up: {error} (traceback: {trace})")
@@ -336,7 +338,10 @@ def _train(controller, cfg, run_id):
         error = exits.first_line(exc)
         log = exits.save_traceback(exc, cfg.results, run_id)
         exits.error(f"run {run_id} failed at step {controller.step}: {error} (traceback: {log})")
-        return controller.measured("failed", error), exits.EXIT_FAILED
+        try:
+            return controller.measured("failed", error), exits.EXIT_FAILED
+        except Exception:  # noqa: BLE001 - the failure's own record failed too: the row says what is known
+            return Measured.nothing("failed", error, controller.step), exits.EXIT_FAILED
     if measured.status == "failed":  # a LoadGen accuracy run that disagrees with the evaluation
         exits.error(f"run {run_id} failed: {measured.error}")
         return measured, exits.EXIT_FAILED
@@ -383,6 +388,12 @@ def _checked_peak(cfg, devices, facts, measured, out):
         peak_readings=reading.readings,
         peak_load=reading.load,
     )
+
+
+def _stopped_in_setup(cfg, identity, command, out, write_row, name, log, autotune_s):
+    """The interrupted row of a run stopped by signal `name` while it set up."""
+    error, code = f"stopped by {name} while setting up", exits.EXIT_SIGNAL[name]
+    return _ended_in_setup(cfg, identity, command, out, write_row, "interrupted", error, code, log, autotune_s)
 
 
 def _ended_in_setup(cfg, identity, command, out, write_row, status, error, code, log, autotune_s=None):
