@@ -25,13 +25,16 @@ import shlex
 import time
 import uuid
 
-from absl import app, flags
-
 from bench.config import cli, exits, options, validation
-from bench.config.options import ConfigError
-from bench.results import convergence, stats, table
-from bench.runner import benchmark, processes
-from sweeps import table_compare
+
+# The modules below take a second or more to import: a Ctrl-C then is one line and 130, not a traceback.
+with exits.leave_on_signals("the comparison"):
+    from absl import app, flags
+
+    from bench.config.options import ConfigError
+    from bench.results import convergence, stats, table
+    from bench.runner import benchmark, processes
+    from sweeps import table_compare
 
 ARM_FLAGS = ("a", "b", "pairs", "accuracy_band", "fail_if_slower")  # and every bench.run flag: a run comparison
 TABLE_FLAGS = ("base", "new", "vary", "out_dir", "fail_on_regression")  # table against table

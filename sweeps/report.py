@@ -11,13 +11,16 @@ from __future__ import annotations
 import os
 import tempfile
 
-import pandas as pd
-from absl import app, flags
-
 from bench.config import cli, exits
-from bench.config.options import ConfigError
-from bench.results import bands, metrics, table
-from sweeps import files, mlperf_scores, scaling, serving
+
+# The modules below take a second or more to import: a Ctrl-C then is one line and 130, not a traceback.
+with exits.leave_on_signals("the report"):
+    import pandas as pd
+    from absl import app, flags
+
+    from bench.config.options import ConfigError
+    from bench.results import bands, metrics, table
+    from sweeps import files, mlperf_scores, scaling, serving
 
 FLAGS = flags.FLAGS
 

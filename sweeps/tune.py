@@ -20,14 +20,17 @@ import os
 import signal
 import time
 
-from absl import app, flags
-
-from bench import launch
 from bench.config import cli, exits, options, setup_checks, validation
-from bench.config.options import ConfigError
-from bench.distributed import ray_connection
-from bench.results import rows, systems, table
-from sweeps import multiworker_trials, plan, report, space
+
+# The modules below take a second or more to import: a Ctrl-C then is one line and 130, not a traceback.
+with exits.leave_on_signals("the sweep"):
+    from absl import app, flags
+
+    from bench import launch
+    from bench.config.options import ConfigError
+    from bench.distributed import ray_connection
+    from bench.results import rows, systems, table
+    from sweeps import multiworker_trials, plan, report, space
 
 FLAGS = flags.FLAGS
 cli.define_sweep_flags(FLAGS)  # every RunConfig field: axes take comma lists (--n 3,5,9)
