@@ -15,7 +15,7 @@ import os
 import random
 
 from bench.config import cli, identity, options, validation
-from bench.config.options import RunConfig
+from bench.config.options import ConfigError, RunConfig
 
 # The trial key always names these (stable keys over versions: --resume finds its trials);
 # any other field with more than one value in the sweep is appended.
@@ -90,7 +90,20 @@ def build_trials(axes, repeats, sweep_name, shuffle_seed=None):
         if shuffler:
             shuffler.shuffle(round_trials)
         trials.extend(round_trials)
+    _check_forced_seeds(trials)
     return [Trial(cfg.trial_key, cfg.replace(sweep_position=i)) for i, cfg in enumerate(trials, start=1)]
+
+
+def _check_forced_seeds(trials):
+    """--diverge_seeds names seeds the sweep runs (a seed no trial runs would force nothing, silently)."""
+    forced = {seed for cfg in trials for seed in options.parse_seed_list(cfg.diverge_seeds)}
+    seeds = sorted({cfg.seed for cfg in trials})
+    missing = sorted(forced - set(seeds))
+    if missing:
+        raise ConfigError(
+            f"--diverge_seeds: no trial runs seed {', '.join(map(str, missing))} "
+            f"(the sweep's seeds: {', '.join(map(str, seeds))})"
+        )
 
 
 def _single_process_fields(cfg):

@@ -97,3 +97,14 @@ def test_progress_scales_the_remaining_estimates_by_the_finished_trials():
     assert progress.finish("c", now=600.0) == "10m00s elapsed, done"
     unknown = plan.Progress({"a": None, "b": None}, now=0.0)
     assert unknown.finish("a", now=60.0) == "1m00s elapsed, ETA 1m00s"
+
+
+def test_forcing_a_seed_the_sweep_never_runs_is_refused():
+    import pytest
+
+    from bench.config.options import ConfigError
+
+    with pytest.raises(ConfigError, match=r"--diverge_seeds: no trial runs seed 7 \(the sweep's seeds: 0, 1, 2\)"):
+        space.build_trials(_axes(n="1", steps="20", diverge_seeds="1,7"), repeats=3, sweep_name="s")
+    trials = space.build_trials(_axes(n="1", steps="20", diverge_seeds="1"), repeats=3, sweep_name="s")
+    assert [t.config.inject_nan_at_step is not None for t in trials] == [False, True, False]

@@ -262,6 +262,14 @@ def bad_scenario_inputs(tmp):
             "--min_duration_s must be > 0",
         ),
         "zero queries": (dict(inf, scenario="Offline", min_query_count=0), "--min_query_count must be >= 1"),
+        "a minimum duration LoadGen cannot hold": (
+            dict(inf, scenario="Offline", min_duration_s=1e300),
+            "--min_duration_s must be > 0 and at most 604800; got 1e+300",
+        ),
+        "a latency bound LoadGen cannot hold": (
+            dict(inf, scenario="Server", target_qps=5.0, target_latency_ms=1e20),
+            "--target_latency_ms must be > 0 and at most 3.6e+06",
+        ),
         "a LoadGen flag without a scenario": (dict(inf, min_query_count=10), "only with --scenario"),
         "accuracy on synthetic data": (
             dict(inf, scenario="Offline", loadgen_mode="accuracy", data="synthetic"),

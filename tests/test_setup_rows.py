@@ -137,7 +137,11 @@ def test_a_failure_whose_own_record_fails_too_still_has_its_failed_row(tmp_path)
 
     cfg = config(results=str(tmp_path / "s.csv"))
     measured, code = benchmark._train(Broken(), cfg, "r1")
-    assert code == exits.EXIT_FAILED and (measured.status, measured.error, measured.steps) == ("failed", "RuntimeError: boom", 7)
+    assert code == exits.EXIT_FAILED and (measured.status, measured.error, measured.steps) == (
+        "failed",
+        "RuntimeError: boom",
+        7,
+    )
     row = rows.run_row(defaults.resolve(cfg, "CPU", 1, "synthetic"), _facts(), measured)
     assert row["status"] == "failed" and row["error"] == "RuntimeError: boom" and not row.get("images_per_sec")
     assert row["run_id"] == "r1" and row["total_steps"] == 7

@@ -446,6 +446,8 @@ def _check_inference(cfg):
         raise ConfigError(f"{', '.join(training_only)}: training options, not for --mode=inference")
 
 
+# LoadGen's settings are integers in ms / ns: beyond these a value is a typo, and LoadGen would overflow on it
+SCENARIO_BOUNDS = {"target_qps": 1e6, "target_latency_ms": 3.6e6, "min_duration_s": 604800.0}  # an hour; a week
 SCENARIO_FIELDS = {  # --scenario's own flags: the scenario each applies to (None: every scenario)
     "loadgen_mode": None,
     "min_duration_s": None,
@@ -474,10 +476,10 @@ def _check_scenario(cfg):
         raise ConfigError(
             ", ".join(f"--{n} is for --scenario={SCENARIO_FIELDS[n]}" for n in misplaced) + f" (got {cfg.scenario})"
         )
-    for name in ("target_qps", "target_latency_ms", "min_duration_s"):
+    for name, most in SCENARIO_BOUNDS.items():
         value = getattr(cfg, name)
-        if value is not None and not value > 0:
-            raise ConfigError(f"--{name} must be > 0; got {value}")
+        if value is not None and not 0 < value <= most:
+            raise ConfigError(f"--{name} must be > 0 and at most {most:g}; got {value}")
     for name in ("samples_per_query", "min_query_count"):
         _at_least(cfg, name, 1)
     if cfg.scenario == "Server" and cfg.target_qps is None:
