@@ -26,17 +26,19 @@ import os
 import sys
 import time
 
-from absl import app, flags
-
-from bench.config import cli, exits, validation
-from bench.config.exits import first_line
-from bench.hardware import devices
-from bench.results import table
-from resnet import spec
+from bench.config import exits
 
 # TensorFlow first, through the device setup's import (it makes the oneDNN choice, fixed at TensorFlow's
 # import); the self-check's modules import TensorFlow themselves. A Ctrl-C during these seconds is one line.
 with exits.leave_on_signals("the self-check"):
+    from absl import app, flags
+
+    from bench.config import cli, validation
+    from bench.config.exits import first_line
+    from bench.hardware import devices
+    from bench.results import table
+    from resnet import spec
+
     devices.import_tensorflow()
     from bench.selfcheck.checks import CHECKS, MEASURES_AS_RUN  # noqa: E402
     from bench.selfcheck.env import FAIL_PREFIX, Result, header, setup  # noqa: E402

@@ -110,3 +110,15 @@ def test_a_second_signal_exits_at_once_even_inside_a_long_native_call(name, code
     assert proc.returncode == code, proc.stdout + proc.stderr
     assert f"SIG{name} again: exiting now" in proc.stderr and "the native call ended" not in proc.stdout
     assert took < 10.0, f"exited {took:.1f} s after start: it waited for the native call"
+
+
+def test_a_signal_handlers_line_reaches_the_console_while_native_output_is_captured(capfd):
+    # bench.check's SIGTERM during TensorFlow's import exited 143 with nothing said: its line went into the
+    # capture of TensorFlow's own start-up chatter (the hostile review)
+    from bench.hardware import devices
+
+    with devices.native_stderr_captured():
+        os.write(2, b"native chatter\n")
+        exits.raw_stderr("error: stopped by SIGTERM\n")
+    err = capfd.readouterr().err
+    assert "error: stopped by SIGTERM" in err and "native chatter" not in err

@@ -261,10 +261,24 @@ def stop_requested():
     return handler.name if isinstance(handler, StopRequest) else None
 
 
+_STDERR_FD = [2]  # where raw_stderr writes: descriptor 2, or its copy while 2 captures a native library's output
+
+
+@contextlib.contextmanager
+def stderr_kept_at(fd):
+    """Inside the block descriptor 2 is pointed elsewhere (a native library's chatter captured) and `fd` is
+    the console's stderr: a signal handler's line goes there, not into the capture."""
+    _STDERR_FD.append(fd)
+    try:
+        yield
+    finally:
+        _STDERR_FD.pop()
+
+
 def raw_stderr(text):
-    """Write from a signal handler: straight to the file descriptor, never raising (it may be closed)."""
+    """Write from a signal handler: straight to the console's stderr descriptor, never raising (it may be closed)."""
     with contextlib.suppress(OSError):
-        os.write(2, text.encode())
+        os.write(_STDERR_FD[-1], text.encode())
 
 
 # -- closed output ------------------------------------------------------------------------------------------

@@ -14,7 +14,7 @@ import platform
 import sys
 import tempfile
 
-from bench.config import defaults, options
+from bench.config import defaults, exits, options
 from bench.config.options import RunConfig
 from bench.hardware import cpu_features
 
@@ -52,7 +52,8 @@ def native_stderr_captured(replay_on_error=False):
     with tempfile.TemporaryFile() as sink:
         os.dup2(sink.fileno(), 2)
         try:
-            yield
+            with exits.stderr_kept_at(saved):  # a signal handler's line still reaches the console
+                yield
         except BaseException:
             os.dup2(saved, 2)
             if replay_on_error:
