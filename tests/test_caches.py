@@ -208,3 +208,11 @@ def test_a_read_only_cache_folder_is_one_line_for_the_peak_and_the_autotune_cach
     [line] = warnings_in(capsys.readouterr().err)
     assert f"the cache folder {folder} cannot be written" in line
     assert not (folder / "autotune.json").exists()
+
+
+def test_the_peak_cache_commands_help_is_its_usage_and_exit_0(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("RESNET_BENCH_CACHE", str(tmp_path))
+    (tmp_path / "peak.json").write_text("{}")
+    assert peak.main(["peak", "--help"]) == 0
+    assert capsys.readouterr().out.startswith("usage: python -m bench.hardware.peak [--show]")
+    assert (tmp_path / "peak.json").exists()  # --help clears nothing

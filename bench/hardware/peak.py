@@ -246,8 +246,12 @@ def main(argv):
         for key, entry in sorted(read_cache().items()):
             print(f"{key}: {entry}")
         return exits.EXIT_OK
+    usage = "usage: python -m bench.hardware.peak [--show]  (without --show: clear the peak cache)"
+    if argv[1:] in (["--help"], ["-h"]):
+        print(usage)
+        return exits.EXIT_OK
     if argv[1:]:
-        raise ConfigError("usage: python -m bench.hardware.peak [--show]  (without --show: clear the peak cache)")
+        raise ConfigError(usage)
     path = cache_path()
     if not os.path.exists(path):
         print(f"no peak cache at {path}")
