@@ -289,7 +289,10 @@ def run_sweep(trials, opts: SweepOptions):
     else:
         runs = {t.key: json.loads(json.dumps(dataclasses.asdict(t.config))) for t in trials}
     ray = start_ray(opts)
-    stop = exits.StopRequest(announce="stopping the sweep (the trials running now end without a row)")
+    stop = exits.StopRequest(
+        announce="stopping the sweep (the trials running now end without a row)",
+        on_exit=ray_connection.kill_started_processes,
+    )
     with exits.on_signals(stop):  # after ray.init: Ray's core installs a SIGTERM handler of its own (a stack dump)
         try:
             grid = None if stop.name else _fit(ray, runs, opts, path, stop)

@@ -122,3 +122,34 @@ def test_a_signal_handlers_line_reaches_the_console_while_native_output_is_captu
         exits.raw_stderr("error: stopped by SIGTERM\n")
     err = capfd.readouterr().err
     assert "error: stopped by SIGTERM" in err and "native chatter" not in err
+
+
+LEFT_BEHIND = """
+import os, signal, subprocess, sys, threading, time
+from bench.config import exits
+from bench.distributed import ray_connection
+
+child = subprocess.Popen(["sleep", "300"], start_new_session=True)  # as Ray's head: a session of its own
+print(child.pid, flush=True)
+with exits.on_signals(exits.StopRequest(on_exit=ray_connection.kill_started_processes)):
+    for delay in (0.3, 0.8):
+        threading.Timer(delay, os.kill, (os.getpid(), signal.SIGTERM)).start()
+    time.sleep(30)
+"""
+
+
+def test_a_second_signal_to_a_ray_driver_takes_the_processes_it_started_with_it():
+    # sweeps.tune's second SIGTERM left Ray's dashboard and runtime-env agents running (the hostile review)
+    proc = subprocess.run(
+        [sys.executable, "-c", LEFT_BEHIND],
+        env={**os.environ, "PYTHONPATH": ROOT},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    child = int(proc.stdout.split()[0])
+    assert proc.returncode == 143 and "again: exiting now" in proc.stderr, proc.stderr
+    time.sleep(0.5)
+    stat = f"/proc/{child}/stat"
+    state = open(stat).read().split()[2] if os.path.exists(stat) else "gone"
+    assert state in ("gone", "Z"), f"the child {child} still runs (state {state})"

@@ -164,8 +164,9 @@ class StopRequest:
     file descriptor is restored when the block ends.
     """
 
-    def __init__(self, announce="stopping after the current window", on_request=None, console=None):
+    def __init__(self, announce="stopping after the current window", on_request=None, console=None, on_exit=None):
         self.name, self.announce, self.on_request, self.console = None, announce, on_request, console
+        self.on_exit = on_exit  # called before the second signal's exit (stop what would outlive the process)
         self._lock = threading.RLock()
         self._bytes = self._calls = self._counted = 0  # signals read from the pipe, handler calls, signals acted on
         self._pipe = None  # (read end, write end) while watched
@@ -184,6 +185,9 @@ class StopRequest:
         name = signal_name(signum)
         if self.name:  # the second one: leave now
             self._say(f"\n{name} again: exiting now\n")
+            if self.on_exit:
+                with contextlib.suppress(Exception):
+                    self.on_exit()
             os._exit(EXIT_SIGNAL.get(name, EXIT_FAILED))
         self.name = name
         self._say(f"\n{name}: {self.announce} (again to exit at once)\n")

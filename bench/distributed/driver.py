@@ -223,7 +223,9 @@ def _launch(cfg: RunConfig, command, out, console_err):
             outcome["error"] = exc
 
     events = EventLog(cfg)
-    stop = exits.StopRequest(announce="stopping the workers after the current window")
+    stop = exits.StopRequest(
+        announce="stopping the workers after the current window", on_exit=ray_connection.kill_started_processes
+    )
     thread = threading.Thread(target=fit, name="ray-train-fit", daemon=True)
     try:
         thread.start()

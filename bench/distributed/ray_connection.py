@@ -7,6 +7,7 @@ inside the functions: importing this module costs nothing (a sweep's `--help`, b
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
@@ -76,3 +77,19 @@ def connect(address):
 def _quiet_ray_driver_logs():
     for name in ("ray", "ray.train", "ray.tune", "ray.data"):
         logging.getLogger(name).setLevel(logging.ERROR)
+
+
+def kill_started_processes():
+    """SIGKILL every process this one started, and theirs: on a second Ctrl-C the driver exits at once, and Ray's
+    local head (GCS, raylet, the dashboard and its agents, Tune's and Train's workers) must not outlive it (the
+    hostile review found a dashboard agent and a runtime-env agent orphaned). A cluster reached through
+    `--address` runs on processes this one did not start: untouched."""
+    import psutil
+
+    try:
+        started = psutil.Process().children(recursive=True)
+    except psutil.Error:
+        return
+    for process in started:
+        with contextlib.suppress(psutil.Error):
+            process.kill()
