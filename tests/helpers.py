@@ -22,3 +22,26 @@ def seed_peak_cache(folder, intra=None):
     os.makedirs(folder, exist_ok=True)
     with open(os.path.join(folder, "peak.json"), "w") as fh:
         json.dump({key: entry for key in keys}, fh)
+
+
+def mirrored_loss(folder, steps):
+    """The final training loss of the one-process, 2-replica run of what a 2-worker test run computes (ResNet-8,
+    synthetic batches of 16 per replica, the same seed, one step a window): a multi-worker run must match it."""
+    import io
+    import os
+
+    from bench.config.options import RunConfig
+    from bench.runner import benchmark
+
+    cfg = RunConfig(
+        strategy="mirrored",
+        cpu_replicas=2,
+        data="synthetic",
+        n=1,
+        batch_size=16,
+        steps=steps,
+        steps_per_loop=1,
+        warmup_steps=1,
+        results=os.path.join(folder, "mirrored.csv"),
+    )
+    return float(benchmark.run(cfg, write_row=False, out=io.StringIO()).row["final_train_loss"])

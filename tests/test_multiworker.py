@@ -17,12 +17,12 @@ import time
 
 import pytest
 from cifar_files import write_cifar
+from helpers import mirrored_loss
 
 from bench.config import exits, options, setup_checks, validation
 from bench.config.options import ConfigError, RunConfig
 from bench.distributed import aggregate, driver, faults, scratch
 from bench.results import table
-from bench.runner import benchmark
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MW = dict(strategy="multi_worker", workers=2, n=1, batch_size=16)
@@ -302,22 +302,7 @@ def test_stalled_worker_fails_within_the_timeout_and_matches_mirrored(ray_addres
     # same seed, same global batch, synthetic batches seeded by the global replica id.
     assert rows[0]["total_steps"] == "2"
     assert rows[0]["peak_gflops"] == ""  # the stalled worker never reported its peak: no partial sum
-    mirrored = benchmark.run(
-        RunConfig(
-            strategy="mirrored",
-            cpu_replicas=2,
-            data="synthetic",
-            n=1,
-            batch_size=16,
-            steps=2,
-            steps_per_loop=1,
-            warmup_steps=1,
-            results=str(tmp_path / "m.csv"),
-        ),
-        write_row=False,
-        out=io.StringIO(),
-    )
-    assert float(rows[0]["final_train_loss"]) == pytest.approx(mirrored.row["final_train_loss"], rel=1e-4)
+    assert float(rows[0]["final_train_loss"]) == pytest.approx(mirrored_loss(str(tmp_path), 2), rel=1e-4)
 
 
 @pytest.mark.e2e

@@ -21,13 +21,13 @@ import time
 
 import psutil
 import pytest
+from helpers import mirrored_loss
 
 from bench.config import exits, setup_checks, validation
 from bench.config.options import ConfigError, RunConfig
 from bench.distributed import aggregate, plain, plain_worker
 from bench.distributed.collector import Collector, FileCollector
 from bench.results import table
-from bench.runner import benchmark
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MW = dict(strategy="multi_worker", workers=2, n=1, batch_size=16, launcher="tf_config")
@@ -232,22 +232,7 @@ def test_two_plain_workers_train_as_the_two_replica_mirrored_run(tmp_path):
     assert row["contended"] in ("true", "false") and os.path.isfile(tmp_path / "systems" / f"{row['system']}.json")
     assert "plain processes on this machine (TF_CONFIG: 127.0.0.1:" in proc.stdout
     # the same computation as one process with two replicas: same seed, same global batch
-    mirrored = benchmark.run(
-        RunConfig(
-            strategy="mirrored",
-            cpu_replicas=2,
-            data="synthetic",
-            n=1,
-            batch_size=16,
-            steps=12,
-            steps_per_loop=1,
-            warmup_steps=1,
-            results=str(tmp_path / "m.csv"),
-        ),
-        write_row=False,
-        out=io.StringIO(),
-    )
-    assert float(row["final_train_loss"]) == pytest.approx(mirrored.row["final_train_loss"], rel=1e-4)
+    assert float(row["final_train_loss"]) == pytest.approx(mirrored_loss(str(tmp_path), 12), rel=1e-4)
 
 
 @pytest.mark.e2e
