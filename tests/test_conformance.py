@@ -293,7 +293,8 @@ def test_a_second_sigint_exits_at_once_even_inside_a_long_window(tmp_path, cache
     # Windows of 20,000 steps: tens of seconds each even for ResNet-8 at batch 16 (a window of 400 steps
     # could end, and the run with it, before the second signal: the process then died of it while exiting).
     proc = start("bench.run", *LONG, "--steps=100000", "--steps_per_loop=20000", f"--results={results}", cache=cache)
-    wait_for(proc, "step ")  # past the warm-up: the first long window is running
+    wait_for(proc, "step ")  # the first (compiling) step is done; the warm-up's second takes milliseconds
+    time.sleep(3)  # the first window of 20,000 steps is running
     proc.send_signal(signal.SIGINT)
     time.sleep(1)
     proc.send_signal(signal.SIGINT)
