@@ -69,10 +69,17 @@ def pytest_configure(config):
 def pytest_collection_modifyitems(config, items):
     """A slow test is an end-to-end one (`-m e2e`): the default suite (pyproject's `-m "not e2e and not fuzz"`)
     stays within minutes. The long fuzz runs only when asked for (`-m fuzz`); the default suite runs a few
-    hundred examples."""
+    hundred examples. Outside `--benchmark-only`, a benchmark's first case is the in-process suite's smoke test
+    of it and its other cases run end to end (all of them are measured with `--benchmark-only`)."""
+    measuring = getattr(config.option, "benchmark_only", False)
+    smoked = set()
     for item in items:
         if "slow" in item.keywords and "e2e" not in item.keywords:
             item.add_marker(pytest.mark.e2e)
+        if not measuring and "benchmarks" in item.path.parts and hasattr(item, "callspec"):
+            if item.originalname in smoked:
+                item.add_marker(pytest.mark.e2e)
+            smoked.add(item.originalname)
     if "fuzz" in (config.getoption("-m") or ""):
         return
     skip = pytest.mark.skip(reason="a long fuzz run: select it with -m fuzz")
