@@ -2,6 +2,7 @@
 columns only (no device, replicas, BN kernel, TensorFlow version ...). The report and the table comparison count it
 with the configuration it belongs to, never as a configuration of its own."""
 
+import dataclasses
 import os
 import subprocess
 import sys
@@ -20,22 +21,7 @@ TINY = ["--data=synthetic", "--n=1", "--batch_size=16", "--steps=12", "--warmup_
 def measured_row(cfg, run_id, rate, device="CPU: Test CPU"):
     """The row `bench.runner.benchmark` writes for a run of `cfg` that set up on `device` and timed `rate`."""
     resolved = defaults.resolve(cfg, "CPU", 1, "synthetic")
-    facts = rows.RunFacts(
-        run_id=run_id,
-        command="python -m bench.run",
-        tf_version="2.21.0",
-        keras_version="3.15.1",
-        device=device,
-        num_replicas=1,
-        onednn=True,
-        batch_norm=resolved.batch_norm,
-        params=77850,
-        data="synthetic",
-        train_images=50000,
-        peak_gflops=100.0,
-        started=0.0,
-        augment="none",
-    )
+    facts = dataclasses.replace(_facts(), run_id=run_id, device=device, batch_norm=resolved.batch_norm)
     timed = metrics.Throughput(rate, 1.0, 1.0, 30.0, 31.0, 32.0, 10, 10 * 16 / rate, 5)
     measured = rows.Measured("ok", "", cfg.steps, timed, 1.0, 2.0, 3.0, 2.3, None, None, None, None, 0, "none")
     return rows.run_row(resolved, facts, measured)
