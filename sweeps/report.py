@@ -8,6 +8,7 @@ matplotlib is imported only where a plot is drawn (a sweep's driver and `--help`
 
 from __future__ import annotations
 
+import math
 import os
 import tempfile
 
@@ -99,7 +100,9 @@ def load(path, sweep=None, data=None, device=None):
     df["lr_scale"] = df["lr_scale"].replace("", "1.0")  # rows from before --lr_scale ran the papers' lr
     # The step budget: the steps trained, unless a target accuracy ended runs at different steps.
     df["budget"] = df["total_steps"].where(df["target_accuracy"] == "", "to " + df["target_accuracy"])
-    df = with_setup_rows_placed(df)
+    # A run that did not finish made fewer steps than its budget: its budget is its configuration's.
+    df.loc[(df["status"] != "ok") & (df["target_accuracy"] == ""), "budget"] = ""
+    df = with_unfinished_rows_placed(df)
     if sweep:
         df = df[df["sweep"] == sweep]
     if data:
@@ -121,31 +124,46 @@ def load(path, sweep=None, data=None, device=None):
     return df
 
 
-def with_setup_rows_placed(df):
-    """`df` with each row of a run that ended while setting up given the configuration it belongs to.
+def with_unfinished_rows_placed(df, others=(), columns=None):
+    """`df` with each row of a run that did not finish given the configuration it belongs to.
 
-    Such a row (failed or interrupted before the devices were set up; no `device`) has the columns the
-    configuration gives and none of those the setup finds (device, replicas, BN kernel, oneDNN, TensorFlow
-    version, steps...). Its empty columns are filled from the one configuration of rows that did set up and
-    agree with every column it has (the sweep's name included), so it is counted there as not ok, not shown as
-    a configuration of its own ("default × ?"). When no configuration, or more than one (two devices ran it),
-    fits, it is left as it is: which one it was is not guessed.
+    A run that failed or was interrupted while setting up has the columns the configuration gives and none of
+    those the setup finds (device, replicas, BN kernel, oneDNN, TensorFlow version...); one that stopped while
+    training lacks its step budget (it made fewer steps). Its empty columns are filled from the one
+    configuration of finished rows that agrees with every column it has (the sweep's name included), here or in
+    `others` (the base table, for a table comparison's new rows), so it is counted there as not ok, not shown as
+    a configuration of its own ("default × ?", "5 steps"). When no configuration, or more than one (two devices
+    ran it), fits, it is left as it is: which one it was is not guessed. `columns`: those that make a
+    configuration (default: the report's; a table comparison's leave the sweep's name out).
     """
-    columns = [c for c in CONFIG_COLUMNS + SETUP_COLUMNS if c in df.columns]
-    in_setup = (df["device"] == "") & (df["status"] != "ok")
-    if not in_setup.any() or in_setup.all():
+    columns = [c for c in columns or CONFIG_COLUMNS + SETUP_COLUMNS if c in df.columns]
+    unplaced = _unfinished(df)
+    if not unplaced.any():
         return df
-    configurations = df.loc[~in_setup, columns].drop_duplicates()
+    pool = [df.loc[~unplaced, columns]] + [o.loc[~_unfinished(o), columns] for o in others]
+    configurations = pd.concat(pool).drop_duplicates()
     df = df.copy()
-    for i in df.index[in_setup]:
+    for i in df.index[unplaced]:
         row = df.loc[i, columns]
-        known = [c for c in columns if c == "sweep" or row[c] != ""]
+        known = [c for c in columns if c == "sweep" or not _blank(row[c])]
         fits = configurations[(configurations[known] == row[known]).all(axis=1)]
         if len(fits) == 1:
             for c in columns:
-                if row[c] == "":
+                if _blank(row[c]):
                     df.at[i, c] = fits.iloc[0][c]
     return df
+
+
+def _unfinished(df):
+    """Rows of runs that did not finish and lack a column of their configuration (not set up, or no budget)."""
+    if df.empty:
+        return pd.Series(False, index=df.index)
+    return (df["status"] != "ok") & ((df["device"] == "") | (df["budget"] == ""))
+
+
+def _blank(value):
+    """An empty cell: "" as read, or NaN once `load` made the column numbers."""
+    return value == "" or (isinstance(value, float) and math.isnan(value))
 
 
 def groups(df):

@@ -99,6 +99,11 @@ def compare(base_df, new_df, vary=(), band_pct=5.0, fail_pct=None):
         for c in columns:
             if c not in df.columns:
                 df[c] = ""
+    # a run that did not finish counts with its configuration, found in either table (every new run failed)
+    base_df, new_df = (
+        report.with_unfinished_rows_placed(base_df, [new_df], columns),
+        report.with_unfinished_rows_placed(new_df, [base_df], columns),
+    )
     base, new = _rates(base_df, columns), _rates(new_df, columns)
     base_target, new_target = _to_target(base_df, columns), _to_target(new_df, columns)
     matches = []

@@ -45,3 +45,18 @@ def mirrored_loss(folder, steps):
         results=os.path.join(folder, "mirrored.csv"),
     )
     return float(benchmark.run(cfg, write_row=False, out=io.StringIO()).row["final_train_loss"])
+
+
+def compare_main(capsys, *args):
+    """(exit status, stdout, stderr lines) of `python -m sweeps.compare ARGS`, run in this process."""
+    from absl import flags
+
+    from bench.config import cli, exits
+    from sweeps import compare
+
+    values = flags.FlagValues()
+    compare.define_flags(values)
+    cli.parse_argv(["sweeps.compare", *args], values)
+    code = exits.command(compare.main, ["sweeps.compare"], values, what="the comparison")
+    out, err = capsys.readouterr()
+    return code, out, err.strip().splitlines()

@@ -8,6 +8,7 @@ import sys
 import time
 
 import pytest
+from helpers import compare_main
 
 from bench.results import stats, table
 from sweeps import compare, table_compare
@@ -227,20 +228,6 @@ def test_a_real_comparison_of_two_tiny_arms_in_abba_order(tmp_path):
 # In process: sweeps.compare's main with its own flags, bench.run's processes replaced by a fake
 
 
-def compare_main(capsys, *args):
-    """(exit status, stdout, stderr lines) of `python -m sweeps.compare ARGS`, run in this process."""
-    from absl import flags
-
-    from bench.config import cli, exits
-
-    values = flags.FlagValues()
-    compare.define_flags(values)
-    cli.parse_argv(["sweeps.compare", *args], values)
-    code = exits.command(compare.main, ["sweeps.compare"], values, what="the comparison")
-    out, err = capsys.readouterr()
-    return code, out, err.strip().splitlines()
-
-
 @pytest.fixture
 def fake_runs(monkeypatch):
     """bench.run's processes replaced: each call is recorded and appends an ok row (a CPU machine, no GPU)."""
@@ -266,9 +253,14 @@ def fake_runs(monkeypatch):
     return calls
 
 
-def test_arms_are_checked_as_bench_run_checks_them_before_either_runs(tmp_path, capsys, fake_runs):
-    """#6, #14: a foreign, binary or older table, an arm only the devices refuse: one line, exit 2, nothing run."""
+def test_arms_are_checked_as_bench_run_checks_them_before_either_runs(tmp_path, capsys, fake_runs, monkeypatch):
+    """#6, #14: a foreign, binary or older table, an arm only the devices or the data refuse: one line, exit 2,
+    nothing run (arm B's CIFAR-10 not prepared for tfds, offline: refused before arm A's first run)."""
+    from bench.config import cifar_files
     from bench.results.table import SCHEMA
+
+    monkeypatch.setattr(cifar_files, "download_host_reachable", lambda url, timeout=3.0: False)
+    monkeypatch.delenv("TFDS_DATA_DIR", raising=False)
 
     foreign, binary, older = tmp_path / "foreign.csv", tmp_path / "binary.csv", tmp_path / "older.csv"
     foreign.write_text("a,b\n1,2\n")
@@ -283,6 +275,7 @@ def test_arms_are_checked_as_bench_run_checks_them_before_either_runs(tmp_path, 
             f"convert this one once with: python -m bench.results upgrade {older}",
         ),
         (["--a=--batch_norm keras", "--b=--num_gpus 1", f"--results={good}"], "--b='--num_gpus 1': --num_gpus=1"),
+        (["--a=", f"--b=--data tfds --tfds_dir {tmp_path}", f"--results={good}"], "CIFAR-10 is not prepared"),
     ]
     for args, expected in cases:
         before = {p: p.read_bytes() for p in (foreign, binary, older)}

@@ -108,7 +108,7 @@ def test_tfds_path_with_mock_data(strategies):
 def test_tfds_offline_fails_fast_with_advice(tmp_path, monkeypatch):
     import time
 
-    monkeypatch.setattr(data, "_download_host_reachable", lambda url, timeout=3.0: False)
+    monkeypatch.setattr(cifar_files, "download_host_reachable", lambda url, timeout=3.0: False)
     start = time.perf_counter()
     with pytest.raises(data.DataUnavailable, match="--cifar_dir.*--data=synthetic"):
         data.tfds_datasets(str(tmp_path))
@@ -119,7 +119,7 @@ def test_tfds_offline_fails_fast_with_advice(tmp_path, monkeypatch):
 
 
 def test_auto_falls_back_to_synthetic_loudly(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(data, "_download_host_reachable", lambda url, timeout=3.0: False)
+    monkeypatch.setattr(cifar_files, "download_host_reachable", lambda url, timeout=3.0: False)
     source = data.resolve(RunConfig(data="auto", tfds_dir=str(tmp_path)))
     assert source.kind == "synthetic" and source.test is None
     assert "SYNTHETIC" in source.warning  # printed by bench.runner.loop once the run's checks passed

@@ -74,6 +74,34 @@ def test_a_setup_row_that_fits_no_single_configuration_keeps_its_own_line(tmp_pa
     assert sorted(summary["runs"]) == [1, 1, 1, 1, 1] and summary["device"].tolist().count("") == 3
 
 
+def failed_row(cfg, run_id, steps):
+    """The row of a run of `cfg` that set up and failed after `steps` steps (0: at its first step)."""
+    resolved = defaults.resolve(cfg, "CPU", 1, "synthetic")
+    facts = dataclasses.replace(_facts(), run_id=run_id, device="CPU: Test CPU", batch_norm=resolved.batch_norm)
+    measured = rows.Measured.nothing("failed", "RuntimeError: boom", steps)
+    return rows.run_row(resolved, facts, measured)
+
+
+@pytest.mark.parametrize("ended", ["in setup", "at step 1", "at step 5"])
+def test_a_new_table_whose_every_run_did_not_finish_fails_the_regression_gate(tmp_path, capsys, ended):
+    """#23 case 11: not its own configuration ("0 regressions", exit 0) but base's, with no ok run on a side."""
+    from helpers import compare_main
+
+    cfg = config()
+    base, new = str(tmp_path / "base.csv"), str(tmp_path / "new.csv")
+    for i, rate in enumerate((500.0, 510.0)):
+        table.append_row(base, measured_row(cfg, f"a{i}", rate))
+    for run_id in ("n1", "n2"):
+        steps = {"at step 1": 0, "at step 5": 5}.get(ended)
+        table.append_row(new, setup_row(cfg, run_id) if steps is None else failed_row(cfg, run_id, steps))
+    matches, only_base, only_new, _ = table_compare.compare(report.load(base), report.load(new))
+    assert len(matches) == 1 and not only_base and not only_new and matches[0].new == []
+    code, out, _ = compare_main(
+        capsys, f"--base={base}", f"--new={new}", f"--out_dir={tmp_path / 'out'}", "--fail_on_regression=5"
+    )
+    assert code == 1 and "FAIL: 1 configuration(s) with no ok run on a side" in out, out
+
+
 @pytest.mark.e2e
 def test_report_and_compare_count_a_run_interrupted_in_setup_with_its_configuration(tmp_path):
     from helpers import seed_peak_cache

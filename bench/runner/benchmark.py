@@ -24,7 +24,7 @@ import socket
 import sys
 import time
 
-from bench.config import defaults, exits, options, recipe, setup_checks, tuning, validation
+from bench.config import cifar_files, defaults, exits, options, recipe, setup_checks, tuning, validation
 from bench.config.identity import RunIdentity
 from bench.config.options import ConfigError, RunConfig
 from bench.results import console, mlperf_log, rows, systems, table
@@ -159,6 +159,7 @@ def expected_setup(cfg: RunConfig, machine=None) -> RunConfig:
         data_kind = "files"
     else:
         data_kind = "tfds"  # or, for auto, synthetic if it is not there: only its import can tell
+    problem = cifar_files.tfds_problem(cfg.tfds_dir) if cfg.data == "tfds" else ""
     onednn = defaults.onednn_request(cfg)
     setup_checks.check_setup(
         cfg,
@@ -168,7 +169,8 @@ def expected_setup(cfg: RunConfig, machine=None) -> RunConfig:
             cpu_devices=cfg.cpu_replicas,  # a fresh process splits the CPU as asked
             num_replicas=replicas,
             onednn=onednn == "on",
-            data_kind=data_kind,
+            data_kind="unavailable" if problem else data_kind,
+            data_problem=problem,
         ),
     )
     if cfg.autotune != "off":

@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import socket
-import urllib.parse
 
 import tensorflow as tf
 from absl import logging
@@ -54,16 +52,6 @@ def files_dataset(files):
 # tensorflow-datasets
 
 
-def _download_host_reachable(url, timeout=3.0):
-    parts = urllib.parse.urlparse(url)
-    port = parts.port or (443 if parts.scheme == "https" else 80)
-    try:
-        socket.create_connection((parts.hostname, port), timeout=timeout).close()
-        return True
-    except OSError:
-        return False
-
-
 def _tfds_url(builder):
     info = getattr(builder, "_cifar_info", None)
     return getattr(info, "url", None)
@@ -90,12 +78,8 @@ def tfds_datasets(tfds_dir=None):
             return load(download=False)
     except AssertionError as not_prepared:  # tfds: "could not find data in ..."
         url = _tfds_url(tfds.builder(TFDS_NAME, data_dir=tfds_dir))
-        if url and not _download_host_reachable(url):
-            raise DataUnavailable(
-                f"CIFAR-10 is not prepared for tensorflow-datasets in {tfds_dir or 'its default folder'} "
-                f"and cannot be downloaded (no network); copy the binary files and pass --cifar_dir, "
-                f"prepare it with tfds elsewhere and pass --tfds_dir, or use --data=synthetic"
-            ) from not_prepared
+        if url and not cifar_files.download_host_reachable(url):
+            raise DataUnavailable(cifar_files.tfds_offline_problem(tfds_dir)) from not_prepared
         return load(download=True)
 
 
