@@ -12,7 +12,7 @@ import math
 import os
 import tempfile
 
-from bench.config import cli, exits
+from bench.config import cli, exits, validation
 
 # The modules below take a second or more to import: a Ctrl-C then is one line and 130, not a traceback.
 with exits.leave_on_signals("the report"):
@@ -488,12 +488,8 @@ def main(argv):
     """The command; bad input raises ConfigError (a file that is not a results table: ResultsError, one too)."""
     del argv  # cli.parse_flags refused stray arguments
     out_dir = FLAGS.out_dir or os.path.dirname(os.path.abspath(FLAGS.results))
-    if not os.path.isfile(FLAGS.results):
-        raise ConfigError(
-            f"results path {FLAGS.results} is not a file"
-            if os.path.exists(FLAGS.results)
-            else f"no results file {FLAGS.results}"
-        )
+    if validation.not_a_table_file(FLAGS.results):
+        raise ConfigError(validation.not_a_table_file(FLAGS.results))
     md, pngs = build(FLAGS.results, out_dir, FLAGS.sweep, FLAGS.data, FLAGS.device)
     print(f"wrote {md} and {len(pngs)} plots in {os.path.dirname(pngs[0])}")
     if any(p.endswith("scaling.png") for p in pngs):

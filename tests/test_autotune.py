@@ -11,7 +11,7 @@ import sys
 import pytest
 from helpers import seed_peak_cache
 
-from bench.config import cli, defaults, tuning, validation
+from bench.config import cli, defaults, exits, tuning, validation
 from bench.config.options import ConfigError, RunConfig
 from bench.hardware import devices
 from bench.results import rows, stats, table
@@ -427,6 +427,20 @@ def test_probing_time_is_its_own_column_not_part_of_the_time_to_the_first_step(t
     benchmark.run(cfg.replace(seed=2), command="test")
     cached, plain = table.read_rows(path)[1:]
     assert float(cached["autotune_s"]) < nap and plain["autotune_s"] == "" and plain["tuned"] == "default"
+    # a run stopped while it probes: its row says so (not `default`) and keeps the seconds it probed
+
+    def stopped_probes(cfg, device_kind, results_path):
+        def measure(settings, pair, arm, position):
+            time.sleep(nap)
+            raise exits.Interrupted("SIGTERM")
+
+        return measure
+
+    monkeypatch.setattr(autotune, "process_measure", stopped_probes)
+    out = benchmark.run(cfg.replace(autotune="on", seed=3, batch_size=32), command="test")
+    stopped = table.read_rows(path)[-1]
+    assert out.status == "interrupted" and stopped["status"] == "interrupted" and stopped["tuned"] == "probing"
+    assert float(stopped["autotune_s"]) >= nap
 
 
 def test_a_table_of_the_previous_schema_is_read_and_upgraded_for_the_new_column(tmp_path):

@@ -226,6 +226,6 @@ def test_upgrading_a_file_that_is_not_there_leaves_no_lock(tmp_path):
     with pytest.raises(table.ResultsError, match="no results file"):
         table.upgrade(str(tmp_path / "missing.csv"))
     (tmp_path / "folder.csv").mkdir()
-    with pytest.raises(table.ResultsError, match="not a regular file"):
+    with pytest.raises(table.ResultsError, match="is a folder, not a results file"):
         table.upgrade(str(tmp_path / "folder.csv"))
     assert os.listdir(tmp_path) == ["folder.csv"]

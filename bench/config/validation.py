@@ -354,8 +354,8 @@ def check_comparison(
     if base and any(a is not None for a in arms):
         raise ConfigError("give either --a/--b (run a comparison) or --base/--new (compare two tables), not both")
     for name, path in (("--base", base), ("--new", new)):
-        if path and not os.path.isfile(path):
-            raise ConfigError(f"{name}: no results file {path}")
+        if path and not_a_table_file(path):
+            raise ConfigError(f"{name}: {not_a_table_file(path)}")
     if not base and any(a is None for a in arms):
         raise ConfigError('give both arms (--a="FLAGS" --b="FLAGS") or two tables (--base, --new); see --help')
     if other_mode:
@@ -638,3 +638,13 @@ def check_steps(cfg: RunConfig, total_steps: int):
             f"--profile_steps={first},{last} covers every step after the warm-up "
             f"({cfg.warmup_steps}) of the run's {total_steps}: nothing would be timed"
         )
+
+
+def not_a_table_file(path, real=None):
+    """Why a results table to read at `path` (`real`: where its link points) is no file there, or ""."""
+    real = real or path
+    if os.path.isfile(real):
+        return ""
+    if os.path.isdir(real):
+        return f"results path {path} is a folder, not a results file"
+    return f"results path {path} is not a regular file" if os.path.lexists(real) else f"no results file {path}"

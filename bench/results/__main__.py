@@ -12,8 +12,11 @@ from bench.results import mlperf_log, table
 
 def main(argv):
     """`upgrade FILE`: convert a table of an older schema; `ruleset`: print the MLPerf ruleset's path."""
-    if argv == ["ruleset"]:
-        print(mlperf_log.ruleset_path())
+    if argv == ["ruleset"]:  # its output is the answer: one that could not be written is a failure
+        print(mlperf_log.ruleset_path(), flush=True)
+        if getattr(sys.stdout, "closed_by_reader", False):
+            exits.error("the ruleset's path could not be written to standard output")
+            return exits.EXIT_FAILED
         return exits.EXIT_OK
     if len(argv) != 2 or argv[0] != "upgrade":
         raise ConfigError(f"usage: {table.UPGRADE_COMMAND} FILE, or python -m bench.results ruleset")

@@ -26,6 +26,7 @@ import uuid
 
 import filelock
 
+from bench.config import validation
 from bench.config.options import ConfigError
 
 SCHEMA = (
@@ -103,7 +104,7 @@ SCHEMA = (
     "peak_load",  # 1-minute load average per core while it was read (above ~0.5: read under load)
     "num_hosts",  # distinct hosts (machines) the workers of a multi-worker run's last attempt ran on
     "peak_scope",  # what peak_gflops covers: one process's devices, or a sum over workers and hosts
-    "tuned",  # how the tunable settings were chosen: the --autotune cache key, default or flag
+    "tuned",  # how the tunable settings were chosen: the --autotune cache key, default or flag (probing: ended in it)
     "autotune_s",  # seconds --autotune took before the run (its probes, or reading its cache); not in time_to_first_step_s
     # MLPerf LoadGen scenario runs (bench.results.loadgen; images_per_sec and step_time_p* are then LoadGen's)
     "scenario",  # inference: SingleStream | MultiStream | Server | Offline, or none (the quick look)
@@ -440,10 +441,8 @@ def upgrade(path):
     file of that name is the user's and refused. Nothing is created for a path that is not a file.
     """
     real = table_path(path)
-    if not os.path.isfile(real):
-        raise ResultsError(
-            f"results path {path} is not a regular file" if os.path.lexists(real) else f"no results file {path}"
-        )
+    if validation.not_a_table_file(path, real):
+        raise ResultsError(validation.not_a_table_file(path, real))
     lock_path = real + ".lock"
     new_lock = not os.path.lexists(lock_path)
     try:

@@ -62,12 +62,12 @@ def run(cfg: RunConfig, command="", out=None, write_row=True, on_eval=None, hook
     log = mlperf_log.begin(cfg, identity.run_id, (hooks or RunHooks()).mlperf_log and cfg.scenario == "none")
 
     autotune_s = None  # the probing's seconds: a column of their own, not part of the time to the first step
+    settling = time.perf_counter()
     # Until the controller can stop between windows: the setup is abandoned, its row says interrupted.
     setup_stop = exits.announce_and_raise("abandoning the setup; writing the interrupted row")
     try:
         with exits.on_signals(setup_stop):
             # ---- 2. settle the settings (before TensorFlow's import: the probes may choose oneDNN) -----------
-            settling = time.perf_counter()
             cfg = autotune.settle(cfg, out)
             autotune_s = time.perf_counter() - settling if cfg.autotune != "off" else None
             # ---- 3. devices and data -----------------------------------------------------------------------
@@ -82,8 +82,10 @@ def run(cfg: RunConfig, command="", out=None, write_row=True, on_eval=None, hook
     except ConfigError:
         raise
     except exits.Interrupted as stop:
+        cfg, autotune_s = _ended_probing(cfg, autotune_s, settling)
         return _stopped_in_setup(cfg, identity, command, out, write_row, stop.name, log, autotune_s)
     except Exception as exc:  # noqa: BLE001 - any failure becomes the row's error
+        cfg, autotune_s = _ended_probing(cfg, autotune_s, settling)
         if setup_stop.name:  # the signal's Interrupted, turned into another exception by native code it crossed
             return _stopped_in_setup(cfg, identity, command, out, write_row, setup_stop.name, log, autotune_s)
         error = exits.first_line(exc)
@@ -390,6 +392,14 @@ def _checked_peak(cfg, devices, facts, measured, out):
         peak_readings=reading.readings,
         peak_load=reading.load,
     )
+
+
+def _ended_probing(cfg, autotune_s, settling):
+    """(cfg, the probing's seconds) of a run that ended in its setup: one that ended while --autotune probed
+    says so in its `tuned` column (`probing`), with the seconds it probed."""
+    if cfg.autotune == "off" or autotune_s is not None:
+        return cfg, autotune_s
+    return cfg.replace(tuned="probing"), time.perf_counter() - settling
 
 
 def _stopped_in_setup(cfg, identity, command, out, write_row, name, log, autotune_s):
