@@ -4,8 +4,8 @@
 open). The candidates are `bench.config.tuning.candidates`: each field in turn (oneDNN first), its
 default against each alternative, every arm a short `python -m bench.run` process of its own
 (oneDNN and the thread pools are fixed at TensorFlow's import) writing its row into a temporary
-table. The arms run in ABBA pairs and are read with the A/B statistics of `bench.results.stats` (as `sweeps.compare`)
-(`bench.results.stats`): t interval over the pairs' log ratios of images/sec (inference: batch over
+table. The arms run in ABBA pairs and are read with the A/B statistics of `bench.results.stats` (as
+`sweeps.compare`): t interval over the pairs' log ratios of images/sec (inference: batch over
 median latency, `probe_rate`), verdict against a ±5% band. An alternative replaces the current
 choice only when it is faster with 95% confidence (the interval above 1); an unsettled comparison
 first gets two more pairs, up to `MAX_PAIRS`, and if it stays unsettled the current choice (at first
@@ -69,11 +69,10 @@ class Probe:
 
 
 def settle(cfg: RunConfig, out=None, measure=None) -> RunConfig:
-    """`cfg` with its `tuned` label and, under --autotune, the chosen settings. `measure` replaces the probe
-    processes (tests). `out`: where it reports (default: sys.stdout when called, the command's guarded stream)."""
+    """`cfg` (of a run with --autotune) with the chosen settings and its `tuned` label (a run without takes
+    `tuning.origin`'s). `measure` replaces the probe processes (tests). `out`: where it reports (default:
+    sys.stdout when called, the command's guarded stream)."""
     out = out or sys.stdout
-    if cfg.autotune == "off":
-        return cfg.replace(tuned=tuning.origin(cfg))
     run, cfg = cfg, tuning.question(cfg)  # a --scenario run is probed as the quick look at its scenario's batch
     machine = detect_machine(cfg)
     plan = tuning.candidates(cfg, machine)

@@ -29,7 +29,6 @@ from bench.config.identity import RunIdentity
 from bench.config.options import ConfigError, RunConfig
 from bench.results import console, mlperf_log, rows, systems, table
 from bench.results.rows import Measured, RunFacts
-from bench.runner import autotune
 from bench.runner.loop import Controller, Plan, RunHooks
 
 
@@ -68,8 +67,13 @@ def run(cfg: RunConfig, command="", out=None, write_row=True, on_eval=None, hook
     try:
         with exits.on_signals(setup_stop):
             # ---- 2. settle the settings (before TensorFlow's import: the probes may choose oneDNN) -----------
-            cfg = autotune.settle(cfg, out)
-            autotune_s = time.perf_counter() - settling if cfg.autotune != "off" else None
+            if cfg.autotune != "off":  # its probes (processes, statistics) are imported only when asked for
+                from bench.runner import autotune
+
+                cfg = autotune.settle(cfg, out)
+                autotune_s = time.perf_counter() - settling
+            else:
+                cfg = cfg.replace(tuned=tuning.origin(cfg))
             # ---- 3. devices and data -----------------------------------------------------------------------
             cfg, devices, source = _devices_and_data(cfg)
             identity.save(finished=False)
@@ -153,6 +157,8 @@ def expected_setup(cfg: RunConfig, machine=None) -> RunConfig:
     """
     if cfg.strategy == options.MULTI_WORKER:
         return cfg
+    from bench.runner import autotune  # the machine as --autotune sees it (`sweeps.compare` checks its arms)
+
     machine = machine or autotune.detect_machine(cfg)
     replicas = tuning.replicas(cfg, machine)
     if cfg.data == "synthetic":
