@@ -104,6 +104,7 @@ def test_strong_and_weak_series_with_speedup_and_efficiency(tmp_path):
     assert sorted(train["ips"]) == [305.0, 330.0] and sorted(inference["ips"]) == [1000.0, 1900.0]
 
 
+@pytest.mark.slow  # the whole report with its figures: end to end
 def test_report_writes_scaling_only_when_replica_counts_vary(tmp_path):
     path = str(tmp_path / "summary.csv")
     write_rows(path)

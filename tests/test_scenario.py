@@ -32,9 +32,9 @@ def read_row(path):
     "name, extra",
     [
         ("SingleStream", {}),
-        ("MultiStream", {}),
-        ("Server", {"target_qps": 150.0}),
-        ("Offline", {}),
+        pytest.param("MultiStream", {}, marks=pytest.mark.slow),  # the other scenarios end to end
+        pytest.param("Server", {"target_qps": 150.0}, marks=pytest.mark.slow),
+        pytest.param("Offline", {}, marks=pytest.mark.slow),
     ],
 )
 def test_each_scenario_shortened_writes_a_row_and_loadgens_logs(tmp_path, name, extra):

@@ -80,7 +80,7 @@ def test_without_averaging_replica_statistics_would_differ(check_env, strategies
 
 
 @pytest.mark.parametrize("precision", ["mixed_bfloat16", "mixed_float16"])
-@pytest.mark.parametrize("replicas", [1, 2])
+@pytest.mark.parametrize("replicas", [1, pytest.param(2, marks=pytest.mark.slow)])  # 2: end to end (bf16 emulated)
 def test_mixed_precision_stays_finite_and_learns(check_env, strategies, precision, replicas):
     strategy = strategies[replicas]
     trainer = make_step_functions(check_env, strategy, 16, precision=precision)
