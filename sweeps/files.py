@@ -1,4 +1,5 @@
-"""The one writer of report files: `sweeps.report`'s summary.md and plots, the scaling table, the table comparison.
+"""The one writer of report files: `sweeps.report`'s summary.md and plots, the scaling table, the table comparison
+(and how a table's value reads in their cells: `cell`, `whole`).
 
 Each file is replaced whole: its bytes are made first (a figure rendered to PNG in memory), written to a
 temporary file in the same folder, then renamed over the old one (`os.replace`, by
@@ -10,11 +11,27 @@ No matplotlib import: figures arrive drawn.
 from __future__ import annotations
 
 import io
+import math
 import os
 
 from bench.results import table
 
 DPI = 110
+
+
+def whole(v):
+    """A count as the table holds it ("20.0", 20.0) as text: "20"; anything else as it is."""
+    try:
+        return str(int(float(v)))
+    except (TypeError, ValueError):
+        return str(v)
+
+
+def cell(v):
+    """A table's value in a report's cell: "–" for an empty one, a whole float without its ".0"."""
+    if v is None or (isinstance(v, float) and math.isnan(v)) or v == "":
+        return "–"
+    return whole(v) if isinstance(v, float) and v.is_integer() else str(v)
 
 
 def write_text(path, text):

@@ -16,6 +16,7 @@ import dataclasses
 import math
 
 from bench.results import convergence, scoring
+from sweeps import files
 
 FAMILY = ("data", "block", "shortcut", "depth", "budget", "recipe", "mode")  # what a reference must share
 REFERENCE = {"precision": "float32", "global_batch_size": 128, "lr_scale": 1.0}  # the papers' setting
@@ -58,25 +59,12 @@ def target_results(groups):
 
 
 def _label(key, columns):
-    name = f"ResNet-{_int(key['depth'])} {key['block']}/{key['shortcut']}"
-    return ", ".join([name] + [f"{c} {_text(key.get(c))}" for c in columns])
-
-
-def _int(v):
-    try:
-        return str(int(float(v)))
-    except (TypeError, ValueError):
-        return str(v)
-
-
-def _text(v):
-    if v is None or (isinstance(v, float) and math.isnan(v)) or v == "":
-        return "–"
-    return _int(v) if isinstance(v, float) and float(v).is_integer() else str(v)
+    name = f"ResNet-{files.whole(key['depth'])} {key['block']}/{key['shortcut']}"
+    return ", ".join([name] + [f"{c} {files.cell(key.get(c))}" for c in columns])
 
 
 def _varying(results):
-    return [c for c in SHOWN if len({_text(r.key.get(c)) for r in results}) > 1]
+    return [c for c in SHOWN if len({files.cell(r.key.get(c)) for r in results}) > 1]
 
 
 def _epochs_text(epochs):
@@ -135,7 +123,7 @@ def families(results):
     """{family key: [TargetResult]} for the configurations sharing model, data, target and recipe."""
     grouped = {}
     for r in results:
-        grouped.setdefault(tuple(_text(r.key.get(c)) for c in FAMILY), []).append(r)
+        grouped.setdefault(tuple(files.cell(r.key.get(c)) for c in FAMILY), []).append(r)
     return grouped
 
 

@@ -152,31 +152,14 @@ def label(key, columns, varying):
     """A configuration's name: the model (what of it is matched: `--vary depth` leaves the depth out), then
     the columns that vary between configurations."""
     parts = dict(zip(columns, key))
-    name = f"ResNet-{_int(parts['depth'])}" if "depth" in parts else "ResNet"
-    model = "/".join(_text(parts[c]) for c in ("block", "shortcut") if c in parts)
-    rest = [f"{c}={_text(parts[c])}" for c in varying if c not in ("depth", "block", "shortcut")]
+    name = f"ResNet-{files.whole(parts['depth'])}" if "depth" in parts else "ResNet"
+    model = "/".join(files.cell(parts[c]) for c in ("block", "shortcut") if c in parts)
+    rest = [f"{c}={files.cell(parts[c])}" for c in varying if c not in ("depth", "block", "shortcut")]
     return ", ".join([f"{name} {model}".strip()] + rest)
 
 
-def _int(v):
-    try:
-        return str(int(float(v)))
-    except (TypeError, ValueError):
-        return str(v)
-
-
-def _text(v):
-    return (
-        "–"
-        if v is None or (isinstance(v, float) and math.isnan(v)) or v == ""
-        else _int(v)
-        if isinstance(v, float)
-        else str(v)
-    )
-
-
 def varying_columns(keys, columns):
-    return [c for i, c in enumerate(columns) if len({_text(k[i]) for k in keys}) > 1]
+    return [c for i, c in enumerate(columns) if len({files.cell(k[i]) for k in keys}) > 1]
 
 
 def markdown(matches, only_base, only_new, columns, base_path, new_path, band_pct, vary_values, warning=""):
@@ -194,7 +177,11 @@ def markdown(matches, only_base, only_new, columns, base_path, new_path, band_pc
     if warning:
         lines += [f"**Warning:** {warning}", ""]
     if keys:
-        common = [f"{c}={_text(keys[0][columns.index(c)])}" for c in fixed if _text(keys[0][columns.index(c)]) != "–"]
+        common = [
+            f"{c}={files.cell(keys[0][columns.index(c)])}"
+            for c in fixed
+            if files.cell(keys[0][columns.index(c)]) != "–"
+        ]
         lines += ["Common to every configuration: " + ", ".join(common) + ".", ""]
     for c, (b, n) in vary_values.items():
         lines.append(f"Allowed to differ (`--vary`): {c}: base {b}, new {n}.")
@@ -302,4 +289,4 @@ def run(values):
 
 def _values(df, column):
     """The distinct values of `column` in a table, as text ("20", not 20.0)."""
-    return ", ".join(sorted({_text(v) for v in df.get(column, [])}))
+    return ", ".join(sorted({files.cell(v) for v in df.get(column, [])}))
