@@ -138,7 +138,7 @@ def main(argv):
 def entry():
     define_flags()
     app.run(
-        lambda argv: exits.command(main, argv, what="the self-check"),
+        lambda argv: exits.program(main, argv, what="the self-check"),
         flags_parser=lambda argv: cli.parse_flags(argv, usage),
     )
 

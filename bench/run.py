@@ -38,7 +38,7 @@ def main(argv):
 def entry():
     processes.follow_parent()  # a child of another command (sweeps.compare, --autotune) ends with its parent
     app.run(
-        lambda argv: exits.command(main, argv, what="the run", stopped="nothing written"),
+        lambda argv: exits.program(main, argv, what="the run", stopped="nothing written"),
         flags_parser=lambda argv: cli.parse_flags(argv, usage),
     )
 

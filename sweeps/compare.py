@@ -414,7 +414,7 @@ def main(argv, values=FLAGS):
 def entry():
     define_flags()
     app.run(
-        lambda argv: exits.command(main, argv, what="the comparison"),
+        lambda argv: exits.program(main, argv, what="the comparison"),
         flags_parser=lambda argv: cli.parse_flags(argv, usage),
     )
 

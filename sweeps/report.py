@@ -499,7 +499,7 @@ def main(argv):
 
 def entry():
     define_flags()
-    app.run(lambda argv: exits.command(main, argv, what="the report"), flags_parser=cli.parse_flags)
+    app.run(lambda argv: exits.program(main, argv, what="the report"), flags_parser=cli.parse_flags)
 
 
 if __name__ == "__main__":

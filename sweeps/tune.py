@@ -441,7 +441,7 @@ def stopped_line(opts, stopped):
 
 def entry():
     app.run(
-        lambda argv: exits.command(main, argv, what="the sweep"),
+        lambda argv: exits.program(main, argv, what="the sweep"),
         flags_parser=lambda argv: cli.parse_flags(argv, usage),
     )
 

@@ -8,7 +8,7 @@ it something it must refuse, with the outcome the README promises.
 | an unwritable output      | the same                                                                          |
 | a read-only cache         | a warning, the run measured without caching: an `ok` row, exit 0                  |
 | SIGINT / SIGTERM          | exit 130 / 143; every run that started ends in its `interrupted` row              |
-| a second SIGINT           | exit 130 at once, also in the middle of a long window, writing nothing           |
+| a second SIGINT           | exit 130 at once, also in the middle of a long window (a run: writing nothing)    |
 | a closed stdout           | the rows are written and the exit status is what it would have been              |
 | a bad value of a run flag | one `error:` line, exit 2, nothing written (every command that takes run flags)   |
 
@@ -302,6 +302,23 @@ def test_a_second_sigint_exits_at_once_even_inside_a_long_window(tmp_path, cache
     code, _, err = finish(proc)
     assert code == 130 and time.monotonic() - sent < 5, err[-2000:]
     assert "again: exiting now" in err and not results.exists()
+
+
+def test_a_second_sigint_to_a_comparison_exits_130_at_once(tmp_path, cache):
+    """Its running arm is told again (it exits at once, as a run does) and the comparison stops waiting."""
+    results = tmp_path / "s.csv"
+    proc = start(
+        "sweeps.compare", "--a=--batch_norm=keras", "--b=--batch_norm=fused", *LONG, "--steps=100000",
+        "--steps_per_loop=20000", f"--results={results}", cache=cache,
+    )  # fmt: skip
+    time.sleep(45)  # the first arm is inside its first window of 20,000 steps
+    proc.send_signal(signal.SIGINT)
+    time.sleep(1)
+    proc.send_signal(signal.SIGINT)
+    sent = time.monotonic()
+    code, _, err = finish(proc)
+    assert code == 130 and time.monotonic() - sent < 10, (code, err[-2000:])
+    assert "again" in err and "Traceback" not in err
 
 
 # ---- a closed stdout ----------------------------------------------------------------------------------------------

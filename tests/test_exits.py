@@ -112,6 +112,32 @@ def test_a_second_signal_exits_at_once_even_inside_a_long_native_call(name, code
     assert took < 10.0, f"exited {took:.1f} s after start: it waited for the native call"
 
 
+LATE_SIGNAL = """
+import os, signal, time
+from bench.config import exits
+try:
+    exits.program(lambda: 5)
+finally:  # while the process exits with its status, a second Ctrl-C arrives
+    os.kill(os.getpid(), signal.SIG{name})
+    time.sleep(10)
+"""
+
+
+@pytest.mark.parametrize("name", ["INT", "TERM"])
+def test_a_signal_after_a_commands_status_is_known_exits_with_that_status_at_once(name):
+    """Not Python's own handler (SIGINT: KeyboardInterrupt, the process killed by SIGINT), not a hang."""
+    started = time.monotonic()
+    proc = subprocess.run(
+        [sys.executable, "-c", LATE_SIGNAL.format(name=name)],
+        env={**os.environ, "PYTHONPATH": ROOT},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 5 and "Traceback" not in proc.stderr, (proc.returncode, proc.stderr)
+    assert time.monotonic() - started < 8
+
+
 def test_a_signal_handlers_line_reaches_the_console_while_native_output_is_captured(capfd):
     # bench.check's SIGTERM during TensorFlow's import exited 143 with nothing said: its line went into the
     # capture of TensorFlow's own start-up chatter (the hostile review)

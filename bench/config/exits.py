@@ -386,13 +386,29 @@ def command(main, *args, what="the command", stopped=""):
     (`left_running`), end the process with that status here instead."""
     code = _command(main, *args, what=what, stopped=stopped)
     if _LEFT_RUNNING:
-        for stream in (sys.stdout, sys.stderr):
-            try:
-                stream.flush()
-            except (OSError, ValueError):  # a closed pipe: what it held is lost either way
-                pass
-        os._exit(code)
+        _flushed_exit(code)
     return code
+
+
+def _flushed_exit(code):
+    """End the process now with `code`, what the console streams hold written first."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a closed pipe: what it held is lost either way
+            pass
+    os._exit(code)
+
+
+def program(main, *args, what="the command", stopped=""):
+    """A command as the process's program (its `entry`): `command`, then exit with its status. Once the status
+    is known a stop signal only ends the process at once with it: a second Ctrl-C arriving while Python shuts
+    down would otherwise meet Python's own handler and kill the process by SIGINT, not exit 130."""
+    code = command(main, *args, what=what, stopped=stopped)
+    if threading.current_thread() is threading.main_thread():
+        for s in STOP_SIGNALS:
+            signal.signal(s, lambda signum, frame: _flushed_exit(code))
+    sys.exit(code)
 
 
 def _command(main, *args, what="the command", stopped=""):

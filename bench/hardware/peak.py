@@ -265,4 +265,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    sys.exit(exits.command(main, sys.argv, what="clearing the peak cache"))
+    exits.program(main, sys.argv, what="clearing the peak cache")

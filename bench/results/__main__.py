@@ -29,4 +29,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    sys.exit(exits.command(main, sys.argv[1:], what="the upgrade"))
+    exits.program(main, sys.argv[1:], what="the upgrade")

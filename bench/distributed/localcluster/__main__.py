@@ -96,4 +96,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(exits.command(main, sys.argv[1:], what="localcluster"))
+    exits.program(main, sys.argv[1:], what="localcluster")
