@@ -311,8 +311,20 @@ GOOD = {"onednn": "on", "xla": True, "batch_norm": "fused", "inter_op_threads": 
         {"settings": {**GOOD, "xla": 1}},  # JSON's 1 is not True
         {"settings": {**GOOD, "batch_norm": "fast"}},  # ValueError in the run before
         {"settings": {**GOOD, "inter_op_threads": "1"}},
+        {"settings": {}},  # probed again without a word before
+        {"settings": {"steps_per_loop": -5}},  # no probed setting, one that is no setting at all
     ],
-    ids=["no-settings", "settings-a-number", "a-list", "xla-yes", "xla-1", "batch-norm-unknown", "threads-text"],
+    ids=[
+        "no-settings",
+        "settings-a-number",
+        "a-list",
+        "xla-yes",
+        "xla-1",
+        "batch-norm-unknown",
+        "threads-text",
+        "settings-empty",
+        "settings-of-nothing-probed",
+    ],
 )
 def test_a_malformed_cached_entry_is_a_miss_with_a_line(tuned_cpu, capsys, entry):
     cfg, key = tuned_cpu

@@ -336,15 +336,16 @@ def _one_of(value, values):
 
 
 def cached_choice(entry, plan):
-    """The cached settings of `plan`'s fields, or None: no entry, one for other fields, or one this version cannot
-    use (malformed, or of another version: then a warning line, and the settings are probed again)."""
+    """The cached settings of `plan`'s fields, or None: no entry, or one this version cannot use (malformed, one
+    that lacks a probed setting, or of another version: then a warning line, and the settings are probed again)."""
     if entry is None:
         return None
     settings = entry.get("settings") if isinstance(entry, dict) else None
-    if not isinstance(settings, dict):
+    missing = [name for name, _ in plan if name not in settings] if isinstance(settings, dict) else []
+    if not isinstance(settings, dict) or not settings:
         problem = "no settings"
-    elif not all(name in settings for name, _ in plan):
-        return None  # chosen for other fields (a setting given since as a flag or variable): probed afresh
+    elif missing:  # another version's, or edited: this key's entry must choose every probed setting
+        problem = f"no {', '.join(missing)}"
     else:
         bad = [f"{name}={settings[name]!r}" for name, values in plan if not _one_of(settings[name], values)]
         if not bad:
