@@ -405,8 +405,11 @@ def main(argv, values=FLAGS):
             other_mode=given(values, ARM_FLAGS[2:]) + given(values, [f.name for f in options.flag_fields()]),
             out_files=table_compare.output_paths(table_compare.out_dir(values)) if values.new else (),
         )
-        for path in (values.base, values.new):
-            table.check_header(path)  # another file's header: ResultsError
+        for flag, path in (("--base", values.base), ("--new", values.new)):
+            try:
+                table.check_header(path)  # another file's header: ResultsError
+            except table.ResultsError as err:
+                raise table.ResultsError(f"{flag}: {err}") from None
         return table_compare.run(values)
     return run_arms(values)
 

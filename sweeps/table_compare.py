@@ -252,6 +252,13 @@ def run(values):
         )
         print(f"warning: {warning}", file=sys.stderr, flush=True)
     base_df, new_df = report.load(values.base), report.load(values.new)
+    shared = (set(base_df["run_id"]) & set(new_df["run_id"])) - {""}
+    if shared and not warning:  # a copy of one table, or rows copied into both
+        warning = (
+            f"--base and --new hold {len(shared)} of the same runs (the same run_id, e.g. {min(shared)}): those "
+            f"rows are compared with themselves, not as two independent samples."
+        )
+        print(f"warning: {warning}", file=sys.stderr, flush=True)
     vary_values = {c: tuple(_values(df, c) for df in (base_df, new_df)) for c in values.vary}
     matches, only_base, only_new, columns = compare(
         base_df, new_df, values.vary, values.band, values.fail_on_regression

@@ -276,12 +276,15 @@ def test_arms_are_checked_as_bench_run_checks_them_before_either_runs(tmp_path, 
         ),
         (["--a=--batch_norm keras", "--b=--num_gpus 1", f"--results={good}"], "--b='--num_gpus 1': --num_gpus=1"),
         (["--a=", f"--b=--data tfds --tfds_dir {tmp_path}", f"--results={good}"], "CIFAR-10 is not prepared"),
+        (["--base", str(foreign), "--new", str(older)], f"--base: {foreign} is not a results table (header: "),
+        (["--base", str(older), "--new", str(binary)], f"--new: {binary} is not a results table (not UTF-8"),
     ]
     for args, expected in cases:
         before = {p: p.read_bytes() for p in (foreign, binary, older)}
-        code, out, err = compare_main(capsys, *args, *TINY)
+        code, out, err = compare_main(capsys, *args, *([] if "--base" in args else TINY))
         assert code == 2 and len(err) == 1 and err[0].startswith("error: ") and err[0].count("error:") == 1, err
         assert err[0].endswith(expected) if "upgrade" in expected else expected in err[0], err
+        assert "--results" not in err[0] or "--results" in " ".join(args), err  # the flag at fault, not another
         assert fake_runs == [] and not os.path.exists(good), args
         assert {p: p.read_bytes() for p in before} == before
 
@@ -446,6 +449,10 @@ def test_the_same_table_as_base_and_new_is_warned_about(tmp_path, capsys):
     _table(other, [(20, "A", 600), (20, "A", 610)])
     code, _, err = compare_main(capsys, "--base", str(base), "--new", str(other), "--out_dir", str(tmp_path / "o"))
     assert code == 0 and err == []
+    copy = tmp_path / "copy.csv"  # a copy of the table: other file, the same runs
+    copy.write_bytes(base.read_bytes())
+    code, _, err = compare_main(capsys, "--base", str(base), "--new", str(copy), "--out_dir", str(tmp_path / "o"))
+    assert code == 0 and len(err) == 1 and "hold 2 of the same runs (the same run_id, e.g. base0)" in err[0], err
 
 
 def test_verdicts_say_what_the_interval_says():

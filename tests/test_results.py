@@ -228,4 +228,7 @@ def test_upgrading_a_file_that_is_not_there_leaves_no_lock(tmp_path):
     (tmp_path / "folder.csv").mkdir()
     with pytest.raises(table.ResultsError, match="is a folder, not a results file"):
         table.upgrade(str(tmp_path / "folder.csv"))
-    assert os.listdir(tmp_path) == ["folder.csv"]
+    (tmp_path / "empty.csv").write_bytes(b"")  # a table without rows: nothing to convert, nothing left beside it
+    with pytest.raises(table.ResultsError, match="is empty: there is nothing to upgrade"):
+        table.upgrade(str(tmp_path / "empty.csv"))
+    assert sorted(os.listdir(tmp_path)) == ["empty.csv", "folder.csv"]

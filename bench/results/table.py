@@ -260,9 +260,8 @@ def check_header(path, older_ok=True):
             f"would lose them there, so nothing is appended; use a new --results file, or convert this one "
             f"once with: {UPGRADE_COMMAND} {path}"
         )
-    raise ResultsError(
-        f"{path} is not a results table (header: {_first_difference(header)}); use another --results file"
-    )
+    hint = "; use another --results file" if not older_ok else ""  # appending there; reading names its own flag
+    raise ResultsError(f"{path} is not a results table (header: {_first_difference(header)}){hint}")
 
 
 def check_results_path(path):
@@ -459,6 +458,8 @@ def _upgrade_locked(path, real):
     header = _header_of(real)
     if header == SCHEMA:
         raise ResultsError(f"{path} already has this version's header")
+    if header is None:  # empty: no header, no rows, nothing to convert (the next run writes this version's header)
+        raise ResultsError(f"{path} is empty: there is nothing to upgrade (a run writes this version's header there)")
     check_header(real)  # an older schema, or ResultsError
     before = _read_bytes(real)
     rows = list(csv.DictReader(io.StringIO(before.decode("utf-8"), newline="")))
