@@ -236,7 +236,7 @@ def process_measure(cfg: RunConfig, device_kind, results_path):
             f"--comparison={label}",
             f"--arm={arm}",
         ]
-        done = processes.run_bench(args, results_path, timeout=PROBE_TIMEOUT_S)
+        done = processes.run_bench(args, results_path, timeout=PROBE_TIMEOUT_S, what="the probe")
         if not done.rows:
             return stats.Run(pair, arm, position, "failed", error=f"exit {done.returncode}: {done.last_line()}")
         row = done.rows[-1]

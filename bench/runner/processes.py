@@ -83,22 +83,22 @@ def child_env(extra=None):
     return env
 
 
-def run_bench(args, results_path, timeout=None, env=None, stop_grace=STOP_GRACE_S, out=None):
+def run_bench(args, results_path, timeout=None, env=None, stop_grace=STOP_GRACE_S, out=None, what="the run"):
     """Run `python -m bench.run ARGS`; its new rows in `results_path` are those with run ids not there before.
 
     Returns `Finished`. `timeout`: seconds, then the child is asked to stop (SIGTERM: its window, its
     row), killed `stop_grace` later. Raises `Stopped` if Ctrl-C or SIGTERM came meanwhile (relayed; see
-    the module docstring).
+    the module docstring). `what` names the child in the lines a signal prints ("the probe").
     """
-    return run_child([sys.executable, "-m", "bench.run", *args], results_path, timeout, env, stop_grace, out)
+    return run_child([sys.executable, "-m", "bench.run", *args], results_path, timeout, env, stop_grace, out, what)
 
 
-def run_child(command, results_path, timeout=None, env=None, stop_grace=STOP_GRACE_S, out=None):
+def run_child(command, results_path, timeout=None, env=None, stop_grace=STOP_GRACE_S, out=None, what="the run"):
     """`run_bench` for any command that writes rows to `results_path` (tests use small scripts)."""
     out = out or sys.stderr
     before = _run_ids(results_path)
     kept_before = set(_kept_beside(results_path))
-    relay = _Relay(stop_grace)
+    relay = _Relay(stop_grace, what)
     with contextlib.ExitStack() as stack:
         stdout = stack.enter_context(tempfile.TemporaryFile())
         stderr = stack.enter_context(tempfile.TemporaryFile())
@@ -132,8 +132,8 @@ def run_child(command, results_path, timeout=None, env=None, stop_grace=STOP_GRA
 class _Relay:
     """The parent's handler while a child runs: pass each Ctrl-C / SIGTERM on to the child."""
 
-    def __init__(self, stop_grace):
-        self.stop_grace, self.proc = stop_grace, None
+    def __init__(self, stop_grace, what="the run"):
+        self.stop_grace, self.proc, self.what = stop_grace, None, what
         self.name, self.count, self.last_at = None, 0, None
 
     def __call__(self, signum, frame):
@@ -144,11 +144,11 @@ class _Relay:
         if self.proc is not None:
             if self.count == 1:
                 exits.raw_stderr(
-                    f"\n{name}: passed to the run (pid {self.proc.pid}); waiting up to {self.stop_grace:.0f} s for it "
-                    f"to finish its window and write its row (again to stop it at once)\n"
+                    f"\n{name}: passed to {self.what} (pid {self.proc.pid}); waiting up to {self.stop_grace:.0f} s for "
+                    f"it to finish its window and write its row (again to stop it at once)\n"
                 )
             else:
-                exits.raw_stderr(f"\n{name} again: passed on; the run stops at once\n")
+                exits.raw_stderr(f"\n{name} again: passed on; {self.what} stops at once\n")
             _signal(self.proc, signum)
 
     def attach(self, proc):
