@@ -228,7 +228,10 @@ def test_report_bad_paths_are_one_line_exit_2(tmp_path):
     bom.write_text("\ufeff" + table.format_header())
     before = sorted(os.listdir(tmp_path))
     one_line_exit_2(command("sweeps.report", f"--results={csv_path}", "--out_dir=/proc/rep"), "/proc/rep")
-    one_line_exit_2(command("sweeps.report", f"--results={tmp_path}", f"--out_dir={tmp_path / 'o'}"), "not a file")
+    one_line_exit_2(
+        command("sweeps.report", f"--results={tmp_path}", f"--out_dir={tmp_path / 'o'}"),
+        "is a folder, not a results file",
+    )
     one_line_exit_2(command("sweeps.report", f"--results={binary}"), "binary")
     one_line_exit_2(command("sweeps.report", f"--results={bom}"), "column 1 is '\\ufeffrun_id'")
     assert not os.path.exists("/proc/rep")
