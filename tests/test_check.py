@@ -65,6 +65,7 @@ def test_bad_flags_are_one_line_and_exit_2(tmp_path):
     assert helped.returncode == 0 and "--only" in helped.stdout and "fp16_overflow_skipped" in helped.stdout
 
 
+@pytest.mark.slow  # the whole fp16 check twice: end to end
 def test_without_the_overflow_agreement_the_fp16_check_fails_and_the_tool_exits_1(monkeypatch):
     """Bypass the replicas' agreement on overflow (the Keras 3.15 behaviour): replica 0's finite local
     gradients let the step through, the inf from replica 1 is summed into every replica's weights."""

@@ -398,6 +398,7 @@ def test_a_runs_row_has_the_machine_columns(tmp_path):
     assert "peak RSS" in summary and "GPU: no NVIDIA GPU" in summary
 
 
+@pytest.mark.slow  # a real run with a window slept through: end to end
 def test_a_sleeping_window_marks_a_real_run_unstable(tmp_path, monkeypatch):
     real, calls = trainers.CustomLoopTrainer.run_steps, [0]
 

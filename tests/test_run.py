@@ -79,6 +79,7 @@ def test_non_finite_loss_is_recorded_as_diverged(tmp_path):
     assert row["status"] == "diverged" and "non-finite" in row["error"]
 
 
+@pytest.mark.slow  # two runs and a peak measured: end to end
 def test_a_cached_peak_below_the_achieved_rate_is_measured_again(tmp_path, monkeypatch):
     import json
 
@@ -433,7 +434,7 @@ def test_ctrl_c_stops_at_the_next_window_with_a_row_and_a_checkpoint(tmp_path):
     assert int(second[1]["total_steps"]) > steps
 
 
-@pytest.mark.parametrize("replicas", [1, 2])
+@pytest.mark.parametrize("replicas", [1, pytest.param(2, marks=pytest.mark.slow)])  # 2 replicas: end to end
 def test_fit_baseline_writes_a_fit_row(tmp_path, replicas):
     folder, _ = write_cifar(str(tmp_path / "cifar"), train_per_file=(64,), test=20)
     path = str(tmp_path / "summary.csv")

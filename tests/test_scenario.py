@@ -174,6 +174,7 @@ def test_accuracy_with_fresh_weights_single_stream(tmp_path, trained):
     assert row["loadgen_summary_log"].endswith(os.path.join("accuracy", loadgen.SUMMARY_LOG))
 
 
+@pytest.mark.slow  # a second LoadGen accuracy run: end to end
 def test_an_accuracy_that_differs_from_the_evaluation_fails_the_run(tmp_path, trained, monkeypatch):
     from bench.training import trainers
 
