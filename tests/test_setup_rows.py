@@ -61,6 +61,11 @@ def test_a_row_that_ended_in_setup_is_counted_with_its_configuration(tmp_path):
     assert len(matches) == 2 and not only_base and not only_new
 
 
+def test_a_setup_row_names_the_data_its_flags_chose_and_not_what_auto_would_find():
+    assert setup_row(config(), "x")["data"] == "synthetic"
+    assert setup_row(config(data="auto"), "y")["data"] == ""  # files, tfds or synthetic: the setup's to find
+
+
 def test_a_setup_row_that_fits_no_single_configuration_keeps_its_own_line(tmp_path):
     """Two devices ran this configuration: which one the interrupted run was on is unknown, so it is not guessed."""
     path = str(tmp_path / "s.csv")

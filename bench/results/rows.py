@@ -102,6 +102,7 @@ def config_row(cfg: RunConfig, status, error="", run_id=None):
         "shortcut": cfg.shortcut,
         "sync_bn": cfg.sync_bn,
         "flops_per_image": flops_per_image(cfg),
+        "data": cfg.data if cfg.data != "auto" else "",  # what auto found is the setup's (the row's facts)
         "mode": cfg.mode,
         "precision": cfg.precision,
         "xla": cfg.xla,
