@@ -273,7 +273,11 @@ def test_a_signal_to_a_sweep_exits_with_its_code_and_says_how_to_resume(sig, tmp
         "sweeps.tune", *LONG, "--shortcut=B", "--block=preact", "--name=conf", f"--results={results}",
         cache=cache,
     )  # fmt: skip
-    time.sleep(40)  # Ray up, the trial training
+    plan = tmp_path / "ray" / "conf" / "sweep.json"  # written once Ray is up, just before Tune starts the trial
+    deadline = time.monotonic() + 240
+    while not plan.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.5)
+    time.sleep(5)  # the trial starting
     proc.send_signal(sig)
     code, out, err = finish(proc)
     assert code == 128 + sig, (out[-1500:], err[-1500:])
@@ -420,10 +424,14 @@ def test_a_bad_value_of_a_run_flag_is_one_line_exit_2_nothing_written(command, f
 
 
 def test_the_ruleset_command_prints_a_file_and_a_closed_stdout_costs_it_nothing(tmp_path, cache):
+    """A reader that left wanted nothing more (exit 0); a stdout that cannot take the answer (a full disk) fails."""
     code, out, err = run("bench.results", "ruleset", cache=cache)
     assert code == 0 and os.path.isfile(out.strip()) and out.strip().endswith(".yaml"), (code, out, err)
     code, _, err = closed_stdout("bench.results", "ruleset", cache=cache)
     assert code == 0 and "Traceback" not in err, err[-2000:]
+    with open("/dev/full", "w") as full:
+        code, _, err = finish(start("bench.results", "ruleset", cache=cache, stdout=full))
+    assert code == 1 and "could not be written" in err and "Traceback" not in err, (code, err[-2000:])
 
 
 def test_a_closed_stdout_costs_clearing_the_cache_nothing(tmp_path):

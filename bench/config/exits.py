@@ -291,28 +291,31 @@ def raw_stderr(text):
 class _Guarded(io.TextIOBase):
     """A console stream whose reader may go away (`| head`, a closed terminal): once a write fails with
     a broken pipe or a closed descriptor, it writes nothing more and never raises. A run's row is
-    never lost to its console."""
+    never lost to its console. `failed_write` keeps a failure that was not the reader leaving (a full disk
+    behind `>/dev/full`): for a command whose output is its answer."""
 
     def __init__(self, stream):
-        self._stream, self.closed_by_reader = stream, False
+        self._stream, self.closed_by_reader, self.failed_write = stream, False, None
 
     def write(self, text):
         if not self.closed_by_reader:
             try:
                 self._stream.write(text)
-            except (BrokenPipeError, ValueError, OSError):
-                self._lost()
+            except (ValueError, OSError) as exc:
+                self._lost(exc)
         return len(text)
 
     def flush(self):
         if not self.closed_by_reader:
             try:
                 self._stream.flush()
-            except (BrokenPipeError, ValueError, OSError):
-                self._lost()
+            except (ValueError, OSError) as exc:
+                self._lost(exc)
 
-    def _lost(self):
+    def _lost(self, exc):
         self.closed_by_reader = True
+        if not isinstance(exc, BrokenPipeError):
+            self.failed_write = exc
         with contextlib.suppress(OSError, ValueError):  # the interpreter's own flush at exit must not fail either
             devnull = os.open(os.devnull, os.O_WRONLY)
             os.dup2(devnull, self._stream.fileno())

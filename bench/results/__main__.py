@@ -12,10 +12,12 @@ from bench.results import mlperf_log, table
 
 def main(argv):
     """`upgrade FILE`: convert a table of an older schema; `ruleset`: print the MLPerf ruleset's path."""
-    if argv == ["ruleset"]:  # its output is the answer: one that could not be written is a failure
+    if argv == ["ruleset"]:  # its output is the answer: a write that failed (not a reader gone) is a failure
         print(mlperf_log.ruleset_path(), flush=True)
-        if getattr(sys.stdout, "closed_by_reader", False):
-            exits.error("the ruleset's path could not be written to standard output")
+        failed = getattr(sys.stdout, "failed_write", None)
+        if failed is not None:
+            reason = getattr(failed, "strerror", None) or failed
+            exits.error(f"the ruleset's path could not be written to standard output ({reason})")
             return exits.EXIT_FAILED
         return exits.EXIT_OK
     if len(argv) != 2 or argv[0] != "upgrade":
