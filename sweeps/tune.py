@@ -256,15 +256,15 @@ def check_paths(opts: SweepOptions):
 class SweepStopped(exits.Interrupted):
     """Ctrl-C or SIGTERM ended the sweep: `missing` names the trials without a row."""
 
-    def __init__(self, name, missing, total):
+    def __init__(self, name, missing, total, resumable=True):
         super().__init__(name)
-        self.missing, self.total = missing, total
+        self.missing, self.total, self.resumable = missing, total, resumable
 
 
 def start_ray(opts: SweepOptions):
+    ray_connection.connect(opts.address)  # an address that does not answer: refused within 30 s
     import ray
 
-    ray_connection.connect(opts.address)  # an address that does not answer: refused within 30 s
     try:
         # Ray would wait forever for a trial that can never be placed
         setup_checks.check_cluster_has({"GPU": opts.gpus_per_trial}, ray.cluster_resources(), "--num_gpus (per trial)")
@@ -288,12 +288,15 @@ def run_sweep(trials, opts: SweepOptions):
             runs = json.load(fh)["runs"]
     else:
         runs = {t.key: json.loads(json.dumps(dataclasses.asdict(t.config))) for t in trials}
-    ray = start_ray(opts)
     stop = exits.StopRequest(
         announce="stopping the sweep (the trials running now end without a row)",
         on_exit=ray_connection.kill_started_processes,
     )
-    with exits.on_signals(stop):  # after ray.init: Ray's core installs a SIGTERM handler of its own (a stack dump)
+    with exits.on_signals(stop):  # from before ray.init: `connect` keeps it in force over Ray's own SIGTERM handler
+        try:
+            ray = start_ray(opts)
+        except exits.Interrupted as stopped:  # a SIGTERM that Ray's handler took while Ray started
+            ray, stop.name = None, stopped.name
         try:
             grid = None if stop.name else _fit(ray, runs, opts, path, stop)
             # A driver killed between a trial's end and its row: the finished result is still in the grid.
@@ -303,11 +306,13 @@ def run_sweep(trials, opts: SweepOptions):
                     systems.save_all(opts.results, json.loads(result.metrics.get("systems") or "[]"))
                     table.save_row(os.path.abspath(opts.results), row)
         finally:
-            ray.shutdown()
+            if ray is not None:
+                ray.shutdown()
     done = [r for r in table.read_rows(opts.results) if r["sweep"] == opts.name and r["trial_key"] in runs]
     if stop.name:
         have = {r["trial_key"] for r in done}
-        raise SweepStopped(stop.name, [key for key in runs if key not in have], len(runs))
+        started = os.path.isfile(os.path.join(path, "sweep.json"))  # else there is nothing to resume: run it again
+        raise SweepStopped(stop.name, [key for key in runs if key not in have], len(runs), resumable=started)
     return done
 
 
@@ -432,7 +437,7 @@ def stopped_line(opts, stopped):
         return f"sweep {opts.name} was stopped by {stopped.name} after every trial had its row in {opts.results}"
     names = ", ".join(_key_name(key) for key in stopped.missing[:5])
     names += f", ... ({len(stopped.missing) - 5} more)" if len(stopped.missing) > 5 else ""
-    again = opts.command if opts.resume else f"{opts.command} --resume"
+    again = opts.command if opts.resume or not stopped.resumable else f"{opts.command} --resume"
     return (
         f"sweep {opts.name} was stopped by {stopped.name}: {len(stopped.missing)} of {stopped.total} trials have "
         f"no row in {opts.results} ({names}); to run them: {again}"

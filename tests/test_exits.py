@@ -179,3 +179,47 @@ def test_a_second_signal_to_a_ray_driver_takes_the_processes_it_started_with_it(
     stat = f"/proc/{child}/stat"
     state = open(stat).read().split()[2] if os.path.exists(stat) else "gone"
     assert state in ("gone", "Z"), f"the child {child} still runs (state {state})"
+
+
+class _RayThatTakesSigterm:
+    """What `ray.init` does to a process's SIGTERM: installs its own handler (`sys.exit(15)`); `signalled`: a
+    SIGTERM arrives while it starts and meets that handler."""
+
+    def __init__(self, signalled):
+        self.signalled, self.shut_down = signalled, False
+
+    def init(self, **kwargs):
+        signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(signum))
+        if self.signalled:
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(1)  # the handler runs between bytecodes
+
+    def shutdown(self):
+        self.shut_down = True
+
+
+@pytest.mark.parametrize("signalled", [False, True], ids=["started", "SIGTERM while starting"])
+def test_starting_ray_keeps_the_commands_signal_handlers(signalled, monkeypatch):
+    """A sweep's SIGTERM while Ray started met Ray's handler and the sweep exited 15 with nothing said: the
+    command's handlers are in force again after `ray.init`, and a SIGTERM that Ray took is `Interrupted`, what
+    Ray started stopped and the process left to end without the interpreter's shutdown."""
+    from bench.distributed import ray_connection
+
+    killed, left = [], []
+    monkeypatch.setattr(ray_connection, "kill_started_processes", lambda: killed.append(True))
+    monkeypatch.setattr(exits, "_LEFT_RUNNING", left)
+    ray = _RayThatTakesSigterm(signalled)
+    mine = exits.Deferred()
+    before = {s: signal.signal(s, mine) for s in exits.STOP_SIGNALS}
+    try:
+        if signalled:
+            with pytest.raises(exits.Interrupted) as stopped:
+                ray_connection._init_keeping_handlers(ray, {})
+            assert stopped.value.name == "SIGTERM" and ray.shut_down and killed and left
+        else:
+            ray_connection._init_keeping_handlers(ray, {})
+            assert not ray.shut_down and not killed and not left
+        assert all(signal.getsignal(s) is mine for s in exits.STOP_SIGNALS)
+    finally:
+        for s, handler in before.items():
+            signal.signal(s, handler)

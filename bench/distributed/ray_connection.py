@@ -10,10 +10,13 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import signal
 import socket
+import sys
 import threading
 import time
 
+from bench.config import exits
 from bench.config.exits import first_line
 from bench.config.options import ConfigError
 from bench.hardware.devices import native_stderr_captured
@@ -40,13 +43,13 @@ def connect(address):
     """
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
-    import ray
+    ray = _import_ray_for_a_driver()
 
     if ray.is_initialized():
         return False
     kwargs = dict(include_dashboard=False, log_to_driver=False, configure_logging=True, logging_level="ERROR")
     if not address:
-        ray.init(**kwargs)
+        _init_keeping_handlers(ray, kwargs)
         _quiet_ray_driver_logs()
         return True
     deadline = time.monotonic() + CONNECT_TIMEOUT_S
@@ -72,6 +75,50 @@ def connect(address):
         raise ConfigError(f"--address={address}: cannot connect to Ray ({first_line(outcome['error'])})")
     _quiet_ray_driver_logs()
     return False
+
+
+def _import_ray_for_a_driver():
+    """Ray, imported with its C++ failure-signal handler off in this process (Ray's documented
+    RAY_DISABLE_FAILURE_SIGNAL_HANDLER, read when Ray is imported): in a command's process it takes a SIGTERM
+    that arrives while `ray.init` runs (a stack dump, the command's own handler, then death by SIGABRT). The
+    variable is set for the import only: the processes Ray starts (trials, workers) keep Ray's handler. A
+    value the user set stands."""
+    if "ray" in sys.modules:
+        import ray
+
+        return ray
+    mine = "RAY_DISABLE_FAILURE_SIGNAL_HANDLER" not in os.environ
+    if mine:
+        os.environ["RAY_DISABLE_FAILURE_SIGNAL_HANDLER"] = "1"
+    try:
+        import ray
+    finally:
+        if mine:
+            os.environ.pop("RAY_DISABLE_FAILURE_SIGNAL_HANDLER", None)
+    return ray
+
+
+def _init_keeping_handlers(ray, kwargs):
+    """`ray.init` in the main thread, the command's Ctrl-C and SIGTERM handlers in force again after it: Ray
+    installs its own SIGTERM handler there (`sys.exit(15)`). A SIGTERM that met Ray's handler meanwhile is
+    `exits.Interrupted`: what Ray had started is stopped, and the command's process ends with its status
+    without the interpreter's shutdown (`exits.left_running`), which a Ray stopped half-way makes crash."""
+    kept = {s: signal.getsignal(s) for s in exits.STOP_SIGNALS}
+    try:
+        ray.init(**kwargs)
+    except SystemExit as exc:
+        if exc.code != signal.SIGTERM:
+            raise
+        with contextlib.suppress(Exception):
+            ray.shutdown()
+        kill_started_processes()  # what the half-started Ray had started
+        exits.left_running("Ray, stopped while it started")  # its half-made core crashes the interpreter's exit
+        raise exits.Interrupted("SIGTERM") from None
+    finally:
+        if threading.current_thread() is threading.main_thread():
+            for s, handler in kept.items():
+                if handler is not None:
+                    signal.signal(s, handler)
 
 
 def _quiet_ray_driver_logs():
