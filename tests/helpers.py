@@ -1,12 +1,14 @@
 """Small builders shared by the tests (no assertions here). The step-function builders are the self-check's
 (bench.selfcheck.env: make_step_functions, random_batch, batches, ...), with conftest's `check_env` fixture."""
 
+import os
+import time
+
 
 def seed_peak_cache(folder, intra=None):
     """A fresh, quiet peak reading for this CPU (oneDNN on and off; `intra`: a worker's thread count) in
     `folder`/peak.json, so a run there does not spend ~20 s measuring it (bench.hardware.peak.device_key's keys)."""
     import json
-    import os
 
     import tensorflow as tf
 
@@ -28,7 +30,6 @@ def mirrored_loss(folder, steps):
     """The final training loss of the one-process, 2-replica run of what a 2-worker test run computes (ResNet-8,
     synthetic batches of 16 per replica, the same seed, one step a window): a multi-worker run must match it."""
     import io
-    import os
 
     from bench.config.options import RunConfig
     from bench.runner import benchmark
@@ -60,3 +61,33 @@ def compare_main(capsys, *args):
     code = exits.command(compare.main, ["sweeps.compare"], values, what="the comparison")
     out, err = capsys.readouterr()
     return code, out, err.strip().splitlines()
+
+
+def children(pid):
+    """The pids whose parent is `pid` (from /proc)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as fh:
+                    if int(fh.read().rsplit(")", 1)[1].split()[1]) == pid:
+                        found.append(int(entry))
+            except (OSError, ValueError, IndexError):
+                continue
+    return found
+
+
+def arm_training(proc, timeout=240):
+    """The pid of the `bench.run` that the comparison `proc` runs, once it trains: its console (a file the
+    comparison keeps, read through /proc) shows a step line, so a signal now meets its training, not its setup."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.poll() is None:
+        for child in children(proc.pid):
+            try:
+                with open(f"/proc/{child}/fd/1", errors="replace") as console:
+                    if "step " in console.read():
+                        return child
+            except OSError:
+                continue
+        time.sleep(0.5)
+    raise AssertionError(f"no arm of the comparison trained within {timeout} s (exit {proc.poll()})")

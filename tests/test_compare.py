@@ -8,7 +8,7 @@ import sys
 import time
 
 import pytest
-from helpers import compare_main
+from helpers import arm_training, compare_main
 
 from bench.results import stats, table
 from sweeps import compare, table_compare
@@ -203,25 +203,6 @@ def test_varied_columns_still_match():
     assert not matches and len(only_base) == len(only_new) == 1
     matches, *_ = table_compare.compare(base.copy(), new.copy(), vary=["tf_version"])
     assert len(matches) == 1 and math.isclose(matches[0].ratio, math.sqrt(110 * 111 / (100 * 101)))
-
-
-@pytest.mark.e2e
-@pytest.mark.slow
-def test_a_real_comparison_of_two_tiny_arms_in_abba_order(tmp_path):
-    out = tmp_path / "summary.csv"
-    proc = compare_cli(
-        "--a=--batch_norm keras", "--b=--batch_norm fused", "--pairs=2", "--comparison=tiny", f"--results={out}", *TINY
-    )
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    rows = table.read_rows(str(out))
-    assert [(r["comparison"], r["arm"], r["batch_norm"]) for r in rows] == [
-        ("tiny", "A", "keras"),
-        ("tiny", "B", "fused"),
-        ("tiny", "B", "fused"),
-        ("tiny", "A", "keras"),
-    ]
-    assert all(r["status"] == "ok" and r["command"].startswith("python -m bench.run") for r in rows)
-    assert "images/sec B/A:" in proc.stdout and "verdict: " in proc.stdout and "[4/4] pair 2 A:" in proc.stdout
 
 
 # ---------------------------------------------------------------------------
@@ -495,20 +476,6 @@ def test_a_stopped_comparison_says_where_the_stopped_runs_row_is(tmp_path, capsy
     assert "stopped; the rows written so far stay in" in out
 
 
-def _children(pid):
-    """The pids whose parent is `pid` (from /proc)."""
-    found = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as fh:
-                    if int(fh.read().rsplit(")", 1)[1].split()[1]) == pid:
-                        found.append(int(entry))
-            except (OSError, ValueError, IndexError):
-                continue
-    return found
-
-
 @pytest.mark.e2e
 @pytest.mark.slow
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
@@ -528,12 +495,7 @@ def test_a_stopped_comparison_waits_for_the_running_arms_interrupted_row(tmp_pat
         start_new_session=True,  # its own process group, as a terminal's foreground job has
     )
     try:
-        deadline = time.time() + 120
-        while not _children(proc.pid):
-            assert time.time() < deadline and proc.poll() is None, "no bench.run started"
-            time.sleep(0.2)
-        (child,) = _children(proc.pid)
-        time.sleep(40)  # into its training, on a loaded 2-core machine too (else its row says "while setting up")
+        child = arm_training(proc)  # else its row says "while setting up"
         if signum == signal.SIGINT:
             os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C on the terminal does: the whole foreground group
         else:

@@ -15,7 +15,10 @@ it something it must refuse, with the outcome the README promises.
 Adding a command to the project means adding it to COMMANDS (and to the cells that apply to it). A new way
 for a run to start is a row of its own (`RUNS`: a LoadGen scenario, plain multi-worker processes), and a
 new output of a command is one of its cells (`bench.check`'s system description beside the table).
-End-to-end: each cell is a real process (`-m e2e`).
+End-to-end: each cell is a real process (`-m e2e`). Two cells live beside the tests of their command, which
+check more of them: SIGINT / SIGTERM to a comparison (tests/test_compare.py, a terminal's Ctrl-C to the whole
+process group, the arm's `interrupted` row, no process left) and to a sweep (tests/test_sweeps.py, a first
+and a resumed sweep stopped, the trials without a row named with the command that runs them).
 """
 
 import os
@@ -25,7 +28,7 @@ import sys
 import time
 
 import pytest
-from helpers import seed_peak_cache
+from helpers import arm_training, seed_peak_cache
 
 from bench.results import table
 
@@ -250,40 +253,6 @@ def test_a_signal_to_a_run_ends_in_its_interrupted_row(way, sig, tmp_path, cache
     assert row["status"] == "interrupted" and got_somewhere(row), row
 
 
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
-def test_a_signal_to_a_comparison_reaches_its_running_arm(sig, tmp_path, cache):
-    results = tmp_path / "s.csv"
-    proc = start(
-        "sweeps.compare", "--a=--batch_norm=keras", "--b=--batch_norm=fused", *LONG, f"--results={results}",
-        cache=cache,
-    )  # fmt: skip
-    time.sleep(45)  # the first arm is set up and training (its row is written when it ends)
-    proc.send_signal(sig)
-    code, out, err = finish(proc)
-    assert code == 128 + sig, err[-2000:]
-    statuses = [r["status"] for r in table.read_rows(str(results))] if results.exists() else []
-    assert "interrupted" in statuses, (statuses, err[-2000:])
-    assert "Traceback" not in err
-
-
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
-def test_a_signal_to_a_sweep_exits_with_its_code_and_says_how_to_resume(sig, tmp_path, cache):
-    results = tmp_path / "s.csv"
-    proc = start(
-        "sweeps.tune", *LONG, "--shortcut=B", "--block=preact", "--name=conf", f"--results={results}",
-        cache=cache,
-    )  # fmt: skip
-    plan = tmp_path / "ray" / "conf" / "sweep.json"  # written once Ray is up, just before Tune starts the trial
-    deadline = time.monotonic() + 240
-    while not plan.exists() and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.5)
-    time.sleep(5)  # the trial starting
-    proc.send_signal(sig)
-    code, out, err = finish(proc)
-    assert code == 128 + sig, (out[-1500:], err[-1500:])
-    assert "--resume" in out + err
-
-
 def test_a_signal_to_the_self_check_is_one_line(tmp_path, cache):
     proc = start("bench.check", cache=cache)
     time.sleep(8)
@@ -315,7 +284,7 @@ def test_a_second_sigint_to_a_comparison_exits_130_at_once(tmp_path, cache):
         "sweeps.compare", "--a=--batch_norm=keras", "--b=--batch_norm=fused", *LONG, "--steps=100000",
         "--steps_per_loop=20000", f"--results={results}", cache=cache,
     )  # fmt: skip
-    time.sleep(45)  # the first arm is inside its first window of 20,000 steps
+    arm_training(proc)  # the first arm is inside its first window of 20,000 steps
     proc.send_signal(signal.SIGINT)
     time.sleep(1)
     proc.send_signal(signal.SIGINT)

@@ -62,29 +62,6 @@ def test_space_is_the_product_with_stable_keys():
 
 
 @pytest.mark.e2e
-def test_two_by_two_sweep_leaves_four_ok_rows(tmp_path):
-    path = tmp_path / "summary.csv"
-    fast = [a for a in FAST if not a.startswith("--steps_per_loop")]
-    # any RunConfig field is an axis: steps_per_loop reaches the rows as the architecture does
-    proc = sweep_cli(
-        "--n=1,2",
-        "--steps_per_loop=2,3",
-        "--shortcut=A",
-        *fast,
-        "--name=grid",
-        f"--storage={tmp_path}/ray",
-        f"--results={path}",
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    rows = table.read_rows(str(path))
-    assert len(rows) == 4
-    assert sorted((r["n"], r["steps_per_loop"]) for r in rows) == [("1", "2"), ("1", "3"), ("2", "2"), ("2", "3")]
-    assert all("steps_per_loop=" in r["trial_key"] for r in rows)
-    assert all(r["status"] == "ok" and r["sweep"] == "grid" and float(r["images_per_sec"]) > 0 for r in rows)
-    assert {r["depth"] for r in rows} == {"8", "14"}
-
-
-@pytest.mark.e2e
 def test_a_diverging_trial_gets_its_row_and_the_others_finish(tmp_path):
     from sweeps import tune as sweep
 
@@ -116,9 +93,13 @@ def _rows_in(path):
 
 
 @pytest.mark.e2e
-def test_killed_sweep_resumes_with_one_row_per_trial(tmp_path):
+def test_a_killed_two_by_two_sweep_resumes_to_four_ok_rows(tmp_path):
+    """SIGKILL to the driver after its first row (no handler runs), then --resume: one row per trial. Any
+    RunConfig field is an axis: steps_per_loop reaches the rows as the architecture does."""
     path = str(tmp_path / "summary.csv")
-    args = ["--n=1,2", "--shortcut=A,B", *FAST, "--name=killme", f"--storage={tmp_path}/ray", f"--results={path}"]
+    fast = [a for a in FAST if not a.startswith("--steps_per_loop")]
+    grid = ["--n=1,2", "--steps_per_loop=2,3", "--shortcut=A", *fast]
+    args = [*grid, "--name=killme", f"--storage={tmp_path}/ray", f"--results={path}"]
     env = {**os.environ, "PYTHONPATH": ROOT, "RAY_AUTH_MODE": "disabled"}
     proc = subprocess.Popen(
         [sys.executable, "-m", "sweeps.tune", *args],
@@ -140,7 +121,9 @@ def test_killed_sweep_resumes_with_one_row_per_trial(tmp_path):
     assert again.returncode == 0, again.stderr[-3000:]
     rows = table.read_rows(path)
     assert len(rows) == 4 and len({r["trial_key"] for r in rows}) == 4
-    assert all(r["status"] == "ok" for r in rows)
+    assert sorted((r["n"], r["steps_per_loop"]) for r in rows) == [("1", "2"), ("1", "3"), ("2", "2"), ("2", "3")]
+    assert all("steps_per_loop=" in r["trial_key"] for r in rows) and {r["depth"] for r in rows} == {"8", "14"}
+    assert all(r["status"] == "ok" and r["sweep"] == "killme" and float(r["images_per_sec"]) > 0 for r in rows)
 
 
 @pytest.mark.e2e
