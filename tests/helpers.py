@@ -2,7 +2,19 @@
 (bench.selfcheck.env: make_step_functions, random_batch, batches, ...), with conftest's `check_env` fixture."""
 
 import os
+import subprocess
+import sys
 import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def python(*argv, env=None, cwd=ROOT, timeout=600):
+    """`python ARGV` (`"-m", "bench.run", ...`) run to its end with this checkout's code: the finished process,
+    its output as text. `env`: variables added to this process's (None removes one)."""
+    merged = {**os.environ, "PYTHONPATH": ROOT, **(env or {})}
+    merged = {key: value for key, value in merged.items() if value is not None}
+    return subprocess.run([sys.executable, *argv], cwd=cwd, env=merged, capture_output=True, text=True, timeout=timeout)
 
 
 def seed_peak_cache(folder, intra=None):

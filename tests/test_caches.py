@@ -2,14 +2,13 @@
 malformed or of another version, are one warning line and a run that measures without them; nothing is cached
 that nothing measured."""
 
+import functools
 import json
 import os
-import subprocess
-import sys
 
 import filelock
 import pytest
-from helpers import seed_peak_cache
+from helpers import python, seed_peak_cache
 
 from bench.config import caches
 from bench.hardware import peak
@@ -166,11 +165,7 @@ def test_the_sweep_plan_reads_a_malformed_peak_cache_as_none(tmp_path, monkeypat
     assert plan.cached_peak_gflops("float32") == 80.0
 
 
-def cli(args, env, timeout=300):
-    env = {**os.environ, "PYTHONPATH": ROOT, **env}
-    return subprocess.run(
-        [sys.executable, "-m", "bench.run", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout
-    )
+cli = functools.partial(python, "-m", "bench.run", timeout=300)
 
 
 @pytest.mark.e2e
@@ -180,7 +175,7 @@ def test_bench_run_with_a_read_only_cache_is_one_warning_and_an_ok_row(tmp_path)
     os.makedirs(cache / "peak.json.lock")  # root can write a chmod 555 folder; nobody can open a folder as a file
     before = (cache / "peak.json").read_bytes()
     results = tmp_path / "s.csv"
-    proc = cli([*TINY, f"--results={results}"], {"RESNET_BENCH_CACHE": str(cache)})
+    proc = cli(*TINY, f"--results={results}", env={"RESNET_BENCH_CACHE": str(cache)})
     assert proc.returncode == 0, proc.stderr[-2000:]
     [line] = warnings_in(proc.stderr)
     assert "cannot be written" in line and not [x for x in proc.stderr.splitlines() if x.startswith("error")]

@@ -1,5 +1,6 @@
 """python -m sweeps.compare: bad input, the printed verdicts, table against table, one real A/B run."""
 
+import functools
 import math
 import os
 import signal
@@ -8,7 +9,7 @@ import sys
 import time
 
 import pytest
-from helpers import arm_training, compare_main
+from helpers import arm_training, compare_main, python
 
 from bench.results import stats, table
 from sweeps import compare, table_compare
@@ -17,16 +18,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ["--data=synthetic", "--n=1", "--batch_size=16", "--steps=12", "--warmup_steps=2"]
 
 
-def compare_cli(*args, timeout=600):
-    env = {**os.environ, "PYTHONPATH": ROOT}
-    return subprocess.run(
-        [sys.executable, "-m", "sweeps.compare", *args],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+compare_cli = functools.partial(python, "-m", "sweeps.compare")
 
 
 @pytest.mark.e2e

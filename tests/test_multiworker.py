@@ -7,6 +7,7 @@ timeout (compared step for step with the 2-replica MirroredStrategy run), and a 
 restarts allowed through the CLI. Each Ray launch costs 35-55 s on the 2-core development VM.
 """
 
+import functools
 import io
 import json
 import os
@@ -17,7 +18,7 @@ import time
 
 import pytest
 from cifar_files import write_cifar
-from helpers import mirrored_loss
+from helpers import mirrored_loss, python
 
 from bench.config import exits, options, setup_checks, validation
 from bench.config.options import ConfigError, RunConfig
@@ -124,11 +125,7 @@ def test_older_results_files_take_the_new_columns(tmp_path):
     assert tuple(rows[0]) == table.SCHEMA and rows[0]["num_workers"] == "" and rows[1]["num_workers"] == "2"
 
 
-def cli(*args, timeout=120):
-    env = {**os.environ, "PYTHONPATH": ROOT, "RAY_AUTH_MODE": "disabled"}
-    return subprocess.run(
-        [sys.executable, "-m", "bench.run", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout
-    )
+cli = functools.partial(python, "-m", "bench.run", timeout=120)
 
 
 @pytest.fixture

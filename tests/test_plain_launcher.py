@@ -9,6 +9,7 @@ mirrored run's, Ctrl-C and SIGTERM relayed to the workers (the interrupted row, 
 running), a worker that dies.
 """
 
+import functools
 import glob
 import io
 import json
@@ -21,7 +22,7 @@ import time
 
 import psutil
 import pytest
-from helpers import mirrored_loss
+from helpers import mirrored_loss, python
 
 from bench.config import exits, setup_checks, validation
 from bench.config.options import ConfigError, RunConfig
@@ -164,11 +165,7 @@ def cli_args(path, *extra):
     ]
 
 
-def run_cli(args, timeout=600):
-    env = {**os.environ, "PYTHONPATH": ROOT}
-    return subprocess.run(
-        [sys.executable, "-m", "bench.run", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout
-    )
+run_cli = functools.partial(python, "-m", "bench.run")
 
 
 def plain_workers_of(pid):
@@ -212,7 +209,7 @@ def test_bad_launcher_input_is_one_line_exit_2(tmp_path):
         (cli_args(path, "--workers=0"), "--workers"),
         (cli_args(path, "--cpus_per_worker=8"), "this machine has"),  # known only to the launcher: still no worker
     ):
-        proc = run_cli(args, timeout=300)
+        proc = run_cli(*args, timeout=300)
         lines = proc.stderr.strip().splitlines()
         assert proc.returncode == 2 and len(lines) == 1 and lines[0].startswith("error:"), (args, proc.stderr)
         assert message in lines[0] and "Traceback" not in proc.stderr, (args, proc.stderr)
@@ -223,7 +220,7 @@ def test_bad_launcher_input_is_one_line_exit_2(tmp_path):
 @pytest.mark.e2e
 def test_two_plain_workers_train_as_the_two_replica_mirrored_run(tmp_path):
     path = tmp_path / "summary.csv"
-    proc = run_cli(cli_args(path, "--steps=12", "--steps_per_loop=1", "--warmup_steps=1"))
+    proc = run_cli(*cli_args(path, "--steps=12", "--steps_per_loop=1", "--warmup_steps=1"))
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     row = table.read_rows(str(path))[0]
     assert row["status"] == "ok" and row["launcher"] == "tf_config" and row["num_workers"] == "2"
@@ -281,7 +278,7 @@ def test_a_signal_reaches_the_workers_through_the_driver(sig, tmp_path):
 def test_a_worker_that_dies_fails_the_run_with_a_row(tmp_path):
     path = tmp_path / "summary.csv"
     start = time.perf_counter()
-    proc = run_cli(cli_args(path, "--steps=12", "--steps_per_loop=1", "--warmup_steps=1", "--fail_worker_at_step=1:3"))
+    proc = run_cli(*cli_args(path, "--steps=12", "--steps_per_loop=1", "--warmup_steps=1", "--fail_worker_at_step=1:3"))
     assert proc.returncode == exits.EXIT_FAILED, proc.stderr[-3000:]
     rows = table.read_rows(str(path))
     assert len(rows) == 1 and rows[0]["status"] == "failed" and rows[0]["launcher"] == "tf_config"

@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 
+import helpers
 import pytest
 from cifar_files import write_cifar
 
@@ -111,12 +112,8 @@ def test_mixed_float16_on_cpu_warns(capsys):
     assert warned == (cpu_features.emulated_precision("mixed_bfloat16") is not None)
 
 
-def cli(*args, timeout=300, cwd=ROOT, python=("-m", "bench.run")):
-    env = {**os.environ, "PYTHONPATH": ROOT}
-    env.pop("TF_CPP_MIN_LOG_LEVEL", None)
-    return subprocess.run(
-        [sys.executable, *python, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
-    )
+def cli(*args, timeout=300, cwd=ROOT, program=("-m", "bench.run")):
+    return helpers.python(*program, *args, env={"TF_CPP_MIN_LOG_LEVEL": None}, cwd=cwd, timeout=timeout)
 
 
 def bad_inputs(tmp):
@@ -532,7 +529,7 @@ PATCHED = "import sys, bench.run as r; {patch}; sys.argv[0] = 'bench.run'; r.ent
 def test_an_unexpected_error_before_the_run_is_one_line_exit_1_nothing_written(tmp_path):
     path = tmp_path / "r.csv"
     patch = "import bench.config.validation as v; v.validate = lambda cfg: {}['a bug']"
-    proc = cli(*TINY, f"--results={path}", python=("-c", PATCHED.format(patch=patch)))
+    proc = cli(*TINY, f"--results={path}", program=("-c", PATCHED.format(patch=patch)))
     lines = proc.stderr.strip().splitlines()
     assert proc.returncode == 1 and len(lines) == 1 and "KeyError: 'a bug'" in lines[0], proc.stderr[-2000:]
     log = lines[0].split("traceback: ")[1].rstrip(")")
@@ -540,7 +537,7 @@ def test_an_unexpected_error_before_the_run_is_one_line_exit_1_nothing_written(t
     os.remove(log)
     assert not path.exists()
     patch = "import bench.config.validation as v; v.validate = lambda cfg: (_ for _ in ()).throw(KeyboardInterrupt)"
-    proc = cli(*TINY, f"--results={path}", python=("-c", PATCHED.format(patch=patch)))
+    proc = cli(*TINY, f"--results={path}", program=("-c", PATCHED.format(patch=patch)))
     lines = proc.stderr.strip().splitlines()
     assert proc.returncode == 130 and len(lines) == 1 and "nothing written" in lines[0], proc.stderr[-2000:]
     assert not path.exists()
@@ -553,7 +550,7 @@ def test_sigterm_while_setting_up_writes_an_interrupted_row_exit_143(tmp_path):
         "import os, signal, time, bench.hardware.devices as d; "
         "d.setup = lambda cfg: (os.kill(os.getpid(), signal.SIGTERM), time.sleep(60))"
     )
-    proc = cli(*TINY, f"--results={path}", python=("-c", PATCHED.format(patch=patch)))
+    proc = cli(*TINY, f"--results={path}", program=("-c", PATCHED.format(patch=patch)))
     assert proc.returncode == 143, proc.stderr[-2000:]
     [row] = table.read_rows(path)
     assert row["status"] == "interrupted" and "SIGTERM" in row["error"] and "Traceback" not in proc.stderr

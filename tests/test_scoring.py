@@ -7,11 +7,10 @@ CIFAR-format files, a comparison against a deliberately worse learning rate) are
 
 import math
 import os
-import subprocess
-import sys
 
 import pytest
 from cifar_files import write_learnable_cifar
+from helpers import python
 
 from bench.results import bands, convergence, scoring, stats, table
 from sweeps import compare, report, space, table_compare
@@ -319,11 +318,8 @@ E2E_FLAGS = [
 ]
 
 
-def _command(module, *args, timeout=1200):
-    env = {**os.environ, "PYTHONPATH": ROOT, "RAY_AUTH_MODE": "disabled"}
-    return subprocess.run(
-        [sys.executable, "-m", module, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout
-    )
+def _command(module, *args):
+    return python("-m", module, *args, timeout=1200)
 
 
 @pytest.mark.e2e

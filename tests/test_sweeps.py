@@ -2,6 +2,7 @@
 
 import csv
 import dataclasses
+import functools
 import json
 import os
 import signal
@@ -10,6 +11,7 @@ import sys
 import time
 
 import pytest
+from helpers import python
 
 from bench.config import options
 from bench.config.options import ConfigError
@@ -28,11 +30,7 @@ FAST = [
 ]
 
 
-def sweep_cli(*args, timeout=600):
-    env = {**os.environ, "PYTHONPATH": ROOT, "RAY_AUTH_MODE": "disabled"}
-    return subprocess.run(
-        [sys.executable, "-m", "sweeps.tune", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout
-    )
+sweep_cli = functools.partial(python, "-m", "sweeps.tune")
 
 
 FIELDS = {f.name: f for f in options.flag_fields()}

@@ -1,13 +1,13 @@
 """The system description beside the results table (issue #26, item 5): MLPerf's fields, one file per machine
 and software stack, named by each row, written and checked by `python -m bench.check`."""
 
+import functools
 import json
 import os
-import subprocess
-import sys
 
 import pytest
 from fake_nvml import FakeNvml, gpu
+from helpers import python
 
 from bench.hardware import nvml, system
 from bench.results import systems, table
@@ -63,11 +63,7 @@ def test_an_unwritable_folder_never_costs_the_row(tmp_path, capsys):
     assert "could not be written" in capsys.readouterr().err
 
 
-def check_command(*args, cwd, timeout=600):
-    env = {**os.environ, "PYTHONPATH": ROOT}
-    return subprocess.run(
-        [sys.executable, "-m", "bench.check", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
-    )
+check_command = functools.partial(python, "-m", "bench.check")
 
 
 @pytest.mark.e2e
