@@ -182,44 +182,48 @@ def test_a_second_signal_to_a_ray_driver_takes_the_processes_it_started_with_it(
 
 
 class _RayThatTakesSigterm:
-    """What `ray.init` does to a process's SIGTERM: installs its own handler (`sys.exit(15)`); `signalled`: a
-    SIGTERM arrives while it starts and meets that handler."""
+    """What `ray.init` does to a process's SIGTERM: installs its own handler (`sys.exit(15)`). `signal`: one
+    that arrives while it starts (SIGTERM meets Ray's handler; SIGINT the command's)."""
 
-    def __init__(self, signalled):
-        self.signalled, self.shut_down = signalled, False
+    def __init__(self, signal_to_send):
+        self.signal_to_send, self.shut_down = signal_to_send, False
 
     def init(self, **kwargs):
         signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(signum))
-        if self.signalled:
-            os.kill(os.getpid(), signal.SIGTERM)
+        if self.signal_to_send:
+            os.kill(os.getpid(), self.signal_to_send)
             time.sleep(1)  # the handler runs between bytecodes
 
     def shutdown(self):
         self.shut_down = True
 
 
-@pytest.mark.parametrize("signalled", [False, True], ids=["started", "SIGTERM while starting"])
-def test_starting_ray_keeps_the_commands_signal_handlers(signalled, monkeypatch):
+@pytest.mark.parametrize(
+    "signal_to_send,commands_handler",
+    [(None, exits.Deferred()), (signal.SIGTERM, exits.Deferred()), (signal.SIGINT, exits.raise_interrupted)],
+    ids=["started", "SIGTERM to Ray's handler", "SIGINT to the command's raising handler"],
+)
+def test_starting_ray_keeps_the_commands_signal_handlers(signal_to_send, commands_handler, monkeypatch):
     """A sweep's SIGTERM while Ray started met Ray's handler and the sweep exited 15 with nothing said: the
-    command's handlers are in force again after `ray.init`, and a SIGTERM that Ray took is `Interrupted`, what
-    Ray started stopped and the process left to end without the interpreter's shutdown."""
+    command's handlers are in force again after `ray.init`, and a signal that stopped it half-way is
+    `Interrupted`, what Ray started stopped and the process left to end without the interpreter's shutdown."""
     from bench.distributed import ray_connection
 
     killed, left = [], []
     monkeypatch.setattr(ray_connection, "kill_started_processes", lambda: killed.append(True))
     monkeypatch.setattr(exits, "_LEFT_RUNNING", left)
-    ray = _RayThatTakesSigterm(signalled)
-    mine = exits.Deferred()
-    before = {s: signal.signal(s, mine) for s in exits.STOP_SIGNALS}
+    ray = _RayThatTakesSigterm(signal_to_send)
+    before = {s: signal.signal(s, commands_handler) for s in exits.STOP_SIGNALS}
     try:
-        if signalled:
+        if signal_to_send:
             with pytest.raises(exits.Interrupted) as stopped:
                 ray_connection._init_keeping_handlers(ray, {})
-            assert stopped.value.name == "SIGTERM" and ray.shut_down and killed and left
+            assert stopped.value.name == exits.signal_name(signal_to_send)
+            assert ray.shut_down and killed and left
         else:
             ray_connection._init_keeping_handlers(ray, {})
             assert not ray.shut_down and not killed and not left
-        assert all(signal.getsignal(s) is mine for s in exits.STOP_SIGNALS)
+        assert all(signal.getsignal(s) is commands_handler for s in exits.STOP_SIGNALS)
     finally:
         for s, handler in before.items():
             signal.signal(s, handler)

@@ -100,20 +100,22 @@ def _import_ray_for_a_driver():
 
 def _init_keeping_handlers(ray, kwargs):
     """`ray.init` in the main thread, the command's Ctrl-C and SIGTERM handlers in force again after it: Ray
-    installs its own SIGTERM handler there (`sys.exit(15)`). A SIGTERM that met Ray's handler meanwhile is
-    `exits.Interrupted`: what Ray had started is stopped, and the command's process ends with its status
-    without the interpreter's shutdown (`exits.left_running`), which a Ray stopped half-way makes crash."""
+    installs its own SIGTERM handler there (`sys.exit(15)`). A signal that stopped `ray.init` half-way (through
+    Ray's handler or one of the command's that raises) is `exits.Interrupted`: what Ray had started is
+    stopped, and the command's process ends with its status without the interpreter's shutdown
+    (`exits.left_running`), which a Ray stopped half-way makes crash."""
     kept = {s: signal.getsignal(s) for s in exits.STOP_SIGNALS}
     try:
         ray.init(**kwargs)
-    except SystemExit as exc:
-        if exc.code != signal.SIGTERM:
+    except (SystemExit, KeyboardInterrupt, exits.Interrupted) as exc:  # Ray's handler, Python's, or the command's
+        if isinstance(exc, SystemExit) and exc.code != signal.SIGTERM:
             raise
+        name = "SIGTERM" if isinstance(exc, SystemExit) else getattr(exc, "name", "SIGINT")
         with contextlib.suppress(Exception):
             ray.shutdown()
         kill_started_processes()  # what the half-started Ray had started
         exits.left_running("Ray, stopped while it started")  # its half-made core crashes the interpreter's exit
-        raise exits.Interrupted("SIGTERM") from None
+        raise exits.Interrupted(name) from None
     finally:
         if threading.current_thread() is threading.main_thread():
             for s, handler in kept.items():
